@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from zoo import ALL_CASES, cached_case  # noqa: E402
+from zoo import ALL_CASES, cached_case
 
 
 @pytest.fixture(scope="session")

@@ -36,14 +36,21 @@ class VGGish(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-            nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
             nn.MaxPool2d(2),
-            nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
             nn.AvgPool2d(2),
         )
-        self.classifier = nn.Sequential(nn.Linear(16 * 2 * 2, 12), nn.ReLU(), nn.Dropout(0.2),
-                                        nn.Linear(12, 5))
+        self.classifier = nn.Sequential(
+            nn.Linear(16 * 2 * 2, 12), nn.ReLU(), nn.Dropout(0.2), nn.Linear(12, 5)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
@@ -59,8 +66,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.down: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
-            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                      nn.BatchNorm2d(cout))
+            self.down = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.relu(self.bn1(self.conv1(x)))
@@ -71,14 +79,20 @@ class Bottleneck(nn.Module):
     def __init__(self, cin: int, mid: int, cout: int, stride: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(),
-            nn.Conv2d(mid, mid, 3, stride, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(),
-            nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout),
+            nn.Conv2d(cin, mid, 1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(),
+            nn.Conv2d(mid, mid, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(),
+            nn.Conv2d(mid, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
         )
         self.down: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
-            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                      nn.BatchNorm2d(cout))
+            self.down = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.body(x) + self.down(x))
@@ -89,8 +103,9 @@ class ResNetTiny(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8),
-                                  nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU()
+        )
         self.b1 = BasicBlock(8, 8, 1)
         self.b2 = BasicBlock(8, 16, 2)
         self.b3 = Bottleneck(16, 8, 16, 1)
@@ -107,10 +122,14 @@ class InvertedResidual(nn.Module):
         super().__init__()
         hidden = c * expand
         self.body = nn.Sequential(
-            nn.Conv2d(c, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(),
-            nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
+            nn.Conv2d(c, hidden, 1, bias=False),
+            nn.BatchNorm2d(hidden),
             nn.ReLU6(),
-            nn.Conv2d(hidden, c, 1, bias=False), nn.BatchNorm2d(c),
+            nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(),
+            nn.Conv2d(hidden, c, 1, bias=False),
+            nn.BatchNorm2d(c),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -120,8 +139,9 @@ class InvertedResidual(nn.Module):
 class MobileNetV2Tiny(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8),
-                                  nn.Hardswish())
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.Hardswish()
+        )
         self.block = InvertedResidual(8, 3)
         self.head = nn.Conv2d(8, 10, 1)
 
@@ -176,8 +196,9 @@ class SEBlock(nn.Module):
 class MLP(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 16), nn.Tanh(),
-                                 nn.Linear(16, 4))
+        self.net = nn.Sequential(
+            nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 16), nn.Tanh(), nn.Linear(16, 4)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -233,6 +254,7 @@ def build_torch_zoo_model(name: str, exporter: str, seed: int = 0) -> onnx.Model
 
 # --------------------------------------------------------------------------- hand-built graphs
 
+
 def _init(name: str, arr: np.ndarray) -> onnx.TensorProto:
     return numpy_helper.from_array(arr.astype(np.float32), name)
 
@@ -241,26 +263,34 @@ def helper_convnet(seed: int = 0) -> onnx.ModelProto:
     """Conv -> BN -> Relu -> Conv -> Flatten -> Gemm, built with onnx.helper (no torch)."""
     rng = np.random.default_rng(seed)
     inits = [
-        _init("w1", rng.normal(size=(6, 2, 3, 3))), _init("b1", rng.normal(size=6)),
-        _init("s", rng.uniform(0.5, 1.5, 6)), _init("bb", rng.normal(size=6)),
-        _init("m", rng.normal(size=6) * 0.1), _init("v", rng.uniform(0.5, 1.5, 6)),
+        _init("w1", rng.normal(size=(6, 2, 3, 3))),
+        _init("b1", rng.normal(size=6)),
+        _init("s", rng.uniform(0.5, 1.5, 6)),
+        _init("bb", rng.normal(size=6)),
+        _init("m", rng.normal(size=6) * 0.1),
+        _init("v", rng.uniform(0.5, 1.5, 6)),
         _init("w2", rng.normal(size=(5, 6, 3, 3))),
-        _init("wf", rng.normal(size=(4, 5 * 4 * 4))), _init("bf", rng.normal(size=4)),
+        _init("wf", rng.normal(size=(4, 5 * 4 * 4))),
+        _init("bf", rng.normal(size=4)),
     ]
     nodes = [
         helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
         helper.make_node("BatchNormalization", ["c1", "s", "bb", "m", "v"], ["n1"], name="bn1"),
         helper.make_node("Relu", ["n1"], ["r1"], name="relu1"),
-        helper.make_node("Conv", ["r1", "w2"], ["c2"], strides=[2, 2], pads=[1, 1, 1, 1],
-                         name="conv2"),
+        helper.make_node(
+            "Conv", ["r1", "w2"], ["c2"], strides=[2, 2], pads=[1, 1, 1, 1], name="conv2"
+        ),
         helper.make_node("LeakyRelu", ["c2"], ["r2"], alpha=0.1, name="lrelu"),
         helper.make_node("Flatten", ["r2"], ["f"], axis=1, name="flatten"),
         helper.make_node("Gemm", ["f", "wf", "bf"], ["y"], transB=1, name="fc"),
     ]
     graph = helper.make_graph(
-        nodes, "helper_convnet",
+        nodes,
+        "helper_convnet",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits)
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -268,9 +298,11 @@ def helper_residual_concat(seed: int = 0) -> onnx.ModelProto:
     """Residual Add of two convs, per-channel Mul constant, Concat, Resize, Pad, MatMul head."""
     rng = np.random.default_rng(seed)
     inits = [
-        _init("wa", rng.normal(size=(4, 3, 3, 3))), _init("wb", rng.normal(size=(4, 3, 1, 1))),
+        _init("wa", rng.normal(size=(4, 3, 3, 3))),
+        _init("wb", rng.normal(size=(4, 3, 1, 1))),
         _init("scale", rng.uniform(0.5, 2.0, (1, 4, 1, 1))),
-        _init("wc", rng.normal(size=(3, 4, 3, 3))), _init("bc", rng.normal(size=3)),
+        _init("wc", rng.normal(size=(3, 4, 3, 3))),
+        _init("bc", rng.normal(size=3)),
         _init("wd", rng.normal(size=(5, 7, 1, 1))),
         _init("wm", rng.normal(size=(5 * 2 * 2, 3))),
         numpy_helper.from_array(np.array([1, 1, 2, 2], dtype=np.float32), "rscales"),
@@ -290,15 +322,19 @@ def helper_residual_concat(seed: int = 0) -> onnx.ModelProto:
         helper.make_node("MaxPool", ["d"], ["p"], kernel_shape=[2, 2], strides=[2, 2], name="pool"),
         helper.make_node("Resize", ["p", "", "rscales"], ["up"], mode="nearest", name="resize"),
         helper.make_node("Pad", ["up", "pads"], ["pad"], name="pad"),
-        helper.make_node("AveragePool", ["pad"], ["q"], kernel_shape=[3, 3], strides=[3, 3],
-                         name="avg"),
+        helper.make_node(
+            "AveragePool", ["pad"], ["q"], kernel_shape=[3, 3], strides=[3, 3], name="avg"
+        ),
         helper.make_node("Reshape", ["q", "shape"], ["flat"], name="reshape"),
         helper.make_node("MatMul", ["flat", "wm"], ["y"], name="head"),
     ]
     graph = helper.make_graph(
-        nodes, "helper_residual_concat",
+        nodes,
+        "helper_residual_concat",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 5, 5])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], inits)
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -320,14 +356,20 @@ def parser_depthwise_convtranspose(seed: int = 0) -> onnx.ModelProto:
     """
     model = onnx.parser.parse_model(text)
     rng = np.random.default_rng(seed)
-    model.graph.initializer.extend([
-        _init("w1", rng.normal(size=(8, 3, 3, 3))), _init("s1", rng.uniform(0.5, 1.5, 8)),
-        _init("b1", rng.normal(size=8)),
-        _init("lo", np.array(0.0)), _init("hi", np.array(6.0)),
-        _init("wdw", rng.normal(size=(8, 1, 3, 3))), _init("bdw", rng.normal(size=8)),
-        _init("wt", rng.normal(size=(8, 5, 2, 2))), _init("bt", rng.normal(size=5)),
-        _init("wm", rng.normal(size=(5, 2))),
-    ])
+    model.graph.initializer.extend(
+        [
+            _init("w1", rng.normal(size=(8, 3, 3, 3))),
+            _init("s1", rng.uniform(0.5, 1.5, 8)),
+            _init("b1", rng.normal(size=8)),
+            _init("lo", np.array(0.0)),
+            _init("hi", np.array(6.0)),
+            _init("wdw", rng.normal(size=(8, 1, 3, 3))),
+            _init("bdw", rng.normal(size=8)),
+            _init("wt", rng.normal(size=(8, 5, 2, 2))),
+            _init("bt", rng.normal(size=5)),
+            _init("wm", rng.normal(size=(5, 2))),
+        ]
+    )
     return model
 
 

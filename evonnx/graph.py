@@ -1,0 +1,162 @@
+"""Loading, validating, normalizing and saving ONNX models."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from google.protobuf.message import DecodeError
+
+from evonnx.errors import ModelLoadError, UnsupportedModelError
+
+logger = logging.getLogger(__name__)
+
+MIN_OPSET = 9
+MAX_OPSET = onnx.defs.onnx_opset_version()
+
+
+def load_model(path: str | Path) -> onnx.ModelProto:
+    """Read and validate an ONNX file (external data included).
+
+    Raises:
+        ModelLoadError: The file is missing, not an ONNX protobuf, or its external data is absent.
+        UnsupportedModelError: Its default-domain opset is outside what evonnx supports.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ModelLoadError(f"model file not found: {p}")
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"{p} is not a valid ONNX model: {exc}") from exc
+    _load_external(model, p.parent)
+    check_model(model, str(p))
+    return model
+
+
+def _load_external(model: onnx.ModelProto, base: Path) -> None:
+    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+
+    missing = []
+    for t in model.graph.initializer:
+        if uses_external_data(t):
+            loc = next((e.value for e in t.external_data if e.key == "location"), "")
+            if not (base / loc).is_file():
+                missing.append(loc)
+    if missing:
+        raise ModelLoadError(
+            f"external data file(s) missing next to the model: {sorted(set(missing))}"
+        )
+    try:
+        load_external_data_for_model(model, str(base))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read external data: {exc}") from exc
+
+
+def opset_of(model: onnx.ModelProto) -> int:
+    """Default-domain opset version of ``model``."""
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    raise UnsupportedModelError("model imports no default-domain (ai.onnx) opset")
+
+
+def check_model(model: onnx.ModelProto, what: str = "model") -> None:
+    """Validate the opset and structure of an in-memory model.
+
+    Raises:
+        UnsupportedModelError: The opset is unsupported.
+        ModelLoadError: The ONNX checker rejects the model.
+    """
+    opset = opset_of(model)
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise UnsupportedModelError(
+            f"{what} uses opset {opset}; evonnx supports opsets {MIN_OPSET} to {MAX_OPSET}"
+        )
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        raise ModelLoadError(f"{what} fails the ONNX checker: {first}") from exc
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Shape-inferred copy of ``model`` (best effort: failures leave shapes unknown)."""
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception as exc:  # onnx raises several unrelated types here
+        logger.warning("shape inference failed: %s", exc)
+        return model
+
+
+def node_name(node: gs.Node) -> str:
+    """Stable name of ``node``: its own, or its op and first output when unnamed."""
+    return node.name or f"{node.op}:{node.outputs[0].name if node.outputs else '?'}"
+
+
+def to_graph(model: onnx.ModelProto) -> gs.Graph:
+    """Import ``model`` into onnx-graphsurgeon, shapes inferred and ``Constant`` nodes lifted.
+
+    Lifting turns every ``Constant`` node holding a tensor into an initializer, so later passes
+    see one kind of constant. Outputs of the graph keep their names.
+    """
+    graph = gs.import_onnx(infer_shapes(model))
+    for node in list(graph.nodes):
+        if node.op == "Constant" and isinstance(node.attrs.get("value"), gs.Constant):
+            out = node.outputs[0]
+            if out in graph.outputs:
+                continue
+            values = np.asarray(node.attrs["value"].values)
+            out.to_constant(values)
+            node.outputs.clear()
+    graph.cleanup(remove_unused_graph_inputs=False)
+    return graph
+
+
+def from_graph(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
+    """Export ``graph`` keeping the metadata and opsets of ``like``."""
+    model = gs.export_onnx(graph, do_type_check=True)
+    model.ir_version = like.ir_version
+    del model.opset_import[:]
+    model.opset_import.extend(like.opset_import)
+    model.producer_name = like.producer_name
+    model.producer_version = like.producer_version
+    del model.metadata_props[:]
+    model.metadata_props.extend(like.metadata_props)
+    return model
+
+
+def save_model(model: onnx.ModelProto, path: str | Path) -> Path:
+    """Write ``model`` atomically (temporary file in the same folder, then rename).
+
+    Models over 1.8 GB are written with their weights in ``<name>.data`` beside the file.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    os.close(fd)
+    try:
+        large = model.ByteSize() > 1_800_000_000
+        if large:
+            onnx.save(model, tmp, save_as_external_data=True, location=f"{p.name}.data")
+        else:
+            onnx.save(model, tmp)
+        os.replace(tmp, p)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return p
+
+
+def constant_values(graph: gs.Graph) -> dict[str, np.ndarray]:
+    """Values of every constant tensor of an imported graph, by name."""
+    return {
+        name: np.asarray(t.values)
+        for name, t in graph.tensors().items()
+        if isinstance(t, gs.Constant)
+    }

@@ -1,0 +1,147 @@
+"""Frozen results of channel-dependency analysis.
+
+A :class:`ChannelGroup` is a set of channel axes that must be pruned together: the output
+filters of every conv/FC layer writing those channels (coupled through residual ``Add``,
+squeeze-excite ``Mul``, depthwise convs, ...), the per-channel parameters they pass through
+(BatchNormalization, biases, broadcast constants) and the input slices of every layer that
+reads them. Channel ``i`` of a group maps, for each member, to the indices
+``start + i * block + j`` for ``j in range(block)`` along ``axis`` of the member's tensor
+(``block > 1`` after a Flatten/Reshape into an FC layer, ``start > 0`` after a Concat).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class Role(str, enum.Enum):
+    """What removing a channel does to a member."""
+
+    PRODUCER = "producer"  # output filters/neurons of a conv/FC weight (the clusters)
+    BIAS = "bias"  # bias of a producer
+    PARAM = "param"  # per-channel parameter (BN, InstanceNorm, PRelu, broadcast constant)
+    CONSUMER = "consumer"  # input slice of a conv/FC weight that reads the channel
+    SHAPE = "shape"  # an element of a constant shape vector (Reshape/Resize sizes)
+    GROUP_ATTR = "group_attr"  # the ``group`` attribute of a depthwise conv
+
+
+@dataclass(frozen=True)
+class Member:
+    """One tensor (or attribute) slice tied to a group's channels.
+
+    Attributes:
+        role: What the member is to the group.
+        name: Initializer name (``GROUP_ATTR``: the node name).
+        node: Name of the node that uses the member.
+        axis: Axis of the initializer the channels live on (``SHAPE``: the element index).
+        start: First index of channel 0 along ``axis``.
+        block: Consecutive indices per channel along ``axis``.
+    """
+
+    role: Role
+    name: str
+    node: str
+    axis: int
+    start: int = 0
+    block: int = 1
+
+    def indices(self, channels: np.ndarray) -> np.ndarray:
+        """Indices along ``axis`` that the given channel indices occupy."""
+        ch = np.asarray(channels, dtype=np.int64)
+        offsets = np.arange(self.block, dtype=np.int64)
+        return (self.start + ch[:, None] * self.block + offsets[None, :]).reshape(-1)
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Coupled channels that are kept or removed together.
+
+    Attributes:
+        id: Stable group number (order of discovery in topological order).
+        size: Number of channels.
+        members: Every slice tied to the channels.
+        frozen: Why the group must stay intact, or ``None`` when it may be pruned.
+        tensors: Names of the activation tensors that carry the group's channels.
+    """
+
+    id: int
+    size: int
+    members: tuple[Member, ...]
+    frozen: str | None = None
+    tensors: tuple[str, ...] = field(default=())
+
+    @property
+    def prunable(self) -> bool:
+        """True when channels of this group may be removed."""
+        return self.frozen is None
+
+    def by_role(self, role: Role) -> tuple[Member, ...]:
+        """Members with the given role."""
+        return tuple(m for m in self.members if m.role is role)
+
+    @property
+    def producers(self) -> tuple[Member, ...]:
+        """Output filters/neurons writing this group's channels (its clusters)."""
+        return self.by_role(Role.PRODUCER)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A conv/FC layer with a constant weight (a prunable layer).
+
+    Attributes:
+        node: Node name.
+        op_type: ``Conv``, ``ConvTranspose``, ``Gemm`` or ``MatMul``.
+        weight: Weight initializer name.
+        out_axis: Weight axis of output filters/neurons.
+        in_axis: Weight axis of input channels.
+        out_group: Group of the output channels (``None`` if the weight is not analysable).
+        in_groups: Groups whose channels this layer reads.
+        macs: Multiply-accumulates for one inference at the inferred input shape.
+    """
+
+    node: str
+    op_type: str
+    weight: str
+    out_axis: int
+    in_axis: int
+    out_group: int | None
+    in_groups: tuple[int, ...]
+    macs: int
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Channel groups and prunable layers of one graph."""
+
+    groups: tuple[ChannelGroup, ...]
+    layers: tuple[Layer, ...]
+
+    def group(self, gid: int) -> ChannelGroup:
+        """The group with id ``gid``."""
+        for g in self.groups:
+            if g.id == gid:
+                return g
+        raise KeyError(gid)
+
+    @property
+    def prunable_groups(self) -> tuple[ChannelGroup, ...]:
+        """Groups whose channels may be removed and that have at least one producer."""
+        return tuple(g for g in self.groups if g.prunable and g.producers)
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    """Which channels each group keeps (sorted indices); groups not listed keep all."""
+
+    keep: dict[int, tuple[int, ...]]
+
+    def kept(self, group: ChannelGroup) -> np.ndarray:
+        """Sorted kept channel indices of ``group``."""
+        idx = self.keep.get(group.id)
+        if idx is None:
+            return np.arange(group.size, dtype=np.int64)
+        return np.asarray(idx, dtype=np.int64)

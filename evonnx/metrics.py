@@ -1,0 +1,90 @@
+"""Size and cost metrics of a model: parameters, synapses, clusters and MACs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from evonnx.analysis import analyze_graph
+from evonnx.graph import constant_values, to_graph
+from evonnx.groups import Analysis, Layer
+
+
+@dataclass(frozen=True)
+class LayerMetrics:
+    """Metrics of one conv/FC layer.
+
+    Attributes:
+        node: Node name.
+        op_type: Operator type.
+        weight: Weight initializer name.
+        shape: Weight shape.
+        synapses: Weight elements.
+        nonzero_synapses: Nonzero weight elements.
+        clusters: Output filters/neurons.
+        live_clusters: Output filters/neurons with at least one nonzero weight.
+        macs: Dense multiply-accumulates per inference (batch dimension read as 1 if symbolic).
+    """
+
+    node: str
+    op_type: str
+    weight: str
+    shape: tuple[int, ...]
+    synapses: int
+    nonzero_synapses: int
+    clusters: int
+    live_clusters: int
+    macs: int
+
+
+@dataclass(frozen=True)
+class ModelMetrics:
+    """Whole-model metrics (sums over :class:`LayerMetrics` plus parameter count)."""
+
+    params: int
+    synapses: int
+    nonzero_synapses: int
+    clusters: int
+    live_clusters: int
+    macs: int
+    layers: tuple[LayerMetrics, ...]
+
+
+def compute_metrics(model: onnx.ModelProto) -> ModelMetrics:
+    """Metrics of ``model``."""
+    graph = to_graph(model)
+    return metrics_of_graph(graph, analyze_graph(graph))
+
+
+def metrics_of_graph(graph: gs.Graph, analysis: Analysis) -> ModelMetrics:
+    """Metrics from an imported graph and its analysis."""
+    consts = constant_values(graph)
+    layers = tuple(_layer_metrics(lay, consts[lay.weight]) for lay in analysis.layers)
+    params = sum(int(v.size) for v in consts.values() if np.issubdtype(v.dtype, np.floating))
+    return ModelMetrics(
+        params=params,
+        synapses=sum(m.synapses for m in layers),
+        nonzero_synapses=sum(m.nonzero_synapses for m in layers),
+        clusters=sum(m.clusters for m in layers),
+        live_clusters=sum(m.live_clusters for m in layers),
+        macs=sum(m.macs for m in layers),
+        layers=layers,
+    )
+
+
+def _layer_metrics(layer: Layer, w: np.ndarray) -> LayerMetrics:
+    per_filter = np.moveaxis(w != 0, layer.out_axis, 0).reshape(w.shape[layer.out_axis], -1)
+    return LayerMetrics(
+        node=layer.node,
+        op_type=layer.op_type,
+        weight=layer.weight,
+        shape=tuple(int(d) for d in w.shape),
+        synapses=int(w.size),
+        nonzero_synapses=int(np.count_nonzero(w)),
+        clusters=int(w.shape[layer.out_axis]),
+        live_clusters=int(per_filter.any(axis=1).sum()),
+        macs=layer.macs,
+    )

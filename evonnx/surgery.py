@@ -1,0 +1,187 @@
+"""The surgery pass: the one place where graphs are mutated.
+
+Given an :class:`~evonnx.groups.Analysis` and a :class:`~evonnx.groups.PrunePlan`, it
+physically removes every channel a group does not keep: producer filters, biases,
+per-channel parameters, consumer input slices, depthwise ``group`` attributes and the
+constant shape elements (Reshape targets, Resize sizes) that spell out channel extents.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from evonnx.errors import PlanError
+from evonnx.graph import check_model, from_graph, infer_shapes, node_name, to_graph
+from evonnx.groups import Analysis, ChannelGroup, Member, PrunePlan, Role
+
+logger = logging.getLogger(__name__)
+
+_SLICED = (Role.PRODUCER, Role.BIAS, Role.PARAM, Role.CONSUMER)
+
+
+@dataclass(frozen=True)
+class _Edits:
+    """Everything one plan changes, keyed for de-duplication."""
+
+    slices: dict[tuple[str, int], np.ndarray]
+    shape_deltas: dict[tuple[str, int], int]
+    group_deltas: dict[str, int]
+
+
+def apply_plan(
+    model: onnx.ModelProto,
+    analysis: Analysis,
+    plan: PrunePlan,
+    masks: Mapping[str, np.ndarray] | None = None,
+) -> onnx.ModelProto:
+    """Write the offspring of ``model`` that keeps only the planned channels.
+
+    Args:
+        model: The ancestor (not modified).
+        analysis: ``analyze(model)``.
+        plan: Kept channels per group; unlisted groups keep everything.
+        masks: Optional 0/1 arrays in the original weight shapes, multiplied into the weights
+            before channels are removed (synapses that die inside surviving clusters).
+
+    Returns:
+        A new model that passes the ONNX checker, with stale shapes re-inferred.
+
+    Raises:
+        PlanError: The plan or masks do not fit the analysis or the model.
+    """
+    graph = to_graph(model)
+    consts = {n: t for n, t in graph.tensors().items() if isinstance(t, gs.Constant)}
+    _apply_masks(consts, masks or {})
+    edits = _collect(analysis, plan)
+    _slice_constants(consts, edits.slices)
+    _edit_shapes(consts, edits.shape_deltas)
+    _edit_groups(graph, edits.group_deltas)
+    out = _export(graph, model)
+    check_model(out, "pruned model")
+    return out
+
+
+def _apply_masks(consts: dict[str, gs.Constant], masks: Mapping[str, np.ndarray]) -> None:
+    for name, mask in masks.items():
+        t = consts.get(name)
+        if t is None:
+            raise PlanError(f"mask given for {name}, which is not a constant of the model")
+        values = np.asarray(t.values)
+        if mask.shape != values.shape:
+            raise PlanError(f"mask for {name} has shape {mask.shape}, weight has {values.shape}")
+        t.values = (values * mask.astype(values.dtype)).astype(values.dtype)
+
+
+def removed_channels(group: ChannelGroup, plan: PrunePlan) -> np.ndarray:
+    """Validated complement of the plan's kept channels for ``group``."""
+    keep = plan.kept(group)
+    if keep.size == group.size and group.id not in plan.keep:
+        return np.zeros(0, dtype=np.int64)
+    if keep.size == 0:
+        raise PlanError(f"plan removes every channel of group {group.id}")
+    if np.any(np.diff(keep) <= 0) or keep[0] < 0 or keep[-1] >= group.size:
+        raise PlanError(
+            f"kept channels of group {group.id} must be sorted, unique and in [0, {group.size})"
+        )
+    removed = np.setdiff1d(np.arange(group.size, dtype=np.int64), keep)
+    if removed.size and not group.prunable:
+        raise PlanError(f"group {group.id} is frozen ({group.frozen}) but the plan prunes it")
+    return removed
+
+
+def _collect(analysis: Analysis, plan: PrunePlan) -> _Edits:
+    known = {g.id for g in analysis.groups}
+    unknown = set(plan.keep) - known
+    if unknown:
+        raise PlanError(f"plan names groups the analysis does not have: {sorted(unknown)}")
+    slices: dict[tuple[str, int], set[int]] = {}
+    shape_deltas: dict[tuple[str, int], int] = {}
+    group_deltas: dict[str, int] = {}
+    for group in analysis.groups:
+        removed = removed_channels(group, plan)
+        if not removed.size:
+            continue
+        seen: set[tuple[Role, str, int, int, int]] = set()
+        for m in group.members:
+            key = (m.role, m.name, m.axis, m.start, m.block)
+            if key in seen:
+                continue
+            seen.add(key)
+            _collect_member(m, removed, slices, shape_deltas, group_deltas)
+    return _Edits(
+        {k: np.array(sorted(v), dtype=np.int64) for k, v in slices.items()},
+        shape_deltas,
+        group_deltas,
+    )
+
+
+def _collect_member(
+    m: Member,
+    removed: np.ndarray,
+    slices: dict[tuple[str, int], set[int]],
+    shape_deltas: dict[tuple[str, int], int],
+    group_deltas: dict[str, int],
+) -> None:
+    if m.role in _SLICED:
+        slices.setdefault((m.name, m.axis), set()).update(m.indices(removed).tolist())
+    elif m.role is Role.SHAPE:
+        key = (m.name, m.axis)
+        shape_deltas[key] = shape_deltas.get(key, 0) + int(removed.size) * m.block
+    elif m.role is Role.GROUP_ATTR:
+        group_deltas[m.name] = group_deltas.get(m.name, 0) + int(removed.size) * m.block
+
+
+def _slice_constants(
+    consts: dict[str, gs.Constant], slices: dict[tuple[str, int], np.ndarray]
+) -> None:
+    for (name, axis), idx in slices.items():
+        t = consts.get(name)
+        if t is None:
+            raise PlanError(f"analysis names {name}, which is not a constant of this model")
+        values = np.asarray(t.values)
+        if idx.size and idx[-1] >= values.shape[axis]:
+            raise PlanError(
+                f"analysis does not match {name} (axis {axis} has {values.shape[axis]} entries)"
+            )
+        t.values = np.ascontiguousarray(np.delete(values, idx, axis=axis))
+
+
+def _edit_shapes(consts: dict[str, gs.Constant], deltas: dict[tuple[str, int], int]) -> None:
+    for (name, pos), delta in deltas.items():
+        t = consts.get(name)
+        if t is None:
+            raise PlanError(f"analysis names shape constant {name}, which the model lacks")
+        values = np.array(t.values, copy=True)
+        flat = values.reshape(-1)
+        flat[pos] -= delta
+        if flat[pos] <= 0:
+            raise PlanError(f"shape constant {name}[{pos}] would drop to {flat[pos]}")
+        t.values = values
+
+
+def _edit_groups(graph: gs.Graph, deltas: dict[str, int]) -> None:
+    if not deltas:
+        return
+    by_name = {node_name(n): n for n in graph.nodes}
+    for name, delta in deltas.items():
+        node = by_name.get(name)
+        if node is None:
+            raise PlanError(f"analysis names node {name}, which the model lacks")
+        node.attrs["group"] = int(node.attrs.get("group", 1)) - delta
+
+
+def _export(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
+    io_names = {t.name for t in graph.inputs} | {t.name for t in graph.outputs}
+    for t in graph.tensors().values():
+        if isinstance(t, gs.Variable) and t.name not in io_names:
+            t.shape = None
+    graph.cleanup(remove_unused_graph_inputs=False)
+    out = from_graph(graph, like)
+    del out.graph.value_info[:]
+    return infer_shapes(out)
