@@ -87,11 +87,70 @@ def check_model(model: onnx.ModelProto, what: str = "model") -> None:
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Shape-inferred copy of ``model`` (best effort: failures leave shapes unknown)."""
+    inferred = _inferred_skeleton(model)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.value_info[:]
+    out.graph.value_info.extend(inferred.graph.value_info)
+    return out
+
+
+def _inferred_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Shape inference on a copy whose large float weights carry dims but no data.
+
+    Shapes never depend on the values of float weights, and skipping them makes inference on
+    a 100 MB model several times faster.
+    """
+    light = onnx.ModelProto()
+    for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version"):
+        setattr(light, field, getattr(model, field))
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    g = light.graph
+    g.name = model.graph.name
+    for name in ("node", "input", "output", "value_info", "sparse_initializer"):
+        getattr(g, name).extend(getattr(model.graph, name))
+    for t in model.graph.initializer:
+        if t.data_type in _FLOAT_TYPES and _numel(t) > 64:
+            g.initializer.add(name=t.name, dims=t.dims, data_type=t.data_type)
+        else:
+            g.initializer.append(t)
     try:
-        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        return onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
     except Exception as exc:  # onnx raises several unrelated types here
         logger.warning("shape inference failed: %s", exc)
-        return model
+        return light
+
+
+_FLOAT_TYPES = {
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.BFLOAT16,
+}
+
+
+def _numel(t: onnx.TensorProto) -> int:
+    n = 1
+    for d in t.dims:
+        n *= int(d)
+    return n
+
+
+def _annotate(graph: gs.Graph, inferred: onnx.ModelProto) -> None:
+    """Copy inferred dtypes and shapes onto the graph's variables."""
+    tensors = graph.tensors()
+    for vi in inferred.graph.value_info:
+        t = tensors.get(vi.name)
+        if not isinstance(t, gs.Variable) or not vi.type.HasField("tensor_type"):
+            continue
+        tt = vi.type.tensor_type
+        t.dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type) if tt.elem_type else t.dtype
+        if tt.HasField("shape"):
+            t.shape = [
+                d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                for d in tt.shape.dim
+            ]
 
 
 def node_name(node: gs.Node) -> str:
@@ -99,13 +158,15 @@ def node_name(node: gs.Node) -> str:
     return node.name or f"{node.op}:{node.outputs[0].name if node.outputs else '?'}"
 
 
-def to_graph(model: onnx.ModelProto) -> gs.Graph:
+def to_graph(model: onnx.ModelProto, infer: bool = True) -> gs.Graph:
     """Import ``model`` into onnx-graphsurgeon, shapes inferred and ``Constant`` nodes lifted.
 
     Lifting turns every ``Constant`` node holding a tensor into an initializer, so later passes
     see one kind of constant. Outputs of the graph keep their names.
     """
-    graph = gs.import_onnx(infer_shapes(model))
+    graph = gs.import_onnx(model)
+    if infer:
+        _annotate(graph, _inferred_skeleton(model))
     for node in list(graph.nodes):
         if node.op == "Constant" and isinstance(node.attrs.get("value"), gs.Constant):
             out = node.outputs[0]

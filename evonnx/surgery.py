@@ -55,7 +55,7 @@ def apply_plan(
     Raises:
         PlanError: The plan or masks do not fit the analysis or the model.
     """
-    graph = to_graph(model)
+    graph = to_graph(model, infer=False)
     consts = {n: t for n, t in graph.tensors().items() if isinstance(t, gs.Constant)}
     _apply_masks(consts, masks or {})
     edits = _collect(analysis, plan)
