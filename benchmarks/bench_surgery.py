@@ -15,15 +15,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from report import machine, update_section  # noqa: E402
-from resnet50 import resnet50_onnx  # noqa: E402
+from report import machine, update_section
+from resnet50 import resnet50_onnx
 
-from evonnx.analysis import analyze  # noqa: E402
-from evonnx.graph import constant_values, to_graph  # noqa: E402
-from evonnx.metrics import compute_metrics  # noqa: E402
-from evonnx.plan import magnitude_plan  # noqa: E402
-from evonnx.surgery import apply_plan  # noqa: E402
-
+from evonnx.analysis import analyze
+from evonnx.graph import constant_values, to_graph
+from evonnx.metrics import compute_metrics
+from evonnx.plan import magnitude_plan
+from evonnx.surgery import apply_plan
 
 T = TypeVar("T")
 
@@ -58,8 +57,9 @@ keep 50% of the channels of every prunable group (L1 magnitude plan). Best of 3 
 | surgery (slice, rewrite, export, re-infer shapes, check) | {t_su:.3f} |
 | **total** (goal < 1 s) | **{t_an + t_su:.3f}** |
 
-{groups} channel groups, {prunable} prunable; MACs {before.macs / 1e9:.2f} G -> {after.macs / 1e9:.2f} G
-({before.macs / after.macs:.2f}x fewer), parameters {before.params / 1e6:.1f} M -> {after.params / 1e6:.1f} M.
+{groups} channel groups, {prunable} prunable;
+MACs {before.macs / 1e9:.2f} G -> {after.macs / 1e9:.2f} G ({before.macs / after.macs:.2f}x fewer),
+parameters {before.params / 1e6:.1f} M -> {after.params / 1e6:.1f} M.
 """
     update_section("surgery", body)
     print(body)

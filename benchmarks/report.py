@@ -8,7 +8,10 @@ import tempfile
 from pathlib import Path
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-TITLE = "# Benchmarks\n\nWritten by the scripts in `benchmarks/`; each section is replaced when its script runs.\n"
+TITLE = (
+    "# Benchmarks\n\n"
+    "Written by the scripts in `benchmarks/`; each section is replaced when its script runs.\n"
+)
 
 
 def machine() -> str:

@@ -55,5 +55,5 @@ def resnet50_onnx(size: int = 224) -> onnx.ModelProto:
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.randn(1, 3, size, size),), buf, dynamo=False)
+        torch.onnx.export(model, (torch.randn(1, 3, size, size),), buf, dynamo=False)  # type: ignore[arg-type]
     return onnx.load_from_string(buf.getvalue())
