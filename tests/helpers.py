@@ -57,4 +57,4 @@ def assert_same(a: list[np.ndarray], b: list[np.ndarray], rtol: float = 1e-5) ->
     for x, y in zip(a, b, strict=True):
         assert x.shape == y.shape
         scale = max(1.0, float(np.max(np.abs(x))))
-        np.testing.assert_allclose(y, x, rtol=0, atol=rtol * scale * 10)
+        np.testing.assert_allclose(y, x, rtol=0, atol=rtol * scale)
