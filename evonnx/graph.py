@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +11,7 @@ import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
 
 from evonnx.errors import ModelLoadError, UnsupportedModelError
+from evonnx.textio import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -198,19 +197,11 @@ def save_model(model: onnx.ModelProto, path: str | Path) -> Path:
     Models over 1.8 GB are written with their weights in ``<name>.data`` beside the file.
     """
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
-    try:
-        large = model.ByteSize() > 1_800_000_000
-        if large:
-            onnx.save(model, tmp, save_as_external_data=True, location=f"{p.name}.data")
+    with atomic_path(p) as tmp:
+        if model.ByteSize() > 1_800_000_000:
+            onnx.save(model, str(tmp), save_as_external_data=True, location=f"{p.name}.data")
         else:
-            onnx.save(model, tmp)
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+            onnx.save(model, str(tmp))
     return p
 
 

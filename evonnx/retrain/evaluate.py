@@ -1,0 +1,199 @@
+"""Accuracy of ONNX models (with onnxruntime) and of torch modules on in-memory data."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from evonnx.data import check_sample_shape
+from evonnx.errors import DataError, ModelLoadError, UnsupportedModelError
+
+logger = logging.getLogger(__name__)
+
+Metric = Callable[[np.ndarray, np.ndarray], float]
+"""``metric(outputs, labels) -> score`` over the whole evaluation set."""
+
+DEFAULT_PROVIDERS: tuple[str, ...] = ("CPUExecutionProvider",)
+
+_ORT_TO_NUMPY: dict[str, np.dtype[Any]] = {
+    "tensor(float)": np.dtype(np.float32),
+    "tensor(double)": np.dtype(np.float64),
+    "tensor(float16)": np.dtype(np.float16),
+}
+
+
+def top1_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of samples whose highest-scoring class is the label.
+
+    ``logits`` is ``N×C``; trailing singleton dims (``N×C×1×1``) are accepted.
+    """
+    scores = _as_class_scores(np.asarray(logits))
+    labels = np.asarray(labels).reshape(-1)
+    if len(scores) != len(labels):
+        raise DataError(f"{len(scores)} predictions but {len(labels)} labels")
+    if len(labels) == 0:
+        raise DataError("cannot compute accuracy on zero samples")
+    return float(np.mean(scores.argmax(axis=1) == labels))
+
+
+def evaluate_onnx(
+    model: onnx.ModelProto | str | Path,
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_size: int = 256,
+    providers: Sequence[str] | None = None,
+    metric: Metric | None = None,
+) -> float:
+    """Score an ONNX model with onnxruntime.
+
+    A graph whose batch dim is fixed to ``b`` is run on chunks of exactly ``b`` samples, the
+    last chunk padded by repeating its final sample (padded outputs are dropped); a fixed
+    batch of 1 thus runs one sample at a time. A dynamic batch dim uses ``batch_size``.
+
+    Args:
+        model: A model proto or the path of an ``.onnx`` file.
+        x: Samples matching the graph's single input (``N×C×H×W`` or ``N×features``).
+        y: Labels (or whatever ``metric`` compares the outputs with), one per sample.
+        batch_size: Chunk size for graphs with a dynamic batch dim.
+        providers: onnxruntime execution providers; CPU by default.
+        metric: ``metric(outputs, y)``; top-1 accuracy by default.
+
+    Returns:
+        The metric over all samples.
+
+    Raises:
+        ModelLoadError: If onnxruntime cannot load or run the model.
+        UnsupportedModelError: If the graph does not have exactly one input.
+        DataError: If ``x``/``y`` are empty, of different lengths, or do not fit the input.
+    """
+    x, y = _check_xy(x, y, batch_size)
+    session = make_session(model, providers)
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        raise UnsupportedModelError(
+            f"evaluation needs a graph with one input, this one has "
+            f"{len(inputs)}: {[i.name for i in inputs]}"
+        )
+    info = inputs[0]
+    shape = [d if isinstance(d, int) and d > 0 else None for d in info.shape]
+    if shape:
+        check_sample_shape(x.shape[1:], shape, "the evaluation data")
+    x = x.astype(_ORT_TO_NUMPY.get(info.type, np.dtype(np.float32)), copy=False)
+    fixed = shape[0] if shape else None
+    outputs = [
+        _run(session, info.name, chunk)[:n]
+        for chunk, n in _chunks(x, fixed or batch_size, pad=fixed is not None)
+    ]
+    return float((metric or top1_accuracy)(np.concatenate(outputs), y))
+
+
+def evaluate_torch(
+    module: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_size: int = 256,
+    metric: Metric | None = None,
+    device: str = "cpu",
+) -> float:
+    """Score a torch module in eval mode (the counterpart of :func:`evaluate_onnx`).
+
+    The module's device and train/eval mode are restored afterwards.
+    """
+    x, y = _check_xy(x, y, batch_size)
+    target = torch.device(device)
+    params = [*module.parameters(), *module.buffers()]
+    original = params[0].device if params else torch.device("cpu")
+    was_training = module.training
+    module.to(target).eval()
+    try:
+        with torch.inference_mode():
+            outputs = [
+                module(torch.from_numpy(np.ascontiguousarray(chunk)).to(target))
+                .float()
+                .cpu()
+                .numpy()
+                for chunk, _ in _chunks(x, batch_size, pad=False)
+            ]
+    finally:
+        module.train(was_training)
+        module.to(original)
+    return float((metric or top1_accuracy)(np.concatenate(outputs), y))
+
+
+def make_session(
+    model: onnx.ModelProto | str | Path, providers: Sequence[str] | None = None
+) -> ort.InferenceSession:
+    """Create a quiet onnxruntime session for a model proto or file.
+
+    Raises:
+        ModelLoadError: If the file is missing or onnxruntime rejects the model.
+    """
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    chosen = list(providers) if providers is not None else list(DEFAULT_PROVIDERS)
+    if isinstance(model, onnx.ModelProto):
+        source: str | bytes = model.SerializeToString()
+        label = f"model {model.graph.name!r}"
+    else:
+        path = Path(model)
+        if not path.is_file():
+            raise ModelLoadError(f"ONNX model {path} does not exist")
+        source, label = str(path), str(path)
+    try:
+        return ort.InferenceSession(source, options, providers=chosen)
+    except Exception as exc:  # onnxruntime raises bare Exception subclasses
+        raise ModelLoadError(f"onnxruntime cannot load {label}: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- internals
+
+
+def _check_xy(x: Any, y: Any, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    xa, ya = np.asarray(x), np.asarray(y)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if xa.ndim < 1 or len(xa) == 0:
+        raise DataError("cannot evaluate on zero samples")
+    if ya.ndim < 1 or len(xa) != len(ya):
+        raise DataError(
+            f"x has {len(xa)} samples but y has {len(ya) if ya.ndim else 0} labels; they must match"
+        )
+    return xa, ya
+
+
+def _chunks(x: np.ndarray, size: int, *, pad: bool) -> Iterator[tuple[np.ndarray, int]]:
+    """Yield ``(chunk, real_count)``; with ``pad`` every chunk has exactly ``size`` rows."""
+    for start in range(0, len(x), size):
+        chunk = x[start : start + size]
+        n = len(chunk)
+        if pad and n < size:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - n, axis=0)])
+        yield chunk, n
+
+
+def _run(session: ort.InferenceSession, name: str, chunk: np.ndarray) -> np.ndarray:
+    try:
+        return np.asarray(session.run(None, {name: np.ascontiguousarray(chunk)})[0])
+    except Exception as exc:  # onnxruntime raises bare Exception subclasses
+        raise ModelLoadError(
+            f"onnxruntime failed to run the model on a batch of shape {chunk.shape}: {exc}"
+        ) from exc
+
+
+def _as_class_scores(logits: np.ndarray) -> np.ndarray:
+    if logits.ndim > 2 and all(d == 1 for d in logits.shape[2:]):
+        logits = logits.reshape(logits.shape[0], logits.shape[1])
+    if logits.ndim != 2:
+        raise DataError(
+            f"top-1 accuracy needs N×classes outputs, got shape {logits.shape}; "
+            "pass a metric for other kinds of output"
+        )
+    return logits

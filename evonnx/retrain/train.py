@@ -1,0 +1,345 @@
+"""A small, seeded training loop for any ``torch.nn.Module``."""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sized
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from evonnx.data import Dataset
+
+logger = logging.getLogger(__name__)
+
+LossFn = Callable[[torch.Tensor, Any], torch.Tensor]
+"""``loss_fn(outputs, targets) -> scalar tensor``."""
+
+AfterStep = Callable[[nn.Module], None]
+"""``after_step(module)``: called after every optimizer step (e.g. to re-apply masks)."""
+
+Batch = tuple[Any, Any]
+"""One ``(inputs, targets)`` batch; tensors anywhere inside are moved to the device."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of :func:`train`.
+
+    Attributes:
+        epochs: Passes over the data.
+        batch_size: Samples per step (only used when training on a :class:`Dataset`).
+        lr: Initial learning rate.
+        optimizer: ``"sgd"`` (with ``momentum``) or ``"adam"``.
+        momentum: SGD momentum.
+        weight_decay: L2 penalty passed to the optimizer.
+        schedule: ``"cosine"`` anneals the learning rate per step towards 0, ``"constant"``
+            keeps it.
+        seed: Seeds shuffling and every torch random op (dropout) during training.
+        device: ``"auto"`` picks CUDA when available, else CPU.
+        max_batches: Stop each epoch after this many batches (smoke tests); None for all.
+        num_threads: CPU threads torch may use while training (restored afterwards); None
+            keeps torch's setting. Small networks train fastest, and are far less hurt by
+            other busy processes, with 1.
+    """
+
+    epochs: int = 3
+    batch_size: int = 64
+    lr: float = 0.01
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: Literal["cosine", "constant"] = "cosine"
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_batches: int | None = None
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        if self.momentum < 0 or self.weight_decay < 0:
+            raise ValueError("momentum and weight_decay must be >= 0")
+        if self.max_batches is not None and self.max_batches < 1:
+            raise ValueError(f"max_batches must be >= 1 or None, got {self.max_batches}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1 or None, got {self.num_threads}")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a :func:`train` run did.
+
+    Attributes:
+        losses: Mean training loss of each epoch.
+        seconds: Wall-clock training time.
+        images_per_second: Training throughput (samples per second).
+        steps: Optimizer steps taken.
+        images: Samples trained on, over all epochs.
+        device: The device trained on (``"cpu"``, ``"cuda"``, ``"cuda:1"``...).
+    """
+
+    losses: tuple[float, ...]
+    seconds: float
+    images_per_second: float
+    steps: int
+    images: int
+    device: str
+
+
+def resolve_device(device: str) -> torch.device:
+    """Turn ``"auto"``/``"cpu"``/``"cuda"`` into a torch device (auto: CUDA if available)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available to torch")
+    return torch.device(device)
+
+
+def train(
+    module: nn.Module,
+    data: Dataset | Iterable[Batch],
+    config: TrainConfig,
+    *,
+    loss_fn: LossFn | None = None,
+    after_step: AfterStep | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``module`` in place.
+
+    Args:
+        module: Any torch module; it is moved to the training device and back afterwards, and
+            its train/eval mode is restored.
+        data: A :class:`Dataset` (its training split is shuffled with ``config.seed``), or a
+            re-iterable of ``(inputs, targets)`` batches such as a ``DataLoader``.
+        config: Hyper-parameters.
+        loss_fn: ``loss_fn(outputs, targets)``; cross-entropy by default.
+        after_step: Called with the module after every optimizer step.
+        progress: Show a tqdm bar (only on a terminal).
+
+    Returns:
+        Per-epoch losses and throughput.
+    """
+    device = resolve_device(config.device)
+    criterion: LossFn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the module has no trainable parameters")
+    if not isinstance(data, Dataset) and iter(data) is data and config.epochs > 1:
+        raise ValueError(
+            "data is a one-shot iterator; pass a re-iterable (e.g. a DataLoader) "
+            "to train for several epochs"
+        )
+    original_device = _module_device(module)
+    was_training = module.training
+    module.to(device)
+    module.train()
+    fork_devices = [device.index or 0] if device.type == "cuda" else []
+    threads = torch.get_num_threads()
+    try:
+        if config.num_threads is not None:
+            torch.set_num_threads(config.num_threads)
+        with torch.random.fork_rng(devices=fork_devices):
+            torch.manual_seed(config.seed)
+            return _run(module, data, config, device, criterion, after_step, params, progress)
+    finally:
+        torch.set_num_threads(threads)
+        module.train(was_training)
+        module.to(original_device)
+
+
+# --------------------------------------------------------------------------- internals
+
+
+def _run(
+    module: nn.Module,
+    data: Dataset | Iterable[Batch],
+    config: TrainConfig,
+    device: torch.device,
+    criterion: LossFn,
+    after_step: AfterStep | None,
+    params: list[nn.Parameter],
+    progress: bool,
+) -> TrainResult:
+    optimizer = _make_optimizer(params, config)
+    per_epoch = _batches_per_epoch(data, config)
+    scheduler = _make_scheduler(optimizer, config, per_epoch)
+    generator = torch.Generator().manual_seed(config.seed)
+    show = progress and sys.stderr.isatty()
+    losses: list[float] = []
+    steps = images = 0
+    start = time.perf_counter()
+    for epoch in range(config.epochs):
+        total, count = 0.0, 0
+        batches = _epoch_batches(data, config, generator)
+        bar = tqdm(
+            batches,
+            total=per_epoch,
+            disable=not show,
+            leave=False,
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            unit="batch",
+        )
+        for x, y in bar:
+            loss, n = _step(
+                module, optimizer, criterion, _to_device(x, device), _to_device(y, device)
+            )
+            if after_step is not None:
+                after_step(module)
+            if scheduler is not None and per_epoch is not None:
+                scheduler.step()
+            steps += 1
+            images += n
+            total += loss * n
+            count += n
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        if scheduler is not None and per_epoch is None:
+            scheduler.step()
+        losses.append(_epoch_loss(total, count, epoch))
+    seconds = time.perf_counter() - start
+    logger.info(
+        "trained %d epochs (%d steps) in %.1fs on %s; final loss %.4f",
+        config.epochs,
+        steps,
+        seconds,
+        device,
+        losses[-1],
+    )
+    return TrainResult(
+        tuple(losses), seconds, images / seconds if seconds > 0 else 0.0, steps, images, str(device)
+    )
+
+
+def _step(
+    module: nn.Module, optimizer: torch.optim.Optimizer, criterion: LossFn, x: Any, y: Any
+) -> tuple[float, int]:
+    optimizer.zero_grad(set_to_none=True)
+    loss = criterion(module(x), y)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach()), _batch_len(x)
+
+
+def _epoch_loss(total: float, count: int, epoch: int) -> float:
+    if count == 0:
+        raise ValueError(f"epoch {epoch + 1} saw no batches; is the data empty?")
+    mean = total / count
+    if not math.isfinite(mean):
+        logger.warning("training loss is %s in epoch %d; the network diverged", mean, epoch + 1)
+    return mean
+
+
+def _make_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+
+
+def _make_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, per_epoch: int | None
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """Cosine schedule stepped per batch when the epoch length is known, else per epoch."""
+    if config.schedule == "constant":
+        return None
+    total = max(1, config.epochs * per_epoch if per_epoch is not None else config.epochs)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda t: 0.5 * (1.0 + math.cos(math.pi * min(t, total) / total))
+    )
+
+
+def _batches_per_epoch(data: Dataset | Iterable[Batch], config: TrainConfig) -> int | None:
+    if isinstance(data, Dataset):
+        n = len(data.x_train)
+        full = n // config.batch_size
+        rest = n % config.batch_size
+        length: int | None = full + (1 if rest > 1 or (rest == 1 and full == 0) else 0)
+    elif isinstance(data, Sized):
+        length = len(data)
+    else:
+        length = None
+    if config.max_batches is None:
+        return length
+    return config.max_batches if length is None else min(length, config.max_batches)
+
+
+def _epoch_batches(
+    data: Dataset | Iterable[Batch], config: TrainConfig, generator: torch.Generator
+) -> Iterator[Batch]:
+    source = (
+        _dataset_batches(data, config.batch_size, generator)
+        if isinstance(data, Dataset)
+        else iter(data)
+    )
+    for i, batch in enumerate(source):
+        if config.max_batches is not None and i >= config.max_batches:
+            return
+        yield _unpack(batch)
+
+
+def _dataset_batches(data: Dataset, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
+    """Shuffled batches of the training split; a trailing batch of one sample is dropped
+    (BatchNorm cannot train on it) unless it is the only one."""
+    x = torch.from_numpy(data.x_train)
+    y = torch.from_numpy(data.y_train)
+    order = torch.randperm(len(x), generator=generator)
+    for start in range(0, len(x), batch_size):
+        idx = order[start : start + batch_size]
+        if len(idx) == 1 and start > 0:
+            return
+        yield x[idx], y[idx]
+
+
+def _unpack(batch: Any) -> Batch:
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    raise ValueError(
+        f"expected (inputs, targets) batches, got {type(batch).__name__}"
+        + (f" of length {len(batch)}" if isinstance(batch, Sized) else "")
+    )
+
+
+def _to_device(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj).to(device)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return type(obj)(*(_to_device(v, device) for v in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(v, device) for v in obj)
+    return obj
+
+
+def _batch_len(x: Any) -> int:
+    if isinstance(x, torch.Tensor):
+        return int(x.shape[0]) if x.ndim else 1
+    if isinstance(x, (list, tuple)):
+        return len(x)
+    return 1
+
+
+def _module_device(module: nn.Module) -> torch.device:
+    for tensor in (*module.parameters(), *module.buffers()):
+        return tensor.device
+    return torch.device("cpu")
