@@ -2,8 +2,31 @@
 
 from __future__ import annotations
 
-from evonnx.api import InspectReport, PruneResult, inspect, load, prune, save
+from evonnx.api import (
+    EvolveConfig,
+    InspectReport,
+    Lineage,
+    PruneResult,
+    evolve,
+    inspect,
+    load,
+    prune,
+    save,
+    synthesize,
+)
 from evonnx.errors import EvonnxError
 
-__all__ = ["EvonnxError", "InspectReport", "PruneResult", "inspect", "load", "prune", "save"]
+__all__ = [
+    "EvolveConfig",
+    "EvonnxError",
+    "InspectReport",
+    "Lineage",
+    "PruneResult",
+    "evolve",
+    "inspect",
+    "load",
+    "prune",
+    "save",
+    "synthesize",
+]
 __version__ = "0.1.0"

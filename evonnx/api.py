@@ -7,18 +7,34 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 from evonnx.analysis import analyze_graph
+from evonnx.data import Dataset, load_dataset
+from evonnx.encoding import EncodingConfig, Offspring
+from evonnx.encoding import synthesize as sample_offspring
 from evonnx.graph import constant_values, load_model, save_model, to_graph
 from evonnx.groups import Analysis, PrunePlan
+from evonnx.lineage import EvolveConfig, Lineage
 from evonnx.metrics import ModelMetrics, metrics_of_graph
 from evonnx.plan import magnitude_plan
 from evonnx.surgery import apply_plan
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["InspectReport", "PruneResult", "inspect", "load", "prune", "save"]
+__all__ = [
+    "EvolveConfig",
+    "InspectReport",
+    "Lineage",
+    "PruneResult",
+    "evolve",
+    "inspect",
+    "load",
+    "prune",
+    "save",
+    "synthesize",
+]
 
 
 def load(path: str | Path) -> onnx.ModelProto:
@@ -86,6 +102,7 @@ class PruneResult:
     plan: PrunePlan
     before: ModelMetrics
     after: ModelMetrics
+    offspring: Offspring | None = None
 
 
 def prune(model: onnx.ModelProto, keep: float, min_channels: int = 1) -> PruneResult:
@@ -102,3 +119,39 @@ def prune(model: onnx.ModelProto, keep: float, min_channels: int = 1) -> PruneRe
     out = apply_plan(model, analysis, plan)
     after = inspect(out).metrics
     return PruneResult(out, plan, metrics_of_graph(graph, analysis), after)
+
+
+def synthesize(
+    model: onnx.ModelProto, config: EncodingConfig | None = None, seed: int = 0
+) -> PruneResult:
+    """Sample one offspring with the genetic encoding and physically remove its dead clusters.
+
+    Args:
+        model: The ancestor.
+        config: Encoding settings (default: keep at most 80% of the nonzero synapses).
+        seed: Seed of the ``numpy.random.Generator`` that samples the offspring.
+    """
+    graph = to_graph(model)
+    analysis = analyze_graph(graph)
+    offspring = sample_offspring(model, analysis, config, np.random.default_rng(seed))
+    out = apply_plan(model, analysis, offspring.plan, offspring.masks)
+    before = metrics_of_graph(graph, analysis)
+    return PruneResult(out, offspring.plan, before, inspect(out).metrics, offspring)
+
+
+def evolve(
+    model: onnx.ModelProto | str | Path,
+    data: Dataset | str | Path,
+    out_dir: str | Path,
+    config: EvolveConfig | None = None,
+    resume: bool = False,
+    progress: bool = False,
+) -> Lineage:
+    """Evolve ``model`` on ``data`` (a Dataset, a path or a built-in name) into ``out_dir``.
+
+    See :func:`evonnx.evolution.evolve`; returns the lineage of every finished generation.
+    """
+    from evonnx.evolution import evolve as run_evolution  # imports torch
+
+    dataset = data if isinstance(data, Dataset) else load_dataset(data)
+    return run_evolution(model, dataset, out_dir, config or EvolveConfig(), resume, progress)

@@ -127,7 +127,18 @@ def test_cli_inspect_json(convnet_file: Path) -> None:
 def test_cli_prune(convnet_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "p.onnx"
     res = CliRunner().invoke(
-        cli, ["prune", str(convnet_file), "--keep", "0.5", "-o", str(out), "--json"]
+        cli,
+        [
+            "prune",
+            str(convnet_file),
+            "--method",
+            "magnitude",
+            "--keep",
+            "0.5",
+            "-o",
+            str(out),
+            "--json",
+        ],
     )
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
@@ -155,3 +166,30 @@ def test_cli_prune_bad_keep(convnet_file: Path, tmp_path: Path) -> None:
     )
     assert res.exit_code == 2 and "keep" in res.output
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_cli_prune_genetic_respects_budget_and_seed(convnet_file: Path, tmp_path: Path) -> None:
+    outs = []
+    for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
+        out = tmp_path / f"{name}.onnx"
+        res = CliRunner().invoke(
+            cli,
+            [
+                "prune",
+                str(convnet_file),
+                "--keep",
+                "0.5",
+                "--seed",
+                seed,
+                "-o",
+                str(out),
+                "--json",
+            ],
+        )
+        assert res.exit_code == 0, res.output
+        data = json.loads(res.output)
+        assert data["method"] == "genetic"
+        assert data["synapses"][1] <= 0.5 * data["synapses"][0]
+        onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1] and outs[0] != outs[2]

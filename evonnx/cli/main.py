@@ -11,7 +11,9 @@ from typing import Any
 import click
 
 from evonnx import api
+from evonnx.cli import evolve as evolve_cmd
 from evonnx.errors import EvonnxError
+from evonnx.lineage import EvolveConfig
 
 logger = logging.getLogger(__name__)
 
@@ -115,11 +117,44 @@ def inspect(model: Path, as_json: bool) -> None:
 @cli.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option(
+    "--method",
+    type=click.Choice(["genetic", "magnitude"]),
+    default="genetic",
+    show_default=True,
+    help="genetic: sample an offspring from the cluster-driven encoding; "
+    "magnitude: keep the strongest channels (deterministic baseline).",
+)
+@click.option(
     "--keep",
     type=click.FloatRange(0.0, 1.0, min_open=True),
-    default=0.5,
+    default=0.8,
     show_default=True,
-    help="Fraction of channels each prunable group keeps.",
+    help="genetic: most of the synapses (--env synapses) or MACs (--env macs) kept; "
+    "magnitude: fraction of channels each group keeps.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
+@click.option(
+    "--cluster",
+    type=click.Choice(["filter", "kernel"]),
+    default="filter",
+    show_default=True,
+    help="Synaptic cluster: output filter or k×k kernel slice.",
+)
+@click.option(
+    "--round-to", type=click.IntRange(1), default=None, help="Keep channel counts multiples of N."
+)
+@click.option(
+    "--cluster-keep",
+    type=click.FloatRange(0.0, 1.0, min_open=True),
+    default=None,
+    help="Expected fraction of clusters kept (genetic; default: one shared factor).",
+)
+@click.option(
+    "--env",
+    type=click.Choice(["synapses", "macs"]),
+    default="synapses",
+    show_default=True,
+    help="What --keep budgets (genetic method).",
 )
 @click.option("--min-channels", type=click.IntRange(1), default=1, show_default=True)
 @click.option(
@@ -130,31 +165,71 @@ def inspect(model: Path, as_json: bool) -> None:
     help="Where to write the pruned model.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
-def prune(model: Path, keep: float, min_channels: int, output: Path, as_json: bool) -> None:
-    """Physically remove the weakest channels (L1 magnitude) of every prunable group."""
-    result = api.prune(api.load(model), keep, min_channels)
+def prune(
+    model: Path,
+    method: str,
+    keep: float,
+    seed: int,
+    cluster: str,
+    round_to: int | None,
+    cluster_keep: float | None,
+    env: str,
+    min_channels: int,
+    output: Path,
+    as_json: bool,
+) -> None:
+    """Physically remove clusters: a sampled offspring (genetic) or the weakest channels."""
+    ancestor = api.load(model)
+    if method == "magnitude":
+        result = api.prune(ancestor, keep, min_channels)
+    else:
+        config = EvolveConfig(
+            keep=keep,
+            env="macs" if env == "macs" else "synapses",
+            cluster="kernel" if cluster == "kernel" else "filter",
+            round_to=round_to,
+            cluster_keep=cluster_keep,
+            min_channels=min_channels,
+        )
+        result = api.synthesize(ancestor, config.encoding(), seed)
     api.save(result.model, output)
+    _report_prune(result, output, method, keep, as_json)
+
+
+def _report_prune(
+    result: api.PruneResult, output: Path, method: str, keep: float, as_json: bool
+) -> None:
     b, a = result.before, result.after
     summary = {
         "output": str(output),
+        "method": method,
         "keep": keep,
         "params": [b.params, a.params],
-        "synapses": [b.synapses, a.synapses],
-        "clusters": [b.clusters, a.clusters],
+        "synapses": [b.nonzero_synapses, a.nonzero_synapses],
+        "clusters": [b.live_clusters, a.live_clusters],
         "macs": [b.macs, a.macs],
         "mac_ratio": b.macs / a.macs if a.macs else None,
+        "ae": b.nonzero_synapses / a.nonzero_synapses if a.nonzero_synapses else None,
         "groups_pruned": len(result.plan.keep),
     }
     if as_json:
         _emit_json(summary)
         return
     click.echo(
-        f"wrote {output}: params {_human(b.params)} -> {_human(a.params)}, "
-        f"clusters {b.clusters} -> {a.clusters}, MACs {_human(b.macs)} -> {_human(a.macs)} "
-        f"({summary['mac_ratio']:.2f}x fewer)"
-        if a.macs
-        else f"wrote {output}"
+        f"wrote {output}: nonzero synapses {_human(b.nonzero_synapses)} -> "
+        f"{_human(a.nonzero_synapses)}, clusters {b.live_clusters} -> {a.live_clusters}, "
+        f"MACs {_human(b.macs)} -> {_human(a.macs)} ({summary['mac_ratio'] or 0:.2f}x fewer)"
     )
+
+
+cli.add_command(evolve_cmd.evolve)
+cli.add_command(evolve_cmd.demo)
+
+
+from evonnx.cli.deploy import bench, export  # noqa: E402  (deploy commands, registered last)
+
+cli.add_command(bench)
+cli.add_command(export)
 
 
 def main() -> None:

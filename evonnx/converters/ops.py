@@ -148,8 +148,14 @@ def _check_resize(node: Node) -> str | None:
     if mode not in ("nearest", "linear"):
         return f"mode {mode!r} (only nearest and linear)"
     coord = node.s("coordinate_transformation_mode", "half_pixel")
-    known = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric",
-             "tf_half_pixel_for_nn", "half_pixel_symmetric")
+    known = (
+        "half_pixel",
+        "pytorch_half_pixel",
+        "align_corners",
+        "asymmetric",
+        "tf_half_pixel_for_nn",
+        "half_pixel_symmetric",
+    )
     if coord not in known:
         return f"coordinate_transformation_mode {coord!r}"
     nearest = node.s("nearest_mode", "round_prefer_floor")

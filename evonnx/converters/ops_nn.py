@@ -32,8 +32,11 @@ def _spatial(node: Node, key: str, n: int, default: int) -> list[int]:
 
 
 def _same_pads(
-    sizes: Sequence[int], kernel: Sequence[int], strides: Sequence[int],
-    dilations: Sequence[int], lower: bool,
+    sizes: Sequence[int],
+    kernel: Sequence[int],
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    lower: bool,
 ) -> list[int]:
     """Pads of ``auto_pad=SAME_UPPER/SAME_LOWER`` (output size ``ceil(in / stride)``)."""
     begins, ends = [], []
@@ -47,7 +50,10 @@ def _same_pads(
 
 
 def window_pads(
-    node: Node, x: torch.Tensor, kernel: Sequence[int], strides: Sequence[int],
+    node: Node,
+    x: torch.Tensor,
+    kernel: Sequence[int],
+    strides: Sequence[int],
     dilations: Sequence[int],
 ) -> list[int]:
     """Explicit ONNX pads of a conv/pool node, resolving ``auto_pad``."""
@@ -84,8 +90,12 @@ def conv(node: Node, args: Args, training: bool) -> Result:
 
 
 def _conv_transpose_pads(
-    node: Node, x: torch.Tensor, kernel: Sequence[int], strides: Sequence[int],
-    dilations: Sequence[int], out_pad: Sequence[int],
+    node: Node,
+    x: torch.Tensor,
+    kernel: Sequence[int],
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    out_pad: Sequence[int],
 ) -> list[int]:
     n = len(kernel)
     auto = node.s("auto_pad", "NOTSET")

@@ -175,8 +175,9 @@ def constant_of_shape(node: Node, args: Args, training: bool) -> Result:
     value = node.tensor("value")
     if value is None:
         value = torch.zeros(1, dtype=torch.float32)
-    return torch.full(int_list(dims), value.reshape(-1)[0].item(), dtype=value.dtype,
-                      device=dims.device)
+    return torch.full(
+        int_list(dims), value.reshape(-1)[0].item(), dtype=value.dtype, device=dims.device
+    )
 
 
 def expand(node: Node, args: Args, training: bool) -> Result:
@@ -194,8 +195,9 @@ def tile(node: Node, args: Args, training: bool) -> Result:
 def range_(node: Node, args: Args, training: bool) -> Result:
     """Range(start, limit, delta)."""
     start, limit, delta = arg(node, args, 0), arg(node, args, 1), arg(node, args, 2)
-    return torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype,
-                        device=start.device)
+    return torch.arange(
+        start.item(), limit.item(), delta.item(), dtype=start.dtype, device=start.device
+    )
 
 
 # -------------------------------------------------------------------------------------- pad
@@ -278,7 +280,10 @@ def _resize_axis(
     legacy = node.opset < 11  # Resize-10: asymmetric coordinates, floor (ceil if shrinking)
     coords = _source_coords(
         node.s("coordinate_transformation_mode", "asymmetric" if legacy else "half_pixel"),
-        out_size, in_size, scale, x.device,
+        out_size,
+        in_size,
+        scale,
+        x.device,
     )
     if node.s("mode", "nearest") == "nearest":
         default = ("ceil" if scale < 1 else "floor") if legacy else "round_prefer_floor"
@@ -321,4 +326,3 @@ def resize(node: Node, args: Args, training: bool) -> Result:
         if out_size != x.shape[axis] or scale != 1.0:
             x = _resize_axis(x, node, axis, out_size, scale)
     return x
-

@@ -57,7 +57,6 @@ def mangle_name(name: str) -> str:
     return "".join(parts)
 
 
-
 def unmangle_name(attr: str) -> str:
     """Inverse of :func:`mangle_name`.
 
@@ -84,6 +83,7 @@ def unmangle_name(attr: str) -> str:
             i = end + 1
     return "".join(out)
 
+
 def _default_opset(model: onnx.ModelProto) -> int:
     for entry in model.opset_import:
         if entry.domain in _DEFAULT_DOMAINS:
@@ -96,8 +96,7 @@ def _check_supported(proto: onnx.NodeProto, index: int) -> None:
     if proto.domain not in _DEFAULT_DOMAINS or proto.op_type not in OPS:
         domain = f" (domain {proto.domain!r})" if proto.domain not in _DEFAULT_DOMAINS else ""
         raise ConversionError(
-            f"unsupported op {proto.op_type!r}{domain} in node {name!r}: "
-            "no torch implementation"
+            f"unsupported op {proto.op_type!r}{domain} in node {name!r}: no torch implementation"
         )
 
 
@@ -197,7 +196,9 @@ class OnnxModule(nn.Module):
         self.output_names: list[str] = [v.name for v in graph.output]
         logger.debug(
             "converted %d nodes: %d parameters, %d buffers",
-            len(self._steps), len(self._parameter_names), len(self._buffer_names),
+            len(self._steps),
+            len(self._parameter_names),
+            len(self._buffer_names),
         )
         if freeze_zeros:
             self.freeze_zeros()
@@ -405,8 +406,9 @@ def _onnx_type(dtype: torch.dtype) -> int:
     return next(k for k, v in ONNX_TO_TORCH.items() if v == dtype)
 
 
-def _updated(proto: onnx.TensorProto, tensors: dict[str, torch.Tensor], where: str
-             ) -> onnx.TensorProto:
+def _updated(
+    proto: onnx.TensorProto, tensors: dict[str, torch.Tensor], where: str
+) -> onnx.TensorProto:
     tensor = tensors.get(proto.name)
     if tensor is None:
         raise ConversionError(f"{where}: the module has no tensor of that name")

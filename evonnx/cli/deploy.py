@@ -1,0 +1,199 @@
+"""``evonnx bench`` and ``evonnx export``: click commands over :mod:`evonnx.deploy`.
+
+Registered on the main group by :mod:`evonnx.cli.main`; errors are :class:`EvonnxError`
+subclasses, which the group prints as one line with exit code 1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+
+from evonnx.deploy.bench import PROVIDERS, BenchResult, benchmark
+from evonnx.deploy.export import TARGETS, ExportResult
+from evonnx.deploy.export import export as export_model
+from evonnx.deploy.shapes import DeployError
+from evonnx.graph import load_model, save_model
+
+logger = logging.getLogger(__name__)
+
+
+def parse_batches(text: str) -> tuple[int, ...]:
+    """``"1,8,32"`` -> ``(1, 8, 32)``.
+
+    Raises:
+        DeployError: Not a comma-separated list of positive integers.
+    """
+    try:
+        values = tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError as exc:
+        raise DeployError(f"--batch must be comma-separated integers, got {text!r}") from exc
+    if not values or any(v < 1 for v in values):
+        raise DeployError(f"--batch needs positive batch sizes, got {text!r}")
+    return values
+
+
+def _emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(c) for c in col) for col in zip(header, *rows, strict=True)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*header), fmt.format(*["-" * w for w in widths])]
+    lines += [fmt.format(*r) for r in rows]
+    return "\n".join(lines)
+
+
+def _ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def format_bench(result: BenchResult) -> str:
+    """Human-readable tables of a benchmark result."""
+    timing_rows = [
+        [
+            mt.name,
+            str(t.batch),
+            f"{t.median_ms:.3f}",
+            f"{t.p90_ms:.3f}",
+            f"{t.throughput:.1f}",
+            f"{mt.macs / 1e6:.2f}M",
+        ]
+        for mt in result.models
+        for t in mt.timings
+    ]
+    speed_rows = [
+        [s.model, str(s.batch), f"{s.speedup:.2f}x", _ratio(s.mac_ratio), _ratio(s.realized)]
+        for s in result.speedups
+    ]
+    head = (
+        f"provider {result.provider}, threads {result.threads or 'default'} "
+        f"({result.thread_pool} pool), {result.warmup} warm-up + {result.runs} interleaved runs"
+    )
+    return "\n\n".join(
+        [
+            head,
+            _table(
+                timing_rows,
+                ["model", "batch", "median ms", "p90 ms", "samples/s", "MACs/sample"],
+            ),
+            _table(
+                speed_rows,
+                [f"vs {result.models[0].name}", "batch", "speed-up", "MAC ratio", "realized"],
+            ),
+        ]
+    )
+
+
+@click.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--provider",
+    type=click.Choice(list(PROVIDERS), case_sensitive=False),
+    default="cpu",
+    show_default=True,
+    help="onnxruntime execution provider; an unavailable one is an error, never CPU.",
+)
+@click.option(
+    "--batch", "batches", default="1", show_default=True, help="Batch sizes, e.g. 1,8,32."
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(0),
+    default=0,
+    help="Intra-op threads (0: onnxruntime default).",
+)
+@click.option("--warmup", type=click.IntRange(0), default=10, show_default=True)
+@click.option("--runs", type=click.IntRange(1), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def bench(
+    models: tuple[Path, ...],
+    provider: str,
+    batches: str,
+    threads: int,
+    warmup: int,
+    runs: int,
+    as_json: bool,
+) -> None:
+    """Interleaved onnxruntime latency of MODELS (the first is the reference) vs their MACs."""
+    if len(models) < 2:
+        raise DeployError("bench needs at least two models (the ancestor first)")
+    protos = [load_model(p) for p in models]
+    names = _unique_names(models)
+    result = benchmark(
+        protos,
+        names,
+        batches=parse_batches(batches),
+        provider=provider,
+        threads=threads,
+        warmup=warmup,
+        runs=runs,
+    )
+    if as_json:
+        _emit_json(result.to_dict())
+    else:
+        click.echo(format_bench(result))
+
+
+def _unique_names(paths: tuple[Path, ...]) -> list[str]:
+    names = [p.name for p in paths]
+    if len(set(names)) == len(names):
+        return names
+    return [str(p) if names.count(p.name) == 1 else f"{i}:{p}" for i, p in enumerate(paths)]
+
+
+def format_export(result: ExportResult, output: Path) -> str:
+    """Human-readable summary of an export."""
+    lines = [
+        f"wrote {output} for {result.target}: opset {result.opset_before} -> {result.opset_after}, "
+        f"nodes {result.nodes_before} -> {result.nodes_after} ({result.simplifier})"
+        + (", fp16 weights with fp32 inputs/outputs" if result.fp16 else "")
+        + (f", batch fixed to {result.batch}" if result.batch else "")
+    ]
+    lines += [f"note: {n}" for n in result.notes]
+    if result.target == "tensorrt":
+        if result.tensorrt_compatible:
+            lines.append("TensorRT: every op is supported by the ONNX parser")
+        for u in result.unsupported:
+            lines.append(f"TensorRT: unsupported {u.op_type} ({u.reason}): {', '.join(u.nodes)}")
+        lines.append(result.trtexec_command(str(output)))
+    return "\n".join(lines)
+
+
+@click.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option(
+    "--target", type=click.Choice(list(TARGETS)), default="onnxruntime", show_default=True
+)
+@click.option("--fp16", is_flag=True, help="fp16 weights and activations, fp32 inputs/outputs.")
+@click.option("--batch", type=click.IntRange(1), default=None, help="Fix the batch size to N.")
+@click.option("--opset", type=click.IntRange(1), default=None, help="Convert to this opset.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Where to write the exported model.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
+def export(
+    model: Path,
+    target: str,
+    fp16: bool,
+    batch: int | None,
+    opset: int | None,
+    output: Path,
+    as_json: bool,
+) -> None:
+    """Write a deployment-ready MODEL: folded, simplified, optionally fp16 and fixed batch."""
+    result = export_model(load_model(model), target=target, fp16=fp16, batch=batch, opset=opset)
+    save_model(result.model, output)
+    if as_json:
+        _emit_json({"output": str(output), **result.to_dict(str(output))})
+    else:
+        click.echo(format_export(result, output))

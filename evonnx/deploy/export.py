@@ -1,0 +1,392 @@
+"""Deployment-ready ONNX export for onnxruntime and TensorRT.
+
+:func:`export` returns a copy of a model that is
+
+* re-batched to a fixed batch ``N`` when asked (:func:`~evonnx.deploy.shapes.rebatch`), else
+  left with its own (static or dynamic) batch dimension;
+* at an opset TensorRT parses (:data:`TENSORRT_OPSETS`; converted with
+  ``onnx.version_converter`` to :data:`TENSORRT_DEFAULT_OPSET` when outside), or at ``opset``;
+* constant-folded and simplified by `onnxslim <https://github.com/inisis/OnnxSlim>`_, or by
+  onnx-graphsurgeon's ``fold_constants`` + ``cleanup`` when onnxslim is not installed or fails;
+* optionally in float16 with float32 inputs and outputs, by onnxconverter-common's
+  ``convert_float_to_float16(keep_io_types=True)`` (weights and activations in fp16, ``Cast``
+  nodes at the graph's inputs and outputs);
+* checked against a static list of ONNX ops TensorRT's parser supports
+  (:data:`TENSORRT_SUPPORTED_OPS`), with the matching ``trtexec`` command line.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from evonnx.deploy.shapes import DeployError, graph_inputs, rebatch
+from evonnx.graph import check_model, infer_shapes, opset_of
+
+logger = logging.getLogger(__name__)
+
+TARGETS = ("onnxruntime", "tensorrt")
+"""Export targets."""
+
+TENSORRT_OPSETS = (9, 20)
+"""Inclusive range of default-domain opsets TensorRT 10's ONNX parser accepts."""
+
+TENSORRT_DEFAULT_OPSET = 17
+"""Opset a TensorRT export is converted to when the model's opset is outside the range."""
+
+# ONNX (default-domain) ops the TensorRT ONNX parser implements, from onnx-tensorrt's
+# docs/operators.md (TensorRT 8.4 matrix, plus ops added up to TensorRT 10.0). Conservative: an op
+# listed may still have restrictions (e.g. Conv weights must be initializers, 2-D/3-D pooling
+# only), and a missing op may be handled by a plugin. Ops of any other domain are unsupported.
+TENSORRT_SUPPORTED_OPS: frozenset[str] = frozenset(
+    """
+    Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization
+    Cast CastLike Ceil Celu Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh
+    CumSum DepthToSpace DequantizeLinear Div Dropout Einsum Elu Equal Erf Exp Expand EyeLike
+    Flatten Floor GRU Gather GatherElements GatherND Gelu Gemm GlobalAveragePool GlobalLpPool
+    GlobalMaxPool Greater GreaterOrEqual GroupNormalization HardSigmoid HardSwish Identity If
+    ImageScaler InstanceNormalization IsInf IsNaN LRN LSTM LayerNormalization LeakyRelu Less
+    LessOrEqual Log LogSoftmax Loop LpNormalization LpPool MatMul Max MaxPool Mean Min Mod Mul
+    Neg NonMaxSuppression NonZero Not OneHot Or PRelu Pad ParametricSoftplus Pow QuantizeLinear
+    RNN RandomUniform RandomUniformLike Range Reciprocal ReduceL1 ReduceL2 ReduceLogSum
+    ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu
+    Reshape Resize ReverseSequence RoiAlign Round ScaledTanh Scan Scatter ScatterElements
+    ScatterND Selu Shape Shrink Sigmoid Sign Sin Sinh Size Slice Softmax Softplus Softsign
+    SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile TopK Transpose Trilu
+    Unsqueeze Upsample Where Xor
+    """.split()  # noqa: SIM905  (a compact, readable table)
+)
+
+DEFAULT_MAX_BATCH = 32
+"""Largest batch of the ``trtexec`` shape range of a model whose batch stays dynamic."""
+
+
+@dataclass(frozen=True)
+class UnsupportedOp:
+    """An op type TensorRT's ONNX parser does not implement.
+
+    Attributes:
+        op_type: Operator type.
+        domain: Operator domain (``""`` for the default ONNX domain).
+        nodes: Names of the nodes using it.
+    """
+
+    op_type: str
+    domain: str
+    nodes: tuple[str, ...]
+
+    @property
+    def reason(self) -> str:
+        """Why TensorRT rejects it."""
+        if self.domain not in ("", "ai.onnx"):
+            return f"custom domain {self.domain!r} (needs a TensorRT plugin)"
+        return "not implemented by the TensorRT ONNX parser"
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """A graph input of the exported model.
+
+    Attributes:
+        name: Input name.
+        dims: Dimensions; symbolic ones as their names (``""`` when unnamed).
+    """
+
+    name: str
+    dims: tuple[int | str, ...]
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """An exported model and what was done to it.
+
+    Attributes:
+        model: The deployment-ready model.
+        target: ``onnxruntime`` or ``tensorrt``.
+        fp16: True when weights and activations are float16 (inputs/outputs stay float32).
+        batch: The fixed batch size, or ``None`` when the model's own batch dim was kept.
+        opset_before: Default-domain opset of the input model.
+        opset_after: Default-domain opset of the exported model.
+        simplifier: What folded constants and simplified the graph.
+        nodes_before: Node count of the input model.
+        nodes_after: Node count of the exported model.
+        inputs: Graph inputs of the exported model.
+        unsupported: Ops TensorRT does not support (only checked for the tensorrt target).
+        max_batch: Upper end of the trtexec shape range for a dynamic batch.
+        notes: Warnings worth showing to a user.
+    """
+
+    model: onnx.ModelProto
+    target: str
+    fp16: bool
+    batch: int | None
+    opset_before: int
+    opset_after: int
+    simplifier: str
+    nodes_before: int
+    nodes_after: int
+    inputs: tuple[InputSpec, ...]
+    unsupported: tuple[UnsupportedOp, ...]
+    max_batch: int = DEFAULT_MAX_BATCH
+    notes: tuple[str, ...] = ()
+
+    @property
+    def tensorrt_compatible(self) -> bool:
+        """True when the compatibility check found no unsupported op."""
+        return not self.unsupported
+
+    def trtexec_command(self, onnx_path: str = "model.onnx", engine_path: str | None = None) -> str:
+        """The ``trtexec`` line that builds a TensorRT engine from the exported file."""
+        engine = engine_path or _engine_path(onnx_path)
+        args = ["trtexec", f"--onnx={onnx_path}"]
+        if self.fp16:
+            args.append("--fp16")
+        args += _shape_args(self.inputs, self.max_batch)
+        args.append(f"--saveEngine={engine}")
+        return " ".join(shlex.quote(a) for a in args)
+
+    def to_dict(self, onnx_path: str = "model.onnx") -> dict[str, Any]:
+        """JSON-ready summary (without the model)."""
+        out: dict[str, Any] = {
+            "target": self.target,
+            "fp16": self.fp16,
+            "batch": self.batch,
+            "opset": [self.opset_before, self.opset_after],
+            "simplifier": self.simplifier,
+            "nodes": [self.nodes_before, self.nodes_after],
+            "inputs": [{"name": i.name, "shape": list(i.dims)} for i in self.inputs],
+            "notes": list(self.notes),
+        }
+        if self.target == "tensorrt":
+            out["tensorrt_compatible"] = self.tensorrt_compatible
+            out["unsupported_ops"] = [
+                {
+                    "op_type": u.op_type,
+                    "domain": u.domain,
+                    "nodes": list(u.nodes),
+                    "reason": u.reason,
+                }
+                for u in self.unsupported
+            ]
+            out["trtexec"] = self.trtexec_command(onnx_path)
+        return out
+
+
+def export(
+    model: onnx.ModelProto,
+    target: str = "onnxruntime",
+    fp16: bool = False,
+    batch: int | None = None,
+    opset: int | None = None,
+    max_batch: int = DEFAULT_MAX_BATCH,
+) -> ExportResult:
+    """Make a deployment-ready copy of ``model``.
+
+    Args:
+        model: The model (not modified).
+        target: ``onnxruntime`` or ``tensorrt``.
+        fp16: Convert weights and activations to float16, keeping float32 inputs/outputs.
+        batch: Fix the batch dimension to this size (``None``: keep the model's).
+        opset: Convert to this default-domain opset (``None``: only when TensorRT needs it).
+        max_batch: Upper end of the trtexec shape range when the batch stays dynamic.
+
+    Raises:
+        DeployError: Unknown target, bad sizes, a failed opset conversion or fp16 conversion.
+        RebatchError: The batch cannot be fixed to ``batch``.
+    """
+    if target not in TARGETS:
+        raise DeployError(f"unknown export target {target!r}; choose one of {', '.join(TARGETS)}")
+    if max_batch < 1:
+        raise DeployError(f"max_batch must be >= 1, got {max_batch}")
+    before = opset_of(model)
+    out = rebatch(model, batch) if batch is not None else _copy(model)
+    notes: list[str] = []
+    out, simplifier = simplify(out)  # first: folded ops (BN into Conv) need no opset adapter
+    out = _convert_opset(out, _target_opset(before, target, opset), notes)
+    if fp16:
+        out = to_fp16(out)
+    out = infer_shapes(out)
+    check_model(out, "exported model")
+    unsupported = tensorrt_compatibility(out) if target == "tensorrt" else ()
+    inputs = _input_specs(out)
+    notes += _shape_notes(inputs, target)
+    return ExportResult(
+        model=out,
+        target=target,
+        fp16=fp16,
+        batch=batch,
+        opset_before=before,
+        opset_after=opset_of(out),
+        simplifier=simplifier,
+        nodes_before=len(model.graph.node),
+        nodes_after=len(out.graph.node),
+        inputs=inputs,
+        unsupported=unsupported,
+        max_batch=max_batch,
+        notes=tuple(notes),
+    )
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
+def _target_opset(current: int, target: str, opset: int | None) -> int | None:
+    """Opset to convert to, or ``None`` to keep ``current``."""
+    if opset is not None:
+        return None if opset == current else opset
+    lo, hi = TENSORRT_OPSETS
+    if target == "tensorrt" and not lo <= current <= hi:
+        return TENSORRT_DEFAULT_OPSET
+    return None
+
+
+def _convert_opset(model: onnx.ModelProto, opset: int | None, notes: list[str]) -> onnx.ModelProto:
+    if opset is None:
+        return model
+    before = opset_of(model)
+    try:
+        converted = onnx.version_converter.convert_version(model, opset)
+    except Exception as exc:  # the converter raises several unrelated types
+        raise DeployError(
+            f"cannot convert the model from opset {before} to {opset}: {exc}"
+        ) from exc
+    notes.append(f"converted from opset {before} to {opset}")
+    logger.info("converted opset %d -> %d", before, opset)
+    return converted
+
+
+def simplify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+    """Fold constants and simplify: onnxslim, else onnx-graphsurgeon (returns what was used)."""
+    try:
+        import onnxslim
+    except ImportError:
+        logger.info("onnxslim is not installed; folding constants with onnx-graphsurgeon")
+        return _gs_simplify(model), "onnx-graphsurgeon"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            slim = onnxslim.slim(_copy(model))
+    except Exception as exc:  # onnxslim raises whatever its passes raise
+        logger.warning("onnxslim failed (%s); folding constants with onnx-graphsurgeon", exc)
+        return _gs_simplify(model), "onnx-graphsurgeon"
+    if not isinstance(slim, onnx.ModelProto):
+        return _gs_simplify(model), "onnx-graphsurgeon"
+    return slim, f"onnxslim {getattr(onnxslim, '__version__', '')}".strip()
+
+
+def _gs_simplify(model: onnx.ModelProto) -> onnx.ModelProto:
+    graph = gs.import_onnx(model)
+    graph.fold_constants().cleanup(remove_unused_graph_inputs=False).toposort()
+    out = gs.export_onnx(graph)
+    out.ir_version = model.ir_version
+    del out.opset_import[:]
+    out.opset_import.extend(model.opset_import)
+    return out
+
+
+def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Float16 weights and activations with float32 graph inputs and outputs.
+
+    Raises:
+        DeployError: onnxconverter-common is missing or fails on the model.
+    """
+    try:
+        from onnxconverter_common import float16
+    except ImportError as exc:
+        raise DeployError(
+            "fp16 export needs onnxconverter-common (pip install onnxconverter-common)"
+        ) from exc
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # one warning per clamped tiny weight
+            out = float16.convert_float_to_float16(_copy(model), keep_io_types=True)
+    except Exception as exc:  # the converter raises whatever onnx raises
+        raise DeployError(f"fp16 conversion failed: {exc}") from exc
+    if not isinstance(out, onnx.ModelProto):
+        raise DeployError("fp16 conversion returned no model")
+    return out
+
+
+def tensorrt_compatibility(model: onnx.ModelProto) -> tuple[UnsupportedOp, ...]:
+    """Op types of ``model`` (subgraphs included) that TensorRT's ONNX parser does not support."""
+    found: dict[tuple[str, str], list[str]] = {}
+    for node in _all_nodes(model.graph):
+        domain = node.domain or ""
+        default = domain in ("", "ai.onnx")
+        if default and node.op_type in TENSORRT_SUPPORTED_OPS:
+            continue
+        found.setdefault((node.op_type, domain), []).append(node.name or node.output[0])
+    return tuple(
+        UnsupportedOp(op, domain, tuple(nodes)) for (op, domain), nodes in sorted(found.items())
+    )
+
+
+def _all_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    nodes = []
+    for node in graph.node:
+        nodes.append(node)
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                nodes += _all_nodes(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    nodes += _all_nodes(g)
+    return nodes
+
+
+def _input_specs(model: onnx.ModelProto) -> tuple[InputSpec, ...]:
+    specs = []
+    for vi in graph_inputs(model):
+        tt = vi.type.tensor_type
+        dims: list[int | str] = []
+        for d in tt.shape.dim if tt.HasField("shape") else []:
+            dims.append(int(d.dim_value) if d.HasField("dim_value") else d.dim_param)
+        specs.append(InputSpec(vi.name, tuple(dims)))
+    return tuple(specs)
+
+
+def _shape_notes(inputs: tuple[InputSpec, ...], target: str) -> list[str]:
+    if target != "tensorrt":
+        return []
+    return [
+        f"input {i.name} has symbolic dims besides the batch; add them to the trtexec shapes"
+        for i in inputs
+        if any(isinstance(d, str) for d in i.dims[1:])
+    ]
+
+
+def _shape_args(inputs: tuple[InputSpec, ...], max_batch: int) -> list[str]:
+    """``--shapes`` for static inputs; ``--min/opt/maxShapes`` over batch 1..max_batch."""
+    static = [i for i in inputs if all(isinstance(d, int) for d in i.dims)]
+    dynamic = [
+        i
+        for i in inputs
+        if i.dims and isinstance(i.dims[0], str) and all(isinstance(d, int) for d in i.dims[1:])
+    ]
+    args = []
+    if dynamic:
+        for flag, b in (("--minShapes", 1), ("--optShapes", max_batch), ("--maxShapes", max_batch)):
+            specs = [_spec(i.name, (b, *i.dims[1:])) for i in dynamic]
+            specs += [_spec(i.name, i.dims) for i in static]
+            args.append(f"{flag}={','.join(specs)}")
+    elif static:
+        args.append(f"--shapes={','.join(_spec(i.name, i.dims) for i in static)}")
+    return args
+
+
+def _spec(name: str, dims: tuple[int | str, ...]) -> str:
+    quoted = f"'{name}'" if any(c in name for c in ":,") else name
+    return f"{quoted}:{'x'.join(str(d) for d in dims)}"
+
+
+def _engine_path(onnx_path: str) -> str:
+    return (onnx_path[: -len(".onnx")] if onnx_path.endswith(".onnx") else onnx_path) + ".plan"

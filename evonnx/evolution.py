@@ -1,0 +1,381 @@
+"""The evolution loop: synthesize, physically prune, retrain, evaluate, repeat.
+
+Each generation ``g`` samples ``population`` offspring from generation ``g - 1`` with the
+genetic encoding, removes their dead clusters through the surgery pass, retrains them in
+torch (inheriting the surviving weights or from scratch), writes the trained weights back
+into the ONNX graph and scores the written graph with onnxruntime. The fittest offspring
+becomes ``DIR/gen_NNN.onnx``. Every file is written atomically and ``lineage.json`` is only
+updated after the generation's model is on disk, so a killed run resumes from the last
+finished generation.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from evonnx.analysis import analyze
+from evonnx.converters import to_torch, write_back
+from evonnx.data import Dataset, check_matches
+from evonnx.encoding import efficiency, synthesize
+from evonnx.errors import UnsupportedModelError
+from evonnx.graph import load_model, save_model
+from evonnx.groups import Analysis
+from evonnx.lineage import (
+    RESUMABLE,
+    EvolveConfig,
+    GenerationRecord,
+    Lineage,
+    RunDirectoryError,
+)
+from evonnx.metrics import ModelMetrics, compute_metrics
+from evonnx.retrain import TrainConfig, evaluate_onnx, train
+from evonnx.surgery import apply_plan
+from evonnx.textio import write_bytes_atomic, write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[GenerationRecord], None]
+
+
+def model_sha256(model: onnx.ModelProto) -> str:
+    """Content hash of a model (identifies the ancestor of a run)."""
+    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+
+
+def generation_seed(seed: int, generation: int, candidate: int) -> int:
+    """Independent, reproducible seed of one offspring."""
+    state = np.random.SeedSequence([seed, generation, candidate]).generate_state(1)
+    return int(state[0])
+
+
+def evolve(
+    ancestor: onnx.ModelProto | str | Path,
+    data: Dataset,
+    out_dir: str | Path,
+    config: EvolveConfig,
+    resume: bool = False,
+    progress: bool = True,
+    on_generation: ProgressFn | None = None,
+) -> Lineage:
+    """Evolve ``ancestor`` until ``config.generations`` or the accuracy budget is spent.
+
+    Args:
+        ancestor: The generation-1 model (a ModelProto or a path).
+        data: Training and test data; accuracy is measured with onnxruntime on the test split.
+        out_dir: Run directory (``gen_NNN.onnx``, ``lineage.json``/``.csv``, ``report.md``).
+        config: Run settings.
+        resume: Continue the run already in ``out_dir``.
+        progress: Show progress bars on a terminal.
+        on_generation: Called with each new record.
+
+    Returns:
+        The lineage of every finished generation.
+
+    Raises:
+        RunDirectoryError: ``out_dir`` holds another run (or a run while ``resume`` is off).
+        DataError: The data does not fit the model.
+        UnsupportedModelError: Nothing in the model can be pruned.
+    """
+    model = ancestor if isinstance(ancestor, onnx.ModelProto) else load_model(ancestor)
+    out = Path(out_dir)
+    _check_fit(model, data)
+    lineage = _start(model, data, out, config, resume)
+    parent = load_model(out / lineage.records[-1].file)
+    gen1 = compute_metrics(load_model(out / lineage.records[0].file))
+    while _should_continue(lineage):
+        gen = lineage.records[-1].generation + 1
+        record, parent = _generation(parent, gen, data, config, gen1, out, progress)
+        lineage = replace(lineage, records=(*lineage.records, record))
+        _write_lineage(out, lineage)
+        if on_generation is not None:
+            on_generation(record)
+    return lineage
+
+
+def _check_fit(model: onnx.ModelProto, data: Dataset) -> None:
+    weights = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in weights]
+    if len(inputs) != 1:
+        raise UnsupportedModelError(f"evolve needs a model with one input, found {len(inputs)}")
+    dims = inputs[0].type.tensor_type.shape.dim
+    check_matches(data, [d.dim_value if d.HasField("dim_value") else None for d in dims])
+    if not analyze(model).prunable_groups:
+        raise UnsupportedModelError(
+            "nothing in this model can be pruned (run `evonnx inspect` to see why each "
+            "channel group is frozen)"
+        )
+
+
+def _should_continue(lineage: Lineage) -> bool:
+    last = lineage.records[-1]
+    if last.generation >= lineage.config.generations:
+        return False
+    if last.accuracy < lineage.records[0].accuracy - lineage.config.max_drop:
+        logger.info("generation %d fell below the accuracy budget; stopping", last.generation)
+        return False
+    return True
+
+
+def _start(
+    model: onnx.ModelProto, data: Dataset, out: Path, config: EvolveConfig, resume: bool
+) -> Lineage:
+    sha = model_sha256(model)
+    path = out / "lineage.json"
+    if path.exists():
+        if not resume:
+            raise RunDirectoryError(
+                f"{out} already holds an evolution run; pass --resume to continue it or "
+                "choose another output directory"
+            )
+        return _resumed(path, sha, data, config)
+    if out.exists() and any(out.iterdir()):
+        raise RunDirectoryError(f"{out} is not empty and holds no evolution run (lineage.json)")
+    acc = evaluate_onnx(model, data.x_test, data.y_test)
+    metrics = compute_metrics(model)
+    first = _record(1, None, None, "gen_001.onnx", acc, metrics, metrics, 0.0, ())
+    save_model(model, out / first.file)
+    lineage = Lineage(sha, data.name, config, (first,))
+    _write_lineage(out, lineage)
+    logger.info("generation 1 (ancestor): accuracy %.4f", acc)
+    return lineage
+
+
+def _resumed(path: Path, sha: str, data: Dataset, config: EvolveConfig) -> Lineage:
+    try:
+        old = Lineage.from_dict(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RunDirectoryError(f"{path} is not a readable evonnx lineage: {exc}") from exc
+    if old.ancestor_sha256 != sha:
+        raise RunDirectoryError(f"{path.parent} holds a run of a different ancestor model")
+    if old.data != data.name:
+        raise RunDirectoryError(f"{path.parent} was evolved on {old.data!r}, not {data.name!r}")
+    changed = [
+        f.name
+        for f in fields(EvolveConfig)
+        if f.name not in RESUMABLE and getattr(old.config, f.name) != getattr(config, f.name)
+    ]
+    if changed:
+        raise RunDirectoryError(f"cannot resume with different settings: {', '.join(changed)}")
+    logger.info("resuming after generation %d", old.records[-1].generation)
+    return replace(old, config=config)
+
+
+def _generation(
+    parent: onnx.ModelProto,
+    gen: int,
+    data: Dataset,
+    config: EvolveConfig,
+    gen1: ModelMetrics,
+    out: Path,
+    progress: bool,
+) -> tuple[GenerationRecord, onnx.ModelProto]:
+    analysis = analyze(parent)
+    candidates = [
+        _offspring(parent, analysis, data, config, generation_seed(config.seed, gen, k), progress)
+        for k in range(config.population)
+    ]
+    best = max(range(len(candidates)), key=lambda k: candidates[k][1])
+    child, acc, _, seed = candidates[best]
+    record = _record(
+        gen,
+        gen - 1,
+        seed,
+        f"gen_{gen:03d}.onnx",
+        acc,
+        gen1,
+        compute_metrics(child),
+        sum(c[2] for c in candidates),
+        tuple(c[1] for c in candidates),
+    )
+    save_model(child, out / record.file)
+    logger.info("generation %d: accuracy %.4f, A-E %.2fx", gen, acc, record.ae)
+    return record, child
+
+
+def _offspring(
+    parent: onnx.ModelProto,
+    analysis: Analysis,
+    data: Dataset,
+    config: EvolveConfig,
+    seed: int,
+    progress: bool,
+) -> tuple[onnx.ModelProto, float, float, int]:
+    """Synthesize, prune, retrain and score one offspring: (model, accuracy, seconds, seed)."""
+    offspring = synthesize(parent, analysis, config.encoding(), np.random.default_rng(seed))
+    child = apply_plan(parent, analysis, offspring.plan, offspring.masks)
+    module = to_torch(child, freeze_zeros=True)
+    if config.init == "random":
+        _reinitialize(module, seed)
+    result = train(
+        module,
+        data,
+        training_config(config, seed % (2**31)),
+        after_step=lambda _m: module.apply_masks(),
+        progress=progress,
+    )
+    trained = write_back(child, module)
+    acc = evaluate_onnx(trained, data.x_test, data.y_test)
+    return trained, acc, result.seconds, seed
+
+
+def training_config(config: EvolveConfig, seed: int) -> TrainConfig:
+    """Training settings of one offspring."""
+    return TrainConfig(
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        optimizer=config.optimizer,
+        weight_decay=config.weight_decay,
+        seed=seed,
+        num_threads=config.threads,
+        max_batches=config.max_batches,
+    )
+
+
+def _reinitialize(module: Any, seed: int) -> None:
+    """Fresh Kaiming-uniform weights (zeros kept) and zero biases for conv/FC layers."""
+    gen = torch.Generator().manual_seed(seed % (2**31))
+    params = module.onnx_parameters()
+    with torch.no_grad():
+        for name in module.weight_names():
+            w = params[name]
+            fan_in = max(1, w[0].numel()) if w.dim() > 2 else max(1, w.shape[-1])
+            bound = math.sqrt(6.0 / fan_in)
+            w.copy_((torch.rand(w.shape, generator=gen) * 2 - 1) * bound)
+    module.apply_masks()
+
+
+def _record(
+    gen: int,
+    parent: int | None,
+    seed: int | None,
+    file: str,
+    acc: float,
+    gen1: ModelMetrics,
+    now: ModelMetrics,
+    seconds: float,
+    candidates: tuple[float, ...],
+) -> GenerationRecord:
+    eff = efficiency(gen1, now)
+    return GenerationRecord(
+        generation=gen,
+        parent=parent,
+        seed=seed,
+        file=file,
+        accuracy=acc,
+        ae=eff.architectural,
+        ce=eff.cluster,
+        mac_ratio=eff.macs,
+        params=now.params,
+        synapses=now.synapses,
+        nonzero_synapses=now.nonzero_synapses,
+        clusters=now.clusters,
+        live_clusters=now.live_clusters,
+        macs=now.macs,
+        train_seconds=seconds,
+        candidates=candidates,
+    )
+
+
+# --------------------------------------------------------------------------- run files
+
+CSV_FIELDS = [
+    "generation", "parent", "seed", "file", "accuracy", "ae", "ce", "mac_ratio", "params",
+    "synapses", "nonzero_synapses", "clusters", "live_clusters", "macs", "train_seconds",
+]  # fmt: skip
+
+
+def _write_lineage(out: Path, lineage: Lineage) -> None:
+    write_text_atomic(out / "lineage.json", json.dumps(lineage.to_dict(), indent=2) + "\n")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in lineage.records:
+        writer.writerow(asdict(r))
+    write_text_atomic(out / "lineage.csv", buf.getvalue())
+    write_text_atomic(out / "report.md", render_report(lineage))
+    _plot(out / "efficiency.png", lineage)
+
+
+def render_report(lineage: Lineage) -> str:
+    """Markdown report with the paper-style tables (Gen, A-E, ACC and Gen, C-E, ACC)."""
+    rows_ae = "\n".join(
+        f"| {r.generation} | {r.ae:.2f}x | {100 * r.accuracy:.2f} |" for r in lineage.records
+    )
+    rows_ce = "\n".join(
+        f"| {r.generation} | {r.ce:.2f}x | {100 * r.accuracy:.2f} |" for r in lineage.records
+    )
+    rows = "\n".join(
+        f"| {r.generation} | {100 * r.accuracy:.2f} | {r.ae:.2f}x | {r.ce:.2f}x | "
+        f"{r.mac_ratio:.2f}x | {r.nonzero_synapses} | {r.live_clusters}/{r.clusters} | "
+        f"{r.params} | {r.macs} | {r.train_seconds:.1f} |"
+        for r in lineage.records
+    )
+    best = lineage.best
+    return f"""# Evolution report
+
+Ancestor sha256 `{lineage.ancestor_sha256[:16]}…`, data `{lineage.data}`; accuracy is top-1
+on the test split, measured with onnxruntime on each written `gen_NNN.onnx`.
+
+Best generation within the {100 * lineage.config.max_drop:.1f}-point accuracy budget:
+**{best.generation}** ({best.file}): A-E {best.ae:.2f}x, C-E {best.ce:.2f}x,
+MACs {best.mac_ratio:.2f}x fewer, accuracy {100 * best.accuracy:.2f}%.
+
+| Gen. | A-E | ACC. |
+| --- | --- | --- |
+{rows_ae}
+
+| Gen. | C-E | ACC. |
+| --- | --- | --- |
+{rows_ce}
+
+## All metrics
+
+| Gen. | ACC. | A-E | C-E | MACs ratio | nonzero syn. | live clusters | params | MACs | train s |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
+{rows}
+
+Settings: `{json.dumps(asdict(lineage.config))}`
+"""
+
+
+def _plot(path: Path, lineage: Lineage) -> None:
+    """Efficiency vs accuracy per generation (skipped with a warning without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed; skipping %s", path.name)
+        return
+    gens = [r.generation for r in lineage.records]
+    acc = [100 * r.accuracy for r in lineage.records]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.plot([r.ae for r in lineage.records], acc, "o-", label="A-E")
+    ax.plot([r.ce for r in lineage.records], acc, "s--", label="C-E")
+    for g, x, y in zip(gens, [r.ae for r in lineage.records], acc, strict=True):
+        ax.annotate(str(g), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("efficiency vs generation 1 (x, log scale)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title("evonnx: efficiency vs accuracy per generation")
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    write_bytes_atomic(path, buf.getvalue())

@@ -1,0 +1,197 @@
+"""The evolution loop end to end: API, CLI, resume, lineage and report contents."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+import evonnx
+from evonnx import evolution as evolve_module
+from evonnx.cli.main import cli
+from evonnx.data import Dataset
+from evonnx.errors import DataError, UnsupportedModelError
+from evonnx.lineage import EvolveConfig, RunDirectoryError
+
+CONFIG = EvolveConfig(generations=3, epochs=1, lr=0.05, batch_size=32, seed=7, threads=1)
+
+
+class TinyNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 4 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.max_pool2d(torch.relu(self.conv2(torch.relu(self.conv(x)))), 2)
+        return self.fc(torch.flatten(x, 1))
+
+
+def _export(module: nn.Module, shape: tuple[int, ...]) -> onnx.ModelProto:
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (torch.zeros(1, *shape),), buf, dynamo=False,
+                          input_names=["x"], dynamic_axes={"x": {0: "n"}})  # fmt: skip
+    return onnx.load_from_string(buf.getvalue())
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> onnx.ModelProto:
+    torch.manual_seed(0)
+    return _export(TinyNet(), (1, 8, 8))
+
+
+@pytest.fixture(scope="module")
+def tiny_data() -> Dataset:
+    rng = np.random.default_rng(0)
+    templates = rng.normal(size=(3, 1, 8, 8)).astype(np.float32)
+
+    def split(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.integers(0, 3, n)
+        return templates[y] + 0.5 * rng.normal(size=(n, 1, 8, 8)).astype(np.float32), y
+
+    x_train, y_train = split(256)
+    x_test, y_test = split(96)
+    return Dataset(x_train, y_train, x_test, y_test, name="tiny")
+
+
+def _lineage(out: Path) -> dict:
+    return json.loads((out / "lineage.json").read_text())
+
+
+def test_api_three_generations(tiny_model: onnx.ModelProto, tiny_data: Dataset,
+                               tmp_path: Path) -> None:  # fmt: skip
+    lineage = evonnx.evolve(tiny_model, tiny_data, tmp_path, CONFIG)
+    assert [r.generation for r in lineage.records] == [1, 2, 3]
+    for prev, cur in zip(lineage.records, lineage.records[1:], strict=False):
+        assert cur.parent == prev.generation
+        assert cur.nonzero_synapses <= 0.8 * prev.nonzero_synapses
+        assert cur.ae > prev.ae
+        model = evonnx.load(tmp_path / cur.file)
+        onnx.checker.check_model(model, full_check=True)
+        assert evonnx.inspect(model).metrics.nonzero_synapses == cur.nonzero_synapses
+    data = _lineage(tmp_path)
+    assert [g["generation"] for g in data["generations"]] == [1, 2, 3]
+    assert data["config"]["seed"] == 7 and data["data"] == "tiny"
+    rows = list(csv.DictReader((tmp_path / "lineage.csv").open()))
+    assert [int(r["generation"]) for r in rows] == [1, 2, 3]
+    assert float(rows[2]["ae"]) == pytest.approx(lineage.records[2].ae)
+    report = (tmp_path / "report.md").read_text()
+    assert "| Gen. | A-E | ACC. |" in report and "| Gen. | C-E | ACC. |" in report
+    assert f"| 3 | {lineage.records[2].ae:.2f}x |" in report
+    assert (tmp_path / "efficiency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_same_seed_same_lineage_and_resume(tiny_model: onnx.ModelProto, tiny_data: Dataset,
+                                           tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    full = evonnx.evolve(tiny_model, tiny_data, tmp_path / "full", CONFIG)
+    real = evolve_module._offspring
+    calls = {"n": 0}
+
+    def killed(*args: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 2:  # generation 3: the process dies mid-generation
+            raise KeyboardInterrupt
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(evolve_module, "_offspring", killed)
+    with pytest.raises(KeyboardInterrupt):
+        evonnx.evolve(tiny_model, tiny_data, tmp_path / "cut", CONFIG)
+    monkeypatch.setattr(evolve_module, "_offspring", real)
+    assert [g["generation"] for g in _lineage(tmp_path / "cut")["generations"]] == [1, 2]
+    assert not (tmp_path / "cut" / "gen_003.onnx").exists()
+    resumed = evonnx.evolve(tiny_model, tiny_data, tmp_path / "cut", CONFIG, resume=True)
+
+    def key(lineage: evonnx.Lineage) -> list[tuple[object, ...]]:
+        return [(r.generation, r.seed, r.accuracy, r.nonzero_synapses, r.live_clusters)
+                for r in lineage.records]  # fmt: skip
+
+    assert key(resumed) == key(full)
+    assert (tmp_path / "cut" / "gen_003.onnx").read_bytes() == (
+        tmp_path / "full" / "gen_003.onnx"
+    ).read_bytes()
+
+
+def test_resume_extends_generations(tiny_model: onnx.ModelProto, tiny_data: Dataset,
+                                    tmp_path: Path) -> None:  # fmt: skip
+    from dataclasses import replace
+
+    evonnx.evolve(tiny_model, tiny_data, tmp_path, replace(CONFIG, generations=2))
+    more = evonnx.evolve(tiny_model, tiny_data, tmp_path, CONFIG, resume=True)
+    assert len(more.records) == 3
+
+
+def test_run_directory_errors(tiny_model: onnx.ModelProto, tiny_data: Dataset,
+                              tmp_path: Path) -> None:  # fmt: skip
+    from dataclasses import replace
+
+    config = replace(CONFIG, generations=1)
+    evonnx.evolve(tiny_model, tiny_data, tmp_path / "run", config)
+    with pytest.raises(RunDirectoryError, match="--resume"):
+        evonnx.evolve(tiny_model, tiny_data, tmp_path / "run", config)
+    with pytest.raises(RunDirectoryError, match="different settings: keep"):
+        evonnx.evolve(tiny_model, tiny_data, tmp_path / "run", replace(config, keep=0.5),
+                      resume=True)  # fmt: skip
+    other = _export(TinyNet(), (1, 8, 8))
+    with pytest.raises(RunDirectoryError, match="different ancestor"):
+        evonnx.evolve(other, tiny_data, tmp_path / "run", config, resume=True)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "file.txt").write_text("x")
+    with pytest.raises(RunDirectoryError, match="not empty"):
+        evonnx.evolve(tiny_model, tiny_data, tmp_path / "junk", config)
+
+
+def test_data_mismatch_and_nothing_prunable(tiny_model: onnx.ModelProto, tiny_data: Dataset,
+                                            tmp_path: Path) -> None:  # fmt: skip
+    wrong = Dataset(np.zeros((4, 1, 9, 9)), np.zeros(4), np.zeros((4, 1, 9, 9)), np.zeros(4))
+    with pytest.raises(DataError, match="expects"):
+        evonnx.evolve(tiny_model, wrong, tmp_path / "a", CONFIG)
+    torch.manual_seed(0)
+    single = _export(nn.Sequential(nn.Flatten(), nn.Linear(64, 3)), (1, 8, 8))
+    with pytest.raises(UnsupportedModelError, match="nothing in this model can be pruned"):
+        evonnx.evolve(single, tiny_data, tmp_path / "b", CONFIG)
+    assert not (tmp_path / "b").exists()
+
+
+def test_cli_evolve(tiny_model: onnx.ModelProto, tiny_data: Dataset, tmp_path: Path) -> None:
+    model_path = tmp_path / "m.onnx"
+    onnx.save(tiny_model, str(model_path))
+    data_path = tmp_path / "d.npz"
+    np.savez(data_path, x_train=tiny_data.x_train, y_train=tiny_data.y_train,
+             x_test=tiny_data.x_test, y_test=tiny_data.y_test)  # fmt: skip
+    args = ["evolve", str(model_path), "--data", str(data_path), "--out", str(tmp_path / "run"),
+            "--generations", "3", "--epochs", "1", "--lr", "0.05", "--batch-size", "32",
+            "--seed", "7", "--threads", "1"]  # fmt: skip
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert re.search(r"^\s+3\s+\d+\.\d\d%", res.output, re.M)
+    assert "best within budget" in res.output
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 1 and "--resume" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(cli, [*args, "--resume", "--generations", "4"])
+    assert res.exit_code == 0, res.output
+    assert len(_lineage(tmp_path / "run")["generations"]) == 4
+
+
+def test_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    code = re.findall(r"```python\n(.*?)```", readme, re.S)
+    assert code, "README has no python example"
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {}
+    exec(compile(code[0], "README.md", "exec"), namespace)
+    lineage = namespace["lineage"]
+    assert isinstance(lineage, evonnx.Lineage) and len(lineage.records) >= 2
