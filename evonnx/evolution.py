@@ -79,7 +79,8 @@ def evolve(
         config: Run settings.
         resume: Continue the run already in ``out_dir``.
         progress: Show progress bars on a terminal.
-        on_generation: Called with each new record.
+        on_generation: Called with each record: those already finished (generation 1, or
+            the generations of a resumed run), then each new one.
 
     Returns:
         The lineage of every finished generation.
@@ -95,6 +96,8 @@ def evolve(
     lineage = _start(model, data, out, config, resume)
     parent = load_model(out / lineage.records[-1].file)
     gen1 = compute_metrics(load_model(out / lineage.records[0].file))
+    for done in lineage.records if on_generation is not None else ():
+        on_generation(done)
     while _should_continue(lineage):
         gen = lineage.records[-1].generation + 1
         record, parent = _generation(parent, gen, data, config, gen1, out, progress)

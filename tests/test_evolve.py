@@ -177,6 +177,7 @@ def test_cli_evolve(tiny_model: onnx.ModelProto, tiny_data: Dataset, tmp_path: P
             "--seed", "7", "--threads", "1"]  # fmt: skip
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
+    assert re.search(r"^\s+1\s+\d+\.\d\d%\s+1\.00x", res.output, re.M)
     assert re.search(r"^\s+3\s+\d+\.\d\d%", res.output, re.M)
     assert "best within budget" in res.output
     res = CliRunner().invoke(cli, args)
@@ -195,3 +196,16 @@ def test_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     exec(compile(code[0], "README.md", "exec"), namespace)
     lineage = namespace["lineage"]
     assert isinstance(lineage, evonnx.Lineage) and len(lineage.records) >= 2
+
+
+def test_cli_demo(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--generations", "2", "--epochs", "1",
+            "--ancestor-epochs", "1"]  # fmt: skip
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert "ancestor test accuracy" in res.output and "best within budget" in res.output
+    data = _lineage(out / "run")
+    assert data["data"] == "mnist-demo" and len(data["generations"]) == 2
+    assert data["config"]["cluster_keep"] == 0.92
+    assert data["generations"][0]["accuracy"] > 0.5

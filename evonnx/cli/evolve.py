@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
 from evonnx.lineage import EvolveConfig, GenerationRecord, Lineage
+
+# Demo defaults: tuned on the built-in MNIST subset (see docs/benchmarks.md), ~2 minutes.
+DEMO_EVOLUTION = EvolveConfig(
+    generations=12,
+    max_drop=0.02,
+    keep=0.72,
+    cluster_keep=0.92,
+    epochs=4,
+    optimizer="adam",
+    lr=0.001,
+    batch_size=32,
+    threads=1,
+)
 
 GEN_HEADER = f"{'gen':>4}  {'accuracy':>8}  {'A-E':>8}  {'C-E':>7}  {'MACs':>7}  {'train s':>7}"
 
@@ -32,9 +46,14 @@ def _summary(lineage: Lineage, out: Path) -> None:
     )
 
 
-def evolution_options(fn: click.decorators.FC) -> click.decorators.FC:
-    """Options shared by ``evolve`` and ``demo``."""
-    d = EvolveConfig()
+def evolution_options(
+    d: EvolveConfig,
+) -> Callable[[click.decorators.FC], click.decorators.FC]:
+    """Options shared by ``evolve`` and ``demo``, with defaults taken from ``d``."""
+    return lambda fn: _with_options(fn, d)
+
+
+def _with_options(fn: click.decorators.FC, d: EvolveConfig) -> click.decorators.FC:
     options = [
         click.option("--generations", type=click.IntRange(1), default=d.generations,
                      show_default=True, help="Last generation (the ancestor is generation 1)."),
@@ -48,10 +67,10 @@ def evolution_options(fn: click.decorators.FC) -> click.decorators.FC:
                      show_default=True, help="Environment: synapse or MAC budget."),
         click.option("--cluster", type=click.Choice(["filter", "kernel"]), default=d.cluster,
                      show_default=True, help="Synaptic cluster: output filter or k×k kernel."),
-        click.option("--round-to", type=click.IntRange(1), default=None,
+        click.option("--round-to", type=click.IntRange(1), default=d.round_to,
                      help="Keep channel counts multiples of N (GPU/accelerator friendly)."),
         click.option("--cluster-keep", type=click.FloatRange(0, 1, min_open=True),
-                     default=None,
+                     default=d.cluster_keep, show_default=True,
                      help="Expected fraction of clusters kept per generation (default: one "
                           "factor for clusters and synapses, as in the paper)."),
         click.option("--population", type=click.IntRange(1), default=d.population,
@@ -66,7 +85,7 @@ def evolution_options(fn: click.decorators.FC) -> click.decorators.FC:
         click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default=d.optimizer,
                      show_default=True),
         click.option("--seed", type=int, default=d.seed, show_default=True),
-        click.option("--threads", type=click.IntRange(1), default=None,
+        click.option("--threads", type=click.IntRange(1), default=d.threads,
                      help="CPU threads for training (default: torch's choice)."),
         click.option("--resume", is_flag=True, help="Continue the run in the output folder."),
     ]  # fmt: skip
@@ -141,7 +160,7 @@ def run(model: Path, data: str, out: Path, config: EvolveConfig, resume: bool) -
     required=True,
     help="Run folder: gen_NNN.onnx, lineage.json/.csv, report.md, efficiency.png.",
 )
-@evolution_options
+@evolution_options(EvolveConfig())
 def evolve(
     model: Path,
     data: str,
@@ -175,7 +194,7 @@ def evolve(
 @click.option("--out", "out", type=click.Path(path_type=Path), default=Path("evonnx-demo"),
               show_default=True, help="Folder for the ancestor and the run.")  # fmt: skip
 @click.option("--ancestor-epochs", type=click.IntRange(1), default=8, show_default=True)
-@evolution_options
+@evolution_options(DEMO_EVOLUTION)
 def demo(
     out: Path,
     ancestor_epochs: int,
