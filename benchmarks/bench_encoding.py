@@ -17,6 +17,7 @@ import argparse
 import logging
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from evonnx.encoding import (
     EncodingConfig,
@@ -169,51 +172,14 @@ def bench_synthetic(repeat: int) -> list[str]:
 
 def bench_onnx(repeat: int) -> list[str]:
     """Export a torch ResNet-50, analyze it and time ``synthesize`` on the real graph."""
-    import io
-
-    import onnx
-    import torch
-    from torch import nn
+    from resnet50 import resnet50_onnx
 
     from evonnx.analysis import analyze
     from evonnx.encoding import synthesize
 
-    class Block(nn.Module):
-        def __init__(self, cin: int, width: int, stride: int) -> None:
-            super().__init__()
-            cout = width * 4
-            self.body = nn.Sequential(
-                nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-                nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width),
-                nn.ReLU(), nn.Conv2d(width, cout, 1, bias=False), nn.BatchNorm2d(cout),
-            )  # fmt: skip
-            self.down: nn.Module = nn.Identity()
-            if stride != 1 or cin != cout:
-                self.down = nn.Sequential(
-                    nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
-                )
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.relu(self.body(x) + self.down(x))
-
-    layers: list[nn.Module] = [
-        nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
-        nn.MaxPool2d(3, 2, 1),
-    ]  # fmt: skip
-    cin = 64
-    for blocks, width, stride in STAGES:
-        for b in range(blocks):
-            layers.append(Block(cin, width, stride if b == 0 else 1))
-            cin = width * 4
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, 1000)]
-    torch.manual_seed(0)
-    model = nn.Sequential(*layers).eval()
-    buf = io.BytesIO()
     t0 = time.perf_counter()
-    x = torch.randn(1, 3, 224, 224)
-    torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=17)  # type: ignore[arg-type]
+    proto = resnet50_onnx()
     t_export = time.perf_counter() - t0
-    proto = onnx.load_from_string(buf.getvalue())
     t_an, analysis = _time(partial(analyze, proto), 1)
     seeds = iter(range(10**6))
     t_syn, off = _time(

@@ -657,29 +657,32 @@ def _reduce(b: _Builder, node: gs.Node) -> None:
     b.set_layout(node.outputs[0], lay.with_axis(axis))
 
 
-@rule("Softmax", "LogSoftmax", "Hardmax")
-def _softmax(b: _Builder, node: gs.Node) -> None:
+def _pass_unless_axis(b: _Builder, node: gs.Node, default: int, coerced: bool, why: str) -> None:
+    """Pass channels through all outputs unless the op's ``axis`` touches the channel axis.
+
+    ``coerced``: the op flattens every axis from ``axis`` on (Softmax before opset 13).
+    """
     lay = b.layout(node.inputs[0])
     r = rank(node.inputs[0])
     if lay is None or r is None:
         return
-    if int(node.attrs.get("axis", -1)) % r == lay.axis:
-        b.freeze_layout(lay, f"{node_name(node)} normalizes over the channel axis")
+    axis = int(node.attrs.get("axis", default)) % r
+    if axis == lay.axis or (coerced and lay.axis >= axis):
+        b.freeze_layout(lay, f"{node_name(node)} {why}")
         return
-    b.set_layout(node.outputs[0], lay)
+    for out in node.outputs:
+        b.set_layout(out, lay)
+
+
+@rule("Softmax", "LogSoftmax", "Hardmax")
+def _softmax(b: _Builder, node: gs.Node) -> None:
+    old = int(b.graph.opset) < 13
+    _pass_unless_axis(b, node, 1 if old else -1, old, "normalizes over the channel axis")
 
 
 @rule("Split")
 def _split(b: _Builder, node: gs.Node) -> None:
-    lay = b.layout(node.inputs[0])
-    r = rank(node.inputs[0])
-    if lay is None or r is None:
-        return
-    if int(node.attrs.get("axis", 0)) % r == lay.axis:
-        b.freeze_layout(lay, f"{node_name(node)} splits the channel axis")
-        return
-    for out in node.outputs:
-        b.set_layout(out, lay)
+    _pass_unless_axis(b, node, 0, False, "splits the channel axis")
 
 
 @rule("Slice")

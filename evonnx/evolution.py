@@ -96,8 +96,9 @@ def evolve(
     lineage = _start(model, data, out, config, resume)
     parent = load_model(out / lineage.records[-1].file)
     gen1 = compute_metrics(load_model(out / lineage.records[0].file))
-    for done in lineage.records if on_generation is not None else ():
-        on_generation(done)
+    if on_generation is not None:
+        for done in lineage.records:
+            on_generation(done)
     while _should_continue(lineage):
         gen = lineage.records[-1].generation + 1
         record, parent = _generation(parent, gen, data, config, gen1, out, progress)

@@ -26,6 +26,9 @@ class LayerMetrics:
         nonzero_synapses: Nonzero weight elements.
         clusters: Output filters/neurons.
         live_clusters: Output filters/neurons with at least one nonzero weight.
+        kernels: k×k kernel slices ``W[o, i]`` (the optional kernel clusters; an FC weight has
+            one per synapse).
+        live_kernels: Kernel slices with at least one nonzero weight.
         macs: Dense multiply-accumulates per inference (batch dimension read as 1 if symbolic).
     """
 
@@ -37,6 +40,8 @@ class LayerMetrics:
     nonzero_synapses: int
     clusters: int
     live_clusters: int
+    kernels: int
+    live_kernels: int
     macs: int
 
 
@@ -76,7 +81,9 @@ def metrics_of_graph(graph: gs.Graph, analysis: Analysis) -> ModelMetrics:
 
 
 def _layer_metrics(layer: Layer, w: np.ndarray) -> LayerMetrics:
-    per_filter = np.moveaxis(w != 0, layer.out_axis, 0).reshape(w.shape[layer.out_axis], -1)
+    nz = np.moveaxis(w != 0, (layer.out_axis, layer.in_axis), (0, 1))
+    per_filter = nz.reshape(nz.shape[0], -1)
+    per_kernel = nz.reshape(nz.shape[0] * nz.shape[1], -1)
     return LayerMetrics(
         node=layer.node,
         op_type=layer.op_type,
@@ -86,5 +93,7 @@ def _layer_metrics(layer: Layer, w: np.ndarray) -> LayerMetrics:
         nonzero_synapses=int(np.count_nonzero(w)),
         clusters=int(w.shape[layer.out_axis]),
         live_clusters=int(per_filter.any(axis=1).sum()),
+        kernels=int(per_kernel.shape[0]),
+        live_kernels=int(per_kernel.any(axis=1).sum()),
         macs=layer.macs,
     )

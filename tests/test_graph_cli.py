@@ -99,6 +99,7 @@ def test_metrics_count_zeros() -> None:
     m = compute_metrics(model)
     w2 = next(lay for lay in m.layers if lay.weight == "w2")
     assert w2.live_clusters == 4 and w2.nonzero_synapses == w2.synapses - 54 - 9
+    assert w2.kernels == 30 and w2.live_kernels == 30 - 6 - 1
 
 
 def test_api_prune_reduces_and_runs() -> None:
@@ -115,6 +116,13 @@ def test_cli_inspect_table(convnet_file: Path) -> None:
     assert res.exit_code == 0, res.output
     assert "conv1" in res.output and "frozen: channels reach the graph output y" in res.output
     assert "prunable groups 2/4" in res.output
+
+
+def test_cli_inspect_kernel_clusters(convnet_file: Path) -> None:
+    res = CliRunner().invoke(cli, ["inspect", str(convnet_file), "--cluster", "kernel"])
+    assert res.exit_code == 0, res.output
+    assert "live/kernels" in res.output
+    assert "12/12" in res.output and "30/30" in res.output  # conv1: 6x2, conv2: 5x6 kernels
 
 
 def test_cli_inspect_json(convnet_file: Path) -> None:

@@ -63,9 +63,10 @@ def _human(n: int) -> str:
     return str(n)
 
 
-def format_report(report: api.InspectReport) -> str:
-    """Human-readable tables of an inspect report."""
+def format_report(report: api.InspectReport, cluster: str = "filter") -> str:
+    """Human-readable tables of an inspect report (clusters: ``filter`` or ``kernel``)."""
     m, a = report.metrics, report.analysis
+    kernel = cluster == "kernel"
     layer_rows = [
         [
             lm.node,
@@ -73,7 +74,7 @@ def format_report(report: api.InspectReport) -> str:
             "x".join(map(str, lm.shape)),
             str(la.out_group),
             ",".join(map(str, la.in_groups)) or "-",
-            f"{lm.live_clusters}/{lm.clusters}",
+            f"{lm.live_kernels}/{lm.kernels}" if kernel else f"{lm.live_clusters}/{lm.clusters}",
             _human(lm.macs),
         ]
         for lm, la in zip(m.layers, a.layers, strict=True)
@@ -92,11 +93,12 @@ def format_report(report: api.InspectReport) -> str:
         [
             _table(
                 layer_rows,
-                ["layer", "op", "weight", "out group", "in groups", "live/clusters", "MACs"],
+                ["layer", "op", "weight", "out group", "in groups", f"live/{cluster}s", "MACs"],
             ),
             _table(group_rows, ["group", "channels", "producers", "members", "status"]),
             f"params {_human(m.params)}  synapses {_human(m.synapses)} "
-            f"(nonzero {_human(m.nonzero_synapses)})  clusters {m.live_clusters}/{m.clusters}  "
+            f"(nonzero {_human(m.nonzero_synapses)})  filter clusters "
+            f"{m.live_clusters}/{m.clusters}  "
             f"MACs {_human(m.macs)}  prunable groups {len(a.prunable_groups)}/{len(a.groups)}",
         ]
     )
@@ -105,13 +107,20 @@ def format_report(report: api.InspectReport) -> str:
 @cli.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def inspect(model: Path, as_json: bool) -> None:
+@click.option(
+    "--cluster",
+    type=click.Choice(["filter", "kernel"]),
+    default="filter",
+    show_default=True,
+    help="Count clusters as output filters/neurons or as k×k kernel slices.",
+)
+def inspect(model: Path, as_json: bool, cluster: str) -> None:
     """Show prunable layers, channel groups (frozen ones with reasons), params and MACs."""
     report = api.inspect(model)
     if as_json:
         _emit_json(report.to_dict())
     else:
-        click.echo(format_report(report))
+        click.echo(format_report(report, cluster))
 
 
 @cli.command()
