@@ -29,6 +29,7 @@ import torch
 from evonnx.analysis import analyze
 from evonnx.converters import to_torch, write_back
 from evonnx.data import Dataset, check_matches
+from evonnx.deploy.shapes import batch_info, dynamic_batch
 from evonnx.encoding import efficiency, synthesize
 from evonnx.errors import UnsupportedModelError
 from evonnx.graph import load_model, save_model
@@ -92,8 +93,10 @@ def evolve(
     """
     model = ancestor if isinstance(ancestor, onnx.ModelProto) else load_model(ancestor)
     out = Path(out_dir)
+    sha = model_sha256(model)
+    model = _trainable(model)
     _check_fit(model, data)
-    lineage = _start(model, data, out, config, resume)
+    lineage = _start(model, sha, data, out, config, resume)
     parent = load_model(out / lineage.records[-1].file)
     gen1 = compute_metrics(load_model(out / lineage.records[0].file))
     if on_generation is not None:
@@ -107,6 +110,14 @@ def evolve(
         if on_generation is not None:
             on_generation(record)
     return lineage
+
+
+def _trainable(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The ancestor with a symbolic batch dimension, so it trains at any batch size."""
+    if batch_info(model).fixed is None:
+        return model
+    logger.info("the ancestor hard-codes its batch size; generation 1 gets a dynamic batch")
+    return dynamic_batch(model)
 
 
 def _check_fit(model: onnx.ModelProto, data: Dataset) -> None:
@@ -134,9 +145,13 @@ def _should_continue(lineage: Lineage) -> bool:
 
 
 def _start(
-    model: onnx.ModelProto, data: Dataset, out: Path, config: EvolveConfig, resume: bool
+    model: onnx.ModelProto,
+    sha: str,
+    data: Dataset,
+    out: Path,
+    config: EvolveConfig,
+    resume: bool,
 ) -> Lineage:
-    sha = model_sha256(model)
     path = out / "lineage.json"
     if path.exists():
         if not resume:

@@ -209,3 +209,32 @@ def test_cli_demo(tmp_path: Path) -> None:
     assert data["data"] == "mnist-demo" and len(data["generations"]) == 2
     assert data["config"]["cluster_keep"] == 0.92
     assert data["generations"][0]["accuracy"] > 0.5
+
+
+def test_fixed_batch_dynamo_export_evolves(tiny_data: Dataset, tmp_path: Path) -> None:
+    """torch's dynamo exporter hard-codes batch 1 (Reshape target [1, 128]); evolve copes."""
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prog = torch.onnx.export(TinyNet().eval(), (torch.zeros(1, 1, 8, 8),), dynamo=True,
+                                 optimize=True, verbose=False)  # fmt: skip
+    assert prog is not None
+    model = prog.model_proto
+    dim0 = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim0.dim_value == 1
+    from dataclasses import replace
+
+    lineage = evonnx.evolve(model, tiny_data, tmp_path, replace(CONFIG, generations=2))
+    assert len(lineage.records) == 2 and lineage.records[1].ae > 1
+    gen1 = evonnx.load(tmp_path / "gen_001.onnx")
+    assert gen1.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert lineage.records[0].accuracy == pytest.approx(
+        evonnx_accuracy(model, tiny_data), abs=1e-9
+    )
+
+
+def evonnx_accuracy(model: onnx.ModelProto, data: Dataset) -> float:
+    """Accuracy of a fixed-batch-1 model, one sample at a time."""
+    from evonnx.retrain import evaluate_onnx
+
+    return evaluate_onnx(model, data.x_test, data.y_test)

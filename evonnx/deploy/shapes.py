@@ -104,6 +104,33 @@ def rebatch(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
     return _reinfer(out, batch)
 
 
+def dynamic_batch(model: onnx.ModelProto, name: str = "batch") -> onnx.ModelProto:
+    """Copy of ``model`` whose fixed batch dimension becomes the symbolic ``name``.
+
+    Exporters that trace with one sample (torch's dynamo exporter, tf2onnx without a
+    signature) hard-code the batch; training needs any batch size. Reshape targets that spell
+    the old batch become ``-1``.
+
+    Raises:
+        RebatchError: The graph hard-codes its batch somewhere that cannot be rewritten.
+    """
+    info = batch_info(model)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    if info.fixed is None:
+        return out
+    _rewrite_reshapes(out, info.fixed)
+    for vi in [*graph_inputs(out), *out.graph.output]:
+        dims = _dims(vi)
+        if dims and dims[0].HasField("dim_value") and dims[0].dim_value == info.fixed:
+            vi.type.tensor_type.shape.dim[0].dim_param = name
+    del out.graph.value_info[:]
+    try:
+        return onnx.shape_inference.infer_shapes(out, strict_mode=True, data_prop=True)
+    except Exception as exc:  # InferenceError and friends
+        raise RebatchError(f"the batch of this model cannot be made dynamic: {exc}") from exc
+
+
 def _batch_params(model: onnx.ModelProto) -> set[str]:
     """Symbolic names the inputs use for their batch dimension."""
     names = set()
