@@ -158,6 +158,13 @@ def _prod(xs: tuple[int, ...] | list[int]) -> int:
     return int(math.prod(xs))
 
 
+def optional_input(node: gs.Node, index: int) -> gs.Tensor | None:
+    """Input ``index`` of ``node``, or None when absent or omitted (empty name)."""
+    if len(node.inputs) > index and node.inputs[index].name:
+        return node.inputs[index]
+    return None
+
+
 def _inputs_with_layout(b: _Builder, node: gs.Node) -> list[tuple[int, Layout]]:
     out = []
     for i, t in enumerate(node.inputs):
@@ -266,7 +273,7 @@ def _produce(
 @rule("Conv")
 def _conv(b: _Builder, node: gs.Node) -> None:
     x, w = node.inputs[0], node.inputs[1]
-    bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
+    bias = optional_input(node, 2)
     lay = b.layout(x)
     wv = const_value(w)
     if wv is None:
@@ -313,7 +320,7 @@ def _depthwise(
 @rule("ConvTranspose")
 def _conv_transpose(b: _Builder, node: gs.Node) -> None:
     x, w = node.inputs[0], node.inputs[1]
-    bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
+    bias = optional_input(node, 2)
     lay = b.layout(x)
     wv = const_value(w)
     group = int(node.attrs.get("group", 1))
@@ -336,7 +343,7 @@ def _conv_transpose(b: _Builder, node: gs.Node) -> None:
 @rule("Gemm")
 def _gemm(b: _Builder, node: gs.Node) -> None:
     a, w = node.inputs[0], node.inputs[1]
-    bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
+    bias = optional_input(node, 2)
     lay = b.layout(a)
     wv = const_value(w)
     trans_b = int(node.attrs.get("transB", 0))
@@ -619,10 +626,11 @@ def _transpose(b: _Builder, node: gs.Node) -> None:
 def _int_list(node: gs.Node, attr: str, input_index: int) -> list[int] | None:
     if attr in node.attrs:
         return [int(v) for v in node.attrs[attr]]
-    if len(node.inputs) > input_index and node.inputs[input_index].name:
-        v = const_value(node.inputs[input_index])
-        return None if v is None else [int(x) for x in v.reshape(-1)]
-    return []
+    t = optional_input(node, input_index)
+    if t is None:
+        return []
+    v = const_value(t)
+    return None if v is None else [int(x) for x in v.reshape(-1)]
 
 
 @rule(
@@ -727,21 +735,16 @@ def _resize(b: _Builder, node: gs.Node) -> None:
     lay = b.layout(node.inputs[0])
     if lay is None:
         return
-    if node.op == "Upsample" or len(node.inputs) == 2:
-        scales = const_value(node.inputs[1]) if len(node.inputs) > 1 else None
-        sizes = None
-    else:
-        scales = (
-            const_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
-        )
-        sizes_t = node.inputs[3] if len(node.inputs) > 3 and node.inputs[3].name else None
-        sizes = const_value(sizes_t) if sizes_t is not None else None
-        if sizes_t is not None and sizes is None:
+    scales_t = optional_input(node, 1 if node.op == "Upsample" or len(node.inputs) == 2 else 2)
+    scales = const_value(scales_t) if scales_t is not None else None
+    sizes_t = optional_input(node, 3) if node.op == "Resize" else None
+    sizes = const_value(sizes_t) if sizes_t is not None else None
+    if sizes_t is not None:
+        if sizes is None:
             b.freeze_layout(lay, f"{node_name(node)}: sizes are not constant")
             return
-        if sizes is not None and sizes_t is not None:
-            for s in lay.segments:
-                b.add(s, Role.SHAPE, sizes_t.name, node_name(node), lay.axis)
+        for s in lay.segments:
+            b.add(s, Role.SHAPE, sizes_t.name, node_name(node), lay.axis)
     if scales is not None and scales.size and float(scales.reshape(-1)[lay.axis]) != 1.0:
         b.freeze_layout(lay, f"{node_name(node)} rescales the channel axis")
         return

@@ -310,3 +310,23 @@ def test_dynamic_batch_legacy_export_reshape() -> None:
     onnx.checker.check_model(pruned, full_check=True)
     feed = {"x": np.random.default_rng(0).normal(size=(5, 3, 8, 8)).astype(np.float32)}
     assert_same(run(zero_consumers(model, a, plan), feed), run(pruned, feed))
+
+
+def test_resize_sizes_rewritten() -> None:
+    text = f"""{HEAD}
+    g (float[1, 3, 6, 6] x) => (float[1, 4, 12, 12] y) {{
+        a = Conv <pads = [1, 1, 1, 1]> (x, w1)
+        m = Resize <mode = "nearest"> (a, , , sz)
+        y = Conv (m, w2)
+    }}"""
+    model = _parse(text, {"w1": _rand(8, 3, 3, 3), "w2": _rand(4, 8, 1, 1),
+                          "sz": np.array([1, 8, 12, 12], np.int64)})  # fmt: skip
+    a = analyze(model)
+    g = _group_of(a, "w1")
+    assert g.prunable and any(m.role is Role.SHAPE and m.name == "sz" for m in g.members)
+    plan = random_plan(a, 0.5, np.random.default_rng(0))
+    pruned = apply_plan(model, a, plan)
+    onnx.checker.check_model(pruned, full_check=True)
+    assert _weights(pruned)["sz"].tolist() == [1, 4, 12, 12]
+    feed = input_feed(model)
+    assert_same(run(zero_consumers(model, a, plan), feed), run(pruned, feed))
