@@ -32,8 +32,17 @@ def _row(r: GenerationRecord) -> str:
     )
 
 
-def _echo_row(r: GenerationRecord) -> None:
-    click.echo(_row(r))
+def _row_printer() -> Callable[[GenerationRecord], None]:
+    """Callback printing the table header before the first row (none if the run fails early)."""
+    shown: list[bool] = []
+
+    def echo(r: GenerationRecord) -> None:
+        if not shown:
+            click.echo(GEN_HEADER)
+            shown.append(True)
+        click.echo(_row(r))
+
+    return echo
 
 
 def _summary(lineage: Lineage, out: Path) -> None:
@@ -137,9 +146,8 @@ def run(model: Path, data: str, out: Path, config: EvolveConfig, resume: bool) -
     from evonnx.evolution import evolve
 
     dataset = load_dataset(data)
-    click.echo(GEN_HEADER)
     try:
-        lineage = evolve(model, dataset, out, config, resume, True, _echo_row)
+        lineage = evolve(model, dataset, out, config, resume, True, _row_printer())
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted; finished generations are kept in {out}; "
                    "rerun with --resume to continue", err=True)  # fmt: skip
