@@ -330,3 +330,32 @@ def test_resize_sizes_rewritten() -> None:
     assert _weights(pruned)["sz"].tolist() == [1, 4, 12, 12]
     feed = input_feed(model)
     assert_same(run(zero_consumers(model, a, plan), feed), run(pruned, feed))
+
+
+def test_tf2onnx_style_nhwc_graph() -> None:
+    """NHWC input transposed around convs, mean over H and W, MatMul plus a separate bias Add."""
+    text = """<ir_version: 8, opset_import: ["" : 13]>
+    g (float[1, 6, 6, 3] x) => (float[1, 5] y) {
+        t = Transpose <perm = [0, 3, 1, 2]> (x)
+        c = Conv <pads = [1, 1, 1, 1]> (t, w1, b1)
+        r = Relu (c)
+        c2 = Conv (r, w2)
+        h = Transpose <perm = [0, 2, 3, 1]> (c2)
+        m = ReduceMean <axes = [1, 2], keepdims = 0> (h)
+        f = MatMul (m, wf)
+        s = Add (f, bf)
+        a = Relu (s)
+        y = MatMul (a, wo)
+    }"""
+    model = _parse(text, {"w1": _rand(8, 3, 3, 3), "b1": _rand(8), "w2": _rand(6, 8, 1, 1),
+                          "wf": _rand(6, 7), "bf": _rand(7), "wo": _rand(7, 5)})  # fmt: skip
+    a = analyze(model)
+    for w in ("w1", "w2", "wf"):
+        assert _group_of(a, w).prunable, _group_of(a, w).frozen
+    assert any(m.role is Role.PARAM and m.name == "bf" for m in _group_of(a, "wf").members)
+    plan = random_plan(a, 0.5, np.random.default_rng(2))
+    pruned = apply_plan(model, a, plan)
+    onnx.checker.check_model(pruned, full_check=True)
+    assert _weights(pruned)["bf"].shape == (4,)
+    feed = input_feed(model)
+    assert_same(run(zero_consumers(model, a, plan), feed), run(pruned, feed))
