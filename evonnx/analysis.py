@@ -913,7 +913,7 @@ def analyze_graph(graph: gs.Graph) -> Analysis:
     for t in graph.outputs:
         b.freeze_layout(b.layout(t), f"channels reach the graph output {t.name}")
     _check_shared(b, graph)
-    return _finish(b)
+    return _finish(b, _removable_roots(b, graph))
 
 
 def _check_shared(b: _Builder, graph: gs.Graph) -> None:
@@ -936,13 +936,75 @@ def _check_shared(b: _Builder, graph: gs.Graph) -> None:
                     b.freeze(spec[2], f"initializer {name} is shared with other uses")
 
 
-def _finish(b: _Builder) -> Analysis:
+def _removable_roots(b: _Builder, graph: gs.Graph) -> set[int]:
+    """Prunable groups that may be emptied: see :attr:`ChannelGroup.removable`."""
+    tensors = graph.tensors()
+    nodes = {node_name(n): n for n in graph.nodes}
+    out = set()
+    for r in {b.root(g) for g in range(len(b.parent))}:
+        if r in b.frozen or not b.members[r]:
+            continue
+        consumers = _whole_consumers(b, r, tensors)
+        names = set(b.tensors[r])
+        if consumers and _closed_branch(names, consumers, tensors) and all(
+            _exits_into_add(nodes[c]) for c in consumers
+        ):
+            out.add(r)
+    return out
+
+
+def _whole_consumers(b: _Builder, r: int, tensors: dict[str, gs.Tensor]) -> set[str]:
+    """Names of the layers reading the group, if each reads nothing else; else empty."""
+    consumers = set()
+    for m in b.members[r]:
+        if m.role in (Role.SHAPE, Role.GROUP_ATTR):
+            return set()
+        if m.role is Role.CONSUMER:
+            w = tensors.get(m.name)
+            if w is None or w.shape is None or m.start or m.block != 1:
+                return set()
+            if int(w.shape[m.axis]) != b.size[r]:
+                return set()
+            consumers.add(m.node)
+    return consumers
+
+
+def _closed_branch(names: set[str], consumers: set[str], tensors: dict[str, gs.Tensor]) -> bool:
+    """Every reader of the group's tensors is a consumer layer or stays inside the group."""
+    for name in names:
+        t = tensors.get(name)
+        if t is None:
+            return False
+        for reader in t.outputs:
+            inside = reader.outputs and all(o.name in names for o in reader.outputs)
+            if node_name(reader) not in consumers and not inside:
+                return False
+    return True
+
+
+def _exits_into_add(layer: gs.Node) -> bool:
+    """The layer's output only feeds Add/Sub nodes whose other operand has its full shape."""
+    out = layer.outputs[0]
+    shape = static_shape(out)
+    if shape is None or not out.outputs or layer.op not in ("Conv", "Gemm"):
+        return False
+    for reader in out.outputs:
+        others = [t for t in reader.inputs if t is not out]
+        if reader.op not in ("Add", "Sub") or len(others) != 1:
+            return False
+        if static_shape(others[0]) != shape:
+            return False
+    return True
+
+
+def _finish(b: _Builder, removable: set[int]) -> Analysis:
     roots = sorted({b.root(g) for g in range(len(b.parent))})
     groups = []
     for r in roots:
         members = tuple(dict.fromkeys(b.members[r]))
+        tensors = tuple(dict.fromkeys(b.tensors[r]))
         groups.append(
-            ChannelGroup(r, b.size[r], members, b.frozen.get(r), tuple(dict.fromkeys(b.tensors[r])))
+            ChannelGroup(r, b.size[r], members, b.frozen.get(r), tensors, r in removable)
         )
     layers = tuple(
         Layer(

@@ -65,6 +65,10 @@ class ChannelGroup:
         members: Every slice tied to the channels.
         frozen: Why the group must stay intact, or ``None`` when it may be pruned.
         tensors: Names of the activation tensors that carry the group's channels.
+        removable: The group may keep no channel at all: it is the inner channels of a
+            branch (e.g. a residual block's) whose only exit is a layer feeding an ``Add`` or
+            ``Sub`` with a full-shape operand; emptying it replaces that layer's output by its
+            bias and drops the whole branch.
     """
 
     id: int
@@ -72,6 +76,7 @@ class ChannelGroup:
     members: tuple[Member, ...]
     frozen: str | None = None
     tensors: tuple[str, ...] = field(default=())
+    removable: bool = False
 
     @property
     def prunable(self) -> bool:

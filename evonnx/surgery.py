@@ -62,6 +62,7 @@ def apply_plan(
     _slice_constants(consts, edits.slices)
     _edit_shapes(consts, edits.shape_deltas)
     _edit_groups(graph, edits.group_deltas)
+    _drop_branches(graph, analysis, plan)
     out = _export(graph, model)
     check_model(out, "pruned model")
     return out
@@ -83,9 +84,9 @@ def removed_channels(group: ChannelGroup, plan: PrunePlan) -> np.ndarray:
     keep = plan.kept(group)
     if keep.size == group.size and group.id not in plan.keep:
         return np.zeros(0, dtype=np.int64)
-    if keep.size == 0:
+    if keep.size == 0 and not group.removable:
         raise PlanError(f"plan removes every channel of group {group.id}")
-    if np.any(np.diff(keep) <= 0) or keep[0] < 0 or keep[-1] >= group.size:
+    if keep.size and (np.any(np.diff(keep) <= 0) or keep[0] < 0 or keep[-1] >= group.size):
         raise PlanError(
             f"kept channels of group {group.id} must be sorted, unique and in [0, {group.size})"
         )
@@ -174,6 +175,43 @@ def _edit_groups(graph: gs.Graph, deltas: dict[str, int]) -> None:
         if node is None:
             raise PlanError(f"analysis names node {name}, which the model lacks")
         node.attrs["group"] = int(node.attrs.get("group", 1)) - delta
+
+
+def _drop_branches(graph: gs.Graph, analysis: Analysis, plan: PrunePlan) -> None:
+    """Replace the exit layer of every emptied group by its (already sliced) bias.
+
+    With no input channel left, a conv's output is its bias and a Gemm's is ``beta * C``; the
+    constant broadcasts in the ``Add``/``Sub`` the layer fed, and the rest of the branch is
+    dead code that the export's cleanup removes.
+    """
+    by_name = {node_name(n): n for n in graph.nodes}
+    for group in analysis.groups:
+        if group.id not in plan.keep or plan.keep[group.id]:
+            continue
+        for name in {m.node for m in group.by_role(Role.CONSUMER)}:
+            layer = by_name[name]
+            out = layer.outputs[0]
+            const = gs.Constant(f"{out.name}__bias", _exit_value(layer))
+            for reader in list(out.outputs):
+                for i, t in enumerate(list(reader.inputs)):
+                    if t is out:
+                        reader.inputs[i] = const
+            layer.outputs.clear()
+
+
+def _exit_value(layer: gs.Node) -> np.ndarray:
+    """Output of a conv/Gemm whose input has no channels, shaped to broadcast like it."""
+    w = np.asarray(layer.inputs[1].values)
+    rank = w.ndim if layer.op == "Conv" else 2
+    out_axis = 0 if layer.op == "Conv" or layer.attrs.get("transB", 0) else 1
+    cout = int(w.shape[out_axis])
+    bias = np.zeros(cout, dtype=w.dtype)
+    if len(layer.inputs) > 2 and isinstance(layer.inputs[2], gs.Constant):
+        b = np.asarray(layer.inputs[2].values, dtype=w.dtype).reshape(-1)
+        bias = bias + (b * float(layer.attrs.get("beta", 1.0)) if layer.op == "Gemm" else b)
+    shape = [1] * rank
+    shape[1 if layer.op == "Conv" else rank - 1] = cout
+    return bias.reshape(shape)
 
 
 def _export(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:

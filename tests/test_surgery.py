@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -9,11 +11,12 @@ from helpers import assert_same, random_plan, run, zero_consumers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import numpy_helper
-from zoo import input_feed
+from zoo import cached_case, input_feed
 
 from evonnx.analysis import analyze
 from evonnx.errors import PlanError
 from evonnx.groups import Analysis, PrunePlan, Role
+from evonnx.metrics import compute_metrics
 from evonnx.surgery import apply_plan
 
 
@@ -133,3 +136,33 @@ def test_reshape_constant_rewritten() -> None:
     shape = {t.name: numpy_helper.to_array(t) for t in pruned.graph.initializer}["shape"]
     wm = {t.name: numpy_helper.to_array(t) for t in pruned.graph.initializer}["wm"]
     assert shape.tolist() == [1, wm.shape[0]] and wm.shape[0] < 20
+
+
+@pytest.mark.parametrize("case", ["resnet@legacy", "resnet@dynamo"])
+def test_emptied_residual_branches_are_removed(case: str, zoo_dir: Path) -> None:
+    model = cached_case(case, zoo_dir)
+    analysis = analyze(model)
+    removable = [g for g in analysis.groups if g.removable]
+    assert [g.size for g in removable] == [8, 16, 8, 8]  # basic blocks' and bottlenecks' inner
+    rng = np.random.default_rng(0)
+    for pick in ([0], [1, 3], [0, 1, 2, 3]):
+        plan = random_plan(analysis, 0.5, rng)
+        keep = {**plan.keep, **{removable[i].id: () for i in pick}}
+        plan = PrunePlan(keep)
+        pruned = apply_plan(model, analysis, plan)
+        onnx.checker.check_model(pruned, full_check=True)
+        feed = input_feed(model)
+        assert_same(run(zero_consumers(model, analysis, plan), feed), run(pruned, feed))
+        dropped = {m.node for i in pick for m in removable[i].members}
+        assert not dropped & {n.name for n in pruned.graph.node}
+    assert compute_metrics(pruned).macs < compute_metrics(model).macs / 3
+
+
+def test_only_removable_groups_may_be_emptied() -> None:
+    from zoo import helper_convnet
+
+    model = helper_convnet()
+    analysis = analyze(model)
+    assert not any(g.removable for g in analysis.groups)
+    with pytest.raises(PlanError, match="every channel"):
+        apply_plan(model, analysis, PrunePlan({analysis.prunable_groups[0].id: ()}))
