@@ -214,3 +214,30 @@ def mac_target_plan(
 
 def _size(analysis: Analysis, gid: int) -> int:
     return analysis.group(gid).size
+
+
+def branch_plan(
+    analysis: Analysis, weights: Mapping[str, np.ndarray], mac_ratio: float
+) -> PrunePlan:
+    """Remove whole branches (removable groups emptied), weakest first, until about
+    ``mac_ratio`` times fewer MACs.
+
+    Branches are ranked by the mean L1 norm of their producer filters; depth pruning keeps
+    every remaining layer at full width, which suits kernels tuned for wide channels.
+
+    Raises:
+        PlanError: ``mac_ratio`` is below 1.
+    """
+    if mac_ratio < 1.0:
+        raise PlanError(f"mac_ratio must be at least 1, got {mac_ratio}")
+    target = estimate_macs(analysis, weights, {}) / mac_ratio
+    ranked = sorted(
+        (g for g in analysis.groups if g.removable),
+        key=lambda g: float(channel_strength(g, weights).mean()),
+    )
+    counts: dict[int, int] = {}
+    for g in ranked:
+        if estimate_macs(analysis, weights, counts) <= target:
+            break
+        counts[g.id] = 0
+    return PrunePlan({gid: () for gid in counts})

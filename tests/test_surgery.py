@@ -166,3 +166,25 @@ def test_only_removable_groups_may_be_emptied() -> None:
     assert not any(g.removable for g in analysis.groups)
     with pytest.raises(PlanError, match="every channel"):
         apply_plan(model, analysis, PrunePlan({analysis.prunable_groups[0].id: ()}))
+
+
+def test_branch_plan_empties_weakest_branches_until_target(zoo_dir: Path) -> None:
+    from evonnx.graph import constant_values, to_graph
+    from evonnx.plan import branch_plan, channel_strength, estimate_macs
+
+    model = cached_case("resnet@legacy", zoo_dir)
+    analysis = analyze(model)
+    weights = constant_values(to_graph(model))
+    base = estimate_macs(analysis, weights, {})
+    plan = branch_plan(analysis, weights, 1.3)
+    assert plan.keep and all(kept == () for kept in plan.keep.values())
+    after = estimate_macs(analysis, weights, {gid: 0 for gid in plan.keep})
+    assert after <= base / 1.3
+    pruned = apply_plan(model, analysis, plan)
+    assert compute_metrics(pruned).macs <= after  # a bottleneck also loses its dead 1x1 conv
+    strengths = {g.id: channel_strength(g, weights).mean() for g in analysis.groups if g.removable}
+    assert max(strengths[g] for g in plan.keep) <= min(
+        (v for g, v in strengths.items() if g not in plan.keep), default=np.inf
+    )
+    with pytest.raises(PlanError, match="mac_ratio"):
+        branch_plan(analysis, weights, 0.5)
