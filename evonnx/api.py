@@ -18,7 +18,7 @@ from evonnx.graph import constant_values, load_model, save_model, to_graph
 from evonnx.groups import Analysis, PrunePlan
 from evonnx.lineage import EvolveConfig, Lineage
 from evonnx.metrics import ModelMetrics, metrics_of_graph
-from evonnx.plan import magnitude_plan
+from evonnx.plan import branch_plan, magnitude_plan
 from evonnx.surgery import apply_plan
 
 logger = logging.getLogger(__name__)
@@ -105,17 +105,25 @@ class PruneResult:
     offspring: Offspring | None = None
 
 
-def prune(model: onnx.ModelProto, keep: float, min_channels: int = 1) -> PruneResult:
+def prune(
+    model: onnx.ModelProto, keep: float, min_channels: int = 1, branches: bool = False
+) -> PruneResult:
     """Remove the weakest channels of every prunable group (magnitude baseline).
 
     Args:
         model: The ancestor.
-        keep: Fraction of channels each prunable group keeps, in (0, 1].
+        keep: Fraction of channels each prunable group keeps, in (0, 1]; with ``branches``,
+            the fraction of MACs to keep at most by removing whole residual branches.
         min_channels: Channels every group keeps at least.
+        branches: Remove whole residual branches (depth) instead of channels (width).
     """
     graph = to_graph(model)
     analysis = analyze_graph(graph)
-    plan = magnitude_plan(analysis, constant_values(graph), keep, min_channels)
+    weights = constant_values(graph)
+    if branches:
+        plan = branch_plan(analysis, weights, 1.0 / keep)
+    else:
+        plan = magnitude_plan(analysis, weights, keep, min_channels)
     out = apply_plan(model, analysis, plan)
     after = inspect(out).metrics
     return PruneResult(out, plan, metrics_of_graph(graph, analysis), after)

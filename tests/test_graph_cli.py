@@ -201,3 +201,18 @@ def test_cli_prune_genetic_respects_budget_and_seed(convnet_file: Path, tmp_path
         onnx.checker.check_model(onnx.load(str(out)), full_check=True)
         outs.append(out.read_bytes())
     assert outs[0] == outs[1] and outs[0] != outs[2]
+
+
+def test_cli_prune_branches(tmp_path: Path) -> None:
+    src = tmp_path / "resnet.onnx"
+    onnx.save(build_case("resnet@legacy"), str(src))
+    out = tmp_path / "deep.onnx"
+    res = CliRunner().invoke(
+        cli, ["prune", str(src), "--method", "branches", "--keep", "0.7", "-o", str(out), "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["macs"][1] <= 0.7 * data["macs"][0] and data["groups_pruned"] >= 1
+    pruned = onnx.load(str(out))
+    onnx.checker.check_model(pruned, full_check=True)
+    assert len(pruned.graph.node) < len(build_case("resnet@legacy").graph.node)

@@ -127,11 +127,13 @@ def inspect(model: Path, as_json: bool, cluster: str) -> None:
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option(
     "--method",
-    type=click.Choice(["genetic", "magnitude"]),
+    type=click.Choice(["genetic", "magnitude", "branches"]),
     default="genetic",
     show_default=True,
     help="genetic: sample an offspring from the cluster-driven encoding; "
-    "magnitude: keep the strongest channels (deterministic baseline).",
+    "magnitude: keep the strongest channels (deterministic baseline); "
+    "branches: remove the weakest whole residual branches until at most --keep of the MACs "
+    "remain.",
 )
 @click.option(
     "--keep",
@@ -189,8 +191,8 @@ def prune(
 ) -> None:
     """Physically remove clusters: a sampled offspring (genetic) or the weakest channels."""
     ancestor = api.load(model)
-    if method == "magnitude":
-        result = api.prune(ancestor, keep, min_channels)
+    if method in ("magnitude", "branches"):
+        result = api.prune(ancestor, keep, min_channels, branches=method == "branches")
     else:
         config = EvolveConfig(
             keep=keep,
