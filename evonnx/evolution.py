@@ -18,7 +18,7 @@ import json
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ import torch
 
 from evonnx.analysis import analyze
 from evonnx.converters import to_torch, write_back
-from evonnx.data import Dataset, check_matches
+from evonnx.data import Dataset, check_matches, stratified_split
 from evonnx.deploy.shapes import batch_info, dynamic_batch
 from evonnx.encoding import efficiency, synthesize
 from evonnx.errors import UnsupportedModelError
@@ -96,7 +96,8 @@ def evolve(
     sha = model_sha256(model)
     model = _trainable(model)
     _check_fit(model, data)
-    lineage = _start(model, sha, data, out, config, resume)
+    split = split_data(data, config)
+    lineage = _start(model, sha, split, out, config, resume)
     parent = load_model(out / lineage.records[-1].file)
     gen1 = compute_metrics(load_model(out / lineage.records[0].file))
     if on_generation is not None:
@@ -104,12 +105,36 @@ def evolve(
             on_generation(done)
     while _should_continue(lineage):
         gen = lineage.records[-1].generation + 1
-        record, parent = _generation(parent, gen, data, config, gen1, out, progress)
+        record, parent = _generation(parent, gen, split, config, gen1, out, progress)
         lineage = replace(lineage, records=(*lineage.records, record))
         _write_lineage(out, lineage)
         if on_generation is not None:
             on_generation(record)
     return lineage
+
+
+@dataclass(frozen=True)
+class Split:
+    """Data of a run: what offspring train on, the test split, the optional validation split."""
+
+    train: Dataset
+    test: tuple[np.ndarray, np.ndarray]
+    val: tuple[np.ndarray, np.ndarray] | None
+
+    def score(self, model: onnx.ModelProto) -> tuple[float, float | None]:
+        """(test accuracy, validation accuracy or None), measured with onnxruntime."""
+        acc = evaluate_onnx(model, *self.test)
+        return acc, None if self.val is None else evaluate_onnx(model, *self.val)
+
+
+def split_data(data: Dataset, config: EvolveConfig) -> Split:
+    """Hold out ``config.val_fraction`` of the training split (stratified, seeded)."""
+    test = (data.x_test, data.y_test)
+    if config.val_fraction == 0:
+        return Split(data, test, None)
+    fit, val = stratified_split(data.y_train, config.val_fraction, config.seed)
+    train = replace(data, x_train=data.x_train[fit], y_train=data.y_train[fit])
+    return Split(train, test, (data.x_train[val], data.y_train[val]))
 
 
 def _trainable(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -138,7 +163,7 @@ def _should_continue(lineage: Lineage) -> bool:
     last = lineage.records[-1]
     if last.generation >= lineage.config.generations:
         return False
-    if last.accuracy < lineage.records[0].accuracy - lineage.config.max_drop:
+    if last.fitness < lineage.records[0].fitness - lineage.config.max_drop:
         logger.info("generation %d fell below the accuracy budget; stopping", last.generation)
         return False
     return True
@@ -147,7 +172,7 @@ def _should_continue(lineage: Lineage) -> bool:
 def _start(
     model: onnx.ModelProto,
     sha: str,
-    data: Dataset,
+    data: Split,
     out: Path,
     config: EvolveConfig,
     resume: bool,
@@ -159,14 +184,14 @@ def _start(
                 f"{out} already holds an evolution run; pass --resume to continue it or "
                 "choose another output directory"
             )
-        return _resumed(path, sha, data, config)
+        return _resumed(path, sha, data.train, config)
     if out.exists() and any(out.iterdir()):
         raise RunDirectoryError(f"{out} is not empty and holds no evolution run (lineage.json)")
-    acc = evaluate_onnx(model, data.x_test, data.y_test)
+    acc, val = data.score(model)
     metrics = compute_metrics(model)
-    first = _record(1, None, None, "gen_001.onnx", acc, metrics, metrics, 0.0, ())
+    first = _record(1, None, None, "gen_001.onnx", (acc, val), metrics, metrics, 0.0, ())
     save_model(model, out / first.file)
-    lineage = Lineage(sha, data.name, config, (first,))
+    lineage = Lineage(sha, data.train.name, config, (first,))
     _write_lineage(out, lineage)
     logger.info("generation 1 (ancestor): accuracy %.4f", acc)
     return lineage
@@ -195,7 +220,7 @@ def _resumed(path: Path, sha: str, data: Dataset, config: EvolveConfig) -> Linea
 def _generation(
     parent: onnx.ModelProto,
     gen: int,
-    data: Dataset,
+    data: Split,
     config: EvolveConfig,
     gen1: ModelMetrics,
     out: Path,
@@ -206,33 +231,38 @@ def _generation(
         _offspring(parent, analysis, data, config, generation_seed(config.seed, gen, k), progress)
         for k in range(config.population)
     ]
-    best = max(range(len(candidates)), key=lambda k: candidates[k][1])
-    child, acc, _, seed = candidates[best]
+    fitness = [c[1][0] if c[1][1] is None else c[1][1] for c in candidates]
+    best = max(range(len(candidates)), key=lambda k: fitness[k])
+    child, scores, _, seed = candidates[best]
     record = _record(
         gen,
         gen - 1,
         seed,
         f"gen_{gen:03d}.onnx",
-        acc,
+        scores,
         gen1,
         compute_metrics(child),
         sum(c[2] for c in candidates),
-        tuple(c[1] for c in candidates),
+        tuple(fitness),
     )
     save_model(child, out / record.file)
-    logger.info("generation %d: accuracy %.4f, A-E %.2fx", gen, acc, record.ae)
+    logger.info("generation %d: accuracy %.4f, A-E %.2fx", gen, scores[0], record.ae)
     return record, child
 
 
 def _offspring(
     parent: onnx.ModelProto,
     analysis: Analysis,
-    data: Dataset,
+    data: Split,
     config: EvolveConfig,
     seed: int,
     progress: bool,
-) -> tuple[onnx.ModelProto, float, float, int]:
-    """Synthesize, prune, retrain and score one offspring: (model, accuracy, seconds, seed)."""
+) -> tuple[onnx.ModelProto, tuple[float, float | None], float, int]:
+    """Synthesize, prune, retrain and score one offspring.
+
+    Returns:
+        The trained model, its (test, validation) accuracy, training seconds and seed.
+    """
     offspring = synthesize(parent, analysis, config.encoding(), np.random.default_rng(seed))
     child = apply_plan(parent, analysis, offspring.plan, offspring.masks)
     module = to_torch(child, freeze_zeros=True)
@@ -240,14 +270,13 @@ def _offspring(
         _reinitialize(module, seed)
     result = train(
         module,
-        data,
+        data.train,
         training_config(config, seed % (2**31)),
         after_step=lambda _m: module.apply_masks(),
         progress=progress,
     )
     trained = write_back(child, module)
-    acc = evaluate_onnx(trained, data.x_test, data.y_test)
-    return trained, acc, result.seconds, seed
+    return trained, data.score(trained), result.seconds, seed
 
 
 def training_config(config: EvolveConfig, seed: int) -> TrainConfig:
@@ -282,7 +311,7 @@ def _record(
     parent: int | None,
     seed: int | None,
     file: str,
-    acc: float,
+    scores: tuple[float, float | None],
     gen1: ModelMetrics,
     now: ModelMetrics,
     seconds: float,
@@ -294,7 +323,7 @@ def _record(
         parent=parent,
         seed=seed,
         file=file,
-        accuracy=acc,
+        accuracy=scores[0],
         ae=eff.architectural,
         ce=eff.cluster,
         mac_ratio=eff.macs,
@@ -306,14 +335,16 @@ def _record(
         macs=now.macs,
         train_seconds=seconds,
         candidates=candidates,
+        val_accuracy=scores[1],
     )
 
 
 # --------------------------------------------------------------------------- run files
 
 CSV_FIELDS = [
-    "generation", "parent", "seed", "file", "accuracy", "ae", "ce", "mac_ratio", "params",
-    "synapses", "nonzero_synapses", "clusters", "live_clusters", "macs", "train_seconds",
+    "generation", "parent", "seed", "file", "accuracy", "val_accuracy", "ae", "ce", "mac_ratio",
+    "params", "synapses", "nonzero_synapses", "clusters", "live_clusters", "macs",
+    "train_seconds",
 ]  # fmt: skip
 
 
@@ -338,7 +369,8 @@ def render_report(lineage: Lineage) -> str:
         f"| {r.generation} | {r.ce:.2f}x | {100 * r.accuracy:.2f} |" for r in lineage.records
     )
     rows = "\n".join(
-        f"| {r.generation} | {100 * r.accuracy:.2f} | {r.ae:.2f}x | {r.ce:.2f}x | "
+        f"| {r.generation} | {100 * r.accuracy:.2f} | {_pct(r.val_accuracy)} | {r.ae:.2f}x | "
+        f"{r.ce:.2f}x | "
         f"{r.mac_ratio:.2f}x | {r.nonzero_synapses} | {r.live_clusters}/{r.clusters} | "
         f"{r.params} | {r.macs} | {r.train_seconds:.1f} |"
         for r in lineage.records
@@ -347,7 +379,7 @@ def render_report(lineage: Lineage) -> str:
     return f"""# Evolution report
 
 Ancestor sha256 `{lineage.ancestor_sha256[:16]}…`, data `{lineage.data}`; accuracy is top-1
-on the test split, measured with onnxruntime on each written `gen_NNN.onnx`.
+on the test split, measured with onnxruntime on each written `gen_NNN.onnx`. {_selection(lineage)}
 
 Best generation within the {100 * lineage.config.max_drop:.1f}-point accuracy budget:
 **{best.generation}** ({best.file}): A-E {best.ae:.2f}x, C-E {best.ce:.2f}x,
@@ -363,12 +395,25 @@ MACs {best.mac_ratio:.2f}x fewer, accuracy {100 * best.accuracy:.2f}%.
 
 ## All metrics
 
-| Gen. | ACC. | A-E | C-E | MACs ratio | nonzero syn. | live clusters | params | MACs | train s |
-| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
+| Gen. | ACC. | VAL. | A-E | C-E | MACs ratio | nonzero syn. | live clusters | params | MACs | s |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
 {rows}
 
 Settings: `{json.dumps(asdict(lineage.config))}`
 """
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def _selection(lineage: Lineage) -> str:
+    if lineage.config.val_fraction:
+        return (
+            f"Offspring are selected, and the budget checked, on a validation split "
+            f"({100 * lineage.config.val_fraction:.0f}% of the training data, VAL.)."
+        )
+    return "Offspring are selected, and the budget checked, on the test split (as in the paper)."
 
 
 def _plot(path: Path, lineage: Lineage) -> None:

@@ -24,7 +24,11 @@ class EvolveConfig:
 
     Attributes:
         generations: Last generation to synthesize (generation 1 is the ancestor).
-        max_drop: Stop once top-1 accuracy falls more than this below generation 1.
+        max_drop: Stop once top-1 accuracy (the fitness) falls more than this below
+            generation 1.
+        val_fraction: Hold out this fraction of the training split (stratified) as a
+            validation set that selects offspring and decides when to stop; ``0`` uses the
+            test split for both, as the paper does. Test accuracy is always reported.
         keep: Budget of the environment: fraction of the parent's nonzero synapses
             (``env="synapses"``) or MACs (``env="macs"``) an offspring may keep.
         env: Environment model.
@@ -47,6 +51,7 @@ class EvolveConfig:
 
     generations: int = 10
     max_drop: float = 0.04
+    val_fraction: float = 0.0
     keep: float = 0.8
     env: Literal["synapses", "macs"] = "synapses"
     cluster: Literal["filter", "kernel"] = "filter"
@@ -68,6 +73,7 @@ class EvolveConfig:
         checks = [
             (self.generations >= 1, "generations must be at least 1"),
             (0.0 <= self.max_drop <= 1.0, "max_drop must be in [0, 1]"),
+            (0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)"),
             (0.0 < self.keep <= 1.0, "keep must be in (0, 1]"),
             (self.env in ("synapses", "macs"), "env must be 'synapses' or 'macs'"),
             (self.cluster in ("filter", "kernel"), "cluster must be 'filter' or 'kernel'"),
@@ -124,6 +130,12 @@ class GenerationRecord:
     macs: int
     train_seconds: float
     candidates: tuple[float, ...] = ()
+    val_accuracy: float | None = None
+
+    @property
+    def fitness(self) -> float:
+        """What selection and the stopping rule use: validation accuracy, else test accuracy."""
+        return self.accuracy if self.val_accuracy is None else self.val_accuracy
 
 
 @dataclass(frozen=True)
@@ -138,8 +150,8 @@ class Lineage:
     @property
     def best(self) -> GenerationRecord:
         """The last generation within the accuracy budget."""
-        first = self.records[0].accuracy
-        ok = [r for r in self.records if r.accuracy >= first - self.config.max_drop - 1e-12]
+        first = self.records[0].fitness
+        ok = [r for r in self.records if r.fitness >= first - self.config.max_drop - 1e-12]
         return ok[-1]
 
     def to_dict(self) -> dict[str, Any]:

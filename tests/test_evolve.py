@@ -201,13 +201,15 @@ def test_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 def test_cli_demo(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out), "--generations", "2", "--epochs", "1",
-            "--ancestor-epochs", "1"]  # fmt: skip
+            "--ancestor-epochs", "1", "--val-fraction", "0.2"]  # fmt: skip
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
     assert "ancestor test accuracy" in res.output and "best within budget" in res.output
     data = _lineage(out / "run")
     assert data["data"] == "mnist-demo" and len(data["generations"]) == 2
-    assert data["config"]["cluster_keep"] == 0.92
+    assert data["config"]["cluster_keep"] == 0.92 and data["config"]["keep"] == 0.72
+    assert data["config"]["val_fraction"] == 0.2 and data["config"]["epochs"] == 1
+    assert data["generations"][1]["val_accuracy"] is not None
     assert data["generations"][0]["accuracy"] > 0.5
 
 
@@ -238,3 +240,24 @@ def evonnx_accuracy(model: onnx.ModelProto, data: Dataset) -> float:
     from evonnx.retrain import evaluate_onnx
 
     return evaluate_onnx(model, data.x_test, data.y_test)
+
+
+def test_validation_split_selects_and_reports(tiny_data: Dataset, tiny_model: onnx.ModelProto,
+                                              tmp_path: Path) -> None:  # fmt: skip
+    from dataclasses import replace
+
+    from evonnx.evolution import split_data
+
+    config = replace(CONFIG, val_fraction=0.25, population=2)
+    split = split_data(tiny_data, config)
+    assert split.val is not None and len(split.val[0]) == 64
+    assert len(split.train.x_train) == 192 and len(split.train.x_test) == 96
+    lineage = evonnx.evolve(tiny_model, tiny_data, tmp_path, config)
+    for r in lineage.records:
+        assert r.val_accuracy is not None and 0.0 <= r.val_accuracy <= 1.0
+        assert r.fitness == r.val_accuracy
+    assert max(lineage.records[2].candidates) == lineage.records[2].val_accuracy
+    report = (tmp_path / "report.md").read_text()
+    assert "validation split (25% of the training data" in report
+    rows = list(csv.DictReader((tmp_path / "lineage.csv").open()))
+    assert float(rows[1]["val_accuracy"]) == pytest.approx(lineage.records[1].val_accuracy)

@@ -69,6 +69,10 @@ def _with_options(fn: click.decorators.FC, d: EvolveConfig) -> click.decorators.
         click.option("--max-drop", type=click.FloatRange(0, 1), default=d.max_drop,
                      show_default=True,
                      help="Stop when accuracy falls more than this below generation 1."),
+        click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True),
+                     default=d.val_fraction, show_default=True,
+                     help="Hold out this fraction of the training data to select offspring "
+                          "and check the budget (0: use the test split, as the paper)."),
         click.option("--keep", type=click.FloatRange(0, 1, min_open=True), default=d.keep,
                      show_default=True,
                      help="Most an offspring keeps of its parent's synapses (or MACs)."),
@@ -106,6 +110,7 @@ def _with_options(fn: click.decorators.FC, d: EvolveConfig) -> click.decorators.
 def make_config(
     generations: int,
     max_drop: float,
+    val_fraction: float,
     keep: float,
     env: str,
     cluster: str,
@@ -124,6 +129,7 @@ def make_config(
     return EvolveConfig(
         generations=generations,
         max_drop=max_drop,
+        val_fraction=val_fraction,
         keep=keep,
         env="macs" if env == "macs" else "synapses",
         cluster="kernel" if cluster == "kernel" else "filter",
@@ -175,6 +181,7 @@ def evolve(
     out: Path,
     generations: int,
     max_drop: float,
+    val_fraction: float,
     keep: float,
     env: str,
     cluster: str,
@@ -192,8 +199,8 @@ def evolve(
 ) -> None:
     """Evolve MODEL: synthesize, prune, retrain and score offspring generation by generation."""
     config = make_config(
-        generations, max_drop, keep, env, cluster, round_to, cluster_keep, population, init,
-        epochs, lr, batch_size, optimizer, seed, threads,
+        generations, max_drop, val_fraction, keep, env, cluster, round_to, cluster_keep,
+        population, init, epochs, lr, batch_size, optimizer, seed, threads,
     )  # fmt: skip
     run(model, data, out, config, resume)
 
@@ -208,6 +215,7 @@ def demo(
     ancestor_epochs: int,
     generations: int,
     max_drop: float,
+    val_fraction: float,
     keep: float,
     env: str,
     cluster: str,
@@ -227,8 +235,8 @@ def demo(
     from evonnx.demo import train_demo_ancestor
 
     config = make_config(
-        generations, max_drop, keep, env, cluster, round_to, cluster_keep, population, init,
-        epochs, lr, batch_size, optimizer, seed, threads,
+        generations, max_drop, val_fraction, keep, env, cluster, round_to, cluster_keep,
+        population, init, epochs, lr, batch_size, optimizer, seed, threads,
     )  # fmt: skip
 
     ancestor = out / "ancestor.onnx"
