@@ -6,13 +6,12 @@ subclasses, which the group prints as one line with exit code 1.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import click
 
+from evonnx.cli.output import emit_json, table
 from evonnx.deploy.bench import PROVIDERS, BenchResult, benchmark
 from evonnx.deploy.export import TARGETS, ExportResult
 from evonnx.deploy.export import export as export_model
@@ -35,18 +34,6 @@ def parse_batches(text: str) -> tuple[int, ...]:
     if not values or any(v < 1 for v in values):
         raise DeployError(f"--batch needs positive batch sizes, got {text!r}")
     return values
-
-
-def _emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
-
-
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(c) for c in col) for col in zip(header, *rows, strict=True)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    lines = [fmt.format(*header), fmt.format(*["-" * w for w in widths])]
-    lines += [fmt.format(*r) for r in rows]
-    return "\n".join(lines)
 
 
 def _ratio(x: float | None) -> str:
@@ -78,11 +65,11 @@ def format_bench(result: BenchResult) -> str:
     return "\n\n".join(
         [
             head,
-            _table(
+            table(
                 timing_rows,
                 ["model", "batch", "median ms", "p90 ms", "samples/s", "MACs/sample"],
             ),
-            _table(
+            table(
                 speed_rows,
                 [f"vs {result.models[0].name}", "batch", "speed-up", "MAC ratio", "realized"],
             ),
@@ -135,7 +122,7 @@ def bench(
         runs=runs,
     )
     if as_json:
-        _emit_json(result.to_dict())
+        emit_json(result.to_dict())
     else:
         click.echo(format_bench(result))
 
@@ -194,6 +181,6 @@ def export(
     result = export_model(load_model(model), target=target, fp16=fp16, batch=batch, opset=opset)
     save_model(result.model, output)
     if as_json:
-        _emit_json({"output": str(output), **result.to_dict(str(output))})
+        emit_json({"output": str(output), **result.to_dict(str(output))})
     else:
         click.echo(format_export(result, output))

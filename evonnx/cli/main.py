@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ import click
 
 from evonnx import api
 from evonnx.cli import evolve as evolve_cmd
+from evonnx.cli.output import emit_json, table
 from evonnx.errors import EvonnxError
 from evonnx.lineage import EvolveConfig
 
@@ -42,18 +42,6 @@ def cli(ctx: click.Context, verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-
-
-def _emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
-
-
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    lines = [fmt.format(*header), fmt.format(*["-" * w for w in widths])]
-    lines += [fmt.format(*[str(c) for c in r]) for r in rows]
-    return "\n".join(lines)
 
 
 def _human(n: int) -> str:
@@ -91,11 +79,11 @@ def format_report(report: api.InspectReport, cluster: str = "filter") -> str:
     ]
     return "\n\n".join(
         [
-            _table(
+            table(
                 layer_rows,
                 ["layer", "op", "weight", "out group", "in groups", f"live/{cluster}s", "MACs"],
             ),
-            _table(group_rows, ["group", "channels", "producers", "members", "status"]),
+            table(group_rows, ["group", "channels", "producers", "members", "status"]),
             f"params {_human(m.params)}  synapses {_human(m.synapses)} "
             f"(nonzero {_human(m.nonzero_synapses)})  filter clusters "
             f"{m.live_clusters}/{m.clusters}  "
@@ -118,7 +106,7 @@ def inspect(model: Path, as_json: bool, cluster: str) -> None:
     """Show prunable layers, channel groups (frozen ones with reasons), params and MACs."""
     report = api.inspect(model)
     if as_json:
-        _emit_json(report.to_dict())
+        emit_json(report.to_dict())
     else:
         click.echo(format_report(report, cluster))
 
@@ -224,7 +212,7 @@ def _report_prune(
         "groups_pruned": len(result.plan.keep),
     }
     if as_json:
-        _emit_json(summary)
+        emit_json(summary)
         return
     click.echo(
         f"wrote {output}: nonzero synapses {_human(b.nonzero_synapses)} -> "

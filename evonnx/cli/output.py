@@ -1,0 +1,22 @@
+"""Output helpers shared by the CLI commands."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+
+def emit_json(data: Any) -> None:
+    """Print ``data`` as indented JSON (non-JSON values as strings)."""
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    """Left-aligned text table with a dashed rule under the header."""
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*header), fmt.format(*["-" * w for w in widths])]
+    lines += [fmt.format(*[str(c) for c in r]) for r in rows]
+    return "\n".join(lines)
