@@ -29,7 +29,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from evonnx.encoding import (
+from evonnx.environments import MacBudget
+from evonnx.genetic import (
     EncodingConfig,
     Genome,
     Offspring,
@@ -38,7 +39,6 @@ from evonnx.encoding import (
     sample,
     solve_factor,
 )
-from evonnx.environments import MacBudget
 from evonnx.groups import Analysis, ChannelGroup, Layer, Member, Role
 
 logger = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ def bench_onnx(repeat: int) -> list[str]:
     from resnet50 import resnet50_onnx
 
     from evonnx.analysis import analyze
-    from evonnx.encoding import synthesize
+    from evonnx.genetic import synthesize
 
     t0 = time.perf_counter()
     proto = resnet50_onnx()

@@ -1,4 +1,4 @@
-"""Torchvision-free CIFAR networks for benchmarks: ResNet-56 and VGG-16-BN (32x32 inputs)."""
+"""Torchvision-free CIFAR networks for benchmarks: ResNet-56, VGG-16-BN, MobileNetV2 (32x32)."""
 
 from __future__ import annotations
 
@@ -113,3 +113,58 @@ def vgg16_bn_onnx(seed: int = 0) -> onnx.ModelProto:
     """CIFAR VGG-16-BN (13 convs, 32x32 input), random weights."""
     torch.manual_seed(seed)
     return to_onnx(VGGCifar(), seed)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand, 3x3 depthwise, 1x1 project; identity skip when shapes
+    match (the expanded channels of such a block are a removable branch)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
+        super().__init__()
+        mid = cin * expand
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers += [nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU6()]
+        layers += [
+            nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False), nn.BatchNorm2d(mid),
+            nn.ReLU6(), nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout),
+        ]  # fmt: skip
+        self.body = nn.Sequential(*layers)
+        self.skip = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        return x + y if self.skip else y
+
+
+MOBILENET_V2_CFG = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                    (6, 160, 3, 2), (6, 320, 1, 1))  # fmt: skip
+"""(expansion, channels, blocks, first stride) per stage; CIFAR strides (32x32 input)."""
+
+
+class MobileNetV2Cifar(nn.Module):
+    """MobileNetV2 for 32x32 inputs (stem stride 1, 17 inverted residual blocks, 1280 head)."""
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.Conv2d(3, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6()
+        ]  # fmt: skip
+        cin = 32
+        for t, c, n, s in MOBILENET_V2_CFG:
+            for i in range(n):
+                layers.append(InvertedResidual(cin, c, s if i == 0 else 1, t))
+                cin = c
+        layers += [nn.Conv2d(cin, 1280, 1, bias=False), nn.BatchNorm2d(1280), nn.ReLU6()]
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(1280, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def mobilenet_v2_onnx(seed: int = 0) -> onnx.ModelProto:
+    """CIFAR MobileNetV2 (32x32 input), random weights."""
+    torch.manual_seed(seed)
+    return to_onnx(MobileNetV2Cifar(), seed)

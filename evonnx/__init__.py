@@ -6,27 +6,37 @@ from evonnx.api import (
     EvolveConfig,
     InspectReport,
     Lineage,
+    MeasuredLatency,
     PruneResult,
     evolve,
     inspect,
     load,
+    measure,
     prune,
     save,
     synthesize,
+    synthesize_latency,
 )
 from evonnx.errors import EvonnxError
+from evonnx.task import ClassificationTask, Task, load_task
 
 __all__ = [
+    "ClassificationTask",
     "EvolveConfig",
     "EvonnxError",
     "InspectReport",
     "Lineage",
+    "MeasuredLatency",
     "PruneResult",
+    "Task",
     "evolve",
     "inspect",
     "load",
+    "load_task",
+    "measure",
     "prune",
     "save",
     "synthesize",
+    "synthesize_latency",
 ]
 __version__ = "0.1.0"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -12,14 +13,21 @@ import onnx
 
 from evonnx.analysis import analyze_graph
 from evonnx.data import Dataset, load_dataset
-from evonnx.encoding import EncodingConfig, Offspring
-from evonnx.encoding import synthesize as sample_offspring
+from evonnx.errors import ConfigError
+from evonnx.genetic import EncodingConfig, Offspring
+from evonnx.genetic import synthesize as sample_offspring
 from evonnx.graph import constant_values, load_model, save_model, to_graph
-from evonnx.groups import Analysis, PrunePlan
+from evonnx.groups import Analysis
+from evonnx.inputs import InputShapes, apply_input_shapes
+from evonnx.latency import LatencySettings, latency_offspring, latency_target
 from evonnx.lineage import EvolveConfig, Lineage
 from evonnx.metrics import ModelMetrics, metrics_of_graph
-from evonnx.plan import branch_plan, magnitude_plan
+from evonnx.normalize import NormalizeReport
+from evonnx.normalize import normalize as normalize_model
+from evonnx.plan import PrunePlan, branch_plan, magnitude_plan
+from evonnx.runtimes import make_runtime
 from evonnx.surgery import apply_plan
+from evonnx.task import Task
 
 logger = logging.getLogger(__name__)
 
@@ -37,14 +45,21 @@ __all__ = [
 ]
 
 
-def load(path: str | Path) -> onnx.ModelProto:
-    """Load and validate an ONNX model (see :func:`evonnx.graph.load_model`)."""
-    return load_model(path)
+def load(path: str | Path, normalize: bool = True) -> onnx.ModelProto:
+    """Load, validate and (by default) normalize an ONNX model.
+
+    See :func:`evonnx.graph.load_model` and :func:`evonnx.normalize.normalize`.
+    """
+    return load_model(path, normalize=normalize)
 
 
-def save(model: onnx.ModelProto, path: str | Path) -> Path:
-    """Write ``model`` atomically to ``path``."""
-    return save_model(model, path)
+def save(model: onnx.ModelProto, path: str | Path, external_data: bool | None = None) -> Path:
+    """Write ``model`` atomically to ``path`` (see :func:`evonnx.graph.save_model`).
+
+    ``external_data``: weights in ``<name>.data`` beside the file; ``None`` does so past
+    1.8 GB of weights (protobuf's limit is 2 GB).
+    """
+    return save_model(model, path, external_data)
 
 
 @dataclass(frozen=True)
@@ -53,6 +68,7 @@ class InspectReport:
 
     analysis: Analysis
     metrics: ModelMetrics
+    normalization: NormalizeReport | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -83,30 +99,73 @@ class InspectReport:
             for lay, a in zip(self.metrics.layers, self.analysis.layers, strict=True)
         ]
         metrics["layers"] = layers
-        return {"groups": groups, "metrics": metrics}
+        metrics["macs_known"] = self.metrics.macs_known
+        metrics["unknown_macs"] = list(self.metrics.unknown_macs)
+        norm = asdict(self.normalization) if self.normalization else None
+        return {
+            "groups": groups,
+            "metrics": metrics,
+            "coverage": self.analysis.coverage,
+            "normalization": norm,
+        }
 
 
-def inspect(model: onnx.ModelProto | str | Path) -> InspectReport:
-    """Analyse ``model`` (a ModelProto or a path)."""
-    proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
-    graph = to_graph(proto)
+def inspect(
+    model: onnx.ModelProto | str | Path,
+    input_shapes: InputShapes | None = None,
+    normalize: bool = True,
+) -> InspectReport:
+    """Analyse ``model`` (a ModelProto or a path).
+
+    Args:
+        model: The model or its file.
+        input_shapes: Static shapes for symbolic graph inputs (``{"images": (1, 3, 640, 640)}``).
+        normalize: Normalize exporter quirks first (reported in the result).
+    """
+    proto = model if isinstance(model, onnx.ModelProto) else load_model(model, normalize=False)
+    report = None
+    if normalize:
+        proto, report = normalize_model(proto, input_shapes=input_shapes)
+    graph = to_graph(apply_input_shapes(proto, input_shapes or {}))
     analysis = analyze_graph(graph)
-    return InspectReport(analysis, metrics_of_graph(graph, analysis))
+    return InspectReport(analysis, metrics_of_graph(graph, analysis), report)
+
+
+@dataclass(frozen=True)
+class MeasuredLatency:
+    """Ancestor and offspring latency measured side by side on one runtime (ms)."""
+
+    runtime: str
+    batch: int
+    before_ms: float
+    after_ms: float
+    predicted_ms: float | None = None
+
+    @property
+    def speedup(self) -> float:
+        """Ancestor latency over offspring latency."""
+        return self.before_ms / self.after_ms if self.after_ms > 0 else float("inf")
 
 
 @dataclass(frozen=True)
 class PruneResult:
-    """An offspring and the plan that made it."""
+    """An offspring and the plan that made it (with its measured latency when asked)."""
 
     model: onnx.ModelProto
     plan: PrunePlan
     before: ModelMetrics
     after: ModelMetrics
     offspring: Offspring | None = None
+    latency: MeasuredLatency | None = None
 
 
 def prune(
-    model: onnx.ModelProto, keep: float, min_channels: int = 1, branches: bool = False
+    model: onnx.ModelProto,
+    keep: float,
+    min_channels: int = 1,
+    branches: bool = False,
+    input_shapes: InputShapes | None = None,
+    round_to: int | None = None,
 ) -> PruneResult:
     """Remove the weakest channels of every prunable group (magnitude baseline).
 
@@ -116,21 +175,40 @@ def prune(
             the fraction of MACs to keep at most by removing whole residual branches.
         min_channels: Channels every group keeps at least.
         branches: Remove whole residual branches (depth) instead of channels (width).
+        input_shapes: Static shapes for symbolic inputs, used for MACs (the offspring keeps
+            the ancestor's input shapes).
+        round_to: Round channel counts up to multiples of this (not with ``branches``).
+
+    Raises:
+        ConfigError: ``round_to`` with ``branches`` (branches keep all their channels or none).
     """
-    graph = to_graph(model)
+    if branches and round_to is not None:
+        raise ConfigError("round_to has no effect when removing whole branches")
+    graph = to_graph(apply_input_shapes(model, input_shapes or {}))
     analysis = analyze_graph(graph)
     weights = constant_values(graph)
+    before = metrics_of_graph(graph, analysis)
+    if branches and not before.macs_known:
+        raise ConfigError(
+            "removing branches to a MAC budget needs known MACs; input shapes are symbolic: "
+            "give them with --input-shape NAME=1x3xHxW"
+        )
     if branches:
         plan = branch_plan(analysis, weights, 1.0 / keep)
     else:
-        plan = magnitude_plan(analysis, weights, keep, min_channels)
+        plan = magnitude_plan(analysis, weights, keep, min_channels, round_to)
+    del graph, weights  # the surgery reads the weights again: one copy at a time (> 2 GB
+    gc.collect()  # models); the graph's node/tensor cycles would keep this copy alive
     out = apply_plan(model, analysis, plan)
-    after = inspect(out).metrics
-    return PruneResult(out, plan, metrics_of_graph(graph, analysis), after)
+    after = inspect(out, input_shapes, normalize=False).metrics
+    return PruneResult(out, plan, before, after)
 
 
 def synthesize(
-    model: onnx.ModelProto, config: EncodingConfig | None = None, seed: int = 0
+    model: onnx.ModelProto,
+    config: EncodingConfig | None = None,
+    seed: int = 0,
+    input_shapes: InputShapes | None = None,
 ) -> PruneResult:
     """Sample one offspring with the genetic encoding and physically remove its dead clusters.
 
@@ -138,28 +216,101 @@ def synthesize(
         model: The ancestor.
         config: Encoding settings (default: keep at most 80% of the nonzero synapses).
         seed: Seed of the ``numpy.random.Generator`` that samples the offspring.
+        input_shapes: Static shapes for symbolic inputs (needed for MAC budgets).
     """
-    graph = to_graph(model)
+    graph = to_graph(apply_input_shapes(model, input_shapes or {}))
     analysis = analyze_graph(graph)
     offspring = sample_offspring(model, analysis, config, np.random.default_rng(seed))
     out = apply_plan(model, analysis, offspring.plan, offspring.masks)
     before = metrics_of_graph(graph, analysis)
-    return PruneResult(out, offspring.plan, before, inspect(out).metrics, offspring)
+    after = inspect(out, input_shapes, normalize=False).metrics
+    return PruneResult(out, offspring.plan, before, after, offspring)
+
+
+def measure(
+    ancestor: onnx.ModelProto,
+    offspring: onnx.ModelProto,
+    latency: LatencySettings,
+    input_shapes: InputShapes | None = None,
+) -> MeasuredLatency:
+    """Latency of ``ancestor`` and ``offspring`` measured side by side on a runtime.
+
+    Raises:
+        RuntimeUnavailableError, ProviderError: The runtime cannot run here.
+    """
+    runtime = make_runtime(latency.runtime)
+    shapes = input_shapes or {}
+    pair = [apply_input_shapes(m, shapes) for m in (ancestor, offspring)]
+    before, after = runtime.latencies(pair, latency.batch)
+    return MeasuredLatency(runtime.name, latency.batch, before, after)
+
+
+def synthesize_latency(
+    model: onnx.ModelProto,
+    speedup: float,
+    latency: LatencySettings,
+    config: EncodingConfig | None = None,
+    seed: int = 0,
+    input_shapes: InputShapes | None = None,
+) -> PruneResult:
+    """An offspring at least ``speedup`` times faster than ``model``, measured on a runtime.
+
+    The genetic encoding samples it under a :class:`~evonnx.environments.LatencyBudget` of
+    ``1 / speedup`` (latency predicted from the lookup table), then it is measured side by side
+    with ``model`` and trimmed until the measurement is within budget.
+
+    Args:
+        model: The ancestor.
+        speedup: Wanted measured speed-up (> 1).
+        latency: Runtime, batch size and table settings.
+        config: Encoding settings (its environment is replaced by the latency budget).
+        seed: Seed of the ``numpy.random.Generator`` that samples the offspring.
+        input_shapes: Static shapes for symbolic inputs (latency needs static shapes).
+
+    Raises:
+        ConfigError: ``speedup`` is not above 1.
+        PlanError: The speed-up cannot be reached.
+        RuntimeUnavailableError, ProviderError: The runtime cannot run here.
+    """
+    if not speedup > 1.0:
+        raise ConfigError(f"speedup must be above 1, got {speedup}")
+    shaped = apply_input_shapes(model, input_shapes or {})
+    graph = to_graph(shaped)
+    analysis = analyze_graph(graph)
+    target = latency_target(shaped, analysis, latency)
+    cfg = config or EncodingConfig(synapse_level=False)
+    off, fit = latency_offspring(
+        shaped, analysis, cfg, target, 1.0 / speedup, np.random.default_rng(seed)
+    )
+    out = apply_plan(model, analysis, fit.plan, off.masks)
+    before = metrics_of_graph(graph, analysis)
+    after = inspect(out, input_shapes, normalize=False).metrics
+    measured = MeasuredLatency(
+        target.runtime.name, latency.batch, fit.parent_ms, fit.child_ms, fit.predicted_ms
+    )
+    return PruneResult(out, fit.plan, before, after, off, measured)
 
 
 def evolve(
     model: onnx.ModelProto | str | Path,
-    data: Dataset | str | Path,
+    data: Task | Dataset | str | Path,
     out_dir: str | Path,
     config: EvolveConfig | None = None,
     resume: bool = False,
     progress: bool = False,
+    input_shapes: InputShapes | None = None,
 ) -> Lineage:
-    """Evolve ``model`` on ``data`` (a Dataset, a path or a built-in name) into ``out_dir``.
+    """Evolve ``model`` on ``data`` into ``out_dir``.
 
-    See :func:`evonnx.evolution.evolve`; returns the lineage of every finished generation.
+    ``data`` is a :class:`~evonnx.task.Task`, or a Dataset, a path or a built-in name for the
+    built-in classification task. Symbolic input dimensions default to the data's sample
+    shape; ``input_shapes`` overrides them (the batch dimension stays symbolic). See
+    :func:`evonnx.evolution.evolve`; returns the lineage of every finished generation.
     """
     from evonnx.evolution import evolve as run_evolution  # imports torch
 
-    dataset = data if isinstance(data, Dataset) else load_dataset(data)
+    dataset = data if isinstance(data, (Task, Dataset)) else load_dataset(data)
+    if input_shapes:
+        proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
+        model = apply_input_shapes(proto, input_shapes, keep_batch=True)
     return run_evolution(model, dataset, out_dir, config or EvolveConfig(), resume, progress)

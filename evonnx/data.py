@@ -9,6 +9,7 @@ built-in name (``mnist-demo``, ``digits``) that needs no download.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import importlib.util
 import io
 import logging
@@ -185,6 +186,15 @@ class Dataset:
         """Shape of one sample, without the batch dimension (e.g. ``(1, 28, 28)``)."""
         return tuple(int(d) for d in self.x_train.shape[1:])
 
+    def fingerprint(self) -> str:
+        """SHA-256 of the four arrays (dtype, shape and bytes): identifies the data by content."""
+        digest = hashlib.sha256()
+        for key in ("x_train", "y_train", "x_test", "y_test"):
+            arr = np.ascontiguousarray(getattr(self, key))
+            digest.update(f"{key}:{arr.dtype.str}:{arr.shape};".encode())
+            digest.update(arr.tobytes())
+        return digest.hexdigest()
+
     def __repr__(self) -> str:
         return (
             f"Dataset(name={self.name!r}, train={len(self.x_train)}, "
@@ -235,6 +245,12 @@ def load_npz(path: str | Path, normalization: Normalization | None = None) -> Da
     """
     path = _existing(path)
     norm = normalization or Normalization()
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        raise DataError(
+            f"{path}: not a readable .npz archive (no zip structure: another format, or "
+            "truncated); write one with numpy.savez("
+            "path, x_train=..., y_train=..., x_test=..., y_test=...)"
+        )
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = [
@@ -430,11 +446,28 @@ def check_matches(
         DataError: If the sample shape or the label range does not fit.
     """
     check_sample_shape(dataset.input_shape, input_shape, f"data set {dataset.name!r}")
-    if num_classes is not None and dataset.num_classes > num_classes:
+    if num_classes is not None:
+        check_labels(dataset, num_classes)
+
+
+def check_labels(dataset: Dataset, num_classes: int) -> None:
+    """Check that every label of both splits is a valid index into ``num_classes`` outputs.
+
+    Raises:
+        DataError: Naming the split and the largest label the model cannot score.
+    """
+    if dataset.class_names is not None and len(dataset.class_names) > num_classes:
         raise DataError(
-            f"data set {dataset.name!r} has {dataset.num_classes} classes but the "
+            f"data set {dataset.name!r} has {len(dataset.class_names)} classes but the "
             f"model only outputs {num_classes}"
         )
+    for split in ("train", "test"):
+        labels = getattr(dataset, f"y_{split}")
+        if len(labels) and labels.max() >= num_classes:
+            raise DataError(
+                f"data set {dataset.name!r}: y_{split} holds label {int(labels.max())} but the "
+                f"model only outputs {num_classes} classes (labels must be 0..{num_classes - 1})"
+            )
 
 
 def check_sample_shape(

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from evonnx.data import Dataset, load_builtin
-from evonnx.errors import DataError
+from evonnx.errors import ConfigError, DataError
 from evonnx.retrain.evaluate import evaluate_onnx, evaluate_torch
 from evonnx.retrain.train import TrainConfig, TrainResult, train
 from evonnx.textio import atomic_path
@@ -53,7 +53,7 @@ class LeNet5(nn.Module):
         pad2 = 0 if pooled >= 5 else 2
         side = (pooled + 2 * pad2 - 4) // 2
         if side < 1:
-            raise ValueError(f"LeNet5 needs images of at least 4×4 pixels, got {image_size}")
+            raise ConfigError(f"LeNet5 needs images of at least 4×4 pixels, got {image_size}")
         self.conv1 = nn.Conv2d(in_channels, 6, 5, padding=2)
         self.conv2 = nn.Conv2d(6, 16, 5, padding=pad2)
         self.fc1 = nn.Linear(16 * side * side, 120)

@@ -25,3 +25,31 @@ class DataError(EvonnxError):
 
 class ConversionError(EvonnxError):
     """An ONNX graph cannot be turned into a torch module."""
+
+
+class ConfigError(EvonnxError, ValueError):
+    """A setting (option, config field) is out of range or contradicts another."""
+
+
+class RunDirectoryError(EvonnxError):
+    """The output directory holds something other than this run, or is in use."""
+
+
+class DeployError(EvonnxError):
+    """A model cannot be benchmarked or exported as asked."""
+
+
+class ProviderError(DeployError):
+    """An onnxruntime execution provider is unknown or not available in this build."""
+
+
+class RebatchError(DeployError):
+    """The batch dimension of a model cannot be changed to the requested size."""
+
+
+class TaskError(EvonnxError):
+    """A user task (``--task``) cannot be loaded, or it failed while training or scoring."""
+
+
+class RuntimeUnavailableError(DeployError):
+    """A latency runtime (``torch-cuda``, ``tensorrt``, ...) cannot run on this machine."""

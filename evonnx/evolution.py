@@ -6,7 +6,9 @@ torch (inheriting the surviving weights or from scratch), writes the trained wei
 into the ONNX graph and scores the written graph with onnxruntime. The fittest offspring
 becomes ``DIR/gen_NNN.onnx``. Every file is written atomically and ``lineage.json`` is only
 updated after the generation's model is on disk, so a killed run resumes from the last
-finished generation.
+finished generation. The run holds the folder's lock (:mod:`evonnx.rundir`) throughout; a
+resume removes a killed run's temporaries, rewrites the lineage files it may have left stale
+and refuses data whose fingerprint differs from the one in ``lineage.json``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import json
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,22 +30,24 @@ import torch
 
 from evonnx.analysis import analyze
 from evonnx.converters import to_torch, write_back
-from evonnx.data import Dataset, check_matches, stratified_split
+from evonnx.data import Dataset
 from evonnx.deploy.shapes import batch_info, dynamic_batch
-from evonnx.encoding import efficiency, synthesize
-from evonnx.errors import UnsupportedModelError
+from evonnx.errors import (
+    RunDirectoryError,
+    UnsupportedModelError,
+)
+from evonnx.genetic import efficiency, synthesize
 from evonnx.graph import load_model, save_model
 from evonnx.groups import Analysis
-from evonnx.lineage import (
-    RESUMABLE,
-    EvolveConfig,
-    GenerationRecord,
-    Lineage,
-    RunDirectoryError,
-)
+from evonnx.inputs import fill_symbolic_dims, sample_shapes
+from evonnx.latency import RunLatency, Target
+from evonnx.lineage import RESUMABLE, EvolveConfig, GenerationRecord, Lineage
 from evonnx.metrics import ModelMetrics, compute_metrics
-from evonnx.retrain import TrainConfig, evaluate_onnx, train
+from evonnx.retrain import LossFn, TrainConfig, train
+from evonnx.retrain.distill import Distiller, distillation_loss
+from evonnx.rundir import leftovers, run_folder
 from evonnx.surgery import apply_plan
+from evonnx.task import Split, Task, guarded, split_data
 from evonnx.textio import write_bytes_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -64,7 +68,7 @@ def generation_seed(seed: int, generation: int, candidate: int) -> int:
 
 def evolve(
     ancestor: onnx.ModelProto | str | Path,
-    data: Dataset,
+    data: Dataset | Task,
     out_dir: str | Path,
     config: EvolveConfig,
     resume: bool = False,
@@ -75,7 +79,9 @@ def evolve(
 
     Args:
         ancestor: The generation-1 model (a ModelProto or a path).
-        data: Training and test data; accuracy is measured with onnxruntime on the test split.
+        data: A :class:`~evonnx.task.Task`, or a data set for the built-in
+            :class:`~evonnx.task.ClassificationTask` (``config.val_fraction`` of its training
+            split held out for validation). Scores are computed on the written ONNX files.
         out_dir: Run directory (``gen_NNN.onnx``, ``lineage.json``/``.csv``, ``report.md``).
         config: Run settings.
         resume: Continue the run already in ``out_dir``.
@@ -95,46 +101,35 @@ def evolve(
     out = Path(out_dir)
     sha = model_sha256(model)
     model = _trainable(model)
-    _check_fit(model, data)
     split = split_data(data, config)
-    lineage = _start(model, sha, split, out, config, resume)
-    parent = load_model(out / lineage.records[-1].file)
-    gen1 = compute_metrics(load_model(out / lineage.records[0].file))
-    if on_generation is not None:
-        for done in lineage.records:
-            on_generation(done)
-    while _should_continue(lineage):
-        gen = lineage.records[-1].generation + 1
-        record, parent = _generation(parent, gen, split, config, gen1, out, progress)
-        lineage = replace(lineage, records=(*lineage.records, record))
-        _write_lineage(out, lineage)
+    model = fill_symbolic_dims(model, sample_shapes(split.task.train_batches()))
+    _check_fit(model, split.task)
+    with run_folder(out, resume):
+        lineage = _start(model, sha, split, out, config, resume)
+        parent = load_model(out / lineage.records[-1].file)
+        first_model = load_model(out / lineage.records[0].file)
+        gen1 = compute_metrics(first_model)
+        hw = _run_latency(config, first_model)
+        if hw is not None and lineage.records[0].latency_ms is None:
+            first = _measured(hw, lineage.records[0], first_model)
+            lineage = replace(lineage, records=(first, *lineage.records[1:]))
+            _write_lineage(out, lineage)
         if on_generation is not None:
-            on_generation(record)
+            for done in lineage.records:
+                on_generation(done)
+        while _should_continue(lineage):
+            gen = lineage.records[-1].generation + 1
+            base = lineage.best  # breed from the latest generation within the budget
+            if base is not lineage.records[-1]:
+                parent = load_model(out / base.file)
+            record, parent = _generation(
+                parent, gen, split, config, gen1, out, progress, hw, base.generation
+            )
+            lineage = replace(lineage, records=(*lineage.records, record))
+            _write_lineage(out, lineage)
+            if on_generation is not None:
+                on_generation(record)
     return lineage
-
-
-@dataclass(frozen=True)
-class Split:
-    """Data of a run: what offspring train on, the test split, the optional validation split."""
-
-    train: Dataset
-    test: tuple[np.ndarray, np.ndarray]
-    val: tuple[np.ndarray, np.ndarray] | None
-
-    def score(self, model: onnx.ModelProto) -> tuple[float, float | None]:
-        """(test accuracy, validation accuracy or None), measured with onnxruntime."""
-        acc = evaluate_onnx(model, *self.test)
-        return acc, None if self.val is None else evaluate_onnx(model, *self.val)
-
-
-def split_data(data: Dataset, config: EvolveConfig) -> Split:
-    """Hold out ``config.val_fraction`` of the training split (stratified, seeded)."""
-    test = (data.x_test, data.y_test)
-    if config.val_fraction == 0:
-        return Split(data, test, None)
-    fit, val = stratified_split(data.y_train, config.val_fraction, config.seed)
-    train = replace(data, x_train=data.x_train[fit], y_train=data.y_train[fit])
-    return Split(train, test, (data.x_train[val], data.y_train[val]))
 
 
 def _trainable(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -145,13 +140,8 @@ def _trainable(model: onnx.ModelProto) -> onnx.ModelProto:
     return dynamic_batch(model)
 
 
-def _check_fit(model: onnx.ModelProto, data: Dataset) -> None:
-    weights = {t.name for t in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in weights]
-    if len(inputs) != 1:
-        raise UnsupportedModelError(f"evolve needs a model with one input, found {len(inputs)}")
-    dims = inputs[0].type.tensor_type.shape.dim
-    check_matches(data, [d.dim_value if d.HasField("dim_value") else None for d in dims])
+def _check_fit(model: onnx.ModelProto, task: Task) -> None:
+    task.check(model)
     if not analyze(model).prunable_groups:
         raise UnsupportedModelError(
             "nothing in this model can be pruned (run `evonnx inspect` to see why each "
@@ -163,8 +153,14 @@ def _should_continue(lineage: Lineage) -> bool:
     last = lineage.records[-1]
     if last.generation >= lineage.config.generations:
         return False
-    if last.fitness < lineage.records[0].fitness - lineage.config.max_drop:
-        logger.info("generation %d fell below the accuracy budget; stopping", last.generation)
+    floor = lineage.records[0].fitness - lineage.config.max_drop
+    over = 0
+    for r in reversed(lineage.records):
+        if r.fitness >= floor - 1e-12:
+            break
+        over += 1
+    if over >= lineage.config.patience:
+        logger.info("%d generations in a row fell below the budget; stopping", over)
         return False
     return True
 
@@ -184,28 +180,46 @@ def _start(
                 f"{out} already holds an evolution run; pass --resume to continue it or "
                 "choose another output directory"
             )
-        return _resumed(path, sha, data.train, config)
-    if out.exists() and any(out.iterdir()):
-        raise RunDirectoryError(f"{out} is not empty and holds no evolution run (lineage.json)")
-    acc, val = data.score(model)
+        lineage = _resumed(path, sha, data.task, config)
+        _write_lineage(out, lineage)  # a kill may have left the csv, report or plot behind
+        return lineage
+    ours, others = leftovers(out)
+    if others:
+        raise RunDirectoryError(
+            f"{out} is not empty and holds no evolution run (lineage.json): "
+            f"{', '.join(others[:3])}{', ...' if len(others) > 3 else ''}"
+        )
+    if ours and not resume:
+        raise RunDirectoryError(
+            f"{out} holds a run that stopped before generation 1 was recorded; pass --resume "
+            "to start it again there, or choose another output directory"
+        )
+    if resume:
+        logger.warning("%s holds no finished generation; starting the run from generation 1", out)
+    save_model(model, out / "gen_001.onnx")
+    acc, val = data.score(out / "gen_001.onnx")
     metrics = compute_metrics(model)
     first = _record(1, None, None, "gen_001.onnx", (acc, val), metrics, metrics, 0.0, ())
-    save_model(model, out / first.file)
-    lineage = Lineage(sha, data.train.name, config, (first,))
+    lineage = Lineage(sha, data.task.name, config, (first,), data.task.fingerprint())
     _write_lineage(out, lineage)
     logger.info("generation 1 (ancestor): accuracy %.4f", acc)
     return lineage
 
 
-def _resumed(path: Path, sha: str, data: Dataset, config: EvolveConfig) -> Lineage:
+def _resumed(path: Path, sha: str, data: Task, config: EvolveConfig) -> Lineage:
     try:
         old = Lineage.from_dict(json.loads(path.read_text()))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise RunDirectoryError(f"{path} is not a readable evonnx lineage: {exc}") from exc
+    except (OSError, ValueError, RunDirectoryError) as exc:
+        raise RunDirectoryError(
+            f"{path} is not a readable evonnx lineage ({exc}); move the folder aside and "
+            "start a new run"
+        ) from exc
+    missing = [r.file for r in old.records if not (path.parent / r.file).is_file()]
+    if missing:
+        raise RunDirectoryError(f"{path.parent} lacks {', '.join(missing)}, listed in {path.name}")
     if old.ancestor_sha256 != sha:
         raise RunDirectoryError(f"{path.parent} holds a run of a different ancestor model")
-    if old.data != data.name:
-        raise RunDirectoryError(f"{path.parent} was evolved on {old.data!r}, not {data.name!r}")
+    _check_same_data(old, data, path.parent)
     changed = [
         f.name
         for f in fields(EvolveConfig)
@@ -217,6 +231,25 @@ def _resumed(path: Path, sha: str, data: Dataset, config: EvolveConfig) -> Linea
     return replace(old, config=config)
 
 
+def _check_same_data(old: Lineage, task: Task, folder: Path) -> None:
+    """Refuse to resume on other data: by content when both runs have a fingerprint."""
+    digest = task.fingerprint()
+    if old.data_sha256 is None or digest is None:
+        if old.data != task.name:
+            raise RunDirectoryError(f"{folder} was evolved on {old.data!r}, not {task.name!r}")
+        if digest is not None:
+            logger.warning("%s has no data fingerprint; only the data's name is checked", folder)
+        return
+    if old.data_sha256 != digest:
+        raise RunDirectoryError(
+            f"{folder} was evolved on other data ({old.data!r}, sha256 {old.data_sha256[:12]}) "
+            f"than {task.name!r} (sha256 {digest[:12]}); resume with the run's data or "
+            "choose another output directory"
+        )
+    if old.data != task.name:
+        logger.info("data %r has the content of the run's %r; resuming", task.name, old.data)
+
+
 def _generation(
     parent: onnx.ModelProto,
     gen: int,
@@ -225,18 +258,21 @@ def _generation(
     gen1: ModelMetrics,
     out: Path,
     progress: bool,
+    hw: RunLatency | None = None,
+    parent_gen: int | None = None,
 ) -> tuple[GenerationRecord, onnx.ModelProto]:
     analysis = analyze(parent)
+    target = hw.target(parent, analysis) if hw is not None else None
+    seeds = [generation_seed(config.seed, gen, k) for k in range(config.population)]
     candidates = [
-        _offspring(parent, analysis, data, config, generation_seed(config.seed, gen, k), progress)
-        for k in range(config.population)
+        _offspring(parent, analysis, data, config, s, progress, hw, target) for s in seeds
     ]
     fitness = [c[1][0] if c[1][1] is None else c[1][1] for c in candidates]
     best = max(range(len(candidates)), key=lambda k: fitness[k])
     child, scores, _, seed = candidates[best]
     record = _record(
         gen,
-        gen - 1,
+        gen - 1 if parent_gen is None else parent_gen,
         seed,
         f"gen_{gen:03d}.onnx",
         scores,
@@ -245,6 +281,8 @@ def _generation(
         sum(c[2] for c in candidates),
         tuple(fitness),
     )
+    if hw is not None:
+        record = _measured(hw, record, child)
     save_model(child, out / record.file)
     logger.info("generation %d: accuracy %.4f, A-E %.2fx", gen, scores[0], record.ae)
     return record, child
@@ -257,26 +295,63 @@ def _offspring(
     config: EvolveConfig,
     seed: int,
     progress: bool,
+    hw: RunLatency | None = None,
+    target: Target | None = None,
 ) -> tuple[onnx.ModelProto, tuple[float, float | None], float, int]:
     """Synthesize, prune, retrain and score one offspring.
 
+    With a latency budget (``target``), the offspring is measured on the runtime and trimmed
+    until it fits (:func:`evonnx.latency.latency_offspring`).
+
     Returns:
-        The trained model, its (test, validation) accuracy, training seconds and seed.
+        The trained model, its (test, validation) score, training seconds and seed.
     """
-    offspring = synthesize(parent, analysis, config.encoding(), np.random.default_rng(seed))
-    child = apply_plan(parent, analysis, offspring.plan, offspring.masks)
+    rng = np.random.default_rng(seed)
+    if hw is not None and target is not None:
+        child = hw.offspring(parent, analysis, config.encoding(), target, rng)
+    else:
+        offspring = synthesize(parent, analysis, config.encoding(), rng)
+        child = apply_plan(parent, analysis, offspring.plan, offspring.masks)
     module = to_torch(child, freeze_zeros=True)
     if config.init == "random":
         _reinitialize(module, seed)
+    task = data.task
+    trainee: torch.nn.Module = module
+    loss: LossFn = guarded(task.loss, f"task {task.name!r} loss")
+    if config.distill is not None:
+        trainee = Distiller(module, to_torch(parent))
+        loss = guarded(
+            distillation_loss(task.loss, task.distill_loss, config.distill),
+            f"task {task.name!r} distillation loss",
+        )
     result = train(
-        module,
-        data.train,
+        trainee,
+        task.train_batches(),
         training_config(config, seed % (2**31)),
+        loss_fn=loss,
         after_step=lambda _m: module.apply_masks(),
         progress=progress,
     )
     trained = write_back(child, module)
-    return trained, data.score(trained), result.seconds, seed
+    return trained, data.score_model(trained), result.seconds, seed
+
+
+def _run_latency(config: EvolveConfig, ancestor: onnx.ModelProto) -> RunLatency | None:
+    """Latency measurement of the run (``None`` without a runtime or latency budget)."""
+    settings = config.latency()
+    if settings is None:
+        return None
+    return RunLatency(
+        settings, ancestor, config.env == "latency", config.keep, config.target_speedup
+    )
+
+
+def _measured(
+    hw: RunLatency, record: GenerationRecord, model: onnx.ModelProto
+) -> GenerationRecord:
+    """``record`` with the model's measured latency and speed-up over the ancestor."""
+    ms, speedup = hw.measure(model)
+    return replace(record, latency_ms=ms, speedup=speedup)
 
 
 def training_config(config: EvolveConfig, seed: int) -> TrainConfig:
@@ -290,6 +365,7 @@ def training_config(config: EvolveConfig, seed: int) -> TrainConfig:
         seed=seed,
         num_threads=config.threads,
         max_batches=config.max_batches,
+        deterministic=config.deterministic,
     )
 
 
@@ -344,7 +420,7 @@ def _record(
 CSV_FIELDS = [
     "generation", "parent", "seed", "file", "accuracy", "val_accuracy", "ae", "ce", "mac_ratio",
     "params", "synapses", "nonzero_synapses", "clusters", "live_clusters", "macs",
-    "train_seconds",
+    "train_seconds", "latency_ms", "speedup",
 ]  # fmt: skip
 
 
@@ -378,8 +454,9 @@ def render_report(lineage: Lineage) -> str:
     best = lineage.best
     return f"""# Evolution report
 
-Ancestor sha256 `{lineage.ancestor_sha256[:16]}…`, data `{lineage.data}`; accuracy is top-1
-on the test split, measured with onnxruntime on each written `gen_NNN.onnx`. {_selection(lineage)}
+Ancestor sha256 `{lineage.ancestor_sha256[:16]}…`, task `{lineage.data}`; ACC. is the task's score
+(top-1 for classification) on the test split, computed with onnxruntime on each written
+`gen_NNN.onnx`. {_selection(lineage)}
 
 Best generation within the {100 * lineage.config.max_drop:.1f}-point accuracy budget:
 **{best.generation}** ({best.file}): A-E {best.ae:.2f}x, C-E {best.ce:.2f}x,
@@ -392,7 +469,7 @@ MACs {best.mac_ratio:.2f}x fewer, accuracy {100 * best.accuracy:.2f}%.
 | Gen. | C-E | ACC. |
 | --- | --- | --- |
 {rows_ce}
-
+{_latency_table(lineage)}
 ## All metrics
 
 | Gen. | ACC. | VAL. | A-E | C-E | MACs ratio | nonzero syn. | live clusters | params | MACs | s |
@@ -403,17 +480,46 @@ Settings: `{json.dumps(asdict(lineage.config))}`
 """
 
 
+def _latency_table(lineage: Lineage) -> str:
+    """Accuracy against measured speed-up over the ancestor (when latency was measured)."""
+    measured = [r for r in lineage.records if r.speedup is not None]
+    if not measured:
+        return ""
+    c = lineage.config
+    rows = "\n".join(
+        f"| {r.generation} | {r.speedup:.2f}x | {r.latency_ms:.4g} | {r.mac_ratio:.2f}x | "
+        f"{100 * r.accuracy:.2f} |"
+        for r in measured
+    )
+    return f"""
+Measured on `{c.runtime or "ort-cpu"}` at batch {c.latency_batch}, each generation side by side
+with the ancestor:
+
+| Gen. | speed-up | latency (ms) | MACs ratio | ACC. |
+| --- | --- | --- | --- | --- |
+{rows}
+"""
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
 
 def _selection(lineage: Lineage) -> str:
-    if lineage.config.val_fraction:
+    c = lineage.config
+    distill = "" if c.distill is None else f" Retraining distills from the parent (T={c.distill})."
+    if c.select_on == "test":
         return (
-            f"Offspring are selected, and the budget checked, on a validation split "
-            f"({100 * lineage.config.val_fraction:.0f}% of the training data, VAL.)."
+            "Protocol: **test**. Offspring are selected, and the budget checked, on the test "
+            "split (as in the paper)." + distill
         )
-    return "Offspring are selected, and the budget checked, on the test split (as in the paper)."
+    return (
+        "Protocol: **validation**. Offspring are selected, and the budget checked, on the "
+        f"validation split (VAL.; for a data set {100 * c.val_fraction:.0f}% of its training "
+        f"data). A generation over the budget is not bred from; the run stops after "
+        f"{c.patience} in a row. "
+        "The test score is reported, never used for a decision." + distill
+    )
 
 
 def _plot(path: Path, lineage: Lineage) -> None:
@@ -431,6 +537,9 @@ def _plot(path: Path, lineage: Lineage) -> None:
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     ax.plot([r.ae for r in lineage.records], acc, "o-", label="A-E")
     ax.plot([r.ce for r in lineage.records], acc, "s--", label="C-E")
+    speed = [(r.speedup, 100 * r.accuracy) for r in lineage.records if r.speedup is not None]
+    if speed:
+        ax.plot(*zip(*speed, strict=True), "^:", label="measured speed-up")
     for g, x, y in zip(gens, [r.ae for r in lineage.records], acc, strict=True):
         ax.annotate(str(g), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
     ax.set_xscale("log")

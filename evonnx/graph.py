@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from evonnx.errors import ModelLoadError, UnsupportedModelError
 from evonnx.textio import atomic_path
@@ -19,22 +20,36 @@ MIN_OPSET = 9
 MAX_OPSET = onnx.defs.onnx_opset_version()
 
 
-def load_model(path: str | Path) -> onnx.ModelProto:
+def load_model(path: str | Path, normalize: bool = True) -> onnx.ModelProto:
     """Read and validate an ONNX file (external data included).
+
+    Args:
+        path: The ``.onnx`` file.
+        normalize: Rewrite exporter quirks (see :func:`evonnx.normalize.normalize`).
 
     Raises:
         ModelLoadError: The file is missing, not an ONNX protobuf, or its external data is absent.
         UnsupportedModelError: Its default-domain opset is outside what evonnx supports.
     """
     p = Path(path)
+    if p.is_dir():
+        raise ModelLoadError(f"{p} is a folder; give the path of an .onnx model file")
     if not p.is_file():
         raise ModelLoadError(f"model file not found: {p}")
+    if p.stat().st_size == 0:
+        raise ModelLoadError(f"{p} is empty (0 bytes), not an ONNX model")
     try:
         model = onnx.load(str(p), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError) as exc:
         raise ModelLoadError(f"{p} is not a valid ONNX model: {exc}") from exc
+    if not model.graph.node and not model.opset_import:
+        raise ModelLoadError(f"{p} holds no ONNX graph; is it an .onnx model file?")
     _load_external(model, p.parent)
     check_model(model, str(p))
+    if normalize:
+        from evonnx.normalize import normalize as normalize_model
+
+        model = normalize_model(model)[0]
     return model
 
 
@@ -78,20 +93,56 @@ def check_model(model: onnx.ModelProto, what: str = "model") -> None:
             f"{what} uses opset {opset}; evonnx supports opsets {MIN_OPSET} to {MAX_OPSET}"
         )
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(_checkable(model))
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
         raise ModelLoadError(f"{what} fails the ONNX checker: {first}") from exc
 
 
+def _checkable(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model``, or, past protobuf's 2 GB limit (the checker serializes its input), a copy
+    whose large weights are one-element stand-ins: structure and types are still checked."""
+    from evonnx.external import (
+        MIN_EXTERNAL_BYTES,
+        needs_external,
+        tensor_bytes,
+        without_initializers,
+    )
+
+    if not needs_external(model):
+        return model
+    light = without_initializers(model)
+    for t in model.graph.initializer:
+        if tensor_bytes(t) < MIN_EXTERNAL_BYTES:
+            light.graph.initializer.append(t)
+            continue
+        item = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        light.graph.initializer.add(name=t.name, data_type=t.data_type, dims=[1]).raw_data = bytes(
+            item
+        )
+    return light
+
+
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Shape-inferred copy of ``model`` (best effort: failures leave shapes unknown)."""
-    inferred = _inferred_skeleton(model)
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    del out.graph.value_info[:]
-    out.graph.value_info.extend(inferred.graph.value_info)
+    set_inferred_shapes(out)
     return out
+
+
+def set_inferred_shapes(model: onnx.ModelProto) -> None:
+    """Replace ``model``'s value_info by inferred shapes, in place (no copy of the weights)."""
+    inferred = _inferred_skeleton(model)
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
+
+
+def import_graph(model: onnx.ModelProto) -> gs.Graph:
+    """``model`` in onnx-graphsurgeon with inferred shapes; weights are read lazily."""
+    graph = gs.import_onnx(model)
+    _annotate(graph, _inferred_skeleton(model))
+    return graph
 
 
 def _inferred_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -163,9 +214,7 @@ def to_graph(model: onnx.ModelProto, infer: bool = True) -> gs.Graph:
     Lifting turns every ``Constant`` node holding a tensor into an initializer, so later passes
     see one kind of constant. Outputs of the graph keep their names.
     """
-    graph = gs.import_onnx(model)
-    if infer:
-        _annotate(graph, _inferred_skeleton(model))
+    graph = import_graph(model) if infer else gs.import_onnx(model)
     for node in list(graph.nodes):
         if node.op == "Constant" and isinstance(node.attrs.get("value"), gs.Constant):
             out = node.outputs[0]
@@ -191,18 +240,40 @@ def from_graph(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def save_model(model: onnx.ModelProto, path: str | Path) -> Path:
+def save_model(model: onnx.ModelProto, path: str | Path, external_data: bool | None = None) -> Path:
     """Write ``model`` atomically (temporary file in the same folder, then rename).
 
-    Models over 1.8 GB are written with their weights in ``<name>.data`` beside the file.
+    Args:
+        model: The model (not modified).
+        path: The ``.onnx`` file.
+        external_data: Put the weights in ``<name>.data`` beside the file; ``None`` does so
+            when the weights exceed 1.8 GB (protobuf cannot hold 2 GB).
     """
+    from evonnx.external import needs_external, save_external
+
     p = Path(path)
+    if needs_external(model) if external_data is None else external_data:
+        return save_external(model, p)
     with atomic_path(p) as tmp:
-        if model.ByteSize() > 1_800_000_000:
-            onnx.save(model, str(tmp), save_as_external_data=True, location=f"{p.name}.data")
-        else:
-            onnx.save(model, str(tmp))
+        onnx.save(model, str(tmp))
     return p
+
+
+LARGE_CONSTANT_BYTES = 16 << 20
+"""Constants above this size are read without being kept on the graph (see below)."""
+
+
+def constant_array(t: gs.Constant) -> np.ndarray:
+    """Values of a constant tensor.
+
+    A large constant not read yet is loaded without being cached on the tensor, so a pass
+    over a big model (analysis, metrics) holds one weight at a time rather than a second
+    copy of all of them.
+    """
+    lazy = t._values  # onnx-graphsurgeon keeps unread data in LazyValues
+    if isinstance(lazy, LazyValues) and lazy.nbytes > LARGE_CONSTANT_BYTES:
+        return np.asarray(lazy.load())
+    return np.asarray(t.values)
 
 
 def constant_values(graph: gs.Graph) -> dict[str, np.ndarray]:

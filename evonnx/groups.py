@@ -103,7 +103,8 @@ class Layer:
         weight: Weight initializer name.
         out_axis: Weight axis of output filters/neurons.
         in_axis: Weight axis of input channels.
-        out_group: Group of the output channels (``None`` if the weight is not analysable).
+        out_group: Group of the output channels (``None`` if the weight is not analysable or
+            a channel-axis ``Split`` cut its outputs into several groups).
         in_groups: Groups whose channels this layer reads.
         macs: Multiply-accumulates for one inference at the inferred input shape.
     """
@@ -137,16 +138,8 @@ class Analysis:
         """Groups whose channels may be removed and that have at least one producer."""
         return tuple(g for g in self.groups if g.prunable and g.producers)
 
-
-@dataclass(frozen=True)
-class PrunePlan:
-    """Which channels each group keeps (sorted indices); groups not listed keep all."""
-
-    keep: dict[int, tuple[int, ...]]
-
-    def kept(self, group: ChannelGroup) -> np.ndarray:
-        """Sorted kept channel indices of ``group``."""
-        idx = self.keep.get(group.id)
-        if idx is None:
-            return np.arange(group.size, dtype=np.int64)
-        return np.asarray(idx, dtype=np.int64)
+    @property
+    def coverage(self) -> float:
+        """Channels in prunable groups / all channels in groups (0 when there are none)."""
+        total = sum(g.size for g in self.groups)
+        return sum(g.size for g in self.prunable_groups) / total if total else 0.0

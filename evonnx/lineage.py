@@ -5,17 +5,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from evonnx.encoding import EncodingConfig
 from evonnx.environments import Environment, MacBudget, SynapseBudget
-from evonnx.errors import EvonnxError
+from evonnx.errors import ConfigError, RunDirectoryError
+from evonnx.genetic import EncodingConfig
+from evonnx.latency.budget import LatencySettings
+from evonnx.runtimes import RuntimeSettings
 
 LINEAGE_VERSION = 1
 # Fields a resumed run may change; every other config field must match the original run.
-RESUMABLE = frozenset({"generations", "max_drop"})
-
-
-class RunDirectoryError(EvonnxError):
-    """The output directory holds something other than this run."""
+RESUMABLE = frozenset({"generations", "max_drop", "patience"})
 
 
 @dataclass(frozen=True)
@@ -24,14 +22,36 @@ class EvolveConfig:
 
     Attributes:
         generations: Last generation to synthesize (generation 1 is the ancestor).
-        max_drop: Stop once top-1 accuracy (the fitness) falls more than this below
-            generation 1.
-        val_fraction: Hold out this fraction of the training split (stratified) as a
-            validation set that selects offspring and decides when to stop; ``0`` uses the
-            test split for both, as the paper does. Test accuracy is always reported.
+        max_drop: Budget: how far the fitness (the task's score on the selection split)
+            may fall below generation 1.
+        val_fraction: Fraction of the training split (stratified) a classification task
+            holds out as its validation split (a user task brings its own).
+        select_on: ``"val"``: offspring are selected, and the budget checked, on the
+            validation split; the test score is only reported (honest). ``"test"``: on the
+            test split, as the paper did (the validation split is then not held out).
+        patience: Stop after this many consecutive generations over the budget. A
+            generation over it is recorded but not bred from: the next one samples again
+            from the latest generation within the budget (a retry with fresh seeds; one
+            generation's score is noisy, about ±0.8 points on 400 validation images). The
+            best generation is the last one within the budget; 1 is the paper's rule.
+        distill: Temperature of distillation from the parent while retraining (its outputs
+            are soft targets, weighted 0.5 against the task's loss); ``None`` turns it off.
+        deterministic: Retrain with deterministic torch algorithms (see
+            :func:`evonnx.retrain.deterministic_mode`).
         keep: Budget of the environment: fraction of the parent's nonzero synapses
-            (``env="synapses"``) or MACs (``env="macs"``) an offspring may keep.
+            (``env="synapses"``), MACs (``env="macs"``) or measured latency
+            (``env="latency"``) an offspring may keep.
         env: Environment model.
+        runtime: Where latency is measured (``env="latency"``: default ``ort-cpu``; with the
+            other environments a runtime adds measured latency to every lineage row).
+        latency_batch: Batch size latency is measured at.
+        latency_statistic: A model's latency: the ``"median"`` or the ``"min"`` of its timed
+            runs (``"min"`` on machines shared with other jobs).
+        runtime_threads: ``ort-cpu`` intra-op threads (0: onnxruntime's default).
+        fp16: Measure in fp16 (``torch-cuda``, ``tensorrt``).
+        target_speedup: ``env="latency"``: the budget stops shrinking at this speed-up over
+            the ancestor.
+        depth: Removable residual branches are clusters too (filter clusters).
         cluster: ``"filter"`` (output filter/neuron) or ``"kernel"`` (k×k slice) clusters.
         round_to: Keep channel counts multiples of this (accelerator friendliness).
         cluster_keep: Expected fraction of clusters surviving each generation; ``None``
@@ -51,9 +71,13 @@ class EvolveConfig:
 
     generations: int = 10
     max_drop: float = 0.04
-    val_fraction: float = 0.0
+    val_fraction: float = 0.1
+    select_on: Literal["val", "test"] = "val"
+    patience: int = 2
+    distill: float | None = None
+    deterministic: bool = False
     keep: float = 0.8
-    env: Literal["synapses", "macs"] = "synapses"
+    env: Literal["synapses", "macs", "latency"] = "synapses"
     cluster: Literal["filter", "kernel"] = "filter"
     round_to: int | None = None
     cluster_keep: float | None = None
@@ -68,14 +92,49 @@ class EvolveConfig:
     seed: int = 0
     threads: int | None = None
     max_batches: int | None = None
+    runtime: str | None = None
+    latency_batch: int = 1
+    latency_statistic: Literal["median", "min"] = "median"
+    runtime_threads: int = 0
+    fp16: bool = False
+    target_speedup: float | None = None
+    depth: bool = False
 
     def __post_init__(self) -> None:
         checks = [
             (self.generations >= 1, "generations must be at least 1"),
             (0.0 <= self.max_drop <= 1.0, "max_drop must be in [0, 1]"),
             (0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)"),
+            (self.select_on in ("val", "test"), "select_on must be 'val' or 'test'"),
+            (self.patience >= 1, "patience must be at least 1"),
+            (self.distill is None or self.distill > 0, "distill temperature must be > 0"),
             (0.0 < self.keep <= 1.0, "keep must be in (0, 1]"),
-            (self.env in ("synapses", "macs"), "env must be 'synapses' or 'macs'"),
+            (
+                self.env in ("synapses", "macs", "latency"),
+                "env must be 'synapses', 'macs' or 'latency'",
+            ),
+            (
+                self.target_speedup is None or self.env == "latency",
+                "target_speedup needs --env latency",
+            ),
+            (
+                self.target_speedup is None or self.target_speedup > 1.0,
+                "target_speedup must be above 1",
+            ),
+            (self.latency_batch >= 1, "latency_batch must be at least 1"),
+            (self.runtime_threads >= 0, "runtime_threads must be >= 0"),
+            (not self.depth or self.cluster == "filter", "depth needs --cluster filter"),
+            (
+                self.runtime is not None
+                or self.env == "latency"
+                or (
+                    self.latency_batch == 1
+                    and not self.runtime_threads
+                    and not self.fp16
+                    and self.latency_statistic == "median"
+                ),
+                "--batch, --runtime-threads, --fp16 and --latency-statistic need --runtime",
+            ),
             (self.cluster in ("filter", "kernel"), "cluster must be 'filter' or 'kernel'"),
             (self.population >= 1, "population must be at least 1"),
             (self.init in ("inherit", "random"), "init must be 'inherit' or 'random'"),
@@ -85,17 +144,31 @@ class EvolveConfig:
                 "cluster_keep must be in (0, 1]",
             ),
             (
-                self.cluster_keep is None or (self.cluster == "filter" and self.env == "synapses"),
-                "cluster_keep needs --cluster filter and --env synapses",
+                self.cluster_keep is None or self.env == "synapses",
+                "cluster_keep needs --env synapses",
             ),
         ]
         for ok, message in checks:
             if not ok:
-                raise EvonnxError(message)
+                raise ConfigError(message)
+        self.latency()  # checks the runtime settings
 
     def environment(self) -> Environment:
-        """The environmental factor model."""
-        return MacBudget(self.keep) if self.env == "macs" else SynapseBudget(self.keep)
+        """The environmental factor model (``env="latency"``: the MAC budget stands in until
+        a parent's latency model replaces it, see :mod:`evonnx.latency`)."""
+        return SynapseBudget(self.keep) if self.env == "synapses" else MacBudget(self.keep)
+
+    def latency(self) -> LatencySettings | None:
+        """Latency measurement settings, or ``None`` when nothing is measured."""
+        if self.runtime is None and self.env != "latency":
+            return None
+        rt = RuntimeSettings(
+            self.runtime or "ort-cpu",
+            self.runtime_threads,
+            self.fp16,
+            statistic=self.latency_statistic,
+        )
+        return LatencySettings(rt, batch=self.latency_batch)
 
     def encoding(self) -> EncodingConfig:
         """Genetic-encoding settings."""
@@ -107,6 +180,7 @@ class EvolveConfig:
             min_channels=self.min_channels,
             cluster_keep=self.cluster_keep,
             synapse_level=self.env == "synapses",
+            depth=self.depth,
         )
 
 
@@ -131,6 +205,8 @@ class GenerationRecord:
     train_seconds: float
     candidates: tuple[float, ...] = ()
     val_accuracy: float | None = None
+    latency_ms: float | None = None
+    speedup: float | None = None
 
     @property
     def fitness(self) -> float:
@@ -140,12 +216,17 @@ class GenerationRecord:
 
 @dataclass(frozen=True)
 class Lineage:
-    """A whole run: configuration, data set and one record per finished generation."""
+    """A whole run: configuration, data set and one record per finished generation.
+
+    ``data_sha256`` is the content hash of the run's data (:meth:`Task.fingerprint`), or
+    ``None`` when the task gives none (then a resumed run only checks the name ``data``).
+    """
 
     ancestor_sha256: str
     data: str
     config: EvolveConfig
     records: tuple[GenerationRecord, ...]
+    data_sha256: str | None = None
 
     @property
     def best(self) -> GenerationRecord:
@@ -160,17 +241,41 @@ class Lineage:
             "version": LINEAGE_VERSION,
             "ancestor_sha256": self.ancestor_sha256,
             "data": self.data,
+            "data_sha256": self.data_sha256,
             "config": asdict(self.config),
             "generations": [asdict(r) for r in self.records],
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Lineage:
-        """Inverse of :meth:`to_dict`."""
+    def from_dict(cls, data: Any) -> Lineage:
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            RunDirectoryError: ``data`` is not a lineage with generations 1, 2, ... in order.
+        """
+        if not isinstance(data, dict):
+            raise RunDirectoryError(f"expected a JSON object, found {type(data).__name__}")
         if data.get("version") != LINEAGE_VERSION:
             raise RunDirectoryError(f"unsupported lineage version {data.get('version')}")
-        records = tuple(
-            GenerationRecord(**{**r, "candidates": tuple(r.get("candidates", ()))})
-            for r in data["generations"]
-        )
-        return cls(data["ancestor_sha256"], data["data"], EvolveConfig(**data["config"]), records)
+        gens = data.get("generations")
+        if not isinstance(gens, list) or not gens or not all(isinstance(r, dict) for r in gens):
+            raise RunDirectoryError("'generations' must be a non-empty list of records")
+        if not isinstance(data.get("config"), dict):
+            raise RunDirectoryError("'config' must be an object")
+        try:
+            records = tuple(
+                GenerationRecord(**{**r, "candidates": tuple(r.get("candidates", ()))})
+                for r in gens
+            )
+            config = EvolveConfig(**data["config"])
+            lineage = cls(
+                data["ancestor_sha256"], data["data"], config, records, data.get("data_sha256")
+            )
+        except (TypeError, KeyError, ValueError) as exc:
+            raise RunDirectoryError(f"malformed lineage ({type(exc).__name__}: {exc})") from exc
+        if [r.generation for r in records] != list(range(1, len(records) + 1)):
+            raise RunDirectoryError("generations must be numbered 1, 2, ... in order")
+        odd = [r.file for r in records if r.file != f"gen_{r.generation:03d}.onnx"]
+        if odd:
+            raise RunDirectoryError(f"unexpected model file names {odd}")
+        return lineage

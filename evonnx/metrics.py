@@ -9,7 +9,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from evonnx.analysis import analyze_graph
-from evonnx.graph import constant_values, to_graph
+from evonnx.graph import constant_array, to_graph
 from evonnx.groups import Analysis, Layer
 
 
@@ -29,7 +29,8 @@ class LayerMetrics:
         kernels: k×k kernel slices ``W[o, i]`` (the optional kernel clusters; an FC weight has
             one per synapse).
         live_kernels: Kernel slices with at least one nonzero weight.
-        macs: Dense multiply-accumulates per inference (batch dimension read as 1 if symbolic).
+        macs: Dense multiply-accumulates per inference (batch dimension read as 1 if symbolic;
+            0 when other dimensions are symbolic: unknown).
     """
 
     node: str
@@ -57,6 +58,16 @@ class ModelMetrics:
     macs: int
     layers: tuple[LayerMetrics, ...]
 
+    @property
+    def unknown_macs(self) -> tuple[str, ...]:
+        """Layers whose MACs are unknown (symbolic input shapes); ``macs`` omits them."""
+        return tuple(m.node for m in self.layers if m.macs <= 0)
+
+    @property
+    def macs_known(self) -> bool:
+        """True when every layer's MACs are known."""
+        return not self.unknown_macs
+
 
 def compute_metrics(model: onnx.ModelProto) -> ModelMetrics:
     """Metrics of ``model``."""
@@ -66,9 +77,13 @@ def compute_metrics(model: onnx.ModelProto) -> ModelMetrics:
 
 def metrics_of_graph(graph: gs.Graph, analysis: Analysis) -> ModelMetrics:
     """Metrics from an imported graph and its analysis."""
-    consts = constant_values(graph)
-    layers = tuple(_layer_metrics(lay, consts[lay.weight]) for lay in analysis.layers)
-    params = sum(int(v.size) for v in consts.values() if np.issubdtype(v.dtype, np.floating))
+    consts = {n: t for n, t in graph.tensors().items() if isinstance(t, gs.Constant)}
+    layers = tuple(
+        _layer_metrics(lay, constant_array(consts[lay.weight])) for lay in analysis.layers
+    )
+    params = sum(
+        int(np.prod(t.shape)) for t in consts.values() if np.issubdtype(t.dtype, np.floating)
+    )
     return ModelMetrics(
         params=params,
         synapses=sum(m.synapses for m in layers),

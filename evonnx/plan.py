@@ -1,8 +1,12 @@
-"""Simple deterministic pruning plans.
+"""Pruning plans: :class:`PrunePlan`, channel strength, the rounding rule, simple planners.
+
+:class:`PrunePlan` is what every planner (these, the genetic encoding of
+:mod:`evonnx.genetic`) hands to the surgery. :func:`channel_strength` and
+:func:`round_channels` are shared by all of them.
 
 :func:`magnitude_plan` keeps the strongest channels of every prunable group by the L1 norm
 of their producer filters. It is a deterministic baseline next to the genetic encoding
-(:mod:`evonnx.encoding`), which samples offspring instead. :func:`mac_target_plan` picks the
+(:mod:`evonnx.genetic`), which samples offspring instead. :func:`mac_target_plan` picks the
 one keep fraction that reaches a MAC reduction, optionally with channel counts rounded to
 multiples of 8 (:func:`round_channels`) and small groups left alone; :func:`estimate_macs`
 predicts a plan's MACs without running the surgery.
@@ -11,23 +15,109 @@ predicts a plan's MACs without running the surgery.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from evonnx.errors import PlanError
-from evonnx.groups import Analysis, ChannelGroup, PrunePlan, Role
+from evonnx.groups import Analysis, ChannelGroup, Member, Role
 
 
-def channel_strength(group: ChannelGroup, weights: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Sum of |w| over every producer filter of each channel of ``group``."""
+@dataclass(frozen=True)
+class PrunePlan:
+    """Which channels each group keeps (sorted indices); groups not listed keep all."""
+
+    keep: dict[int, tuple[int, ...]]
+
+    def kept(self, group: ChannelGroup) -> np.ndarray:
+        """Sorted kept channel indices of ``group``."""
+        idx = self.keep.get(group.id)
+        if idx is None:
+            return np.arange(group.size, dtype=np.int64)
+        return np.asarray(idx, dtype=np.int64)
+
+
+class Threshold(Protocol):
+    """A truncation rule (e.g. :class:`evonnx.genetic.Truncation`)."""
+
+    def threshold(self, magnitudes: np.ndarray, nonzero: int | None = None) -> float:
+        """Magnitude under which a weight counts as zero."""
+        ...
+
+
+def magnitudes(w: np.ndarray, truncation: Threshold | None = None) -> np.ndarray:
+    """``|w|`` as a new float32 array, entries below ``truncation``'s threshold set to zero."""
+    arr = np.asarray(w)
+    a = np.abs(arr if arr.dtype == np.float32 else arr.astype(np.float32))
+    tau = truncation.threshold(a) if truncation is not None else 0.0
+    if tau > 0:
+        a *= a >= tau
+    return a
+
+
+def unique_members(members: Sequence[Member]) -> list[Member]:
+    """Members deduplicated by what they slice (role, tensor, axis, start, block)."""
+    seen: set[tuple[Role, str, int, int, int]] = set()
+    out = []
+    for m in members:
+        key = (m.role, m.name, m.axis, m.start, m.block)
+        if key not in seen:
+            seen.add(key)
+            out.append(m)
+    return out
+
+
+def channel_strength(
+    group: ChannelGroup, weights: Mapping[str, np.ndarray], truncation: Threshold | None = None
+) -> np.ndarray:
+    """Strength of each channel of ``group``: ``|w|`` (truncated) summed over every producer
+    filter writing it. The genetic encoding's eq. 4 numerator and the L1 rank of the plans."""
     strength = np.zeros(group.size, dtype=np.float64)
-    for m in group.by_role(Role.PRODUCER):
-        w = np.moveaxis(np.abs(weights[m.name]), m.axis, 0)
-        per_index = w.reshape(w.shape[0], -1).sum(axis=1)
-        idx = m.indices(np.arange(group.size)).reshape(group.size, m.block)
-        strength += per_index[idx].sum(axis=1)
+    channels = np.arange(group.size)
+    for m in unique_members(group.by_role(Role.PRODUCER)):
+        moved = np.moveaxis(magnitudes(weights[m.name], truncation), m.axis, 0)
+        rows = moved.reshape(moved.shape[0], -1).sum(axis=1, dtype=np.float64)
+        strength += rows[m.indices(channels)].reshape(group.size, m.block).sum(axis=1)
     return strength
+
+
+def round_channels(
+    n: int,
+    size: int,
+    round_to: int | None = None,
+    min_channels: int = 1,
+    widths: Sequence[int] | None = None,
+) -> int:
+    """The channel count a group keeps when it needs ``n``: the smallest allowed count ``>= n``.
+
+    The one rounding rule of the plans and the genetic encoding. Allowed counts are at least
+    ``min_channels`` (or the whole group when smaller) and at most ``size``; with ``widths``
+    (e.g. the latency steps of :mod:`evonnx.latency`) only those and ``size``; with
+    ``round_to``, multiples of it or ``size``: multiples of 8 (or 16) let CPU kernels
+    (onnxruntime's NCHWc convolutions) and tensor cores use their full vector width, and a
+    layer of 12 channels often runs no faster than one of 16. A group smaller than
+    ``round_to`` is not rounded.
+    """
+    k = min(size, max(n, min(min_channels, size), 1 if size else 0))
+    if widths:
+        return min((w for w in widths if k <= w <= size), default=size)
+    if not round_to or round_to <= 1 or size < round_to:
+        return k
+    return min(size, -(-k // round_to) * round_to)
+
+
+def allowed_channels(
+    k: int,
+    size: int,
+    round_to: int | None = None,
+    min_channels: int = 1,
+    widths: Sequence[int] | None = None,
+) -> bool:
+    """Whether a group of ``size`` may keep exactly ``k >= 1`` channels (see
+    :func:`round_channels`)."""
+    return k >= 1 and round_channels(k, size, round_to, min_channels, widths) == k
 
 
 def magnitude_plan(
@@ -39,7 +129,7 @@ def magnitude_plan(
 ) -> PrunePlan:
     """Keep ``ceil(keep * size)`` strongest channels (at least ``min_channels``) per group.
 
-    With ``round_to``, each count is rounded to the nearest multiple (:func:`round_channels`).
+    With ``round_to``, each count is rounded up to a multiple (:func:`round_channels`).
 
     Raises:
         PlanError: ``keep`` is not in (0, 1].
@@ -53,21 +143,6 @@ def magnitude_plan(
         order = np.argsort(-channel_strength(g, weights), kind="stable")
         plan[g.id] = tuple(sorted(int(i) for i in order[:n]))
     return PrunePlan(plan)
-
-
-def round_channels(n: int, size: int, round_to: int | None, min_channels: int = 1) -> int:
-    """``n`` rounded to the nearest multiple of ``round_to`` (ties up), within ``[1, size]``.
-
-    Multiples of 8 (or 16) let CPU kernels (onnxruntime's NCHWc convolutions) and tensor cores
-    use their full vector width; a layer of 12 channels often runs no faster than one of 16.
-    The count never drops below ``min_channels`` nor, when the group is that large, below one
-    multiple of ``round_to``; a group smaller than ``round_to`` keeps ``n``.
-    """
-    n = min(size, max(min_channels, n))
-    if not round_to or round_to <= 1 or size < round_to:
-        return n
-    rounded = max(round_to, math.floor(n / round_to + 0.5) * round_to)
-    return min(size, max(min_channels, rounded))
 
 
 def magnitude_plan_counts(

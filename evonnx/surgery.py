@@ -8,6 +8,7 @@ constant shape elements (Reshape targets, Resize sizes) that spell out channel e
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,10 +16,19 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx import numpy_helper
 
 from evonnx.errors import PlanError
-from evonnx.graph import check_model, from_graph, infer_shapes, node_name, to_graph
-from evonnx.groups import Analysis, ChannelGroup, Member, PrunePlan, Role
+from evonnx.graph import (
+    LARGE_CONSTANT_BYTES,
+    check_model,
+    from_graph,
+    node_name,
+    set_inferred_shapes,
+    to_graph,
+)
+from evonnx.groups import Analysis, ChannelGroup, Member, Role
+from evonnx.plan import PrunePlan
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +74,9 @@ def apply_plan(
     _edit_groups(graph, edits.group_deltas)
     _drop_branches(graph, analysis, plan)
     out = _export(graph, model)
+    del graph, consts  # the sliced weights now live in ``out`` only (models over 2 GB):
+    gc.collect()  # the graph's node/tensor cycles would keep its copy alive until then
+    set_inferred_shapes(out)
     check_model(out, "pruned model")
     return out
 
@@ -192,11 +205,48 @@ def _drop_branches(graph: gs.Graph, analysis: Analysis, plan: PrunePlan) -> None
             layer = by_name[name]
             out = layer.outputs[0]
             const = gs.Constant(f"{out.name}__bias", _exit_value(layer))
-            for reader in list(out.outputs):
-                for i, t in enumerate(list(reader.inputs)):
-                    if t is out:
-                        reader.inputs[i] = const
+            _rewire(out, const)
             layer.outputs.clear()
+            if not np.any(const.values):
+                _bypass_zero_adds(graph, const)
+
+
+def _rewire(old: gs.Tensor, new: gs.Tensor) -> None:
+    """Every node reading ``old`` reads ``new`` instead."""
+    for reader in list(old.outputs):
+        _rewire_node(reader, old, new)
+
+
+def _rewire_node(node: gs.Node, old: gs.Tensor, new: gs.Tensor) -> None:
+    for i, t in enumerate(list(node.inputs)):
+        if t is old:
+            node.inputs[i] = new
+
+
+_IDEMPOTENT = frozenset({"Relu"})
+
+
+def _bypass_zero_adds(graph: gs.Graph, zero: gs.Constant) -> None:
+    """Drop the ``Add`` of an all-zero constant left by a removed branch (exact: ``x + 0 = x``),
+    then an idempotent activation applied twice in a row (``Relu(Relu(x)) = Relu(x)``)."""
+    outputs = {id(t) for t in graph.outputs}
+    for add in [n for n in zero.outputs if n.op == "Add" and len(n.inputs) == 2]:
+        # The other operand has the full shape (what makes a branch removable), so it is the sum.
+        other = add.inputs[1] if add.inputs[0] is zero else add.inputs[0]
+        out = add.outputs[0]
+        if id(out) in outputs or other is zero:
+            continue
+        for reader in list(out.outputs):
+            _rewire_node(reader, out, other)
+            if (
+                reader.op in _IDEMPOTENT
+                and other.inputs
+                and other.inputs[0].op == reader.op
+                and id(reader.outputs[0]) not in outputs
+            ):
+                _rewire(reader.outputs[0], other)
+                reader.outputs.clear()
+        add.outputs.clear()
 
 
 def _exit_value(layer: gs.Node) -> np.ndarray:
@@ -220,6 +270,28 @@ def _export(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
         if isinstance(t, gs.Variable) and t.name not in io_names:
             t.shape = None
     graph.cleanup(remove_unused_graph_inputs=False)
+    large = _detach_large(graph)
     out = from_graph(graph, like)
     del out.graph.value_info[:]
-    return infer_shapes(out)
+    for init in out.graph.initializer:
+        if init.name in large:
+            init.CopyFrom(numpy_helper.from_array(large.pop(init.name), init.name))
+    return out
+
+
+def _detach_large(graph: gs.Graph) -> dict[str, np.ndarray]:
+    """Swap large constants' values for empty stand-ins; the caller writes them back.
+
+    Exporting through onnx-graphsurgeon holds several copies of every weight at once; moving
+    the large ones into the exported model one by one keeps a big model's peak memory low.
+    """
+    large = {}
+    for name, t in graph.tensors().items():
+        if (
+            isinstance(t, gs.Constant)
+            and t.export_dtype == t.dtype  # bfloat16/float8 are held as float32 by the graph
+            and t.values.nbytes > LARGE_CONSTANT_BYTES
+        ):
+            large[name] = t.values
+            t.values = np.zeros((0,) * t.values.ndim, dtype=t.values.dtype)
+    return large

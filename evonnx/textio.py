@@ -1,27 +1,80 @@
-"""Atomic file writes: a temporary file in the target folder, then ``os.replace``."""
+"""Atomic file writes: a temporary file in the target folder, then ``os.replace``.
+
+The temporary file is created with mode ``0o666`` filtered by the process umask (what a
+plain ``open(path, "w")`` gives a new file); when it replaces an existing file, it takes that
+file's permission bits, as rewriting the file in place would keep them. Temporaries are named
+``.<name>.<random>.tmp``; a killed process may leave them behind, and
+:func:`remove_temporaries` deletes them (call it only while no other process writes there).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-import tempfile
+import re
+import secrets
+import stat
 from collections.abc import Iterator
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+TMP_SUFFIX = ".tmp"
+# ``.<name>.<8 random characters>.tmp`` (also matches ``tempfile.mkstemp`` names).
+_TMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+def _create_temporary(target: Path) -> Path:
+    """Create an empty, exclusive temporary file beside ``target`` (umask-filtered mode)."""
+    while True:
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}{TMP_SUFFIX}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+
+
+def _commit(tmp: Path, target: Path) -> None:
+    """Move a finished temporary file onto ``target`` (one atomic rename)."""
+    os.replace(tmp, target)
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds.
+
+    The block may write the temporary file in place or replace it with a new file; either
+    way the result gets the permissions described in the module docstring.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    tmp = _create_temporary(target)
     try:
-        yield Path(tmp)
-        os.replace(tmp, target)
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:
+        mode = stat.S_IMODE(os.stat(tmp).st_mode)
+    try:
+        yield tmp
+        os.chmod(tmp, mode)
+        _commit(tmp, target)
     finally:
-        if os.path.exists(tmp):
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def remove_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporaries that :func:`atomic_path` left in ``folder``; returns them."""
+    removed = []
+    for tmp in sorted(Path(folder).glob(f".*{TMP_SUFFIX}")):
+        if _TMP_NAME.match(tmp.name) and tmp.is_file() and not tmp.is_symlink():
+            tmp.unlink()
+            removed.append(tmp)
+    if removed:
+        logger.info("removed %d stale temporary file(s) in %s", len(removed), folder)
+    return removed
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:

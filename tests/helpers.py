@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
-from evonnx.groups import Analysis, PrunePlan, Role
+from evonnx.groups import Analysis, Role
+from evonnx.plan import PrunePlan
 from evonnx.surgery import removed_channels
 
 
@@ -58,3 +59,17 @@ def assert_same(a: list[np.ndarray], b: list[np.ndarray], rtol: float = 1e-5) ->
         assert x.shape == y.shape
         scale = max(1.0, float(np.max(np.abs(x))))
         np.testing.assert_allclose(y, x, rtol=0, atol=rtol * scale)
+
+
+# IR 8 / opset 17: accepted by onnxruntime 1.18 and newer (onnx.helper defaults to its newest IR).
+TEST_IR_VERSION = 8
+TEST_OPSET = 17
+
+
+def make_model(
+    graph: onnx.GraphProto, opset: int = TEST_OPSET, ir_version: int = TEST_IR_VERSION
+) -> onnx.ModelProto:
+    """``onnx.helper.make_model`` at an explicit, portable IR version and opset."""
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version
+    )

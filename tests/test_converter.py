@@ -281,7 +281,8 @@ def test_unsupported_op_raises_at_construction() -> None:
         [helper.make_node("Frobnicate", ["x"], ["y"], name="frob", domain="com.example")], "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])]),
-        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)],
+        ir_version=8)
     with pytest.raises(ConversionError, match=r"Frobnicate.*frob"):
         to_torch(custom)
 
@@ -529,14 +530,22 @@ def test_op_matches_onnxruntime(case: str) -> None:
     assert_matches_ort(model, feed)
 
 
-def test_constant_nodes_become_buffers() -> None:
+def test_constant_node_weights_become_parameters() -> None:
     model = parse(f"""{header()} g (float[2, 3] x) => (float y) {{
         c = Constant <value_floats = [1.0, 2.0, 3.0]> ()
-        y = Add(x, c) }}""")
+        s = Constant <value_ints = [2, 3]> ()
+        k = Constant <value_floats = [0.5, 0.5, 0.5]> ()
+        r = Reshape(x, s)
+        b = BatchNormalization(r, k, k, k, k)
+        y = Add(b, c) }}""")
     module = to_torch(model)
-    assert set(module.onnx_buffers()) == {"c"} and not module.onnx_parameters()
+    # c is data (trainable); k also holds BatchNorm statistics, so it stays a buffer
+    assert set(module.onnx_parameters()) == {"c"}
+    assert {"s", "k"} <= set(module.onnx_buffers())
+    feed = {"x": rand(2, 3)}
+    np.testing.assert_allclose(run_torch(module, feed)[0], run_ort(model, feed)[0], rtol=1e-6)
     with torch.no_grad():
-        module.onnx_buffers()["c"].mul_(2)
+        module.onnx_parameters()["c"].mul_(2)
     rewritten = write_back(model, module)
     assert [a.name for a in rewritten.graph.node[0].attribute] == ["value"]
     value = numpy_helper.to_array(rewritten.graph.node[0].attribute[0].t)

@@ -485,8 +485,14 @@ def test_check_matches() -> None:
         check_matches(ds, (None, 3, 32, 32))
     with pytest.raises(DataError, match="N×\\?×28"):
         check_matches(ds, (None, None, 28))
-    with pytest.raises(DataError, match="4 classes but the model only outputs 3"):
+    with pytest.raises(DataError, match="y_train holds label 3 but the model only outputs 3"):
         check_matches(ds, (None, 1, 28, 28), num_classes=3)
+    test_only = Dataset(ds.x_train, [0, 1, 0, 1], ds.x_test, [0, 2], name="t")
+    with pytest.raises(DataError, match="y_test holds label 2 but the model only outputs 2"):
+        check_matches(test_only, (None, 1, 28, 28), num_classes=2)
+    named = Dataset(ds.x_train, [0, 0, 1, 1], ds.x_test, [0, 1], class_names=("a", "b", "c"))
+    with pytest.raises(DataError, match="3 classes but the model only outputs 2"):
+        check_matches(named, (None, 1, 28, 28), num_classes=2)
     nhwc = Dataset(np.zeros((2, 8, 8, 3)), [0, 1], np.zeros((1, 8, 8, 3)), [0])
     with pytest.raises(DataError, match="channels-last"):
         check_matches(nhwc, (None, 3, 8, 8))

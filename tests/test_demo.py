@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,16 +29,13 @@ def test_lenet_shapes() -> None:
 
 
 def test_demo_ancestor_full(tmp_path: Path, mnist: Dataset) -> None:
-    """The shipped recipe: > 95% test accuracy (onnxruntime) well under a minute."""
-    start = time.perf_counter()
+    """The shipped recipe: > 95% test accuracy (onnxruntime), same score in torch and ONNX."""
     result = train_demo_ancestor(tmp_path / "out" / "lenet5.onnx", progress=False, dataset=mnist)
-    elapsed = time.perf_counter() - start
     assert result.path == tmp_path / "out" / "lenet5.onnx" and result.path.is_file()
     assert result.dataset == "mnist-demo"
     assert result.onnx_accuracy > 0.95
     assert result.onnx_accuracy == pytest.approx(result.torch_accuracy, abs=0.002)
     assert result.train.losses[-1] < result.train.losses[0]
-    assert elapsed < 45
     model = onnx.load(str(result.path))
     onnx.checker.check_model(model)
     assert model.opset_import[0].version == 17

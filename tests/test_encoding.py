@@ -14,14 +14,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from zoo import cached_case
 
-from evonnx.encoding import (
+from evonnx.environments import Census, Environment, Level, MacBudget, SynapseBudget
+from evonnx.genetic import (
     FACTOR_MAX,
     ClusterMode,
     EncodingConfig,
     Offspring,
     Solution,
     Truncation,
-    channel_strengths,
     cluster_probabilities,
     efficiency,
     encode,
@@ -35,8 +35,8 @@ from evonnx.encoding import (
     synthesize,
     truncated_magnitude,
 )
-from evonnx.environments import Census, Environment, Level, MacBudget, SynapseBudget
-from evonnx.groups import Analysis, ChannelGroup, Layer, Member, PrunePlan, Role
+from evonnx.groups import Analysis, ChannelGroup, Layer, Member, Role
+from evonnx.plan import PrunePlan, channel_strength
 
 E = math.e
 
@@ -151,7 +151,7 @@ def check_plan(net: Net, off: Offspring, cfg: EncodingConfig) -> None:
         assert list(kept) == sorted(set(kept)) and kept[0] >= 0 and kept[-1] < g.size
         n = len(kept)
         assert n >= min(cfg.min_channels, g.size)
-        if cfg.round_to:
+        if cfg.round_to and g.size >= cfg.round_to:  # smaller groups are not rounded
             assert n % cfg.round_to == 0 or n == g.size, (n, g.size)
 
 
@@ -201,10 +201,10 @@ def test_channel_strengths_sum_over_coupled_producers_and_blocks() -> None:
             Member(Role.PRODUCER, "a", "a", 0),  # duplicate member counts once
         ),
     )
-    s = channel_strengths(group, {"a": a, "b": b}, Truncation("none"))
+    s = channel_strength(group, {"a": a, "b": b}, Truncation("none"))
     np.testing.assert_allclose(s, [3.0 + 2.0, 0.5 + 2.0, 6.0 + 5.0])
     # Truncation is per tensor: 0.1 * mean|a| (nonzero) = 0.19 keeps every nonzero entry of a.
-    s = channel_strengths(group, {"a": a, "b": b}, Truncation("absolute", 0.6))
+    s = channel_strength(group, {"a": a, "b": b}, Truncation("absolute", 0.6))
     np.testing.assert_allclose(s, [3.0 + 2.0, 0.0 + 2.0, 6.0 + 5.0])
 
 
@@ -220,7 +220,7 @@ def test_encode_matches_formulas_per_group() -> None:
     net = small()
     genome = encode(net.analysis, net.weights, EncodingConfig(truncation=Truncation("none")))
     for g in net.analysis.prunable_groups:
-        s = channel_strengths(g, net.weights, Truncation("none"))
+        s = channel_strength(g, net.weights, Truncation("none"))
         np.testing.assert_allclose(genome.cluster_p[g.id], np.exp(s / s.max() - 1), rtol=1e-5)
         assert genome.cluster_p[g.id].max() == pytest.approx(1.0)
     gene = genome.genes[0]
@@ -234,7 +234,7 @@ def test_global_scope_normalizes_over_all_groups() -> None:
     net = small()
     cfg = EncodingConfig(cluster_scope="global", truncation=Truncation("none"))
     genome = encode(net.analysis, net.weights, cfg)
-    strengths = {g.id: channel_strengths(g, net.weights, Truncation("none")) for g in genome.groups}
+    strengths = {g.id: channel_strength(g, net.weights, Truncation("none")) for g in genome.groups}
     top = max(s.max() for s in strengths.values())
     for gid, s in strengths.items():
         np.testing.assert_allclose(genome.cluster_p[gid], np.exp(s / top - 1), rtol=1e-5)
@@ -434,7 +434,7 @@ def test_round_to_and_min_channels() -> None:
             for g in net.analysis.prunable_groups:
                 n = len(off.plan.kept(g))
                 assert n >= min(cfg.min_channels, g.size)
-                if cfg.round_to:
+                if cfg.round_to and g.size >= cfg.round_to:  # smaller groups are not rounded
                     assert n % cfg.round_to == 0 or n == g.size
 
 
@@ -713,10 +713,39 @@ def test_cluster_keep_when_clusters_alone_meet_the_budget() -> None:
     assert off.realized_synapses <= 0.95 * nonzero(net)
 
 
+def test_cluster_keep_kernel_clusters() -> None:
+    """Kernel mode: F_c fixes the pace at which kernels die; F_s alone meets the budget."""
+    from evonnx.genetic.sample import _sample_clusters
+
+    net = chain([Spec(32), Spec(48, twin=True), Spec(40, k=0, flatten=4)], seed=11)
+    cfg = EncodingConfig(keep=0.5, cluster_keep=0.4, cluster_mode="kernel")
+    genome = encode(net.analysis, net.weights, cfg)
+    assert genome.cluster_factor is None and genome.kernel_factors is not None
+    for g, f in zip(genome.genes, genome.kernel_factors, strict=True):  # each tensor's pace
+        if g.kernel_p is not None and g.prunable_rows.any():
+            p = g.kernel_p[g.prunable_rows]
+            assert np.minimum(f * p, 1).mean() == pytest.approx(0.4, abs=1e-6)
+    sol = solve_factor(genome)  # kernels alone meet the budget here: F_s keeps every synapse
+    assert sol.factor == FACTOR_MAX and sol.expected_cost <= 0.5 * nonzero(net)
+    alive = []
+    for seed in range(20):
+        draft = _sample_clusters(genome, sol.factor, np.random.default_rng(seed))
+        rows = [(k[g.prunable_rows], g) for k, g in zip(draft.kernels, genome.genes, strict=True)
+                if k is not None]  # fmt: skip
+        alive.extend(float(k.mean()) for k, _ in rows if k.size)
+        off = sample(genome, np.random.default_rng(seed), sol)
+        synapses, _ = realize(net, off)
+        assert synapses == off.realized_synapses <= 0.5 * nonzero(net)
+    assert float(np.mean(alive)) == pytest.approx(0.4, abs=0.03)
+    shared = encode(net.analysis, net.weights, EncodingConfig(keep=0.5, cluster_mode="kernel"))
+    draft = _sample_clusters(shared, solve_factor(shared).factor, np.random.default_rng(0))
+    kept = [k[g.prunable_rows] for k, g in zip(draft.kernels, shared.genes, strict=True)
+            if k is not None]  # fmt: skip
+    assert abs(sum(int(k.sum()) for k in kept) / sum(k.size for k in kept) - 0.4) > 0.1
+
+
 def test_cluster_keep_validation() -> None:
     with pytest.raises(ValueError, match="cluster_keep"):
         EncodingConfig(cluster_keep=0.0)
-    with pytest.raises(ValueError, match="filter"):
-        EncodingConfig(cluster_keep=0.5, cluster_mode="kernel")
     with pytest.raises(ValueError, match="synapse-level"):
         EncodingConfig(cluster_keep=0.5, environment=MacBudget(0.5))

@@ -20,8 +20,8 @@ import evonnx
 from evonnx import evolution as evolve_module
 from evonnx.cli.main import cli
 from evonnx.data import Dataset
-from evonnx.errors import DataError, UnsupportedModelError
-from evonnx.lineage import EvolveConfig, RunDirectoryError
+from evonnx.errors import DataError, RunDirectoryError, UnsupportedModelError
+from evonnx.lineage import EvolveConfig
 
 CONFIG = EvolveConfig(generations=3, epochs=1, lr=0.05, batch_size=32, seed=7, threads=1)
 
@@ -156,7 +156,7 @@ def test_run_directory_errors(tiny_model: onnx.ModelProto, tiny_data: Dataset,
 
 def test_data_mismatch_and_nothing_prunable(tiny_model: onnx.ModelProto, tiny_data: Dataset,
                                             tmp_path: Path) -> None:  # fmt: skip
-    wrong = Dataset(np.zeros((4, 1, 9, 9)), np.zeros(4), np.zeros((4, 1, 9, 9)), np.zeros(4))
+    wrong = Dataset(np.zeros((40, 1, 9, 9)), np.zeros(40), np.zeros((4, 1, 9, 9)), np.zeros(4))
     with pytest.raises(DataError, match="expects"):
         evonnx.evolve(tiny_model, wrong, tmp_path / "a", CONFIG)
     torch.manual_seed(0)
@@ -189,8 +189,8 @@ def test_cli_evolve(tiny_model: onnx.ModelProto, tiny_data: Dataset, tmp_path: P
 
 def test_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text()
-    code = re.findall(r"```python\n(.*?)```", readme, re.S)
-    assert code, "README has no python example"
+    code = [c for c in re.findall(r"```python\n(.*?)```", readme, re.S) if "evonnx.evolve(" in c]
+    assert code, "README has no python example of evonnx.evolve"
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {}
     exec(compile(code[0], "README.md", "exec"), namespace)
@@ -247,17 +247,19 @@ def test_validation_split_selects_and_reports(tiny_data: Dataset, tiny_model: on
     from dataclasses import replace
 
     from evonnx.evolution import split_data
+    from evonnx.task import ClassificationTask
 
     config = replace(CONFIG, val_fraction=0.25, population=2)
-    split = split_data(tiny_data, config)
-    assert split.val is not None and len(split.val[0]) == 64
-    assert len(split.train.x_train) == 192 and len(split.train.x_test) == 96
+    task = split_data(tiny_data, config).task
+    assert isinstance(task, ClassificationTask) and task.val is not None
+    assert len(task.val[0]) == 64
+    assert len(task.fit.x_train) == 192 and len(task.fit.x_test) == 96
     lineage = evonnx.evolve(tiny_model, tiny_data, tmp_path, config)
     for r in lineage.records:
         assert r.val_accuracy is not None and 0.0 <= r.val_accuracy <= 1.0
         assert r.fitness == r.val_accuracy
     assert max(lineage.records[2].candidates) == lineage.records[2].val_accuracy
     report = (tmp_path / "report.md").read_text()
-    assert "validation split (25% of the training data" in report
+    assert "validation split (VAL.; for a data set 25% of its training data)" in report
     rows = list(csv.DictReader((tmp_path / "lineage.csv").open()))
     assert float(rows[1]["val_accuracy"]) == pytest.approx(lineage.records[1].val_accuracy)

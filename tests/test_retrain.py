@@ -277,6 +277,7 @@ def test_evaluate_errors(trained: TinyNet, dataset: Dataset, tmp_path: Path) -> 
             [helper.make_tensor_value_info("c", TensorProto.FLOAT, [None, 3])],
         ),
         opset_imports=[helper.make_opsetid("", 17)],
+        ir_version=8,
     )
     with pytest.raises(UnsupportedModelError, match="one input"):
         evaluate_onnx(two_inputs, np.zeros((2, 3)), np.zeros(2))

@@ -15,8 +15,9 @@ from zoo import cached_case, input_feed
 
 from evonnx.analysis import analyze
 from evonnx.errors import PlanError
-from evonnx.groups import Analysis, PrunePlan, Role
+from evonnx.groups import Analysis, Role
 from evonnx.metrics import compute_metrics
+from evonnx.plan import PrunePlan
 from evonnx.surgery import apply_plan
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from helpers import make_model
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
@@ -222,7 +223,10 @@ def export_torch(model: nn.Module, shape: tuple[int, ...], exporter: str) -> onn
         if exporter == "dynamo":
             prog = torch.onnx.export(model, (x,), dynamo=True, optimize=True, verbose=False)
             assert prog is not None
-            return prog.model_proto
+            model = prog.model_proto
+            # the lowest IR version for its opsets (9 for opset 20), as onnxruntime 1.18 needs
+            model.ir_version = helper.find_min_ir_version_for(model.opset_import, True)
+            return model
         buf = io.BytesIO()
         torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=17)
         return onnx.load_from_string(buf.getvalue())
@@ -275,7 +279,7 @@ def helper_convnet(seed: int = 0) -> onnx.ModelProto:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
         inits,
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return make_model(graph)
 
 
 def helper_residual_concat(seed: int = 0) -> onnx.ModelProto:
@@ -319,7 +323,7 @@ def helper_residual_concat(seed: int = 0) -> onnx.ModelProto:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
         inits,
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return make_model(graph)
 
 
 def parser_depthwise_convtranspose(seed: int = 0) -> onnx.ModelProto:

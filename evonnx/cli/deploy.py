@@ -12,11 +12,14 @@ from pathlib import Path
 import click
 
 from evonnx.cli.output import emit_json, table
+from evonnx.cli.paths import check_output_file
+from evonnx.cli.shape_options import input_shape_option, normalize_option
 from evonnx.deploy.bench import PROVIDERS, BenchResult, benchmark
 from evonnx.deploy.export import TARGETS, ExportResult
 from evonnx.deploy.export import export as export_model
-from evonnx.deploy.shapes import DeployError
+from evonnx.errors import DeployError
 from evonnx.graph import load_model, save_model
+from evonnx.inputs import apply_input_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +101,7 @@ def format_bench(result: BenchResult) -> str:
 @click.option("--warmup", type=click.IntRange(0), default=10, show_default=True)
 @click.option("--runs", type=click.IntRange(1), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@input_shape_option
 def bench(
     models: tuple[Path, ...],
     provider: str,
@@ -106,11 +110,19 @@ def bench(
     warmup: int,
     runs: int,
     as_json: bool,
+    input_shapes: dict[str, tuple[int, ...]],
 ) -> None:
-    """Interleaved onnxruntime latency of MODELS (the first is the reference) vs their MACs."""
+    """Interleaved onnxruntime latency of MODELS (the first is the reference) vs their MACs.
+
+    Models are measured as written (no load-time normalization); --input-shape fixes
+    symbolic dimensions besides the batch, which --batch sets.
+    """
     if len(models) < 2:
         raise DeployError("bench needs at least two models (the ancestor first)")
-    protos = [load_model(p) for p in models]
+    protos = [
+        apply_input_shapes(load_model(p, normalize=False), input_shapes, keep_batch=True)
+        for p in models
+    ]
     names = _unique_names(models)
     result = benchmark(
         protos,
@@ -168,6 +180,8 @@ def format_export(result: ExportResult, output: Path) -> str:
     help="Where to write the exported model.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
+@input_shape_option
+@normalize_option
 def export(
     model: Path,
     target: str,
@@ -176,9 +190,18 @@ def export(
     opset: int | None,
     output: Path,
     as_json: bool,
+    input_shapes: dict[str, tuple[int, ...]],
+    normalize: bool,
 ) -> None:
-    """Write a deployment-ready MODEL: folded, simplified, optionally fp16 and fixed batch."""
-    result = export_model(load_model(model), target=target, fp16=fp16, batch=batch, opset=opset)
+    """Write a deployment-ready MODEL: folded, simplified, optionally fp16 and fixed batch.
+
+    --input-shape fixes symbolic dimensions besides the batch (--batch fixes that).
+    """
+    check_output_file(output)
+    proto = apply_input_shapes(
+        load_model(model, normalize=normalize), input_shapes, keep_batch=True
+    )
+    result = export_model(proto, target=target, fp16=fp16, batch=batch, opset=opset)
     save_model(result.model, output)
     if as_json:
         emit_json({"output": str(output), **result.to_dict(str(output))})

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import click
+import onnx
 
+from evonnx.cli.latency_options import LATENCY_OPTIONS
+from evonnx.cli.paths import refuse_unused
+from evonnx.cli.shape_options import input_shape_option, normalize_option
+from evonnx.data import Dataset, load_builtin
+from evonnx.errors import ConfigError, RunDirectoryError
+from evonnx.graph import load_model
+from evonnx.inputs import apply_input_shapes
 from evonnx.lineage import EvolveConfig, GenerationRecord, Lineage
+from evonnx.task import Task, load_task, validation_indices
 
 # Demo defaults: tuned on the built-in MNIST subset (see docs/benchmarks.md), ~2 minutes.
 DEMO_EVOLUTION = EvolveConfig(
@@ -47,8 +58,10 @@ def _row_printer() -> Callable[[GenerationRecord], None]:
 
 def _summary(lineage: Lineage, out: Path) -> None:
     best = lineage.best
+    split = "validation" if lineage.config.select_on == "val" else "test"
     click.echo(
-        f"\nbest within budget: generation {best.generation} ({out / best.file}): "
+        f"\nbest within budget ({split} protocol: selected and budget checked on the {split} "
+        f"split): generation {best.generation} ({out / best.file}): "
         f"A-E {best.ae:.2f}x, C-E {best.ce:.2f}x, MACs {best.mac_ratio:.2f}x fewer, "
         f"accuracy {100 * best.accuracy:.2f}% (generation 1: "
         f"{100 * lineage.records[0].accuracy:.2f}%)\nreport: {out / 'report.md'}"
@@ -71,13 +84,36 @@ def _with_options(fn: click.decorators.FC, d: EvolveConfig) -> click.decorators.
                      help="Stop when accuracy falls more than this below generation 1."),
         click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True),
                      default=d.val_fraction, show_default=True,
-                     help="Hold out this fraction of the training data to select offspring "
-                          "and check the budget (0: use the test split, as the paper)."),
+                     help="Fraction of the training data --data holds out (stratified) as "
+                          "the validation split."),
+        click.option("--select-on", type=click.Choice(["val", "test"]), default=d.select_on,
+                     show_default=True,
+                     help="Split that selects offspring and checks the budget: 'val' "
+                          "(honest; test is only reported) or 'test' (the paper's protocol)."),
+        click.option("--patience", type=click.IntRange(1), default=d.patience,
+                     show_default=True,
+                     help="Stop after this many generations in a row over the budget."),
+        click.option("--distill", type=click.FloatRange(0, min_open=True), is_flag=False,
+                     flag_value=4.0, default=d.distill,
+                     help="Distill from the parent while retraining, at temperature T "
+                          "(--distill alone: T=4)."),
+        click.option("--deterministic", is_flag=True, default=d.deterministic,
+                     help="Deterministic torch algorithms: byte-identical reruns and "
+                          "resumes on CUDA too (may train slower there)."),
         click.option("--keep", type=click.FloatRange(0, 1, min_open=True), default=d.keep,
                      show_default=True,
-                     help="Most an offspring keeps of its parent's synapses (or MACs)."),
-        click.option("--env", type=click.Choice(["synapses", "macs"]), default=d.env,
-                     show_default=True, help="Environment: synapse or MAC budget."),
+                     help="Most an offspring keeps of its parent's synapses (or MACs, or "
+                          "measured latency)."),
+        click.option("--env", type=click.Choice(["synapses", "macs", "latency"]),
+                     default=d.env, show_default=True,
+                     help="Environment: synapse, MAC or measured-latency budget (--runtime)."),
+        click.option("--target-speedup", type=click.FloatRange(1, min_open=True),
+                     default=d.target_speedup,
+                     help="--env latency: stop shrinking at this measured speed-up over the "
+                          "ancestor."),
+        click.option("--depth", is_flag=True, default=d.depth,
+                     help="Removable residual branches are clusters too (whole blocks die)."),
+        *LATENCY_OPTIONS,
         click.option("--cluster", type=click.Choice(["filter", "kernel"]), default=d.cluster,
                      show_default=True, help="Synaptic cluster: output filter or k×k kernel."),
         click.option("--round-to", type=click.IntRange(1), default=d.round_to,
@@ -107,56 +143,32 @@ def _with_options(fn: click.decorators.FC, d: EvolveConfig) -> click.decorators.
     return fn
 
 
-def make_config(
-    generations: int,
-    max_drop: float,
-    val_fraction: float,
-    keep: float,
-    env: str,
-    cluster: str,
-    round_to: int | None,
-    cluster_keep: float | None,
-    population: int,
-    init: str,
-    epochs: int,
-    lr: float,
-    batch_size: int,
-    optimizer: str,
-    seed: int,
-    threads: int | None,
-) -> EvolveConfig:
-    """The run settings the options describe."""
-    return EvolveConfig(
-        generations=generations,
-        max_drop=max_drop,
-        val_fraction=val_fraction,
-        keep=keep,
-        env="macs" if env == "macs" else "synapses",
-        cluster="kernel" if cluster == "kernel" else "filter",
-        round_to=round_to,
-        cluster_keep=cluster_keep,
-        population=population,
-        init="random" if init == "random" else "inherit",
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        optimizer="adam" if optimizer == "adam" else "sgd",
-        seed=seed,
-        threads=threads,
-    )
+def make_config(**options: Any) -> EvolveConfig:
+    """The run settings the named options describe.
+
+    Every keyword must be an :class:`EvolveConfig` field: a command pops the options it
+    handles itself (``--resume``, paths) and passes the rest here, so adding an option
+    means adding a field and a ``click.option`` (an option without a field fails loudly).
+    """
+    return EvolveConfig(**options)
 
 
-def run(model: Path, data: str, out: Path, config: EvolveConfig, resume: bool) -> Lineage:
-    """Run (or resume) an evolution, printing one row per generation."""
+def run(
+    model: Path | onnx.ModelProto, data: str | Task, out: Path, config: EvolveConfig, resume: bool
+) -> Lineage:
+    """Run (or resume) an evolution on a data set spec or a task, one row per generation."""
     from evonnx.data import load_dataset
     from evonnx.evolution import evolve
 
-    dataset = load_dataset(data)
+    dataset = data if isinstance(data, Task) else load_dataset(data)
     try:
         lineage = evolve(model, dataset, out, config, resume, True, _row_printer())
     except KeyboardInterrupt:
-        click.echo(f"\ninterrupted; finished generations are kept in {out}; "
-                   "rerun with --resume to continue", err=True)  # fmt: skip
+        if out.is_dir():
+            click.echo(f"\ninterrupted; finished generations are kept in {out}; "
+                       "rerun with --resume to continue", err=True)  # fmt: skip
+        else:
+            click.echo("\ninterrupted before the run folder was created", err=True)
         raise SystemExit(130) from None
     _summary(lineage, out)
     return lineage
@@ -164,9 +176,13 @@ def run(model: Path, data: str, out: Path, config: EvolveConfig, resume: bool) -
 
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--data", required=True,
-              help="Data: .npz, MNIST IDX folder, cifar-10-batches-py, image folder, "
-                   "or a built-in name (mnist-demo, digits).")  # fmt: skip
+@click.option("--data",
+              help="Data of the built-in classification task: .npz, MNIST IDX folder, "
+                   "cifar-10-batches-py, image folder, or a built-in name (mnist-demo, "
+                   "digits).")  # fmt: skip
+@click.option("--task", "task_spec", metavar="FILE.py:NAME",
+              help="A user evonnx.Task (instance, or class/function building one) instead "
+                   "of --data.")  # fmt: skip
 @click.option(
     "--out",
     "out",
@@ -175,34 +191,33 @@ def run(model: Path, data: str, out: Path, config: EvolveConfig, resume: bool) -
     help="Run folder: gen_NNN.onnx, lineage.json/.csv, report.md, efficiency.png.",
 )
 @evolution_options(EvolveConfig())
+@input_shape_option
+@normalize_option
 def evolve(
     model: Path,
-    data: str,
+    data: str | None,
+    task_spec: str | None,
     out: Path,
-    generations: int,
-    max_drop: float,
-    val_fraction: float,
-    keep: float,
-    env: str,
-    cluster: str,
-    round_to: int | None,
-    cluster_keep: float | None,
-    population: int,
-    init: str,
-    epochs: int,
-    lr: float,
-    batch_size: int,
-    optimizer: str,
-    seed: int,
-    threads: int | None,
     resume: bool,
+    input_shapes: dict[str, tuple[int, ...]],
+    normalize: bool,
+    **options: Any,
 ) -> None:
-    """Evolve MODEL: synthesize, prune, retrain and score offspring generation by generation."""
-    config = make_config(
-        generations, max_drop, val_fraction, keep, env, cluster, round_to, cluster_keep,
-        population, init, epochs, lr, batch_size, optimizer, seed, threads,
-    )  # fmt: skip
-    run(model, data, out, config, resume)
+    """Evolve MODEL: synthesize, prune, retrain and score offspring generation by generation.
+
+    Symbolic input dimensions default to the data's sample shape; --input-shape overrides
+    them (the batch dimension stays symbolic).
+    """
+    if (data is None) == (task_spec is None):
+        raise ConfigError("give either --data or --task (FILE.py:NAME)")
+    config = make_config(**options)
+    _refuse_idle_options(config, task=task_spec is not None)
+    ancestor: Path | onnx.ModelProto = model
+    if input_shapes or not normalize:
+        proto = load_model(model, normalize=normalize)
+        ancestor = apply_input_shapes(proto, input_shapes, keep_batch=True)
+    task = load_task(task_spec) if task_spec is not None else str(data)
+    run(ancestor, task, out, config, resume)
 
 
 @click.command()
@@ -210,39 +225,42 @@ def evolve(
               show_default=True, help="Folder for the ancestor and the run.")  # fmt: skip
 @click.option("--ancestor-epochs", type=click.IntRange(1), default=8, show_default=True)
 @evolution_options(DEMO_EVOLUTION)
-def demo(
-    out: Path,
-    ancestor_epochs: int,
-    generations: int,
-    max_drop: float,
-    val_fraction: float,
-    keep: float,
-    env: str,
-    cluster: str,
-    round_to: int | None,
-    cluster_keep: float | None,
-    population: int,
-    init: str,
-    epochs: int,
-    lr: float,
-    batch_size: int,
-    optimizer: str,
-    seed: int,
-    threads: int | None,
-    resume: bool,
-) -> None:
+def demo(out: Path, ancestor_epochs: int, resume: bool, **options: Any) -> None:
     """Train LeNet-5 on the built-in MNIST subset, then evolve it (offline, a few minutes)."""
     from evonnx.demo import train_demo_ancestor
 
-    config = make_config(
-        generations, max_drop, val_fraction, keep, env, cluster, round_to, cluster_keep,
-        population, init, epochs, lr, batch_size, optimizer, seed, threads,
-    )  # fmt: skip
-
+    config = make_config(**options)
+    _refuse_idle_options(config, task=False)
     ancestor = out / "ancestor.onnx"
+    if out.exists() and not out.is_dir():
+        raise RunDirectoryError(f"--out {out} is a file, not a folder")
+    if not resume and (out / "run" / "lineage.json").exists():
+        raise RunDirectoryError(
+            f"{out} already holds a demo run; pass --resume to continue it or choose another "
+            "--out"
+        )
     if not (resume and ancestor.exists()):
         click.echo(f"training the LeNet-5 ancestor on the built-in MNIST subset -> {ancestor}")
-        result = train_demo_ancestor(ancestor, epochs=ancestor_epochs, seed=seed)
+        result = train_demo_ancestor(
+            ancestor, epochs=ancestor_epochs, seed=config.seed, dataset=_ancestor_data(config)
+        )
         click.echo(f"ancestor test accuracy {100 * result.onnx_accuracy:.2f}% "
                    f"({result.dataset}, onnxruntime)")  # fmt: skip
-    run(ancestor, "mnist-demo", out / "run", config, resume)
+    run(ancestor, "mnist-demo", out / "run", config, resume and (out / "run").exists())
+
+
+def _refuse_idle_options(config: EvolveConfig, task: bool) -> None:
+    """Refuse options given on the command line that this run would ignore."""
+    if task:
+        refuse_unused(["val_fraction"], "a --task brings its own validation split")
+    if config.select_on == "test":
+        refuse_unused(["val_fraction"], "--select-on test holds out no validation split")
+
+
+def _ancestor_data(config: EvolveConfig) -> Dataset:
+    """The demo data without the validation split the run will select on (kept unseen)."""
+    data = load_builtin("mnist-demo")
+    if config.select_on == "test":
+        return data
+    fit, _ = validation_indices(data, config.val_fraction, config.seed)
+    return replace(data, x_train=data.x_train[fit], y_train=data.y_train[fit])

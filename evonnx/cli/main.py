@@ -4,31 +4,59 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from evonnx import api
 from evonnx.cli import evolve as evolve_cmd
+from evonnx.cli.latency_options import latency_options, latency_settings
 from evonnx.cli.output import emit_json, table
-from evonnx.errors import EvonnxError
+from evonnx.cli.paths import check_output_file, refuse_unused
+from evonnx.cli.shape_options import input_shape_option, normalize_option
+from evonnx.errors import EvonnxError, PlanError
 from evonnx.lineage import EvolveConfig
+from evonnx.metrics import ModelMetrics
 
 logger = logging.getLogger(__name__)
 
 
 class EvonnxGroup(click.Group):
-    """Turns :class:`EvonnxError` into a one-line message and exit code 1."""
+    """Every error a user causes becomes one line on stderr and exit code 1.
+
+    That covers :class:`EvonnxError`, operating-system errors (a full disk, a read-only
+    folder) and bad options or arguments (click's usage errors, exit 2 by default). With
+    ``--verbose``, evonnx and OS errors propagate with their traceback.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            _usage_error(exc)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except EvonnxError as exc:
+        except click.UsageError as exc:
+            _usage_error(exc)
+        except (EvonnxError, OSError) as exc:
             if ctx.meta.get("evonnx.verbose"):
                 raise
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
+
+
+def _usage_error(exc: click.UsageError) -> NoReturn:
+    """One line naming the bad option and where help is, exit code 1 (bare ``evonnx``: help)."""
+    if type(exc).__name__ == "NoArgsIsHelpError" and exc.ctx is not None:
+        click.echo(exc.ctx.get_help())
+        sys.exit(0)
+    where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+    click.echo(f"error: {exc.format_message()}{where}", err=True)
+    sys.exit(1)
 
 
 @click.group(cls=EvonnxGroup)
@@ -63,7 +91,7 @@ def format_report(report: api.InspectReport, cluster: str = "filter") -> str:
             str(la.out_group),
             ",".join(map(str, la.in_groups)) or "-",
             f"{lm.live_kernels}/{lm.kernels}" if kernel else f"{lm.live_clusters}/{lm.clusters}",
-            _human(lm.macs),
+            _human(lm.macs) if lm.macs > 0 else "?",
         ]
         for lm, la in zip(m.layers, a.layers, strict=True)
     ]
@@ -87,9 +115,17 @@ def format_report(report: api.InspectReport, cluster: str = "filter") -> str:
             f"params {_human(m.params)}  synapses {_human(m.synapses)} "
             f"(nonzero {_human(m.nonzero_synapses)})  filter clusters "
             f"{m.live_clusters}/{m.clusters}  "
-            f"MACs {_human(m.macs)}  prunable groups {len(a.prunable_groups)}/{len(a.groups)}",
+            f"MACs {_macs_text(m)}  prunable groups {len(a.prunable_groups)}/{len(a.groups)}  "
+            f"prunable channels {a.coverage:.2f}",
+            *([report.normalization.summary()] if report.normalization else []),
         ]
     )
+
+
+def _macs_text(m: ModelMetrics) -> str:
+    if m.macs_known:
+        return _human(m.macs)
+    return "unknown (symbolic input shape: give --input-shape NAME=1x3xHxW)"
 
 
 @cli.command()
@@ -102,9 +138,17 @@ def format_report(report: api.InspectReport, cluster: str = "filter") -> str:
     show_default=True,
     help="Count clusters as output filters/neurons or as k×k kernel slices.",
 )
-def inspect(model: Path, as_json: bool, cluster: str) -> None:
+@input_shape_option
+@normalize_option
+def inspect(
+    model: Path,
+    as_json: bool,
+    cluster: str,
+    input_shapes: dict[str, tuple[int, ...]],
+    normalize: bool,
+) -> None:
     """Show prunable layers, channel groups (frozen ones with reasons), params and MACs."""
-    report = api.inspect(model)
+    report = api.inspect(model, input_shapes, normalize=normalize)
     if as_json:
         emit_json(report.to_dict())
     else:
@@ -150,11 +194,29 @@ def inspect(model: Path, as_json: bool, cluster: str) -> None:
 )
 @click.option(
     "--env",
-    type=click.Choice(["synapses", "macs"]),
+    type=click.Choice(["synapses", "macs", "latency"]),
     default="synapses",
     show_default=True,
-    help="What --keep budgets (genetic method).",
+    help="What --keep budgets (genetic method); latency: measured on --runtime, reaching "
+    "--speedup.",
 )
+@click.option(
+    "--speedup",
+    type=click.FloatRange(1.0, min_open=True),
+    default=None,
+    help="--env latency: measured speed-up over the ancestor to reach (required there).",
+)
+@click.option(
+    "--synapses",
+    "zero_synapses",
+    is_flag=True,
+    help="genetic: also zero synapses inside surviving filters (default: clusters only, "
+    "the graph just shrinks).",
+)
+@click.option(
+    "--depth", is_flag=True, help="genetic: removable residual branches are clusters too."
+)
+@latency_options
 @click.option("--min-channels", type=click.IntRange(1), default=1, show_default=True)
 @click.option(
     "-o",
@@ -164,6 +226,8 @@ def inspect(model: Path, as_json: bool, cluster: str) -> None:
     help="Where to write the pruned model.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
+@input_shape_option
+@normalize_option
 def prune(
     model: Path,
     method: str,
@@ -173,14 +237,57 @@ def prune(
     round_to: int | None,
     cluster_keep: float | None,
     env: str,
+    speedup: float | None,
+    zero_synapses: bool,
+    depth: bool,
+    runtime: str | None,
+    latency_batch: int,
+    runtime_threads: int,
+    fp16: bool,
+    latency_statistic: str,
     min_channels: int,
     output: Path,
     as_json: bool,
+    input_shapes: dict[str, tuple[int, ...]],
+    normalize: bool,
 ) -> None:
     """Physically remove clusters: a sampled offspring (genetic) or the weakest channels."""
-    ancestor = api.load(model)
+    latency = latency_settings(
+        runtime,
+        latency_batch,
+        runtime_threads,
+        fp16,
+        latency_statistic,
+        needed=env == "latency",
+    )
+    genetic_only = {
+        "--env latency": env == "latency",
+        "--speedup": speedup is not None,
+        "--synapses": zero_synapses,
+        "--depth": depth,
+    }
+    if method != "genetic" and any(genetic_only.values()):
+        used = ", ".join(k for k, v in genetic_only.items() if v)
+        raise click.UsageError(f"{used}: only with --method genetic")
+    if (speedup is None) == (env == "latency"):
+        raise click.UsageError(
+            "--env latency needs --speedup" if speedup is None else "--speedup needs --env latency"
+        )
+    if method != "genetic":
+        refuse_unused(["seed", "cluster", "cluster_keep", "env"], "only with --method genetic")
+    if method == "branches":
+        refuse_unused(["min_channels"], "not with --method branches")
+    check_output_file(output)
+    ancestor = api.load(model, normalize=normalize)
     if method in ("magnitude", "branches"):
-        result = api.prune(ancestor, keep, min_channels, branches=method == "branches")
+        result = api.prune(
+            ancestor,
+            keep,
+            min_channels,
+            branches=method == "branches",
+            input_shapes=input_shapes,
+            round_to=round_to,
+        )
     else:
         config = EvolveConfig(
             keep=keep,
@@ -190,9 +297,41 @@ def prune(
             cluster_keep=cluster_keep,
             min_channels=min_channels,
         )
-        result = api.synthesize(ancestor, config.encoding(), seed)
+        encoding = replace(config.encoding(), synapse_level=zero_synapses, depth=depth)
+        if latency is not None and speedup is not None:
+            result = api.synthesize_latency(
+                ancestor, speedup, latency, encoding, seed, input_shapes=input_shapes
+            )
+        else:
+            result = api.synthesize(ancestor, encoding, seed, input_shapes=input_shapes)
+    if latency is not None and result.latency is None:
+        result = replace(result, latency=api.measure(ancestor, result.model, latency, input_shapes))
+    _check_pruned(result, method, keep, sparse=method == "genetic" and zero_synapses)
     api.save(result.model, output)
     _report_prune(result, output, method, keep, as_json)
+
+
+def _check_pruned(result: api.PruneResult, method: str, keep: float, sparse: bool) -> None:
+    """Refuse an offspring with a layer without any weight, or with nothing removed.
+
+    Nothing is removed when params and MACs are unchanged (and, when ``sparse`` synapses
+    inside kept clusters count, no synapse was zeroed either).
+    """
+    b, a = result.before, result.after
+    dead = [m.node for m in a.layers if m.nonzero_synapses == 0]
+    if dead:
+        raise PlanError(
+            f"--keep {keep:g} zeroes every weight of {', '.join(dead[:4])}"
+            f"{', ...' if len(dead) > 4 else ''}: the offspring would compute a constant; "
+            "raise --keep"
+        )
+    same = (a.params, a.macs) == (b.params, b.macs)
+    if same and (not sparse or a.nonzero_synapses == b.nonzero_synapses):
+        why = {
+            "branches": "no residual branch can be removed (see `evonnx inspect`)",
+            "magnitude": "every channel group is frozen (see `evonnx inspect`) or --keep is 1",
+        }.get(method, "no cluster died; lower --keep (frozen groups: see `evonnx inspect`)")
+        raise PlanError(f"nothing was pruned: {why}; no file written")
 
 
 def _report_prune(
@@ -206,10 +345,16 @@ def _report_prune(
         "params": [b.params, a.params],
         "synapses": [b.nonzero_synapses, a.nonzero_synapses],
         "clusters": [b.live_clusters, a.live_clusters],
-        "macs": [b.macs, a.macs],
-        "mac_ratio": b.macs / a.macs if a.macs else None,
+        "macs": [b.macs, a.macs] if b.macs_known and a.macs_known else None,
+        "mac_ratio": b.macs / a.macs if a.macs and b.macs_known and a.macs_known else None,
         "ae": b.nonzero_synapses / a.nonzero_synapses if a.nonzero_synapses else None,
         "groups_pruned": len(result.plan.keep),
+        "removed": {
+            "params": b.params - a.params,
+            "macs": b.macs - a.macs if b.macs_known and a.macs_known else None,
+        },
+        "zeroed": {"synapses": _zeros(a) - _zeros(b)},
+        "latency": _latency_summary(result.latency),
     }
     if as_json:
         emit_json(summary)
@@ -217,8 +362,45 @@ def _report_prune(
     click.echo(
         f"wrote {output}: nonzero synapses {_human(b.nonzero_synapses)} -> "
         f"{_human(a.nonzero_synapses)}, clusters {b.live_clusters} -> {a.live_clusters}, "
-        f"MACs {_human(b.macs)} -> {_human(a.macs)} ({summary['mac_ratio'] or 0:.2f}x fewer)"
+        + (
+            f"MACs {_human(b.macs)} -> {_human(a.macs)} ({summary['mac_ratio'] or 0:.2f}x fewer)"
+            if summary["mac_ratio"]
+            else f"MACs {_macs_text(b)}"
+        )
     )
+    click.echo(
+        f"removed {_human(b.params - a.params)} params"
+        + (f" and {_human(b.macs - a.macs)} MACs" if summary["mac_ratio"] else "")
+        + f"; zeroed {_human(_zeros(a) - _zeros(b))} synapses inside kept filters"
+    )
+    m = result.latency
+    if m is not None:
+        click.echo(
+            f"latency on {m.runtime} (batch {m.batch}): {m.before_ms:.4g} ms -> "
+            f"{m.after_ms:.4g} ms, {m.speedup:.2f}x faster (measured side by side)"
+        )
+
+
+def _zeros(m: ModelMetrics) -> int:
+    """Zero weights inside the conv/FC weights that are present."""
+    return m.synapses - m.nonzero_synapses
+
+
+def _latency_summary(m: api.MeasuredLatency | None) -> dict[str, Any] | None:
+    if m is None:
+        return None
+    return {
+        "runtime": m.runtime,
+        "batch": m.batch,
+        "ms": [m.before_ms, m.after_ms],
+        "speedup": m.speedup,
+        "predicted_ms": m.predicted_ms,
+        "prediction_error": (
+            abs(m.predicted_ms - m.after_ms) / m.after_ms
+            if m.predicted_ms is not None and m.after_ms > 0
+            else None
+        ),
+    }
 
 
 cli.add_command(evolve_cmd.evolve)

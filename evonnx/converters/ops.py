@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from evonnx.converters import ops_math as m
 from evonnx.converters import ops_nn as nn_ops
+from evonnx.converters import ops_rare as r
 from evonnx.converters import ops_shape as s
 from evonnx.converters.node import ONNX_TO_TORCH, Node, OpFn
 
@@ -118,6 +119,19 @@ OPS: dict[str, OpFn] = {
     "Range": s.range_,
     "Pad": s.pad,
     "Resize": s.resize,
+    # rarer ops the channel analysis prunes through
+    "ReduceL1": r.reduce_l1,
+    "ReduceLogSum": r.reduce_log_sum,
+    "ReduceLogSumExp": r.reduce_log_sum_exp,
+    "IsNaN": r.is_nan,
+    "IsInf": r.is_inf,
+    "Shrink": r.shrink,
+    "Hardmax": r.hardmax,
+    "GlobalLpPool": r.global_lp_pool,
+    "Swish": r.swish,
+    "BitShift": r.bit_shift,
+    "RMSNormalization": r.rms_normalization,
+    "Upsample": r.upsample,
 }
 
 SUPPORTED_OPS: frozenset[str] = frozenset(OPS)
@@ -128,6 +142,7 @@ NON_TRAINABLE_INPUTS: dict[str, frozenset[int]] = {
     "BatchNormalization": frozenset({3, 4}),
     "Clip": frozenset({1, 2}),
     "Resize": frozenset({1, 2, 3}),
+    "Upsample": frozenset({1}),
     "Pad": frozenset({1, 2, 3}),
     "Dropout": frozenset({1, 2}),
     "Pow": frozenset({1}),
@@ -139,6 +154,15 @@ NON_TRAINABLE_INPUTS: dict[str, frozenset[int]] = {
 
 # Ops whose input 1 is a conv/FC weight (the tensors sparsity masks apply to).
 WEIGHT_OPS: frozenset[str] = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+
+# Ops the channel analysis prunes through but the converter cannot run: graphs with them can
+# be inspected, pruned and measured with onnxruntime, not retrained (to_torch refuses them).
+INFERENCE_ONLY: dict[str, str] = {
+    "LpPool": "rare in exported networks; its padding and ceil_mode rules have no torch "
+    "equivalent (torch's lp_pool has no padding)",
+    "GroupNormalization": "scale and bias are per group in opsets 18-20 and per channel from "
+    "opset 21 (the op was redefined); rare in exported networks",
+}
 
 CheckFn = Callable[[Node], str | None]
 
@@ -205,6 +229,7 @@ def _check_constant(node: Node) -> str | None:
 
 CHECKS: dict[str, CheckFn] = {
     "Resize": _check_resize,
+    "Upsample": _check_resize,
     "MaxPool": _check_max_pool,
     "AveragePool": _check_average_pool,
     "Cast": _check_cast,

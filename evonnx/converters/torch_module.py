@@ -139,28 +139,55 @@ def _topological_order(graph: onnx.GraphProto) -> list[int]:
 
 
 def _uses(nodes: Iterable[onnx.NodeProto]) -> dict[str, list[tuple[str, int]]]:
-    """Value name -> ``(op_type, input slot)`` of every use."""
-    uses: dict[str, list[tuple[str, int]]] = {}
+    """Value name -> ``(op_type, input slot)`` of every use, seen through ``Identity`` nodes.
+
+    A tensor routed through Identity (torch's exporter without constant folding) is used
+    wherever the Identity's output is, so BatchNorm statistics behind one stay buffers.
+    """
+    direct: dict[str, list[tuple[str, int]]] = {}
+    forwards: dict[str, list[str]] = {}
     for node in nodes:
+        if node.op_type == "Identity" and node.input and node.output:
+            forwards.setdefault(node.input[0], []).append(node.output[0])
+            continue
         for slot, name in enumerate(node.input):
             if name:
-                uses.setdefault(name, []).append((node.op_type, slot))
+                direct.setdefault(name, []).append((node.op_type, slot))
+    uses: dict[str, list[tuple[str, int]]] = {}
+    for name in set(direct) | set(forwards):
+        stack, seen = [name], {name}
+        found = uses.setdefault(name, [])
+        while stack:
+            current = stack.pop()
+            found.extend(direct.get(current, []))
+            for nxt in forwards.get(current, []):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append(nxt)
     return uses
 
 
 def _is_trainable(init: onnx.TensorProto, uses: list[tuple[str, int]]) -> bool:
     """Float tensors of rank >= 1 used only as data/weights (not config slots) are trainable."""
-    if init.data_type not in FLOAT_TYPES or len(init.dims) == 0 or not uses:
+    if init.data_type not in FLOAT_TYPES or len(init.dims) == 0:
         return False
-    return all(slot not in NON_TRAINABLE_INPUTS.get(op, frozenset()) for op, slot in uses)
+    return _trainable_uses(uses)
+
+
+def _trainable_uses(uses: list[tuple[str, int]]) -> bool:
+    """Used at least once, and never in a configuration slot (shapes, BN statistics...)."""
+    return bool(uses) and all(
+        slot not in NON_TRAINABLE_INPUTS.get(op, frozenset()) for op, slot in uses
+    )
 
 
 class OnnxModule(nn.Module):
     """A ``torch.nn.Module`` that runs an ONNX graph with torch ops.
 
-    Float initializers of rank >= 1 used as weights become parameters; everything else
-    (BatchNormalization running statistics, integer shape tensors, scalars, clip bounds,
-    resize scales, lifted ``Constant`` nodes) becomes a buffer. Both are registered under
+    Float initializers and ``Constant`` nodes of rank >= 1 used as weights (directly or
+    through ``Identity`` nodes) become parameters; everything else (BatchNormalization
+    running statistics, integer shape tensors, scalars, clip bounds, resize scales) becomes
+    a buffer. Both are registered under
     :func:`mangle_name` of their ONNX name; use :meth:`onnx_parameters` /
     :meth:`onnx_buffers` to address them by ONNX name.
 
@@ -188,9 +215,10 @@ class OnnxModule(nn.Module):
         self._mask_of: dict[str, str] = {}
         self._hooks: list[RemovableHandle] = []
         self._steps: list[tuple[Node, OpFn]] = []
-        self._register_initializers(graph)
+        uses = _uses(graph.node)
+        self._register_initializers(graph, uses)
         for i in order:
-            self._add_node(Node.from_proto(graph.node[i], i, self.opset))
+            self._add_node(Node.from_proto(graph.node[i], i, self.opset), uses)
         inits = {t.name for t in graph.initializer}
         self.input_names: list[str] = [v.name for v in graph.input if v.name not in inits]
         self.output_names: list[str] = [v.name for v in graph.output]
@@ -205,32 +233,46 @@ class OnnxModule(nn.Module):
 
     # ---------------------------------------------------------------------------- building
 
-    def _register_initializers(self, graph: onnx.GraphProto) -> None:
-        uses = _uses(graph.node)
+    def _register_initializers(
+        self, graph: onnx.GraphProto, uses: dict[str, list[tuple[str, int]]]
+    ) -> None:
         for init in graph.initializer:
             tensor = tensor_from_proto(init, f"initializer {init.name!r}")
-            attr = mangle_name(init.name)
-            self._attr_of[init.name] = attr
-            init_uses = uses.get(init.name, [])
-            if _is_trainable(init, init_uses):
-                self.register_parameter(attr, nn.Parameter(tensor))
-                self._parameter_names.append(init.name)
-                if any(op in WEIGHT_OPS and slot == 1 for op, slot in init_uses):
-                    self._weight_names.append(init.name)
-            else:
-                self.register_buffer(attr, tensor)
-                self._buffer_names.append(init.name)
+            self._register(init.name, tensor, _is_trainable(init, uses.get(init.name, [])), uses)
 
-    def _add_node(self, node: Node) -> None:
+    def _register(
+        self,
+        name: str,
+        tensor: torch.Tensor,
+        trainable: bool,
+        uses: dict[str, list[tuple[str, int]]],
+    ) -> None:
+        attr = mangle_name(name)
+        self._attr_of[name] = attr
+        if trainable:
+            self.register_parameter(attr, nn.Parameter(tensor))
+            self._parameter_names.append(name)
+            if any(op in WEIGHT_OPS and slot == 1 for op, slot in uses.get(name, [])):
+                self._weight_names.append(name)
+        else:
+            self.register_buffer(attr, tensor)
+            self._buffer_names.append(name)
+
+    def _add_node(self, node: Node, uses: dict[str, list[tuple[str, int]]]) -> None:
         check = CHECKS.get(node.op_type)
         problem = check(node) if check is not None else None
         if problem is not None:
             raise ConversionError(f"unsupported {node.where()}: {problem}")
         if node.op_type == "Constant":
-            attr = mangle_name(node.outputs[0])
-            self.register_buffer(attr, constant_value(node))
-            self._attr_of[node.outputs[0]] = attr
-            self._buffer_names.append(node.outputs[0])
+            # Weights stored as Constant nodes (paddle2onnx) train like initializers.
+            value = constant_value(node)
+            name = node.outputs[0]
+            trainable = (
+                value.is_floating_point()
+                and value.dim() >= 1
+                and _trainable_uses(uses.get(name, []))
+            )
+            self._register(name, value, trainable, uses)
             return
         self._steps.append((node, OPS[node.op_type]))
 

@@ -26,7 +26,8 @@ from evonnx.deploy.export import (
     UnsupportedOp,
     tensorrt_compatibility,
 )
-from evonnx.deploy.shapes import DeployError, ProviderError, RebatchError, rebatch
+from evonnx.deploy.shapes import rebatch
+from evonnx.errors import DeployError, ProviderError, RebatchError
 
 __all__ = [
     "PROVIDERS",

@@ -5,7 +5,7 @@ Measurement protocol (:func:`benchmark`):
 * Every model is re-batched to each requested batch size (:func:`~evonnx.deploy.shapes.rebatch`)
   and gets one ``InferenceSession`` per batch size, all in one process, with the same
   session options (full graph optimizations, sequential execution).
-* Thread pool: by default (``isolate=True``) the measurement runs in a freshly spawned child
+* Thread pool: by default (``isolate=True``) the measurement runs in a fresh child
   process, where all CPU sessions share onnxruntime's process-wide *global* intra-op thread pool
   (``set_global_thread_pool_sizes(threads, 1)`` + ``use_per_session_threads = False``), sized
   ``threads`` (0: onnxruntime's default, one thread per physical core). The child is needed
@@ -32,11 +32,8 @@ partitions graphs per node).
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from types import MappingProxyType
 from typing import Any
@@ -45,8 +42,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from evonnx.deploy.shapes import DeployError, ProviderError, batch_info, rebatch
-from evonnx.errors import EvonnxError
+from evonnx.deploy.shapes import batch_info, graph_inputs, rebatch
+from evonnx.deploy.worker import call_in_fresh_process
+from evonnx.errors import DeployError, EvonnxError, ProviderError
 from evonnx.metrics import compute_metrics
 
 logger = logging.getLogger(__name__)
@@ -203,6 +201,7 @@ def benchmark(
         ProviderError: The provider is not available.
     """
     labels = _labels(models, names)
+    _check_same_inputs(models, labels)
     _check_counts(batches, warmup, runs, threads)
     ep = resolve_provider(provider)
     n_threads = threads or 0
@@ -217,7 +216,7 @@ def benchmark(
         runs=runs,
         seed=seed,
     )
-    samples = _measure_isolated(job) if isolate else _measure(job)
+    samples = _run(job, isolate)
     macs = [_macs_per_sample(m) for m in models]
     timings = tuple(
         ModelTiming(lab, macs[i], tuple(_timing(b, samples[k][i]) for k, b in enumerate(batches)))
@@ -233,6 +232,48 @@ def benchmark(
         models=timings,
         speedups=_speedups(timings),
     )
+
+
+def median_latencies(
+    models: Sequence[onnx.ModelProto],
+    batch: int = 1,
+    provider: str = "cpu",
+    threads: int | None = None,
+    warmup: int = 10,
+    runs: int = 50,
+    seed: int = 0,
+    statistic: str = "median",
+) -> list[float]:
+    """Median (or with ``statistic="min"``, fastest) latency (ms) of each model at one batch
+    size, measured as :func:`benchmark` measures (interleaved rounds; CPU: one global thread
+    pool in a fresh process).
+
+    Unlike :func:`benchmark` it takes one model or many (e.g. single-layer graphs).
+
+    Raises:
+        DeployError: Bad arguments, a model that cannot be re-batched or run.
+        ProviderError: The provider is not available.
+    """
+    if not models:
+        raise DeployError("no model to measure")
+    _check_counts([batch], warmup, runs, threads)
+    ep = resolve_provider(provider)
+    job = _Job(
+        models=(tuple(rebatch(m, batch).SerializeToString() for m in models),),
+        labels=tuple(f"model{i}" for i in range(len(models))),
+        provider=ep,
+        pool="global" if ep == PROVIDERS["cpu"] else "per-session",
+        threads=threads or 0,
+        warmup=warmup,
+        runs=runs,
+        seed=seed,
+    )
+    reduce = np.min if statistic == "min" else np.median
+    return [float(reduce(s)) * 1e3 for s in _run(job, isolate=True)[0]]
+
+
+def _run(job: _Job, isolate: bool) -> list[np.ndarray]:
+    return _measure_isolated(job) if isolate else _measure(job)
 
 
 @dataclass(frozen=True)
@@ -253,13 +294,12 @@ class _Job:
 
 
 def _measure_isolated(job: _Job) -> list[np.ndarray]:
-    """Run :func:`_measure` in a freshly spawned process (its exceptions are re-raised here)."""
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as ex:
-        try:
-            return ex.submit(_measure, job).result()
-        except BrokenProcessPool as exc:
-            raise DeployError(f"the benchmark process died: {exc}") from exc
+    """Run :func:`_measure` in a fresh process (its exceptions are re-raised here).
+
+    The child is ``python -m evonnx.deploy.worker``, which never imports the caller's
+    ``__main__``: scripts need no ``if __name__ == "__main__":`` guard.
+    """
+    return call_in_fresh_process(_measure, job)
 
 
 def _measure(job: _Job) -> list[np.ndarray]:
@@ -289,6 +329,28 @@ def _labels(models: Sequence[onnx.ModelProto], names: Sequence[str] | None) -> l
     if len(set(labels)) != len(labels):
         raise DeployError(f"model names must be unique: {labels}")
     return labels
+
+
+def _input_signature(model: onnx.ModelProto) -> list[str]:
+    """Element type and per-sample shape (batch dim left out) of each graph input."""
+    out = []
+    for vi in graph_inputs(model):
+        tt = vi.type.tensor_type
+        dims = [str(d.dim_value) if d.HasField("dim_value") else "?" for d in tt.shape.dim][1:]
+        out.append(f"{onnx.TensorProto.DataType.Name(tt.elem_type).lower()}[N×{'×'.join(dims)}]")
+    return out
+
+
+def _check_same_inputs(models: Sequence[onnx.ModelProto], labels: Sequence[str]) -> None:
+    """Refuse to compare models that do not take the same inputs (speed-ups would be void)."""
+    reference = _input_signature(models[0])
+    for model, label in zip(models[1:], labels[1:], strict=True):
+        other = _input_signature(model)
+        if other != reference:
+            raise DeployError(
+                f"{label} takes inputs {', '.join(other)} but {labels[0]} takes "
+                f"{', '.join(reference)}; benchmark offspring of the same ancestor"
+            )
 
 
 def _check_counts(batches: Sequence[int], warmup: int, runs: int, threads: int | None) -> None:

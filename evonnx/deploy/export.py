@@ -26,7 +26,8 @@ from typing import Any
 import onnx
 import onnx_graphsurgeon as gs
 
-from evonnx.deploy.shapes import DeployError, graph_inputs, rebatch
+from evonnx.deploy.shapes import graph_inputs, rebatch
+from evonnx.errors import DeployError
 from evonnx.graph import check_model, infer_shapes, opset_of
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Deployment errors and batch-size rewriting of ONNX graphs.
+"""Batch-size rewriting of ONNX graphs.
 
 :func:`rebatch` fixes the batch dimension of every graph input (and of the outputs that carry
 it) to ``N`` in a copy of the model. Constant ``Reshape`` targets that spell out the old batch
@@ -18,21 +18,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from evonnx.errors import EvonnxError
+from evonnx.errors import RebatchError
 
 logger = logging.getLogger(__name__)
-
-
-class DeployError(EvonnxError):
-    """A model cannot be benchmarked or exported as asked."""
-
-
-class ProviderError(DeployError):
-    """An onnxruntime execution provider is unknown or not available in this build."""
-
-
-class RebatchError(DeployError):
-    """The batch dimension of a model cannot be changed to the requested size."""
 
 
 @dataclass(frozen=True)

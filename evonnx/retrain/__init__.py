@@ -8,6 +8,7 @@ from evonnx.retrain.evaluate import (
     evaluate_onnx,
     evaluate_torch,
     make_session,
+    predict_onnx,
     top1_accuracy,
 )
 from evonnx.retrain.train import (
@@ -15,6 +16,7 @@ from evonnx.retrain.train import (
     LossFn,
     TrainConfig,
     TrainResult,
+    deterministic_mode,
     resolve_device,
     train,
 )
@@ -26,9 +28,11 @@ __all__ = [
     "Metric",
     "TrainConfig",
     "TrainResult",
+    "deterministic_mode",
     "evaluate_onnx",
     "evaluate_torch",
     "make_session",
+    "predict_onnx",
     "resolve_device",
     "top1_accuracy",
     "train",

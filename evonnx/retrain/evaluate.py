@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from evonnx.data import check_sample_shape
-from evonnx.errors import DataError, ModelLoadError, UnsupportedModelError
+from evonnx.errors import ConfigError, DataError, ModelLoadError, UnsupportedModelError
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +128,53 @@ def evaluate_torch(
     return float((metric or top1_accuracy)(np.concatenate(outputs), y))
 
 
+def predict_onnx(
+    model: onnx.ModelProto | str | Path,
+    inputs: np.ndarray | Sequence[np.ndarray],
+    batch_size: int = 256,
+    providers: Sequence[str] | None = None,
+) -> list[np.ndarray]:
+    """Run an ONNX model with onnxruntime on whole arrays and return every output.
+
+    The building block of a :class:`~evonnx.task.Task` score: ``inputs`` is one array, or one
+    per graph input (in graph order), all with the same number of samples; they are fed in
+    chunks of ``batch_size`` (of the graph's batch size if it is fixed, the last chunk padded).
+
+    Returns:
+        One array per graph output, the chunks concatenated along the batch axis.
+
+    Raises:
+        ModelLoadError: If onnxruntime cannot load or run the model.
+        DataError: If the number of arrays or samples does not fit the graph.
+    """
+    arrays = [np.asarray(inputs)] if isinstance(inputs, np.ndarray) else list(inputs)
+    session = make_session(model, providers)
+    infos = session.get_inputs()
+    if len(arrays) != len(infos) or len({len(a) for a in arrays}) != 1 or len(arrays[0]) == 0:
+        raise DataError(
+            f"the graph takes {len(infos)} inputs {[i.name for i in infos]}; got "
+            f"{len(arrays)} arrays with {[len(a) for a in arrays]} samples"
+        )
+    first = infos[0].shape[0] if infos[0].shape else None
+    fixed = first if isinstance(first, int) and first > 0 else None
+    size = batch_size if fixed is None else fixed
+    feeds = [
+        a.astype(_ORT_TO_NUMPY.get(i.type, a.dtype), copy=False)
+        for a, i in zip(arrays, infos, strict=True)
+    ]
+    parts: list[list[np.ndarray]] = []
+    chunked = [_chunks(a, size, pad=fixed is not None) for a in feeds]
+    for chunks in zip(*chunked, strict=True):
+        n = chunks[0][1]
+        feed = {i.name: np.ascontiguousarray(c) for i, (c, _) in zip(infos, chunks, strict=True)}
+        try:
+            outs = session.run(None, feed)
+        except Exception as exc:  # onnxruntime raises bare Exception subclasses
+            raise ModelLoadError(f"onnxruntime failed to run the model: {exc}") from exc
+        parts.append([np.asarray(o)[:n] for o in outs])
+    return [np.concatenate(col) for col in zip(*parts, strict=True)]
+
+
 def make_session(
     model: onnx.ModelProto | str | Path, providers: Sequence[str] | None = None
 ) -> ort.InferenceSession:
@@ -159,7 +206,7 @@ def make_session(
 def _check_xy(x: Any, y: Any, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     xa, ya = np.asarray(x), np.asarray(y)
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if xa.ndim < 1 or len(xa) == 0:
         raise DataError("cannot evaluate on zero samples")
     if ya.ndim < 1 or len(xa) != len(ya):

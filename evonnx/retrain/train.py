@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sized
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -16,11 +18,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from evonnx.data import Dataset
+from evonnx.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-LossFn = Callable[[torch.Tensor, Any], torch.Tensor]
-"""``loss_fn(outputs, targets) -> scalar tensor``."""
+LossFn = Callable[[Any, Any], torch.Tensor]
+"""``loss_fn(outputs, targets) -> scalar tensor``; ``outputs`` is a tuple for multi-output
+modules."""
 
 AfterStep = Callable[[nn.Module], None]
 """``after_step(module)``: called after every optimizer step (e.g. to re-apply masks)."""
@@ -48,6 +52,10 @@ class TrainConfig:
         num_threads: CPU threads torch may use while training (restored afterwards); None
             keeps torch's setting. Small networks train fastest, and are far less hurt by
             other busy processes, with 1.
+        deterministic: Train with deterministic torch algorithms only
+            (``torch.use_deterministic_algorithms``, cuDNN deterministic and not
+            benchmarking, ``CUBLAS_WORKSPACE_CONFIG``), so that a rerun on the same device
+            gives the same weights bit for bit; the settings are restored afterwards.
     """
 
     epochs: int = 3
@@ -61,26 +69,27 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_batches: int | None = None
     num_threads: int | None = None
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
+            raise ConfigError(f"lr must be a positive number, got {self.lr}")
         if self.optimizer not in ("sgd", "adam"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+            raise ConfigError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
         if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+            raise ConfigError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
         if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+            raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
         if self.momentum < 0 or self.weight_decay < 0:
-            raise ValueError("momentum and weight_decay must be >= 0")
+            raise ConfigError("momentum and weight_decay must be >= 0")
         if self.max_batches is not None and self.max_batches < 1:
-            raise ValueError(f"max_batches must be >= 1 or None, got {self.max_batches}")
+            raise ConfigError(f"max_batches must be >= 1 or None, got {self.max_batches}")
         if self.num_threads is not None and self.num_threads < 1:
-            raise ValueError(f"num_threads must be >= 1 or None, got {self.num_threads}")
+            raise ConfigError(f"num_threads must be >= 1 or None, got {self.num_threads}")
 
 
 @dataclass(frozen=True)
@@ -109,7 +118,7 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but CUDA is not available to torch")
+        raise ConfigError("device 'cuda' requested but CUDA is not available to torch")
     return torch.device(device)
 
 
@@ -156,13 +165,47 @@ def train(
     try:
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)
-        with torch.random.fork_rng(devices=fork_devices):
+        with torch.random.fork_rng(devices=fork_devices), deterministic_mode(config.deterministic):
             torch.manual_seed(config.seed)
             return _run(module, data, config, device, criterion, after_step, params, progress)
     finally:
         torch.set_num_threads(threads)
         module.train(was_training)
         module.to(original_device)
+
+
+CUBLAS_WORKSPACE = ":4096:8"
+"""``CUBLAS_WORKSPACE_CONFIG`` that makes cuBLAS deterministic (CUDA >= 10.2)."""
+
+
+@contextmanager
+def deterministic_mode(enabled: bool = True) -> Iterator[None]:
+    """Run the body with deterministic torch algorithms; restore the previous settings.
+
+    Sets ``CUBLAS_WORKSPACE_CONFIG`` (if unset; cuBLAS reads it when CUDA starts, so set
+    it before the first CUDA call to be sure), ``torch.use_deterministic_algorithms(True)``,
+    ``cudnn.deterministic = True`` and ``cudnn.benchmark = False``. An op without a
+    deterministic implementation then raises instead of silently varying.
+    """
+    if not enabled:
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.deterministic = saved[2]
+        torch.backends.cudnn.benchmark = saved[3]
 
 
 # --------------------------------------------------------------------------- internals
@@ -231,7 +274,7 @@ def _step(
     module: nn.Module, optimizer: torch.optim.Optimizer, criterion: LossFn, x: Any, y: Any
 ) -> tuple[float, int]:
     optimizer.zero_grad(set_to_none=True)
-    loss = criterion(module(x), y)
+    loss = criterion(module(*x) if isinstance(x, (tuple, list)) else module(x), y)
     loss.backward()
     optimizer.step()
     return float(loss.detach()), _batch_len(x)
@@ -335,7 +378,7 @@ def _batch_len(x: Any) -> int:
     if isinstance(x, torch.Tensor):
         return int(x.shape[0]) if x.ndim else 1
     if isinstance(x, (list, tuple)):
-        return len(x)
+        return _batch_len(x[0]) if x and isinstance(x[0], torch.Tensor) else len(x)
     return 1
 
 

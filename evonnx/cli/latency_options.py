@@ -1,0 +1,86 @@
+"""Click options shared by commands that measure latency (``prune``, ``evolve``, ``demo``).
+
+Their parameter names are :class:`~evonnx.lineage.EvolveConfig` fields (``runtime``,
+``latency_batch``, ``runtime_threads``, ``fp16``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from evonnx.latency import LatencySettings
+from evonnx.runtimes import RUNTIMES, RuntimeSettings
+
+LATENCY_OPTIONS: list[Callable[[Any], Any]] = [
+    click.option(
+        "--runtime",
+        "--measure",
+        "runtime",
+        type=click.Choice(RUNTIMES),
+        default=None,
+        help="Where latency is measured (default with --env latency: ort-cpu; with other "
+        "environments it adds measured latency). "
+        "ort-*: onnxruntime execution providers; torch-cuda: the converted torch module with "
+        "CUDA graphs; tensorrt: trtexec. An unavailable runtime is an error.",
+    ),
+    click.option(
+        "--batch",
+        "latency_batch",
+        type=click.IntRange(1),
+        default=1,
+        show_default=True,
+        help="Batch size latency is measured at.",
+    ),
+    click.option(
+        "--runtime-threads",
+        type=click.IntRange(0),
+        default=0,
+        show_default=True,
+        help="ort-cpu intra-op threads (0: onnxruntime's default).",
+    ),
+    click.option(
+        "--fp16", "fp16", is_flag=True, help="Measure in fp16 (torch-cuda, tensorrt)."
+    ),
+    click.option(
+        "--latency-statistic",
+        type=click.Choice(["median", "min"]),
+        default="median",
+        show_default=True,
+        help="A model's latency: median or fastest of its timed runs (min: on a machine "
+        "shared with other jobs).",
+    ),
+]
+
+
+def latency_options(fn: Any) -> Any:
+    """Add ``--runtime``, ``--batch``, ``--runtime-threads`` and ``--fp16`` to a command."""
+    for option in reversed(LATENCY_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def latency_settings(
+    runtime: str | None,
+    batch: int,
+    threads: int,
+    fp16: bool,
+    statistic: str = "median",
+    needed: bool = False,
+) -> LatencySettings | None:
+    """The settings the latency options describe; ``None`` when no runtime is asked for.
+
+    Raises:
+        click.UsageError: ``--batch``, ``--runtime-threads`` or ``--fp16`` without a runtime.
+    """
+    if runtime is None and not needed:
+        if batch != 1 or threads or fp16 or statistic != "median":
+            raise click.UsageError(
+                "--batch, --runtime-threads, --fp16 and --latency-statistic need --runtime"
+            )
+        return None
+    name = runtime or "ort-cpu"
+    rt = RuntimeSettings(name, threads=threads, fp16=fp16, statistic=statistic)  # type: ignore[arg-type]
+    return LatencySettings(rt, batch=batch)

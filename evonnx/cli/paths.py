@@ -1,0 +1,51 @@
+"""Checks made before a command starts work: output paths it will write, unused options."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+from click.core import ParameterSource
+
+from evonnx.errors import ConfigError
+
+
+def check_output_file(path: Path, option: str = "-o") -> None:
+    """Refuse an output file path that cannot be written.
+
+    Raises:
+        ConfigError: ``path`` is a folder, lies under a file, or its nearest existing folder
+            is not writable.
+    """
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a folder; give a file name such as {path}/out.onnx")
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{option} {path} lies under {parent}, which is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {path}: cannot write in {parent} (permission denied)")
+
+
+def refuse_unused(names: list[str], why: str) -> None:
+    """Refuse options of the current command that the user gave but that would do nothing.
+
+    Args:
+        names: Parameter names (``"cluster_keep"``) to check.
+        why: Completes ``"--cluster-keep: <why>"``.
+
+    Raises:
+        click.UsageError: One of them was given on the command line or in the environment.
+    """
+    ctx = click.get_current_context()
+    given = [
+        p.opts[-1] if p.opts[-1].startswith("--") else p.opts[0]
+        for p in ctx.command.params
+        if p.name in names
+        and ctx.get_parameter_source(p.name)
+        in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    ]
+    if given:
+        raise click.UsageError(f"{', '.join(given)}: {why}", ctx)

@@ -1,0 +1,127 @@
+"""Encoding settings: :class:`EncodingConfig` and the truncation of weak weights."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from evonnx.environments import Environment, SynapseBudget
+from evonnx.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+ClusterMode = Literal["filter", "kernel"]
+Scope = Literal["group", "global"]
+SynapseNorm = Literal["max", "quantile"]
+TruncationKind = Literal["mean", "quantile", "absolute", "none"]
+
+FACTOR_MAX = math.e
+"""Factor at which every probability (all ≥ 1/e) reaches 1: nothing is removed."""
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """Threshold under which ``|w|`` counts as zero in a cluster's strength (eq. 4).
+
+    Attributes:
+        kind: ``"mean"``: ``value`` × mean of the tensor's nonzero ``|w|``; ``"quantile"``:
+            the ``value`` quantile of the tensor's nonzero ``|w|``; ``"absolute"``: ``value``
+            itself; ``"none"``: no truncation.
+        value: Fraction, quantile or absolute threshold, depending on ``kind``.
+    """
+
+    kind: TruncationKind = "mean"
+    value: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("mean", "quantile", "absolute", "none"):
+            raise ConfigError(f"unknown truncation kind {self.kind!r}")
+        if self.value < 0 or (self.kind == "quantile" and self.value > 1):
+            raise ConfigError(f"invalid truncation value {self.value} for kind {self.kind!r}")
+
+    def threshold(self, magnitudes: np.ndarray, nonzero: int | None = None) -> float:
+        """Threshold for a tensor of absolute weights (``nonzero``: its nonzero count)."""
+        if self.kind == "none":
+            return 0.0
+        if self.kind == "absolute":
+            return float(self.value)
+        if nonzero is None:
+            nonzero = int(np.count_nonzero(magnitudes))
+        if nonzero == 0:
+            return 0.0
+        if self.kind == "mean":
+            return float(self.value * float(magnitudes.sum()) / nonzero)
+        return float(np.quantile(magnitudes[magnitudes > 0], self.value))
+
+
+@dataclass(frozen=True)
+class EncodingConfig:
+    """How ancestors are encoded and offspring sampled.
+
+    Attributes:
+        keep: Synapse fraction of the default environment (``SynapseBudget(keep)``).
+        environment: Environmental factor model; ``None`` means ``SynapseBudget(keep)``.
+        truncation: Truncation of weak weights in cluster strengths.
+        cluster_scope: Normalization ``Z`` of eq. 4 per ``"group"`` or ``"global"``.
+        synapse_norm: Normalization ``z`` of eq. 5: tensor ``"max"`` or ``"quantile"``.
+        synapse_quantile: Quantile of the nonzero ``|w|`` used when ``synapse_norm="quantile"``.
+        cluster_mode: ``"filter"`` (group channel) or ``"kernel"`` (``W[o, i, ...]``) clusters.
+        synapse_level: Sample individual synapses. ``False`` gives structured offspring:
+            over a synapse budget they are trimmed by whole kernels (kernel mode) or channels
+            (filter mode), and by single synapses only if the constraints stop that short.
+        min_channels: Fewest channels any prunable group keeps.
+        round_to: Keep channel counts multiples of this (or the full size); ``None``: off.
+        cluster_keep: ``None`` (the paper): one factor ``F_c = F_s = λ``. A fraction in
+            (0, 1]: ``F_c`` is fixed so that the expected fraction of surviving clusters
+            (channels of all prunable groups, or in kernel mode every kernel of a prunable
+            filter) is ``cluster_keep``, and ``F_s`` alone is
+            solved for the environment. This makes clusters die at a chosen pace, which the
+            shared factor rarely does when filter strengths are similar.
+        depth: Filter mode only. Each removable residual branch (a group that may keep no
+            channel) is also a cluster, with the eq.-4 probability of its summed strength
+            (``Z``: the strongest branch); a branch that dies is removed whole.
+    """
+
+    keep: float = 0.8
+    environment: Environment | None = None
+    truncation: Truncation = field(default_factory=Truncation)
+    cluster_scope: Scope = "group"
+    synapse_norm: SynapseNorm = "max"
+    synapse_quantile: float = 0.99
+    cluster_mode: ClusterMode = "filter"
+    synapse_level: bool = True
+    min_channels: int = 1
+    round_to: int | None = None
+    cluster_keep: float | None = None
+    depth: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.keep <= 1.0:
+            raise ConfigError(f"keep must be in (0, 1], got {self.keep}")
+        if self.cluster_scope not in ("group", "global"):
+            raise ConfigError(f"unknown cluster_scope {self.cluster_scope!r}")
+        if self.synapse_norm not in ("max", "quantile"):
+            raise ConfigError(f"unknown synapse_norm {self.synapse_norm!r}")
+        if not 0.0 < self.synapse_quantile <= 1.0:
+            raise ConfigError(f"synapse_quantile must be in (0, 1], got {self.synapse_quantile}")
+        if self.cluster_mode not in ("filter", "kernel"):
+            raise ConfigError(f"unknown cluster_mode {self.cluster_mode!r}")
+        if self.min_channels < 1:
+            raise ConfigError(f"min_channels must be at least 1, got {self.min_channels}")
+        if self.cluster_keep is not None and not 0.0 < self.cluster_keep <= 1.0:
+            raise ConfigError(f"cluster_keep must be in (0, 1], got {self.cluster_keep}")
+        if self.cluster_keep is not None and self.env.level != "synapse":
+            raise ConfigError("cluster_keep needs a synapse-level environment (its F_s is solved)")
+        if self.round_to is not None and self.round_to < 1:
+            raise ConfigError(f"round_to must be positive, got {self.round_to}")
+        if self.depth and self.cluster_mode != "filter":
+            raise ConfigError("depth clusters need cluster_mode='filter'")
+
+    @property
+    def env(self) -> Environment:
+        """The environment in force."""
+        return self.environment if self.environment is not None else SynapseBudget(self.keep)

@@ -1,0 +1,215 @@
+"""Latency predicted from the table: per-layer curves, a measured overhead, latency steps.
+
+For each conv/FC layer of a parent model, :func:`build_latency_model` times the layer alone
+(less the latency of an empty graph: the per-run overhead) over a grid of input widths (output
+at full width) and of output widths (input at full width) and predicts ``t(ci, co) = t_in(ci) ·
+t_out(co) / t(full, full)`` (exact for a cost bilinear in the widths, as MACs are; the two
+curves keep each axis's steps). Curves are made non-decreasing (a measured dip is noise) and
+reach 0 at width 0. The whole parent is measured as well. A run's fixed cost is the empty graph's
+latency; the rest of the parent's latency is the layers' sum scaled to the measurement, since
+what the layers alone leave out (elementwise ops, pooling, memory traffic between layers) shrinks
+with the widths as well, and a scale absorbs the load of a shared machine better than a fixed
+difference would. :meth:`LatencyModel.predict` prices an offspring census.
+
+*Latency steps*: a group's channel count only matters where latency drops. Scanning a group's
+grid widths from the top, a width is kept when the group's layers run at least
+``step_tolerance`` faster there than at the last kept width; counts are snapped up to these
+(:func:`evonnx.plan.round_channels`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from evonnx.environments import Census, LayerCensus
+from evonnx.groups import Analysis
+from evonnx.latency.geometry import LayerShape, layer_shapes
+from evonnx.latency.table import LatencyTable, Query
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_STEP = {"ort-cpu": 8, "ort-cuda": 8, "ort-trt": 8, "torch-cuda": 8, "tensorrt": 8}
+"""Width step of the grid per runtime: NCHWc blocks on CPUs, tensor-core tiles on GPUs."""
+
+
+def width_grid(size: int, step: int, max_points: int = 16) -> tuple[int, ...]:
+    """Widths timed for an axis of ``size``: multiples of ``step`` (every width of a group
+    smaller than ``2 * step``, at most 8 of them), thinned to ``max_points``, and ``size``."""
+    stride = step if size >= 2 * step else max(1, -(-size // 8))
+    grid = list(range(stride, size, stride))
+    if len(grid) >= max_points:
+        every = -(-len(grid) // (max_points - 1))
+        grid = grid[every - 1 :: every]
+    return (*grid, size)
+
+
+@dataclass(frozen=True, eq=False)
+class LayerCurve:
+    """Latency of one layer along each width axis (ms; index 0 is width 0, latency 0)."""
+
+    shape: LayerShape
+    cin: np.ndarray
+    t_cin: np.ndarray
+    cout: np.ndarray
+    t_cout: np.ndarray
+
+    @property
+    def full(self) -> float:
+        """Latency at the parent's widths."""
+        return float(self.t_cout[-1])
+
+    def at(self, cin: float, cout: float) -> float:
+        """Predicted latency at ``cin`` input and ``cout`` output channels."""
+        if self.shape.depthwise:
+            cin = cout = min(cin, cout)
+        if self.full <= 0:
+            return 0.0
+        a = float(np.interp(cin, self.cin, self.t_cin))
+        b = float(np.interp(cout, self.cout, self.t_cout))
+        return a * b / self.full
+
+
+@dataclass(frozen=True, eq=False)
+class LatencyModel:
+    """Predicts the latency of offspring of one parent on one runtime at one batch size.
+
+    Attributes:
+        runtime: Runtime name.
+        batch: Batch size.
+        curves: Per layer (node name).
+        measured_ms: The parent's measured latency.
+        overhead_ms: Fixed cost of a run (an empty graph's latency).
+        scale: Factor on the layers' sum: the parent's measured latency less the overhead,
+            over the sum of its layers alone.
+        steps: Latency-step widths per prunable group id (ascending, the full size last).
+    """
+
+    runtime: str
+    batch: int
+    curves: Mapping[str, LayerCurve]
+    measured_ms: float
+    overhead_ms: float
+    scale: float
+    steps: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
+
+    def layers_ms(self, census: Census) -> float:
+        """Sum of the layers' predicted latencies for an offspring census."""
+        total = 0.0
+        for c in census:
+            curve = self.curves.get(c.layer.node)
+            if curve is not None:
+                s = curve.shape
+                total += curve.at(c.in_fraction * s.cin, c.out_fraction * s.cout)
+        return total
+
+    def predict(self, census: Census) -> float:
+        """Predicted latency (ms) of an offspring with this census."""
+        return self.overhead_ms + self.scale * self.layers_ms(census)
+
+    def widths(self, group_id: int) -> Sequence[int] | None:
+        """Latency-step widths of a group (``None``: no steps known)."""
+        return self.steps.get(group_id)
+
+
+def build_latency_model(
+    model: onnx.ModelProto,
+    analysis: Analysis,
+    table: LatencyTable,
+    step: int | None = None,
+    step_tolerance: float = 0.02,
+    max_points: int = 16,
+) -> LatencyModel:
+    """Time ``model``'s layers (table misses only) and the whole model; fit the predictor.
+
+    Args:
+        model: The parent.
+        analysis: ``analyze(model)``.
+        table: Latency table of the runtime and batch size.
+        step: Width step of the grid (default :data:`DEFAULT_STEP` of the runtime).
+        step_tolerance: Relative drop in a group's latency that makes a width a step.
+        max_points: Most grid widths per axis.
+
+    Raises:
+        UnsupportedModelError: A layer has no static input shape.
+        DeployError: The runtime cannot run a graph.
+    """
+    rt = table.runtime
+    step = step or DEFAULT_STEP.get(rt.name, 8)
+    shapes = layer_shapes(model, analysis, table.batch)
+    queries: list[Query] = []
+    spans: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+    for node, s in shapes.items():
+        gin = width_grid(s.cin, step, max_points)
+        gout = gin if s.depthwise else width_grid(s.cout, step, max_points)
+        spans[node] = (gin, gout)
+        queries += [(s, ci, s.cout) for ci in gin] + [(s, s.cin, co) for co in gout]
+    values = iter(table.lookup(queries))
+    empty = table.empty_ms()
+    curves = {}
+    for node, s in shapes.items():
+        gin, gout = spans[node]
+        t_in = [max(0.0, next(values) - empty) for _ in gin]
+        t_out = [max(0.0, next(values) - empty) for _ in gout]
+        curves[node] = LayerCurve(s, *_curve(gin, t_in), *_curve(gout, t_out))
+    measured = rt.latencies([model], table.batch)[0]
+    total = sum(c.full for c in curves.values())
+    overhead = min(empty, measured)
+    scale = (measured - overhead) / total if total > 0 else 1.0
+    logger.info(
+        "%s batch %d: model %.3f ms, layers %.3f ms (%d table hits, %d timed)",
+        rt.name, table.batch, measured, total, table.hits, table.misses,
+    )  # fmt: skip
+    lm = LatencyModel(rt.name, table.batch, curves, measured, overhead, scale)
+    steps = latency_steps(lm, analysis, step_tolerance)
+    return LatencyModel(rt.name, table.batch, curves, measured, overhead, scale, steps)
+
+
+def _curve(grid: Sequence[int], ms: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    x = np.array([0, *grid], dtype=np.float64)
+    y = np.maximum.accumulate(np.array([0.0, *ms], dtype=np.float64))
+    return x, y
+
+
+def group_census(analysis: Analysis, widths: Mapping[int, int]) -> list[LayerCensus]:
+    """Census of an offspring keeping ``widths[g]`` channels of each listed group (others
+    keep all); layers with several input groups scale by their mean kept fraction."""
+    sizes = {g.id: g.size for g in analysis.groups}
+
+    def frac(gid: int | None) -> float:
+        if gid is None or gid not in widths:
+            return 1.0
+        return widths[gid] / sizes[gid] if sizes[gid] else 1.0
+
+    out = []
+    for lay in analysis.layers:
+        fin = [frac(g) for g in lay.in_groups] or [1.0]
+        out.append(LayerCensus(lay, 0.0, frac(lay.out_group), float(np.mean(fin))))
+    return out
+
+
+def latency_steps(
+    lm: LatencyModel, analysis: Analysis, tolerance: float = 0.02
+) -> dict[int, tuple[int, ...]]:
+    """Widths of each prunable group at which its layers' latency drops (see module doc)."""
+    out = {}
+    for g in analysis.prunable_groups:
+        producers = [c for c in lm.curves.values() if c.shape.node in _nodes_of(analysis, g.id)]
+        grid = sorted({int(w) for c in producers for w in c.cout[1:] if w <= g.size} | {g.size})
+        kept = [g.size]
+        best = lm.layers_ms(group_census(analysis, {g.id: g.size}))
+        for w in reversed(grid[:-1]):
+            t = lm.layers_ms(group_census(analysis, {g.id: w}))
+            if t < best * (1.0 - tolerance):
+                kept.append(w)
+                best = t
+        out[g.id] = tuple(sorted(kept))
+    return out
+
+
+def _nodes_of(analysis: Analysis, gid: int) -> set[str]:
+    return {lay.node for lay in analysis.layers if lay.out_group == gid}

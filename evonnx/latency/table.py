@@ -1,0 +1,116 @@
+"""The latency lookup table: single-layer latencies measured on demand, cached on disk.
+
+Entries are keyed by :meth:`LayerShape.key <evonnx.latency.geometry.LayerShape.key>` (op,
+batch, channels in/out, spatial size, kernel, stride, padding, dilation, depthwise) inside a
+file per runtime and device fingerprint
+(:meth:`Runtime.fingerprint <evonnx.runtimes.Runtime.fingerprint>`), so a table measured on
+another machine, runtime version or thread count is never used. The cache directory is
+``$EVONNX_CACHE_DIR``, else ``$XDG_CACHE_HOME/evonnx``, else ``~/.cache/evonnx``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import onnx
+from onnx import helper
+
+from evonnx.latency.geometry import LayerShape
+from evonnx.runtimes import Runtime
+from evonnx.textio import write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+TABLE_VERSION = 1
+Query = tuple[LayerShape, int, int]
+"""A layer geometry with the input and output channel counts to time it at."""
+
+
+def cache_dir() -> Path:
+    """Where latency tables live (see the module docstring)."""
+    explicit = os.environ.get("EVONNX_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "evonnx"
+
+
+class LatencyTable:
+    """Per-layer latencies (ms) of one runtime on this device, at one batch size.
+
+    Args:
+        runtime: What measures missing entries.
+        batch: Batch size of every entry.
+        path: The table's file (default: one per runtime and fingerprint in :func:`cache_dir`).
+    """
+
+    def __init__(self, runtime: Runtime, batch: int, path: Path | None = None) -> None:
+        self.runtime = runtime
+        self.batch = batch
+        self.fingerprint = runtime.fingerprint()
+        self.path = path or cache_dir() / f"latency-{runtime.name}-{self.fingerprint}.json"
+        self.entries: dict[str, float] = self._load()
+        self.hits = 0
+        self.misses = 0
+
+    def _load(self) -> dict[str, float]:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            logger.warning("ignoring unreadable latency table %s: %s", self.path, exc)
+            return {}
+        if data.get("version") != TABLE_VERSION or data.get("fingerprint") != self.fingerprint:
+            logger.info("latency table %s is for another device or version; remeasuring", self.path)
+            return {}
+        return {str(k): float(v) for k, v in data.get("entries", {}).items()}
+
+    def lookup(self, queries: Sequence[Query]) -> list[float]:
+        """Latency (ms) of each queried layer; missing entries are measured in one pass
+        (interleaved) and written to the cache file."""
+        keys = [q[0].key(self.batch, q[1], q[2]) for q in queries]
+        todo: dict[str, Query] = {}
+        for k, q in zip(keys, queries, strict=True):
+            if k not in self.entries and k not in todo:
+                todo[k] = q
+        self.misses += len(todo)
+        self.hits += len(keys) - len(todo)
+        if todo:
+            logger.info("timing %d single-layer graphs on %s", len(todo), self.runtime.name)
+            graphs = [s.graph(self.batch, ci, co) for s, ci, co in todo.values()]
+            for k, ms in zip(todo, self.runtime.latencies(graphs, self.batch), strict=True):
+                self.entries[k] = ms
+            self._save()
+        return [self.entries[k] for k in keys]
+
+    def empty_ms(self) -> float:
+        """Latency (ms) of a graph doing nothing (one ``Identity``): the per-run overhead that
+        every single-layer timing includes."""
+        key = f"Identity|b{self.batch}"
+        if key not in self.entries:
+            x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [self.batch, 1])
+            y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [self.batch, 1])
+            node = helper.make_node("Identity", ["x"], ["y"])
+            graph = helper.make_graph([node], "empty", [x], [y])
+            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+            self.entries[key] = self.runtime.latencies([model], self.batch)[0]
+            self.misses += 1
+            self._save()
+        else:
+            self.hits += 1
+        return self.entries[key]
+
+    def _save(self) -> None:
+        data = {
+            "version": TABLE_VERSION,
+            "runtime": self.runtime.name,
+            "fingerprint": self.fingerprint,
+            "device": self.runtime.device(),
+            "entries": self.entries,
+        }
+        write_text_atomic(self.path, json.dumps(data, indent=0, sort_keys=True))

@@ -1,0 +1,37 @@
+"""onnxruntime execution providers as latency runtimes (``evonnx bench``'s measurement)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import onnx
+import onnxruntime as ort
+
+from evonnx.deploy.bench import median_latencies, resolve_provider
+from evonnx.runtimes.base import Runtime, RuntimeSettings, cpu_name
+
+_PROVIDER = {"ort-cpu": "cpu", "ort-cuda": "cuda", "ort-trt": "tensorrt"}
+
+
+class OrtRuntime(Runtime):
+    """``ort-cpu``, ``ort-cuda`` or ``ort-trt``: interleaved rounds, one shared thread pool.
+
+    Raises:
+        ProviderError: The execution provider is not in this onnxruntime build.
+    """
+
+    def __init__(self, settings: RuntimeSettings) -> None:
+        super().__init__(settings)
+        self.provider = _PROVIDER[settings.name]
+        resolve_provider(self.provider)
+
+    def device(self) -> str:
+        """CPU model (and GPU providers' name), onnxruntime version."""
+        return f"{cpu_name()}|onnxruntime {ort.__version__}|{self.provider}"
+
+    def latencies(self, models: Sequence[onnx.ModelProto], batch: int) -> list[float]:
+        """Ms per model (see :func:`evonnx.deploy.bench.median_latencies`)."""
+        s = self.settings
+        return median_latencies(
+            models, batch, self.provider, s.threads, s.warmup, s.runs, s.seed, s.statistic
+        )

@@ -1,0 +1,112 @@
+"""Evolution with measured latency: the latency environment and --measure on any env."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from fake_runtime import MacRuntime
+from test_evolve import TinyNet, _export, tiny_data, tiny_model  # noqa: F401  (fixtures)
+
+import evonnx
+import evonnx.latency.run
+from evonnx.cli.main import cli
+from evonnx.data import Dataset
+from evonnx.errors import ConfigError
+from evonnx.lineage import EvolveConfig
+from evonnx.runtimes import RuntimeSettings
+
+BASE = dict(generations=3, epochs=1, lr=0.05, batch_size=32, seed=7, threads=1)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVONNX_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def test_latency_env_keeps_every_generation_within_budget(
+    tiny_model: onnx.ModelProto,  # noqa: F811
+    tiny_data: Dataset,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(evonnx.latency.run, "make_runtime", lambda s: MacRuntime(s))
+    config = EvolveConfig(**BASE, env="latency", keep=0.7)  # type: ignore[arg-type]
+    lineage = evonnx.evolve(tiny_model, tiny_data, tmp_path, config)
+    recs = lineage.records
+    assert recs[0].speedup == 1.0 and recs[0].latency_ms is not None
+    for prev, cur in itertools.pairwise(recs):
+        assert cur.latency_ms is not None and prev.latency_ms is not None
+        assert cur.latency_ms <= 0.7 * prev.latency_ms * (1 + 1e-9)  # never over budget
+        assert cur.speedup == pytest.approx(recs[0].latency_ms / cur.latency_ms)
+        model = evonnx.load(tmp_path / cur.file)
+        assert MacRuntime(RuntimeSettings()).latencies([model], 1)[0] == pytest.approx(
+            cur.latency_ms
+        )
+    rows = list(csv.DictReader((tmp_path / "lineage.csv").open()))
+    assert float(rows[2]["speedup"]) == pytest.approx(recs[2].speedup)
+    report = (tmp_path / "report.md").read_text()
+    assert "| Gen. | speed-up | latency (ms) | MACs ratio | ACC. |" in report
+    assert f"| 3 | {recs[2].speedup:.2f}x |" in report
+
+
+def test_target_speedup_stops_shrinking(
+    tiny_model: onnx.ModelProto,  # noqa: F811
+    tiny_data: Dataset,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(evonnx.latency.run, "make_runtime", lambda s: MacRuntime(s))
+    config = EvolveConfig(
+        **BASE, env="latency", keep=0.5, target_speedup=1.5  # type: ignore[arg-type]
+    )
+    lineage = evonnx.evolve(tiny_model, tiny_data, tmp_path, config)
+    first = lineage.records[0].latency_ms
+    assert first is not None
+    for r in lineage.records[1:]:
+        assert r.latency_ms is not None and r.latency_ms <= max(0.5 * first, first / 1.5) + 1e-9
+    assert lineage.records[2].latency_ms == pytest.approx(lineage.records[1].latency_ms, rel=0.3)
+
+
+def test_cli_measure_adds_latency_to_any_env(
+    tiny_model: onnx.ModelProto,  # noqa: F811
+    tiny_data: Dataset,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    model_path = tmp_path / "m.onnx"
+    onnx.save(tiny_model, str(model_path))
+    data_path = tmp_path / "d.npz"
+    np.savez(data_path, x_train=tiny_data.x_train, y_train=tiny_data.y_train,
+             x_test=tiny_data.x_test, y_test=tiny_data.y_test)  # fmt: skip
+    args = ["evolve", str(model_path), "--data", str(data_path), "--out", str(tmp_path / "run"),
+            "--generations", "2", "--epochs", "1", "--seed", "7", "--threads", "1",
+            "--measure", "ort-cpu", "--runtime-threads", "1", "--batch", "2"]  # fmt: skip
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "run" / "lineage.json").read_text())
+    gens = data["generations"]
+    assert gens[0]["speedup"] == 1.0 and all(g["latency_ms"] > 0 for g in gens)
+    assert data["config"]["runtime"] == "ort-cpu" and data["config"]["latency_batch"] == 2
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (dict(target_speedup=2.0), "target_speedup needs --env latency"),
+        (dict(env="latency", target_speedup=1.0), "above 1"),
+        (dict(latency_batch=4), "need --runtime"),
+        (dict(runtime="ort-cpu", fp16=True), "fp16"),
+        (dict(runtime="gpu"), "unknown runtime"),
+        (dict(depth=True, cluster="kernel"), "depth"),
+        (dict(env="latency", cluster_keep=0.9), "cluster_keep"),
+    ],
+)
+def test_config_refuses_latency_settings_without_effect(options: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        EvolveConfig(**options)
