@@ -19,6 +19,10 @@ class PlanError(EvonnxError):
     """A pruning plan does not fit the model's channel groups."""
 
 
+class LatencyBudgetError(PlanError):
+    """No offspring fits the latency budget: nothing is left to remove."""
+
+
 class DataError(EvonnxError):
     """A data set is missing, malformed, or does not match the model."""
 
@@ -53,3 +57,7 @@ class TaskError(EvonnxError):
 
 class RuntimeUnavailableError(DeployError):
     """A latency runtime (``torch-cuda``, ``tensorrt``, ...) cannot run on this machine."""
+
+
+class ExecutorError(EvonnxError):
+    """Offspring jobs could not run: a worker died for good or a cluster is unreachable."""

@@ -18,36 +18,33 @@ import hashlib
 import io
 import json
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import asdict, fields, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
-import torch
 
 from evonnx.analysis import analyze
-from evonnx.converters import to_torch, write_back
 from evonnx.data import Dataset
 from evonnx.deploy.shapes import batch_info, dynamic_batch
 from evonnx.errors import (
+    LatencyBudgetError,
     RunDirectoryError,
     UnsupportedModelError,
 )
+from evonnx.executors import Executor, make_executor
 from evonnx.genetic import efficiency, synthesize
 from evonnx.graph import load_model, save_model
 from evonnx.groups import Analysis
 from evonnx.inputs import fill_symbolic_dims, sample_shapes
+from evonnx.jobs import OffspringJob
 from evonnx.latency import RunLatency, Target
 from evonnx.lineage import RESUMABLE, EvolveConfig, GenerationRecord, Lineage
 from evonnx.metrics import ModelMetrics, compute_metrics
-from evonnx.retrain import LossFn, TrainConfig, train
-from evonnx.retrain.distill import Distiller, distillation_loss
 from evonnx.rundir import leftovers, run_folder
 from evonnx.surgery import apply_plan
-from evonnx.task import Split, Task, guarded, split_data
+from evonnx.task import Split, Task, split_data
 from evonnx.textio import write_bytes_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -117,18 +114,28 @@ def evolve(
         if on_generation is not None:
             for done in lineage.records:
                 on_generation(done)
-        while _should_continue(lineage):
-            gen = lineage.records[-1].generation + 1
-            base = lineage.best  # breed from the latest generation within the budget
-            if base is not lineage.records[-1]:
-                parent = load_model(out / base.file)
-            record, parent = _generation(
-                parent, gen, split, config, gen1, out, progress, hw, base.generation
-            )
-            lineage = replace(lineage, records=(*lineage.records, record))
-            _write_lineage(out, lineage)
-            if on_generation is not None:
-                on_generation(record)
+        executor: Executor | None = None
+        try:
+            while _should_continue(lineage):
+                gen = lineage.records[-1].generation + 1
+                base = lineage.best  # breed from the latest generation within the budget
+                if base is not lineage.records[-1]:
+                    parent = load_model(out / base.file)
+                executor = executor or make_executor(config, progress)
+                try:
+                    record, parent = _generation(
+                        parent, gen, split, config, gen1, out, executor, hw, base.generation
+                    )
+                except LatencyBudgetError as exc:  # no faster offspring exists: evolution ends
+                    logger.warning("stopping before generation %d: %s", gen, exc)
+                    break
+                lineage = replace(lineage, records=(*lineage.records, record))
+                _write_lineage(out, lineage)
+                if on_generation is not None:
+                    on_generation(record)
+        finally:
+            if executor is not None:
+                executor.close()
     return lineage
 
 
@@ -257,19 +264,20 @@ def _generation(
     config: EvolveConfig,
     gen1: ModelMetrics,
     out: Path,
-    progress: bool,
+    executor: Executor,
     hw: RunLatency | None = None,
     parent_gen: int | None = None,
 ) -> tuple[GenerationRecord, onnx.ModelProto]:
     analysis = analyze(parent)
     target = hw.target(parent, analysis) if hw is not None else None
     seeds = [generation_seed(config.seed, gen, k) for k in range(config.population)]
-    candidates = [
-        _offspring(parent, analysis, data, config, s, progress, hw, target) for s in seeds
-    ]
-    fitness = [c[1][0] if c[1][1] is None else c[1][1] for c in candidates]
+    teacher = parent.SerializeToString() if config.distill is not None else None
+    jobs = [_offspring(parent, analysis, config, s, hw, target, teacher) for s in seeds]
+    candidates = executor.run(jobs, data)
+    fitness = [s[0] if s[1] is None else s[1] for s in (c.scores for c in candidates)]
     best = max(range(len(candidates)), key=lambda k: fitness[k])
-    child, scores, _, seed = candidates[best]
+    child = onnx.load_from_string(candidates[best].model)
+    scores, seed = candidates[best].scores, candidates[best].seed
     record = _record(
         gen,
         gen - 1 if parent_gen is None else parent_gen,
@@ -278,7 +286,7 @@ def _generation(
         scores,
         gen1,
         compute_metrics(child),
-        sum(c[2] for c in candidates),
+        sum(c.train_seconds for c in candidates),
         tuple(fitness),
     )
     if hw is not None:
@@ -291,20 +299,17 @@ def _generation(
 def _offspring(
     parent: onnx.ModelProto,
     analysis: Analysis,
-    data: Split,
     config: EvolveConfig,
     seed: int,
-    progress: bool,
     hw: RunLatency | None = None,
     target: Target | None = None,
-) -> tuple[onnx.ModelProto, tuple[float, float | None], float, int]:
-    """Synthesize, prune, retrain and score one offspring.
+    teacher: bytes | None = None,
+) -> OffspringJob:
+    """Synthesize and prune one offspring: the job that retrains and scores it.
 
     With a latency budget (``target``), the offspring is measured on the runtime and trimmed
-    until it fits (:func:`evonnx.latency.latency_offspring`).
-
-    Returns:
-        The trained model, its (test, validation) score, training seconds and seed.
+    until it fits (:func:`evonnx.latency.latency_offspring`), here in the driver, never
+    beside a training job.
     """
     rng = np.random.default_rng(seed)
     if hw is not None and target is not None:
@@ -312,28 +317,7 @@ def _offspring(
     else:
         offspring = synthesize(parent, analysis, config.encoding(), rng)
         child = apply_plan(parent, analysis, offspring.plan, offspring.masks)
-    module = to_torch(child, freeze_zeros=True)
-    if config.init == "random":
-        _reinitialize(module, seed)
-    task = data.task
-    trainee: torch.nn.Module = module
-    loss: LossFn = guarded(task.loss, f"task {task.name!r} loss")
-    if config.distill is not None:
-        trainee = Distiller(module, to_torch(parent))
-        loss = guarded(
-            distillation_loss(task.loss, task.distill_loss, config.distill),
-            f"task {task.name!r} distillation loss",
-        )
-    result = train(
-        trainee,
-        task.train_batches(),
-        training_config(config, seed % (2**31)),
-        loss_fn=loss,
-        after_step=lambda _m: module.apply_masks(),
-        progress=progress,
-    )
-    trained = write_back(child, module)
-    return trained, data.score_model(trained), result.seconds, seed
+    return OffspringJob(child.SerializeToString(), seed, config, teacher)
 
 
 def _run_latency(config: EvolveConfig, ancestor: onnx.ModelProto) -> RunLatency | None:
@@ -352,34 +336,6 @@ def _measured(
     """``record`` with the model's measured latency and speed-up over the ancestor."""
     ms, speedup = hw.measure(model)
     return replace(record, latency_ms=ms, speedup=speedup)
-
-
-def training_config(config: EvolveConfig, seed: int) -> TrainConfig:
-    """Training settings of one offspring."""
-    return TrainConfig(
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        optimizer=config.optimizer,
-        weight_decay=config.weight_decay,
-        seed=seed,
-        num_threads=config.threads,
-        max_batches=config.max_batches,
-        deterministic=config.deterministic,
-    )
-
-
-def _reinitialize(module: Any, seed: int) -> None:
-    """Fresh Kaiming-uniform weights (zeros kept) and zero biases for conv/FC layers."""
-    gen = torch.Generator().manual_seed(seed % (2**31))
-    params = module.onnx_parameters()
-    with torch.no_grad():
-        for name in module.weight_names():
-            w = params[name]
-            fan_in = max(1, w[0].numel()) if w.dim() > 2 else max(1, w.shape[-1])
-            bound = math.sqrt(6.0 / fan_in)
-            w.copy_((torch.rand(w.shape, generator=gen) * 2 - 1) * bound)
-    module.apply_masks()
 
 
 def _record(

@@ -240,6 +240,18 @@ def from_graph(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def keeps_external_data(path: str | Path) -> bool | None:
+    """``True`` when the ONNX file at ``path`` keeps weights in external data files.
+
+    Writers pass it on as ``save_model(..., external_data=...)``, so that a model given with a
+    ``.data`` file is written the same way; ``None`` otherwise (the size decides).
+    """
+    from onnx.external_data_helper import uses_external_data
+
+    model = onnx.load(str(path), load_external_data=False)
+    return True if any(uses_external_data(t) for t in model.graph.initializer) else None
+
+
 def save_model(model: onnx.ModelProto, path: str | Path, external_data: bool | None = None) -> Path:
     """Write ``model`` atomically (temporary file in the same folder, then rename).
 

@@ -13,7 +13,8 @@ from evonnx.runtimes import RuntimeSettings
 
 LINEAGE_VERSION = 1
 # Fields a resumed run may change; every other config field must match the original run.
-RESUMABLE = frozenset({"generations", "max_drop", "patience"})
+# Where offspring jobs run does not change the lineage, so it may change on resume too.
+RESUMABLE = frozenset({"generations", "max_drop", "patience", "executor", "ray_address"})
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,14 @@ class EvolveConfig:
         seed: Seeds sampling, initialization and training.
         threads: CPU threads for training (None: torch's default).
         max_batches: Cap on batches per epoch (smoke tests).
+        executor: Where offspring are retrained: ``"local"`` (one after another in this
+            process), ``"process"`` (a pool of processes on this machine) or ``"ray"``
+            (see :mod:`evonnx.executors`). The lineage does not depend on it on CPU when
+            ``threads`` is set.
+        ray_address: Ray cluster address (``"auto"``: a running cluster); ``None`` starts a
+            local one.
+        gpus_per_offspring: Data-parallel ranks (torch DDP) retraining each offspring: one
+            GPU each, or on CPU one process each (gloo); see :mod:`evonnx.ddp`.
     """
 
     generations: int = 10
@@ -99,6 +108,9 @@ class EvolveConfig:
     fp16: bool = False
     target_speedup: float | None = None
     depth: bool = False
+    executor: Literal["local", "process", "ray"] = "local"
+    ray_address: str | None = None
+    gpus_per_offspring: int = 1
 
     def __post_init__(self) -> None:
         checks = [
@@ -136,7 +148,16 @@ class EvolveConfig:
                 "--batch, --runtime-threads, --fp16 and --latency-statistic need --runtime",
             ),
             (self.cluster in ("filter", "kernel"), "cluster must be 'filter' or 'kernel'"),
+            (
+                self.executor in ("local", "process", "ray"),
+                "executor must be 'local', 'process' or 'ray'",
+            ),
+            (
+                self.ray_address is None or self.executor == "ray",
+                "ray_address needs --executor ray",
+            ),
             (self.population >= 1, "population must be at least 1"),
+            (self.gpus_per_offspring >= 1, "gpus_per_offspring must be at least 1"),
             (self.init in ("inherit", "random"), "init must be 'inherit' or 'random'"),
             (self.round_to is None or self.round_to >= 1, "round_to must be positive"),
             (

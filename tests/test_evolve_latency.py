@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,28 @@ def test_latency_env_keeps_every_generation_within_budget(
     report = (tmp_path / "report.md").read_text()
     assert "| Gen. | speed-up | latency (ms) | MACs ratio | ACC. |" in report
     assert f"| 3 | {recs[2].speedup:.2f}x |" in report
+
+
+class _OverheadRuntime(MacRuntime):
+    """Mostly fixed per-run overhead: after a few generations no offspring can be faster."""
+
+    def latencies(self, models: Sequence[onnx.ModelProto], batch: int) -> list[float]:
+        return [10.0 + t for t in super().latencies(models, batch)]
+
+
+def test_unreachable_latency_budget_ends_the_run(
+    tiny_model: onnx.ModelProto,  # noqa: F811
+    tiny_data: Dataset,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The generation that cannot meet its budget ends evolution; earlier ones are kept."""
+    monkeypatch.setattr(evonnx.latency.run, "make_runtime", lambda s: _OverheadRuntime(s))
+    config = EvolveConfig(**{**BASE, "generations": 4}, env="latency", keep=0.5)  # type: ignore[arg-type]
+    lineage = evonnx.evolve(tiny_model, tiny_data, tmp_path, config)
+    assert len(lineage.records) == 1  # 10 ms of overhead: even half the latency is out of reach
+    saved = json.loads((tmp_path / "lineage.json").read_text())
+    assert len(saved["generations"]) == 1 and (tmp_path / "report.md").is_file()
 
 
 def test_target_speedup_stops_shrinking(

@@ -96,3 +96,52 @@ def test_over_2gb_prunes_with_external_data(tmp_path: Path) -> None:
         "pruned.onnx",
         "pruned.onnx.data",
     ]
+
+
+def test_writers_keep_external_data_when_the_input_used_it(tmp_path: Path) -> None:
+    """A model given with a ``.data`` file comes out of prune and export with one as well."""
+    from click.testing import CliRunner
+    from helpers import make_model
+
+    from evonnx.cli.main import cli
+    from evonnx.graph import keeps_external_data, save_model
+
+    rng = np.random.default_rng(0)
+    width = 64  # 16 KiB per weight: large enough to go to the .data file
+    nodes, inits = [], []
+    for i in range(3):
+        src_name = "x" if i == 0 else f"r{i - 1}"
+        w = rng.normal(size=(width, width)).astype(np.float32)
+        inits.append(onnx.numpy_helper.from_array(w, f"w{i}"))
+        nodes.append(helper.make_node("Gemm", [src_name, f"w{i}"], [f"h{i}"]))
+        nodes.append(helper.make_node("Relu", [f"h{i}"], [f"r{i}"]))
+    model = make_model(
+        helper.make_graph(
+            nodes,
+            "mlp",
+            [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, width])],
+            [helper.make_tensor_value_info("r2", onnx.TensorProto.FLOAT, [1, width])],
+            inits,
+        )
+    )
+    src = tmp_path / "net.onnx"
+    save_model(model, src, external_data=True)
+    assert keeps_external_data(src) is True
+    inline = tmp_path / "inline.onnx"
+    save_model(model, inline)
+    assert keeps_external_data(inline) is None
+    for args, name in (
+        (["prune", str(src), "--method", "magnitude", "--keep", "0.5"], "pruned.onnx"),
+        (["export", str(src), "--target", "onnxruntime"], "exported.onnx"),
+    ):
+        out = tmp_path / name
+        result = CliRunner().invoke(cli, [*args, "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        assert out.with_name(f"{name}.data").is_file()
+        assert keeps_external_data(out) is True
+        onnx.checker.check_model(str(out), full_check=True)
+    result = CliRunner().invoke(
+        cli, ["prune", str(inline), "--method", "magnitude", "-o", str(tmp_path / "p2.onnx")]
+    )
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "p2.onnx.data").exists()

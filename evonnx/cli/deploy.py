@@ -18,7 +18,7 @@ from evonnx.deploy.bench import PROVIDERS, BenchResult, benchmark
 from evonnx.deploy.export import TARGETS, ExportResult
 from evonnx.deploy.export import export as export_model
 from evonnx.errors import DeployError
-from evonnx.graph import load_model, save_model
+from evonnx.graph import keeps_external_data, load_model, save_model
 from evonnx.inputs import apply_input_shapes
 
 logger = logging.getLogger(__name__)
@@ -202,7 +202,7 @@ def export(
         load_model(model, normalize=normalize), input_shapes, keep_batch=True
     )
     result = export_model(proto, target=target, fp16=fp16, batch=batch, opset=opset)
-    save_model(result.model, output)
+    save_model(result.model, output, external_data=keeps_external_data(model))
     if as_json:
         emit_json({"output": str(output), **result.to_dict(str(output))})
     else:

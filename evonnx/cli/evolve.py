@@ -136,6 +136,17 @@ def _with_options(fn: click.decorators.FC, d: EvolveConfig) -> click.decorators.
         click.option("--seed", type=int, default=d.seed, show_default=True),
         click.option("--threads", type=click.IntRange(1), default=d.threads,
                      help="CPU threads for training (default: torch's choice)."),
+        click.option("--executor", type=click.Choice(["local", "process", "ray"]),
+                     default=d.executor, show_default=True,
+                     help="Where offspring retrain: one after another here, a process pool "
+                          "on this machine, or Ray (pip install 'evonnx[ray]')."),
+        click.option("--ray-address", default=d.ray_address, metavar="ADDR",
+                     help="--executor ray: cluster to join ('auto': a running one; default: "
+                          "start a local one)."),
+        click.option("--gpus-per-offspring", type=click.IntRange(1),
+                     default=d.gpus_per_offspring, show_default=True,
+                     help="Retrain each offspring data-parallel (torch DDP) on N GPUs, or "
+                          "on CPU in N processes."),
         click.option("--resume", is_flag=True, help="Continue the run in the output folder."),
     ]  # fmt: skip
     for option in reversed(options):

@@ -17,6 +17,7 @@ from evonnx.cli.output import emit_json, table
 from evonnx.cli.paths import check_output_file, refuse_unused
 from evonnx.cli.shape_options import input_shape_option, normalize_option
 from evonnx.errors import EvonnxError, PlanError
+from evonnx.graph import keeps_external_data
 from evonnx.lineage import EvolveConfig
 from evonnx.metrics import ModelMetrics
 
@@ -307,7 +308,7 @@ def prune(
     if latency is not None and result.latency is None:
         result = replace(result, latency=api.measure(ancestor, result.model, latency, input_shapes))
     _check_pruned(result, method, keep, sparse=method == "genetic" and zero_synapses)
-    api.save(result.model, output)
+    api.save(result.model, output, external_data=keeps_external_data(model))
     _report_prune(result, output, method, keep, as_json)
 
 

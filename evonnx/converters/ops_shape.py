@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -248,29 +249,36 @@ def _source_coords(
 ) -> torch.Tensor:
     """ONNX ``coordinate_transformation_mode``: output index -> input coordinate (float32)."""
     x = torch.arange(out_size, dtype=torch.float32, device=device)
+    # Divide by a float32 tensor, not a Python float: torch turns division by a scalar into
+    # multiplication by its reciprocal, which rounds differently from onnxruntime.
+    # A 0-d tensor still counts as a scalar there, hence the full tensor.
+    s = torch.full_like(x, scale)
     if mode == "align_corners":
         return x * ((in_size - 1) / (out_size - 1)) if out_size > 1 else torch.zeros_like(x)
     if mode == "asymmetric":
-        return x / scale
+        return x / s
     if mode == "tf_half_pixel_for_nn":
-        return (x + 0.5) / scale
+        return (x + 0.5) / s
     if mode == "pytorch_half_pixel" and out_size <= 1:
         return torch.zeros_like(x)
     if mode == "half_pixel_symmetric":
-        adjustment = out_size / (scale * in_size)
+        adjustment = out_size / (s * in_size)
         offset = in_size / 2 * (1 - adjustment)
-        return offset + (x + 0.5) / scale - 0.5
-    return (x + 0.5) / scale - 0.5  # half_pixel, pytorch_half_pixel
+        return offset + (x + 0.5) / s - 0.5
+    return (x + 0.5) / s - 0.5  # half_pixel, pytorch_half_pixel
 
 
 def _nearest(coords: torch.Tensor, mode: str) -> torch.Tensor:
+    """Nearest source index as onnxruntime rounds it (``coords + 0.5`` would round in float32)."""
     if mode == "floor":
         return torch.floor(coords)
     if mode == "ceil":
         return torch.ceil(coords)
+    low = torch.floor(coords)
+    frac = coords - low  # exact in float32
     if mode == "round_prefer_ceil":
-        return torch.floor(coords + 0.5)
-    return torch.ceil(coords - 0.5)  # round_prefer_floor
+        return low + (frac >= 0.5).to(low.dtype)
+    return low + (frac > 0.5).to(low.dtype)  # round_prefer_floor
 
 
 def _resize_axis(
@@ -314,7 +322,10 @@ def _resize_targets(
     if scales_t is None or scales_t.numel() == 0:
         raise ConversionError(f"{node.where()}: Resize needs scales or sizes")
     scales = [float(s) for s in scales_t.float().reshape(-1).tolist()]
-    outs = [math.floor(i * s) for i, s in zip(in_sizes, scales, strict=True)]
+    # float32 product, as onnxruntime computes it (5 * float32(9 / 5) is 9, not 8.99...)
+    outs = [
+        math.floor(np.float32(i) * np.float32(s)) for i, s in zip(in_sizes, scales, strict=True)
+    ]
     return axes, outs, scales
 
 

@@ -8,7 +8,7 @@ First until its predicted latency is within budget; then it builds the offspring
 side by side with its parent (one interleaved run, so both see the same machine state) and,
 while it is over budget, takes steps until the predicted saving covers half the measured excess
 (a noisy measurement must not strip it) and measures again. The budget is never exceeded:
-when nothing is left to remove, :class:`~evonnx.errors.PlanError` is raised.
+when nothing is left to remove, :class:`~evonnx.errors.LatencyBudgetError` is raised.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from evonnx.errors import PlanError
+from evonnx.errors import LatencyBudgetError, PlanError
 from evonnx.groups import Analysis, ChannelGroup
 from evonnx.latency.model import LatencyModel, group_census
 from evonnx.plan import PrunePlan, allowed_channels, channel_strength
@@ -92,7 +92,7 @@ def fit_measured(
         max_rounds: Most measurements.
 
     Raises:
-        PlanError: Nothing is left to remove and the offspring is still over budget.
+        LatencyBudgetError: Nothing is left to remove and the offspring is still over budget.
     """
     prunable = {g.id: g for g in analysis.prunable_groups}
     kept = {gid: plan.kept(g) for gid, g in prunable.items()}
@@ -132,12 +132,12 @@ def fit_measured(
         try:
             trimmed += _trim(analysis, prunable, kept, strength, lm, need, round_to, min_channels)
         except PlanError as exc:
-            raise PlanError(
+            raise LatencyBudgetError(
                 f"the offspring measures {child_ms:.4g} ms against a budget of {budget:.4g} ms "
                 f"(parent {parent_ms:.4g} ms) and nothing is left to remove; a smaller speed-up, "
                 "a larger keep or a larger batch (less per-run overhead) may fit"
             ) from exc
-    raise PlanError(
+    raise LatencyBudgetError(
         f"the offspring stays over its latency budget after {max_rounds} measurements "
         f"({child_ms:.4g} ms > {budget:.4g} ms)"
     )

@@ -1,0 +1,125 @@
+"""Data-parallel retraining of one offspring over several ranks (torch DDP).
+
+With ``gpus_per_offspring = N > 1`` a job starts N processes (one per GPU, or on CPU one per
+rank with the gloo backend). Every rank walks the same shuffled batches and trains on its
+slice of each (``batch[rank::N]``); DDP averages the gradients, so the ranks stay equal.
+Rank 0 scores the trained offspring; every rank's weights are compared before the result is
+returned.
+"""
+
+from __future__ import annotations
+
+import pickle
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from evonnx.errors import EvonnxError, ExecutorError
+
+if TYPE_CHECKING:
+    import torch
+
+    from evonnx.jobs import JobResult, OffspringJob
+    from evonnx.retrain import LossFn
+    from evonnx.task import Split
+
+Rank = tuple[int, int]
+"""(rank, world size)."""
+
+
+def shard(value: Any, rank: Rank) -> Any:
+    """This rank's slice of a batch: tensors and lists are sliced; tuples element-wise."""
+    index, world = rank
+    if isinstance(value, tuple):
+        return tuple(shard(v, rank) for v in value)
+    if hasattr(value, "shape") or isinstance(value, list):
+        return value[index::world]
+    return value
+
+
+def data_parallel(
+    trainee: torch.nn.Module, loss: LossFn, rank: Rank
+) -> tuple[torch.nn.Module, LossFn]:
+    """``trainee`` wrapped in DDP on this rank's slice of each batch, and the matching loss."""
+    import torch
+    from torch.nn.parallel import DistributedDataParallel
+
+    class Sliced(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *inputs: Any) -> Any:
+            return self.inner(*shard(inputs, rank))
+
+    device = [rank[0]] if torch.cuda.is_available() else None
+    wrapped = DistributedDataParallel(Sliced(trainee), device_ids=device)
+
+    def sliced_loss(outputs: Any, targets: Any) -> torch.Tensor:
+        return loss(outputs, shard(targets, rank))
+
+    return wrapped, sliced_loss
+
+
+def train_parallel(job: OffspringJob, payload: bytes, ranks: int) -> JobResult:
+    """Run ``job`` on ``ranks`` DDP processes; rank 0's result.
+
+    Raises:
+        EvonnxError: A rank failed (its error), or the ranks ended with different weights.
+    """
+    results = rank_results(job, payload, ranks)
+    if any(r.model != results[0].model for r in results[1:]):
+        raise ExecutorError("data-parallel ranks ended with different weights")
+    return results[0]
+
+
+def rank_results(job: OffspringJob, payload: bytes, ranks: int) -> list[JobResult]:
+    """Every rank's result of ``job`` trained on ``ranks`` DDP processes.
+
+    Raises:
+        EvonnxError: A rank failed: its error.
+    """
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory(prefix="evonnx-ddp-") as tmp:
+        folder = Path(tmp)
+        try:
+            mp.spawn(_rank_main, args=(ranks, job, payload, str(folder)), nprocs=ranks)
+        except Exception as exc:  # torch wraps a rank's exception; ours is saved on disk
+            for k in range(ranks):
+                error = folder / f"error{k}.pkl"
+                if error.exists():
+                    raise pickle.loads(error.read_bytes()) from None
+            raise ExecutorError(f"data-parallel retraining failed: {exc}") from exc
+        return [pickle.loads((folder / f"rank{k}.pkl").read_bytes()) for k in range(ranks)]
+
+
+def _rank_main(index: int, world: int, job: OffspringJob, payload: bytes, folder: str) -> None:
+    """One rank: join the process group, train, save the result (or the error)."""
+    import torch
+    import torch.distributed as dist
+
+    from evonnx.jobs import run_job, unpack_split
+
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if torch.cuda.is_available():
+        torch.cuda.set_device(index)
+    dist.init_process_group(
+        backend, init_method=f"file://{folder}/rendezvous", rank=index, world_size=world
+    )
+    out = Path(folder)
+    try:
+        result = run_job(job, unpack_split(payload), rank=(index, world))
+        (out / f"rank{index}.pkl").write_bytes(pickle.dumps(result))
+    except EvonnxError as exc:
+        (out / f"error{index}.pkl").write_bytes(pickle.dumps(exc))
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+def run_data_parallel(job: OffspringJob, data: Split, ranks: int) -> JobResult:
+    """:func:`train_parallel` for a task in this process."""
+    from evonnx.jobs import pack_split
+
+    return train_parallel(job, pack_split(data), ranks)

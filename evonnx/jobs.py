@@ -1,0 +1,223 @@
+"""Offspring jobs: retrain and score one synthesized offspring, anywhere.
+
+A job is what an executor (:mod:`evonnx.executors`) ships to a worker: the offspring's ONNX
+bytes, the run settings and its seed (plus the parent's bytes when retraining distills from
+it). :func:`run_job` retrains it, writes the weights back and scores the written graph; the
+driver keeps synthesis, selection and every file write.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import pickle
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from evonnx.errors import EvonnxError, TaskError
+from evonnx.lineage import EvolveConfig
+from evonnx.retrain import LossFn, TrainConfig
+from evonnx.task import Split, guarded
+
+logger = logging.getLogger(__name__)
+
+USER_TASK_PREFIX = "evonnx_user_task_"
+"""Module-name prefix :func:`evonnx.task.load_task` gives user task files."""
+
+
+@dataclass(frozen=True)
+class OffspringJob:
+    """One offspring to retrain and score.
+
+    Attributes:
+        child: The synthesized, pruned offspring (serialized ONNX, untrained).
+        seed: The offspring's seed (initialization and training).
+        config: Run settings.
+        parent: The parent (serialized ONNX) when retraining distills from it, else ``None``.
+    """
+
+    child: bytes
+    seed: int
+    config: EvolveConfig
+    parent: bytes | None = None
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What a job returns to the driver.
+
+    Attributes:
+        model: The trained offspring (serialized ONNX).
+        scores: (test score, validation score or ``None`` when selecting on test).
+        train_seconds: Seconds spent training.
+        job_seconds: Seconds the whole job took inside the worker (load, train, score).
+        seed: The job's seed.
+    """
+
+    model: bytes
+    scores: tuple[float, float | None]
+    train_seconds: float
+    job_seconds: float
+    seed: int
+
+
+def execute(job: OffspringJob, data: Split, progress: bool = False) -> JobResult:
+    """:func:`run_job`, on ``gpus_per_offspring`` data-parallel ranks when that is above 1."""
+    if job.config.gpus_per_offspring > 1:
+        from evonnx.ddp import run_data_parallel
+
+        return run_data_parallel(job, data, job.config.gpus_per_offspring)
+    return run_job(job, data, progress)
+
+
+def run_job(
+    job: OffspringJob,
+    data: Split,
+    progress: bool = False,
+    rank: tuple[int, int] | None = None,
+) -> JobResult:
+    """Retrain ``job``'s offspring on ``data``'s task, write the weights back and score it.
+
+    Args:
+        job: The offspring.
+        data: The run's task and selection split.
+        progress: Show a progress bar.
+        rank: (rank, world size) inside a data-parallel job (:mod:`evonnx.ddp`); ranks
+            other than 0 do not score (their scores are NaN).
+    """
+    import torch
+
+    from evonnx.converters import to_torch, write_back
+    from evonnx.retrain import train
+    from evonnx.retrain.distill import Distiller, distillation_loss
+
+    start = time.perf_counter()
+    config = job.config
+    child = onnx.load_from_string(job.child)
+    module = to_torch(child, freeze_zeros=True)
+    if config.init == "random":
+        reinitialize(module, job.seed)
+    task = data.task
+    trainee: torch.nn.Module = module
+    loss: LossFn = guarded(task.loss, f"task {task.name!r} loss")
+    if config.distill is not None:
+        if job.parent is None:
+            raise ValueError("a distilling job needs the parent model")
+        trainee = Distiller(module, to_torch(onnx.load_from_string(job.parent)))
+        loss = guarded(
+            distillation_loss(task.loss, task.distill_loss, config.distill),
+            f"task {task.name!r} distillation loss",
+        )
+    if rank is not None:
+        from evonnx.ddp import data_parallel
+
+        trainee, loss = data_parallel(trainee, loss, rank)
+    result = train(
+        trainee,
+        task.train_batches(),
+        training_config(config, job.seed % (2**31)),
+        loss_fn=loss,
+        after_step=lambda _m: module.apply_masks(),
+        progress=progress,
+    )
+    trained = write_back(child, module)
+    scores = data.score_model(trained) if rank is None or rank[0] == 0 else (math.nan, None)
+    return JobResult(
+        trained.SerializeToString(),
+        scores,
+        result.seconds,
+        time.perf_counter() - start,
+        job.seed,
+    )
+
+
+def training_config(config: EvolveConfig, seed: int) -> TrainConfig:
+    """Training settings of one offspring."""
+    return TrainConfig(
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        optimizer=config.optimizer,
+        weight_decay=config.weight_decay,
+        seed=seed,
+        num_threads=config.threads,
+        max_batches=config.max_batches,
+        deterministic=config.deterministic,
+    )
+
+
+def reinitialize(module: Any, seed: int) -> None:
+    """Fresh Kaiming-uniform weights (zeros kept) and zero biases for conv/FC layers."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed % (2**31))
+    params = module.onnx_parameters()
+    with torch.no_grad():
+        for name in module.weight_names():
+            w = params[name]
+            fan_in = max(1, w[0].numel()) if w.dim() > 2 else max(1, w.shape[-1])
+            bound = math.sqrt(6.0 / fan_in)
+            w.copy_((torch.rand(w.shape, generator=gen) * 2 - 1) * bound)
+    module.apply_masks()
+
+
+# ------------------------------------------------------------------ shipping to workers
+
+
+def pack_split(data: Split) -> bytes:
+    """``data`` pickled for a worker process, with the file of a ``--task`` module.
+
+    A task loaded from a file (:func:`evonnx.task.load_task`) lives in a module no worker
+    can import by name; the worker imports that file again before unpickling the task.
+
+    Raises:
+        TaskError: The task cannot be pickled (a lambda, an open file...).
+    """
+    module = sys.modules.get(type(data.task).__module__)
+    source: tuple[str, str] | None = None
+    if module is not None and module.__name__.startswith(USER_TASK_PREFIX):
+        source = (module.__name__, str(getattr(module, "__file__", "")))
+    try:
+        inner = pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # any object the user's task holds
+        raise TaskError(
+            f"task {data.task.name!r} cannot be sent to worker processes "
+            f"({type(exc).__name__}: {exc}); use --executor local and --gpus-per-offspring 1"
+        ) from exc
+    return pickle.dumps((source, inner), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def unpack_split(payload: bytes) -> Split:
+    """Inverse of :func:`pack_split`, in a worker process.
+
+    Raises:
+        TaskError: The task cannot be rebuilt in this process.
+    """
+    source, inner = pickle.loads(payload)
+    try:
+        if source is not None and source[0] not in sys.modules:
+            _import_file(*source)
+        split = pickle.loads(inner)
+    except EvonnxError:
+        raise
+    except Exception as exc:  # unpickling user objects may raise anything
+        raise TaskError(f"a worker cannot load the task: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(split, Split):
+        raise TaskError(f"a worker received a {type(split).__name__}, not a task")
+    return split
+
+
+def _import_file(name: str, path: str) -> None:
+    """Import the ``--task`` file ``path`` as module ``name`` (as the driver did)."""
+    spec = importlib.util.spec_from_file_location(name, Path(path))
+    if spec is None or spec.loader is None:
+        raise TaskError(f"a worker cannot import the task file {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)

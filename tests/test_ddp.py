@@ -1,0 +1,84 @@
+"""Data-parallel retraining of one offspring: 2 CPU ranks (gloo) end with equal weights."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import numpy_helper
+from test_evolve import tiny_data, tiny_model  # noqa: F401  (fixtures)
+
+from evonnx.analysis import analyze
+from evonnx.cli.main import cli
+from evonnx.data import Dataset
+from evonnx.ddp import rank_results, shard
+from evonnx.errors import ConfigError
+from evonnx.evolution import _offspring
+from evonnx.graph import save_model
+from evonnx.jobs import pack_split, run_job
+from evonnx.lineage import EvolveConfig
+from evonnx.task import split_data
+
+# 5 full batches of 32: every rank's slice has 16 samples, so the averaged gradient of the
+# two ranks is the gradient of the whole batch and DDP must match one process closely.
+CONFIG = EvolveConfig(epochs=1, lr=0.05, batch_size=32, max_batches=5, seed=5, threads=1)
+
+
+def _weights(model: bytes) -> dict[str, np.ndarray]:
+    graph = onnx.load_from_string(model).graph
+    return {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+
+
+def test_two_ranks_train_equal_weights(
+    tiny_model: onnx.ModelProto,  # noqa: F811
+    tiny_data: Dataset,  # noqa: F811
+) -> None:
+    config = replace(CONFIG, gpus_per_offspring=2)
+    split = split_data(tiny_data, config)
+    job = _offspring(tiny_model, analyze(tiny_model), config, 11)
+    ranks = rank_results(job, pack_split(split), 2)
+    assert ranks[0].model == ranks[1].model  # gradients were averaged: equal weights
+    onnx.checker.check_model(onnx.load_from_string(ranks[0].model), full_check=True)
+    assert math.isnan(ranks[1].scores[0]) and 0.0 <= ranks[0].scores[0] <= 1.0
+    single = run_job(replace(job, config=CONFIG), split)
+    trained, alone, before = _weights(ranks[0].model), _weights(single.model), _weights(job.child)
+    assert any(not np.array_equal(trained[k], before[k]) for k in before)  # it trained
+    for name, value in alone.items():  # and like one process on the whole batches
+        np.testing.assert_allclose(trained[name], value, rtol=1e-3, atol=1e-4)
+
+
+def test_batches_are_sliced_per_rank() -> None:
+    x = np.arange(10)
+    assert shard((x, [1, 2, 3]), (1, 2))[0].tolist() == [1, 3, 5, 7, 9]
+    assert shard((x, [1, 2, 3]), (1, 2))[1] == [2]
+    with pytest.raises(ConfigError):
+        EvolveConfig(gpus_per_offspring=0)
+
+
+def test_cli_evolves_data_parallel(
+    tiny_model: onnx.ModelProto,  # noqa: F811
+    tiny_data: Dataset,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    d = tiny_data
+    np.savez(tmp_path / "tiny.npz", x_train=d.x_train, y_train=d.y_train, x_test=d.x_test,
+             y_test=d.y_test)  # fmt: skip
+    save_model(tiny_model, tmp_path / "tiny.onnx")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        cli,
+        ["evolve", str(tmp_path / "tiny.onnx"), "--data", str(tmp_path / "tiny.npz"),
+         "--out", str(out), "--generations", "2", "--epochs", "1", "--threads", "1",
+         "--gpus-per-offspring", "2"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lineage = json.loads((out / "lineage.json").read_text())
+    assert lineage["config"]["gpus_per_offspring"] == 2
+    assert [g["generation"] for g in lineage["generations"]] == [1, 2]
+    onnx.checker.check_model(onnx.load(out / "gen_002.onnx"), full_check=True)

@@ -1,0 +1,221 @@
+"""Executors: a process pool and Ray give the local executor's lineage; failing jobs surface."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from test_evolve import TinyNet, _export, tiny_data, tiny_model  # noqa: F401  (fixtures)
+
+import evonnx
+from evonnx.cli.main import cli
+from evonnx.data import Dataset
+from evonnx.errors import ConfigError, EvonnxError, TaskError
+from evonnx.graph import save_model
+from evonnx.jobs import pack_split, unpack_split
+from evonnx.lineage import EvolveConfig
+from evonnx.task import ClassificationTask, Split, load_task
+
+CONFIG = EvolveConfig(
+    generations=2, population=2, epochs=1, lr=0.05, batch_size=32, seed=3, threads=1
+)
+
+FAILING_TASK = '''
+from pathlib import Path
+
+from evonnx import ClassificationTask
+from evonnx.data import Dataset
+import numpy as np
+
+LOG = Path({log!r})
+
+
+class Broken(ClassificationTask):
+    """Labels the model cannot fit: the loss fails in every worker that runs it."""
+
+    def loss(self, outputs, targets):
+        with LOG.open("a") as f:
+            f.write("called\\n")
+        raise ValueError("target 7 is out of bounds")
+
+
+def make():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 1, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 3, 64)
+    return Broken(Dataset(x, y, x[:16], y[:16], name="broken"), 0.25)
+'''
+
+
+KILLING_TASK = '''
+import os
+from pathlib import Path
+
+import numpy as np
+
+from evonnx import ClassificationTask
+from evonnx.data import Dataset
+
+MARKER = Path({marker!r})
+
+
+class Killed(ClassificationTask):
+    """The first worker to train dies mid-job, as if the machine took it away."""
+
+    def loss(self, outputs, targets):
+        if not MARKER.exists():
+            MARKER.write_text("killed")
+            os._exit(9)
+        return super().loss(outputs, targets)
+
+
+def make():
+    with np.load({data!r}) as z:
+        data = Dataset(*(z[k] for k in ("x_train", "y_train", "x_test", "y_test")), name="tiny")
+    return Killed(data, 0.1, 3)
+'''
+
+
+def _key(lineage: evonnx.Lineage) -> list[tuple[object, ...]]:
+    return [
+        (r.generation, r.seed, r.accuracy, r.val_accuracy, r.nonzero_synapses, r.candidates)
+        for r in lineage.records
+    ]
+
+
+@pytest.fixture(scope="module")
+def local_run(
+    tiny_model: onnx.ModelProto,  # noqa: F811
+    tiny_data: Dataset,  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[evonnx.Lineage, Path]:
+    out = tmp_path_factory.mktemp("local") / "run"
+    return evonnx.evolve(tiny_model, tiny_data, out, CONFIG, progress=False), out
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[None]:
+    ray = pytest.importorskip("ray", reason="Ray is in the dev extra: pip install -e '.[dev]'")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _same_run(local: tuple[evonnx.Lineage, Path], other: evonnx.Lineage, out: Path) -> None:
+    lineage, folder = local
+    assert len(other.records) == CONFIG.generations
+    assert len(other.records[-1].candidates) == CONFIG.population
+    assert _key(other) == _key(lineage)
+    for r in lineage.records:
+        assert (out / r.file).read_bytes() == (folder / r.file).read_bytes()
+
+
+def test_process_pool_gives_the_local_lineage(
+    tiny_model: onnx.ModelProto,  # noqa: F811
+    tiny_data: Dataset,  # noqa: F811
+    local_run: tuple[evonnx.Lineage, Path],
+    tmp_path: Path,
+) -> None:
+    config = replace(CONFIG, executor="process")
+    lineage = evonnx.evolve(tiny_model, tiny_data, tmp_path, config, progress=False)
+    _same_run(local_run, lineage, tmp_path)
+
+
+def test_ray_gives_the_local_lineage(
+    tiny_model: onnx.ModelProto,  # noqa: F811
+    tiny_data: Dataset,  # noqa: F811
+    local_run: tuple[evonnx.Lineage, Path],
+    ray_cluster: None,
+    tmp_path: Path,
+) -> None:
+    config = replace(CONFIG, executor="ray")
+    lineage = evonnx.evolve(tiny_model, tiny_data, tmp_path, config, progress=False)
+    _same_run(local_run, lineage, tmp_path)
+
+
+def _failing(tmp_path: Path, executor: str) -> tuple[EvonnxError, list[str]]:
+    log = tmp_path / "calls.log"
+    source = tmp_path / "broken_task.py"
+    source.write_text(FAILING_TASK.format(log=str(log)))
+    task = load_task(f"{source}:make")
+    model = tmp_path / "tiny.onnx"
+    save_model(_export(TinyNet(), (1, 8, 8)), model)
+    config = EvolveConfig(
+        generations=2, epochs=1, batch_size=32, threads=1, max_batches=1, executor=executor
+    )
+    with pytest.raises(EvonnxError) as info:
+        evonnx.evolve(model, task, tmp_path / "run", config, progress=False)
+    return info.value, log.read_text().splitlines()
+
+
+@pytest.mark.parametrize("executor", ["local", "process"])
+def test_a_failing_job_is_a_clear_error(tmp_path: Path, executor: str) -> None:
+    error, calls = _failing(tmp_path, executor)
+    assert isinstance(error, TaskError)
+    assert "ValueError: target 7 is out of bounds" in str(error)
+    assert calls == ["called"]  # the task file was imported in the worker, run once
+    assert (tmp_path / "run" / "gen_001.onnx").is_file()  # the driver wrote generation 1
+    assert not (tmp_path / "run" / "gen_002.onnx").exists()
+
+
+def test_a_failing_ray_job_is_not_retried(tmp_path: Path, ray_cluster: None) -> None:
+    error, calls = _failing(tmp_path, "ray")
+    assert isinstance(error, TaskError)
+    assert "ValueError: target 7 is out of bounds" in str(error)
+    assert calls == ["called"]
+
+
+@pytest.mark.parametrize("executor", ["process", "ray"])
+def test_a_killed_worker_is_retried(
+    tiny_data: Dataset,  # noqa: F811
+    tiny_model: onnx.ModelProto,  # noqa: F811
+    local_run: tuple[evonnx.Lineage, Path],
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    executor: str,
+) -> None:
+    if executor == "ray":
+        request.getfixturevalue("ray_cluster")
+    arrays = tmp_path / "tiny.npz"
+    d = tiny_data
+    np.savez(arrays, x_train=d.x_train, y_train=d.y_train, x_test=d.x_test, y_test=d.y_test)
+    source = tmp_path / "killed_task.py"
+    marker = tmp_path / "killed"
+    source.write_text(KILLING_TASK.format(marker=str(marker), data=str(arrays)))
+    config = replace(CONFIG, executor=executor)  # type: ignore[arg-type]
+    out = tmp_path / "run"
+    lineage = evonnx.evolve(tiny_model, load_task(f"{source}:make"), out, config, progress=False)
+    assert marker.read_text() == "killed"  # a worker did die
+    _same_run(local_run, lineage, out)
+
+
+def test_an_unpicklable_task_is_refused_before_any_job(tiny_data: Dataset) -> None:  # noqa: F811
+    task = ClassificationTask(tiny_data)
+    task.hook = lambda: None  # type: ignore[attr-defined]
+    with pytest.raises(TaskError, match="cannot be sent to worker processes"):
+        pack_split(Split(task, "val"))
+    assert unpack_split(pack_split(Split(ClassificationTask(tiny_data), "val"))).task.name == "tiny"
+
+
+def test_executor_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match="ray_address needs --executor ray"):
+        EvolveConfig(ray_address="auto")
+    with pytest.raises(ConfigError, match="executor must be"):
+        EvolveConfig(executor="dask")  # type: ignore[arg-type]
+
+
+def test_cli_executor_option(tmp_path: Path) -> None:
+    model = tmp_path / "tiny.onnx"
+    save_model(_export(TinyNet(), (1, 8, 8)), model)
+    result = CliRunner().invoke(
+        cli,
+        ["evolve", str(model), "--data", "digits", "--out", str(tmp_path / "run"),
+         "--ray-address", "auto"],
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "ray_address needs --executor ray" in result.output
