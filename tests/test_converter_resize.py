@@ -17,15 +17,8 @@ from helpers import run
 from onnx import numpy_helper
 
 from evonnx.converters import to_torch
+from evonnx.converters.ops import RESIZE_COORDINATE_MODES
 
-COORDS = (
-    "half_pixel",
-    "pytorch_half_pixel",
-    "align_corners",
-    "asymmetric",
-    "tf_half_pixel_for_nn",
-    "half_pixel_symmetric",
-)
 ROUNDING = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
 SIZES = list(itertools.product((3, 5, 7, 10, 13), (2, 4, 6, 9, 11, 14, 20, 26)))
 
@@ -77,7 +70,7 @@ def _resize_model(coord: str, rounding: str, hin: int, hout: int, by: str) -> on
     return model
 
 
-@pytest.mark.parametrize("coord", COORDS)
+@pytest.mark.parametrize("coord", RESIZE_COORDINATE_MODES)
 @pytest.mark.parametrize("by", ["scales", "sizes"])
 def test_nearest_resize_picks_onnxruntime_pixels(coord: str, by: str) -> None:
     checked = 0

@@ -201,8 +201,9 @@ def export(
     proto = apply_input_shapes(
         load_model(model, normalize=normalize), input_shapes, keep_batch=True
     )
+    external = keeps_external_data(model)  # read now: the copy is gone before export peaks
     result = export_model(proto, target=target, fp16=fp16, batch=batch, opset=opset)
-    save_model(result.model, output, external_data=keeps_external_data(model))
+    save_model(result.model, output, external_data=external)
     if as_json:
         emit_json({"output": str(output), **result.to_dict(str(output))})
     else:

@@ -280,6 +280,7 @@ def prune(
         refuse_unused(["min_channels"], "not with --method branches")
     check_output_file(output)
     ancestor = api.load(model, normalize=normalize)
+    external = keeps_external_data(model)  # read now: the copy is gone before pruning peaks
     if method in ("magnitude", "branches"):
         result = api.prune(
             ancestor,
@@ -308,7 +309,7 @@ def prune(
     if latency is not None and result.latency is None:
         result = replace(result, latency=api.measure(ancestor, result.model, latency, input_shapes))
     _check_pruned(result, method, keep, sparse=method == "genetic" and zero_synapses)
-    api.save(result.model, output, external_data=keeps_external_data(model))
+    api.save(result.model, output, external_data=external)
     _report_prune(result, output, method, keep, as_json)
 
 

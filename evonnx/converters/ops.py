@@ -167,20 +167,23 @@ INFERENCE_ONLY: dict[str, str] = {
 CheckFn = Callable[[Node], str | None]
 
 
+RESIZE_COORDINATE_MODES = (
+    "half_pixel",
+    "pytorch_half_pixel",
+    "align_corners",
+    "asymmetric",
+    "tf_half_pixel_for_nn",
+    "half_pixel_symmetric",
+)
+"""Resize ``coordinate_transformation_mode`` values the converter runs."""
+
+
 def _check_resize(node: Node) -> str | None:
     mode = node.s("mode", "nearest")
     if mode not in ("nearest", "linear"):
         return f"mode {mode!r} (only nearest and linear)"
     coord = node.s("coordinate_transformation_mode", "half_pixel")
-    known = (
-        "half_pixel",
-        "pytorch_half_pixel",
-        "align_corners",
-        "asymmetric",
-        "tf_half_pixel_for_nn",
-        "half_pixel_symmetric",
-    )
-    if coord not in known:
+    if coord not in RESIZE_COORDINATE_MODES:
         return f"coordinate_transformation_mode {coord!r}"
     nearest = node.s("nearest_mode", "round_prefer_floor")
     if nearest not in ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil"):
