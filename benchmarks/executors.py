@@ -7,6 +7,10 @@ spent inside its worker (load, train, write back, score) and the overhead around
 (serialization, scheduling, transfer): ``(warm wall x slots - sum of job seconds) / jobs``,
 where ``slots`` is how many jobs run at once. The three results must be equal.
 
+Then one offspring retrained data-parallel on 2 CPU ranks (gloo), ``--ddp-repeats`` times
+each (minimum kept): plain torch DDP (2 spawned processes, the local executors) against a
+Ray Train ``TorchTrainer`` of 2 workers (the Ray executor); the trained models must be equal.
+
 Run: ``python benchmarks/executors.py``; results go to docs/benchmarks.md (``executors``).
 """
 
@@ -30,9 +34,9 @@ from evonnx.demo import train_demo_ancestor
 from evonnx.evolution import _offspring, generation_seed
 from evonnx.executors import make_executor
 from evonnx.graph import load_model
-from evonnx.jobs import pack_split
+from evonnx.jobs import OffspringJob, pack_split
 from evonnx.lineage import EvolveConfig
-from evonnx.task import split_data
+from evonnx.task import Split, split_data
 
 
 def main() -> None:
@@ -44,6 +48,7 @@ def main() -> None:
                         help="assumed GPU seconds to retrain one ResNet-56 offspring (projection)")
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--paper-population", type=int, default=8)
+    parser.add_argument("--ddp-repeats", type=int, default=3)
     args = parser.parse_args()
     data = load_builtin("mnist-demo")
     config = EvolveConfig(
@@ -89,6 +94,7 @@ def main() -> None:
         )
         print(rows[-1], flush=True)
     same = len({repr(v) for v in results.values()}) == 1
+    ddp = _ddp_line(config, split, jobs[0], args.ddp_repeats)
     projection = _projection(args, overheads["Ray (local cluster)"], payload)
     body = f"""## Executors: local, process pool, Ray (`benchmarks/executors.py`)
 
@@ -105,6 +111,15 @@ all three: **{same}**.
 | --- | --- | --- | --- | --- | --- |
 {chr(10).join(rows)}
 
+On Ray, an offspring job is a Ray task (`--threads` CPUs, one GPU on a cluster with GPUs);
+with `--gpus-per-offspring N > 1` it is a Ray Train `TorchTrainer` of N workers (gloo on CPU,
+one GPU each with GPUs) running the same per-rank function as the plain DDP of the local
+executors. Latency measurements (`--measure`, `--env latency`) are Ray jobs of their own with
+a whole device (one GPU for a GPU runtime, else the runtime's threads, all CPUs of a node for
+0), submitted only while no training job of the run is in flight.
+
+{ddp}
+
 {projection}
 """
     print(body)
@@ -112,6 +127,38 @@ all three: **{same}**.
         raise SystemExit("executors disagree")
     if not args.no_write:
         update_section("executors", body)
+
+
+def _ddp_line(config: EvolveConfig, split: Split, job: OffspringJob, repeats: int) -> str:
+    """Plain torch DDP against Ray Train, one offspring on 2 CPU ranks (min of ``repeats``)."""
+    config = replace(config, population=1, gpus_per_offspring=2)
+    job = replace(job, config=config)
+    walls: dict[str, float] = {}
+    inside: dict[str, float] = {}
+    models = set()
+    for key in ("local", "ray"):
+        with make_executor(replace(config, executor=key), progress=False) as executor:  # type: ignore[arg-type]
+            for _ in range(repeats):
+                start = time.perf_counter()
+                (result,) = executor.run([job], split)
+                wall = time.perf_counter() - start
+                if wall < walls.get(key, float("inf")):
+                    walls[key], inside[key] = wall, result.job_seconds
+                models.add(result.model)
+        print(f"DDP on {key}: {walls[key]:.1f} s (rank 0 inside {inside[key]:.1f} s)", flush=True)
+    if len(models) != 1:
+        raise SystemExit("plain DDP and Ray Train disagree")
+    over = {k: walls[k] - inside[k] for k in walls}
+    local, ray = walls["local"], walls["ray"]
+    load = os.getloadavg()[0]
+    return f"""**Data-parallel retraining of one offspring, 2 CPU ranks (gloo)**, min of
+{repeats} runs each (1-minute load average {load:.1f} at the end), same job:
+plain torch DDP (2 spawned processes, local executors)
+**{local:.1f} s** per job ({over["local"]:.1f} s around rank 0's {inside["local"]:.1f} s of
+load, train and score: process spawn, torch import, rendezvous); Ray Train `TorchTrainer`
+(Ray executor, warm cluster) **{ray:.1f} s** ({over["ray"]:.1f} s around {inside["ray"]:.1f} s:
+trainer controller, worker group start, process group setup), {ray / local:.2f}x the plain
+DDP time. Trained models identical: **True**."""
 
 
 def _projection(args: argparse.Namespace, overhead: float, payload: int) -> str:

@@ -1,14 +1,19 @@
 """Data-parallel retraining of one offspring over several ranks (torch DDP).
 
-With ``gpus_per_offspring = N > 1`` a job starts N processes (one per GPU, or on CPU one per
+With ``gpus_per_offspring = N > 1`` a job runs on N ranks (one per GPU, or on CPU one per
 rank with the gloo backend). Every rank walks the same shuffled batches and trains on its
 slice of each (``batch[rank::N]``); DDP averages the gradients, so the ranks stay equal.
-Rank 0 scores the trained offspring; every rank's weights are compared before the result is
-returned.
+Every rank runs :func:`train_rank`: it trains, then compares its weights with every other
+rank's inside the job (a mismatch fails the job); rank 0 scores the trained offspring.
+
+Two launchers start the ranks: :func:`train_parallel` spawns N local processes (the local
+and process executors), :mod:`evonnx.ray_train` runs them as a Ray Train ``TorchTrainer``
+(the Ray executor).
 """
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import tempfile
 from pathlib import Path
@@ -52,7 +57,7 @@ def data_parallel(
         def forward(self, *inputs: Any) -> Any:
             return self.inner(*shard(inputs, rank))
 
-    device = [rank[0]] if torch.cuda.is_available() else None
+    device = [torch.cuda.current_device()] if torch.cuda.is_available() else None
     wrapped = DistributedDataParallel(Sliced(trainee), device_ids=device)
 
     def sliced_loss(outputs: Any, targets: Any) -> torch.Tensor:
@@ -61,16 +66,46 @@ def data_parallel(
     return wrapped, sliced_loss
 
 
+def train_rank(job: OffspringJob, payload: bytes, rank: Rank) -> JobResult:
+    """One rank of a data-parallel job, in a joined process group: train, then check that
+    every rank ended with the same weights (rank 0's result holds the scores).
+
+    Raises:
+        ExecutorError: The ranks' weights differ (raised on every rank).
+        EvonnxError: Training failed (a data or model error).
+    """
+    from evonnx.jobs import run_job, unpack_split
+
+    result = run_job(job, unpack_split(payload), rank=rank)
+    check_same_weights(result.model, rank)
+    return result
+
+
+def check_same_weights(model: bytes, rank: Rank) -> None:
+    """Compare this rank's trained model with every other rank's (a collective call).
+
+    Raises:
+        ExecutorError: Some rank's model differs from rank 0's (raised on every rank).
+    """
+    import torch.distributed as dist
+
+    digests: list[object] = [None] * rank[1]
+    dist.all_gather_object(digests, hashlib.sha256(model).hexdigest())
+    differ = [k for k, d in enumerate(digests) if d != digests[0]]
+    if differ:
+        raise ExecutorError(
+            f"data-parallel ranks ended with different weights (rank(s) {differ} differ "
+            "from rank 0)"
+        )
+
+
 def train_parallel(job: OffspringJob, payload: bytes, ranks: int) -> JobResult:
-    """Run ``job`` on ``ranks`` DDP processes; rank 0's result.
+    """Run ``job`` on ``ranks`` local DDP processes; rank 0's result.
 
     Raises:
         EvonnxError: A rank failed (its error), or the ranks ended with different weights.
     """
-    results = rank_results(job, payload, ranks)
-    if any(r.model != results[0].model for r in results[1:]):
-        raise ExecutorError("data-parallel ranks ended with different weights")
-    return results[0]
+    return rank_results(job, payload, ranks)[0]
 
 
 def rank_results(job: OffspringJob, payload: bytes, ranks: int) -> list[JobResult]:
@@ -99,8 +134,6 @@ def _rank_main(index: int, world: int, job: OffspringJob, payload: bytes, folder
     import torch
     import torch.distributed as dist
 
-    from evonnx.jobs import run_job, unpack_split
-
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(index)
@@ -109,7 +142,7 @@ def _rank_main(index: int, world: int, job: OffspringJob, payload: bytes, folder
     )
     out = Path(folder)
     try:
-        result = run_job(job, unpack_split(payload), rank=(index, world))
+        result = train_rank(job, payload, (index, world))
         (out / f"rank{index}.pkl").write_bytes(pickle.dumps(result))
     except EvonnxError as exc:
         (out / f"error{index}.pkl").write_bytes(pickle.dumps(exc))

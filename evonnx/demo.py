@@ -70,6 +70,43 @@ class LeNet5(nn.Module):
         return self.fc3(x)
 
 
+class LeNet5Caffe(nn.Module):
+    """Caffe's LeNet (``examples/mnist/lenet_train_test.prototxt``), the pruning literature's
+    "LeNet-5" and almost certainly the network of Shafiee et al.'s Table I.
+
+    conv1 20@5×5 → max-pool 2 → conv2 50@5×5 → max-pool 2 → ip1 500 → ReLU → ip2
+    ``num_classes``; no nonlinearity after the convolutions, as in the prototxt. For 28×28
+    inputs that is 20×12×12 → 50×4×4 = 800 features into ip1 and 430,500 weights (the
+    431k-weight LeNet-5 of Han et al. 2015). Inputs too small for unpadded convolutions (the
+    8×8 ``digits`` fallback) pad each by 2.
+    """
+
+    def __init__(self, in_channels: int = 1, image_size: int = 28, num_classes: int = 10) -> None:
+        super().__init__()
+        pad1 = 0 if image_size >= 16 else 2
+        side1 = (image_size + 2 * pad1 - 4) // 2
+        pad2 = 0 if side1 >= 5 else 2
+        side = (side1 + 2 * pad2 - 4) // 2
+        if side1 < 1 or side < 1:
+            raise ConfigError(f"LeNet5Caffe needs images of at least 4×4 pixels, got {image_size}")
+        self.conv1 = nn.Conv2d(in_channels, 20, 5, padding=pad1)
+        self.conv2 = nn.Conv2d(20, 50, 5, padding=pad2)
+        self.ip1 = nn.Linear(50 * side * side, 500)
+        self.ip2 = nn.Linear(500, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits for a batch of ``N×C×H×W`` images."""
+        x = torch.max_pool2d(self.conv1(x), 2)
+        x = torch.max_pool2d(self.conv2(x), 2)
+        x = torch.relu(self.ip1(torch.flatten(x, 1)))
+        return self.ip2(x)
+
+
+ARCHS: dict[str, type[nn.Module]] = {"lenet5": LeNet5, "lenet5-caffe": LeNet5Caffe}
+"""Built-in demo architectures by name: ``lenet5`` (the classic 61.5k-weight LeNet-5, the
+default) and ``lenet5-caffe`` (Caffe's 430.5k-weight LeNet, the paper's ancestor)."""
+
+
 @dataclass(frozen=True)
 class DemoResult:
     """Outcome of :func:`train_demo_ancestor`.
@@ -98,6 +135,7 @@ def train_demo_ancestor(
     progress: bool = True,
     max_batches: int | None = None,
     dataset: Dataset | None = None,
+    arch: str = "lenet5",
 ) -> DemoResult:
     """Train LeNet-5 on the built-in demo data and write it as an ONNX ancestor.
 
@@ -108,16 +146,22 @@ def train_demo_ancestor(
         progress: Show a progress bar on a terminal.
         max_batches: Cap on batches per epoch, for quick smoke runs.
         dataset: Use this data set instead of loading the built-in ``mnist-demo``.
+        arch: ``lenet5`` (:class:`LeNet5`, default) or ``lenet5-caffe`` (:class:`LeNet5Caffe`).
 
     Returns:
         The file path and its onnxruntime-measured test accuracy.
+
+    Raises:
+        ConfigError: ``arch`` is not a built-in architecture.
     """
+    if arch not in ARCHS:
+        raise ConfigError(f"unknown demo architecture {arch!r}; choose one of {sorted(ARCHS)}")
     start = time.perf_counter()
     data = dataset if dataset is not None else load_builtin("mnist-demo")
     channels, height, width = _image_shape(data)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = LeNet5(channels, height, data.num_classes)
+        model = ARCHS[arch](channels, height, data.num_classes)
     config = replace(DEMO_CONFIG, epochs=epochs, seed=seed, max_batches=max_batches)
     result = train(model, data, config, progress=progress)
     torch_acc = evaluate_torch(model, data.x_test, data.y_test)
@@ -125,8 +169,9 @@ def train_demo_ancestor(
     onnx_acc = evaluate_onnx(path, data.x_test, data.y_test)
     seconds = time.perf_counter() - start
     logger.info(
-        "demo ancestor %s: %s test accuracy %.4f (onnxruntime), trained in %.1fs",
+        "demo ancestor %s (%s): %s test accuracy %.4f (onnxruntime), trained in %.1fs",
         path,
+        arch,
         data.name,
         onnx_acc,
         result.seconds,

@@ -61,3 +61,7 @@ class RuntimeUnavailableError(DeployError):
 
 class ExecutorError(EvonnxError):
     """Offspring jobs could not run: a worker died for good or a cluster is unreachable."""
+
+
+class RankDiedError(ExecutorError):
+    """A data-parallel rank's worker died (not a data or model error): the job may be rerun."""

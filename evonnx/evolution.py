@@ -106,16 +106,17 @@ def evolve(
         parent = load_model(out / lineage.records[-1].file)
         first_model = load_model(out / lineage.records[0].file)
         gen1 = compute_metrics(first_model)
-        hw = _run_latency(config, first_model)
-        if hw is not None and lineage.records[0].latency_ms is None:
-            first = _measured(hw, lineage.records[0], first_model)
-            lineage = replace(lineage, records=(first, *lineage.records[1:]))
-            _write_lineage(out, lineage)
-        if on_generation is not None:
-            for done in lineage.records:
-                on_generation(done)
-        executor: Executor | None = None
+        # the executor first: on Ray, latency is measured by jobs of its own
+        executor = make_executor(config, progress) if _should_continue(lineage) else None
         try:
+            hw = _run_latency(config, first_model, executor)
+            if hw is not None and lineage.records[0].latency_ms is None:
+                first = _measured(hw, lineage.records[0], first_model)
+                lineage = replace(lineage, records=(first, *lineage.records[1:]))
+                _write_lineage(out, lineage)
+            if on_generation is not None:
+                for done in lineage.records:
+                    on_generation(done)
             while _should_continue(lineage):
                 gen = lineage.records[-1].generation + 1
                 base = lineage.best  # breed from the latest generation within the budget
@@ -207,7 +208,8 @@ def _start(
     acc, val = data.score(out / "gen_001.onnx")
     metrics = compute_metrics(model)
     first = _record(1, None, None, "gen_001.onnx", (acc, val), metrics, metrics, 0.0, ())
-    lineage = Lineage(sha, data.task.name, config, (first,), data.task.fingerprint())
+    lineage = Lineage(sha, data.task.name, config, (first,), data.task.fingerprint(),
+                      data.task.score_percent)  # fmt: skip
     _write_lineage(out, lineage)
     logger.info("generation 1 (ancestor): accuracy %.4f", acc)
     return lineage
@@ -235,7 +237,8 @@ def _resumed(path: Path, sha: str, data: Task, config: EvolveConfig) -> Lineage:
     if changed:
         raise RunDirectoryError(f"cannot resume with different settings: {', '.join(changed)}")
     logger.info("resuming after generation %d", old.records[-1].generation)
-    return replace(old, config=config)
+    # the task says how its score reads (a lineage from before the flag says accuracy)
+    return replace(old, config=config, score_percent=data.score_percent)
 
 
 def _check_same_data(old: Lineage, task: Task, folder: Path) -> None:
@@ -320,13 +323,20 @@ def _offspring(
     return OffspringJob(child.SerializeToString(), seed, config, teacher)
 
 
-def _run_latency(config: EvolveConfig, ancestor: onnx.ModelProto) -> RunLatency | None:
-    """Latency measurement of the run (``None`` without a runtime or latency budget)."""
+def _run_latency(
+    config: EvolveConfig, ancestor: onnx.ModelProto, executor: Executor | None = None
+) -> RunLatency | None:
+    """Latency measurement of the run (``None`` without a runtime or latency budget).
+
+    Measurements go through ``executor``'s runtime: in the driver, or on Ray as jobs of
+    their own (:mod:`evonnx.ray_latency`); in either case only between training jobs.
+    """
     settings = config.latency()
     if settings is None:
         return None
+    launch = executor.latency_runtime() if executor is not None else None
     return RunLatency(
-        settings, ancestor, config.env == "latency", config.keep, config.target_speedup
+        settings, ancestor, config.env == "latency", config.keep, config.target_speedup, launch
     )
 
 
@@ -394,14 +404,15 @@ def _write_lineage(out: Path, lineage: Lineage) -> None:
 
 def render_report(lineage: Lineage) -> str:
     """Markdown report with the paper-style tables (Gen, A-E, ACC and Gen, C-E, ACC)."""
+    show = lineage.show_score
     rows_ae = "\n".join(
-        f"| {r.generation} | {r.ae:.2f}x | {100 * r.accuracy:.2f} |" for r in lineage.records
+        f"| {r.generation} | {r.ae:.2f}x | {show(r.accuracy)} |" for r in lineage.records
     )
     rows_ce = "\n".join(
-        f"| {r.generation} | {r.ce:.2f}x | {100 * r.accuracy:.2f} |" for r in lineage.records
+        f"| {r.generation} | {r.ce:.2f}x | {show(r.accuracy)} |" for r in lineage.records
     )
     rows = "\n".join(
-        f"| {r.generation} | {100 * r.accuracy:.2f} | {_pct(r.val_accuracy)} | {r.ae:.2f}x | "
+        f"| {r.generation} | {show(r.accuracy)} | {show(r.val_accuracy)} | {r.ae:.2f}x | "
         f"{r.ce:.2f}x | "
         f"{r.mac_ratio:.2f}x | {r.nonzero_synapses} | {r.live_clusters}/{r.clusters} | "
         f"{r.params} | {r.macs} | {r.train_seconds:.1f} |"
@@ -412,11 +423,11 @@ def render_report(lineage: Lineage) -> str:
 
 Ancestor sha256 `{lineage.ancestor_sha256[:16]}…`, task `{lineage.data}`; ACC. is the task's score
 (top-1 for classification) on the test split, computed with onnxruntime on each written
-`gen_NNN.onnx`. {_selection(lineage)}
+`gen_NNN.onnx`{"" if lineage.score_percent else ", shown as a plain number"}. {_selection(lineage)}
 
-Best generation within the {100 * lineage.config.max_drop:.1f}-point accuracy budget:
+Best generation within the {_budget(lineage)}:
 **{best.generation}** ({best.file}): A-E {best.ae:.2f}x, C-E {best.ce:.2f}x,
-MACs {best.mac_ratio:.2f}x fewer, accuracy {100 * best.accuracy:.2f}%.
+MACs {best.mac_ratio:.2f}x fewer, {_score_word(lineage)} {show(best.accuracy, unit=True)}.
 
 | Gen. | A-E | ACC. |
 | --- | --- | --- |
@@ -444,7 +455,7 @@ def _latency_table(lineage: Lineage) -> str:
     c = lineage.config
     rows = "\n".join(
         f"| {r.generation} | {r.speedup:.2f}x | {r.latency_ms:.4g} | {r.mac_ratio:.2f}x | "
-        f"{100 * r.accuracy:.2f} |"
+        f"{lineage.show_score(r.accuracy)} |"
         for r in measured
     )
     return f"""
@@ -457,8 +468,16 @@ with the ancestor:
 """
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}"
+def _score_word(lineage: Lineage) -> str:
+    return "accuracy" if lineage.score_percent else "score"
+
+
+def _budget(lineage: Lineage) -> str:
+    """``2.0-point accuracy budget`` or, for a plain score, ``budget of 0.02 on the score``."""
+    drop = lineage.config.max_drop
+    if lineage.score_percent:
+        return f"{100 * drop:.1f}-point accuracy budget"
+    return f"budget of {drop:g} on the score"
 
 
 def _selection(lineage: Lineage) -> str:
@@ -489,18 +508,19 @@ def _plot(path: Path, lineage: Lineage) -> None:
         logger.warning("matplotlib is not installed; skipping %s", path.name)
         return
     gens = [r.generation for r in lineage.records]
-    acc = [100 * r.accuracy for r in lineage.records]
+    scale = 100 if lineage.score_percent else 1
+    acc = [scale * r.accuracy for r in lineage.records]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     ax.plot([r.ae for r in lineage.records], acc, "o-", label="A-E")
     ax.plot([r.ce for r in lineage.records], acc, "s--", label="C-E")
-    speed = [(r.speedup, 100 * r.accuracy) for r in lineage.records if r.speedup is not None]
+    speed = [(r.speedup, scale * r.accuracy) for r in lineage.records if r.speedup is not None]
     if speed:
         ax.plot(*zip(*speed, strict=True), "^:", label="measured speed-up")
     for g, x, y in zip(gens, [r.ae for r in lineage.records], acc, strict=True):
         ax.annotate(str(g), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel("efficiency vs generation 1 (x, log scale)")
-    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_ylabel("top-1 accuracy (%)" if lineage.score_percent else "score (test split)")
     ax.set_title("evonnx: efficiency vs accuracy per generation")
     ax.legend()
     fig.tight_layout()

@@ -5,6 +5,11 @@ in a pool of worker processes on this machine, ``ray`` as Ray tasks on a local o
 cluster (``pip install "evonnx[ray]"``). Every executor returns the results in job order and
 each job is seeded on its own, so the lineage does not depend on the executor (on CPU, with
 the same ``threads``). The driver keeps synthesis, selection and every file write.
+
+:meth:`Executor.latency_runtime` is where the run's latency measurements go: the driver
+itself for the local executors, Ray jobs with a device to themselves for ``ray``
+(:mod:`evonnx.ray_latency`). Either way a measurement is only requested between a
+generation's training jobs, never beside one.
 """
 
 from __future__ import annotations
@@ -13,13 +18,23 @@ import abc
 import logging
 import multiprocessing
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
 
-from evonnx.errors import ConfigError, EvonnxError, ExecutorError
+from evonnx.errors import (
+    ConfigError,
+    EvonnxError,
+    ExecutorError,
+    RankDiedError,
+    RuntimeUnavailableError,
+)
 from evonnx.jobs import JobResult, OffspringJob, execute, pack_split, unpack_split
 from evonnx.lineage import EvolveConfig
+from evonnx.runtimes import Runtime, RuntimeSettings
 from evonnx.task import Split
 
 logger = logging.getLogger(__name__)
@@ -29,6 +44,24 @@ EXECUTORS = ("local", "process", "ray")
 
 RETRIES = 3
 """Times a job whose worker died is rerun (a job that raises is never rerun)."""
+
+T = TypeVar("T")
+_WHAT = {"train": "an offspring job", "latency": "a latency measurement job"}
+
+
+@dataclass(frozen=True)
+class JobSpan:
+    """When a job ran, by its worker's clock (``time.time()``, seconds).
+
+    Attributes:
+        kind: ``"train"`` (an offspring job) or ``"latency"`` (a measurement job).
+        start: When the worker started it.
+        end: When the worker finished it.
+    """
+
+    kind: Literal["train", "latency"]
+    start: float
+    end: float
 
 
 class Executor(abc.ABC):
@@ -45,6 +78,11 @@ class Executor(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release the workers."""
+
+    def latency_runtime(self) -> Callable[[RuntimeSettings], Runtime] | None:
+        """What builds the runtime of the run's latency measurements (``None``: the
+        driver's own, :func:`~evonnx.runtimes.make_runtime`)."""
+        return None
 
     def __enter__(self) -> Executor:
         return self
@@ -81,6 +119,20 @@ def _worker_job(job: OffspringJob, payload: bytes) -> JobResult:
 
         return train_parallel(job, payload, job.config.gpus_per_offspring)
     return execute(job, unpack_split(payload))
+
+
+def _ray_train_job(job: OffspringJob, payload: bytes, cpus: int, use_gpu: bool) -> JobResult:
+    """Entry point of a data-parallel job on Ray: a Ray Train ``TorchTrainer``."""
+    from evonnx.ray_train import train_with_ray
+
+    return train_with_ray(job, payload, cpus, use_gpu)
+
+
+def _timed(fn: Callable[..., T], *args: Any) -> tuple[T, float, float]:
+    """``fn(*args)`` in a Ray worker, with the worker's start and end time."""
+    start = time.time()
+    result = fn(*args)
+    return result, start, time.time()
 
 
 def _init_worker(threads: int) -> None:
@@ -162,7 +214,11 @@ class RayExecutor(Executor):
     is shut down by :meth:`close`; one already open (``ray.init`` by the caller) is used.
 
     Each job asks Ray for ``threads`` CPUs (default 1) and, on a cluster with GPUs, one GPU
-    to itself.
+    to itself. With ``gpus_per_offspring = N > 1`` a job is a Ray Train ``TorchTrainer`` of
+    N workers (:mod:`evonnx.ray_train`), each with those resources; the job itself reserves
+    nothing. Latency measurements are jobs of their own (:mod:`evonnx.ray_latency`),
+    submitted only while no training job is in flight. :attr:`timeline` records when each
+    job ran.
 
     Args:
         config: Run settings.
@@ -176,42 +232,106 @@ class RayExecutor(Executor):
             raise ConfigError("--executor ray needs Ray: pip install 'evonnx[ray]'") from exc
         self._ray = ray
         self._owned = False
+        self._in_flight = 0
+        self.timeline: list[JobSpan] = []
         if not ray.is_initialized():
             try:
                 ray.init(address=address, include_dashboard=False, log_to_driver=False)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise ExecutorError(f"cannot start or reach a Ray cluster: {exc}") from exc
             self._owned = True
+        cpus = config.threads or 1
+        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
         ranks = config.gpus_per_offspring
-        gpus = ranks if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-        self._remote = ray.remote(
-            num_cpus=(config.threads or 1) * ranks,
-            num_gpus=gpus,
-            max_retries=RETRIES,
-            retry_exceptions=False,
-        )(_worker_job)
+        self._timed = ray.remote(max_retries=RETRIES, retry_exceptions=False)(_timed)
+        self._entry: Callable[..., JobResult] = _worker_job
+        self._extra: tuple[object, ...] = ()
+        self._train = self._timed.options(num_cpus=cpus, num_gpus=gpus)
+        if ranks > 1:  # the trainer's workers reserve the resources; a dead rank reruns it
+            self._entry, self._extra = _ray_train_job, (cpus, gpus > 0)
+            self._train = self._timed.options(num_cpus=0, retry_exceptions=[RankDiedError])
         logger.info(
-            "offspring jobs run on Ray, %d CPU(s) and %d GPU each", config.threads or 1, gpus
+            "offspring jobs run on Ray: %d rank(s) of %d CPU(s) and %d GPU each", ranks, cpus, gpus
         )
 
     def run(self, jobs: Sequence[OffspringJob], data: Split) -> list[JobResult]:
         """Submit every job as a Ray task and wait for all of them."""
-        ray = self._ray
-        payload = ray.put(pack_split(data))
-        refs = [self._remote.remote(job, payload) for job in jobs]
+        payload = self._ray.put(pack_split(data))
+        refs = [self._train.remote(self._entry, job, payload, *self._extra) for job in jobs]
+        self._in_flight = len(refs)
         try:
-            results: list[JobResult] = ray.get(refs)
+            return self._get(refs, "train")
+        except BaseException:
+            for ref in refs:  # a failed generation leaves no training job running
+                self._ray.cancel(ref)
+            raise
+        finally:
+            self._in_flight = 0
+
+    def measure(self, settings: RuntimeSettings, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` as a measurement job with a device to itself: one GPU for a GPU
+        runtime, else the runtime's threads (all CPUs of the largest node for 0).
+
+        Raises:
+            ExecutorError: A training job of this run is in flight (a measurement must
+                never run beside training), or the job's worker died for good.
+            RuntimeUnavailableError: A GPU runtime on a cluster without GPUs.
+            ConfigError: More runtime threads than the largest node has CPUs.
+            EvonnxError: The measurement failed (its error).
+        """
+        from evonnx.ray_latency import GPU_RUNTIMES
+
+        if self._in_flight:
+            raise ExecutorError(
+                f"a latency measurement was requested while {self._in_flight} training "
+                "job(s) are in flight"
+            )
+        cpus = self._node_cpus()
+        if settings.name in GPU_RUNTIMES:
+            if not self._ray.cluster_resources().get("GPU"):
+                raise RuntimeUnavailableError(
+                    f"runtime {settings.name} measures on a GPU; the Ray cluster has none"
+                )
+            options: dict[str, float] = {"num_gpus": 1}
+        elif settings.threads > cpus:
+            raise ConfigError(
+                f"--runtime-threads {settings.threads} is more than the {cpus:g} CPUs of the "
+                "largest Ray node"
+            )
+        else:
+            options = {"num_cpus": settings.threads or cpus}
+        ref = self._timed.options(**options).remote(fn, *args)
+        result: T = self._get([ref], "latency")[0]
+        return result
+
+    def latency_runtime(self) -> Callable[[RuntimeSettings], Runtime]:
+        """Runtimes whose measurements are Ray jobs (:class:`~evonnx.ray_latency.RayRuntime`)."""
+        from evonnx.ray_latency import RayRuntime
+
+        return lambda settings: RayRuntime(settings, self)
+
+    def _node_cpus(self) -> float:
+        """CPUs of the largest live node of the cluster."""
+        nodes = [n for n in self._ray.nodes() if n.get("Alive")]
+        return max((n["Resources"].get("CPU", 0.0) for n in nodes), default=1.0) or 1.0
+
+    def _get(self, refs: list[Any], kind: Literal["train", "latency"]) -> list[Any]:
+        """The results of timed jobs, recorded in :attr:`timeline`; errors as one line."""
+        ray = self._ray
+        try:
+            timed: list[tuple[Any, float, float]] = ray.get(refs)
         except ray.exceptions.RayTaskError as exc:
             cause = getattr(exc, "cause", None)
             if isinstance(cause, EvonnxError):
                 raise cause from None
-            raise ExecutorError(f"an offspring job failed: {cause or exc}") from exc
+            raise ExecutorError(f"{_WHAT[kind]} failed: {cause or exc}") from exc
         except ray.exceptions.RayError as exc:
             raise ExecutorError(
-                f"an offspring job failed {RETRIES + 1} times on Ray ({type(exc).__name__}); "
+                f"{_WHAT[kind]} failed {RETRIES + 1} times on Ray ({type(exc).__name__}); "
                 "rerun with --resume"
             ) from exc
-        return results
+        self.timeline.extend(JobSpan(kind, start, end) for _, start, end in timed)
+        return [result for result, _, _ in timed]
 
     def close(self) -> None:
         """Shut down the Ray session this executor started."""

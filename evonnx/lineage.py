@@ -241,6 +241,8 @@ class Lineage:
 
     ``data_sha256`` is the content hash of the run's data (:meth:`Task.fingerprint`), or
     ``None`` when the task gives none (then a resumed run only checks the name ``data``).
+    ``score_percent`` is the task's :attr:`~evonnx.Task.score_percent`: reports show scores
+    as percentages (accuracy) or as plain numbers (mAP, IoU, a negative loss...).
     """
 
     ancestor_sha256: str
@@ -248,6 +250,12 @@ class Lineage:
     config: EvolveConfig
     records: tuple[GenerationRecord, ...]
     data_sha256: str | None = None
+    score_percent: bool = True
+
+    def show_score(self, value: float | None, unit: bool = False) -> str:
+        """``value`` as reports show it: ``97.50`` (``97.50%`` with ``unit``) for an accuracy,
+        ``0.8123`` for any other score, ``-`` for none."""
+        return show_score(value, self.score_percent, unit)
 
     @property
     def best(self) -> GenerationRecord:
@@ -263,6 +271,7 @@ class Lineage:
             "ancestor_sha256": self.ancestor_sha256,
             "data": self.data,
             "data_sha256": self.data_sha256,
+            "score_percent": self.score_percent,
             "config": asdict(self.config),
             "generations": [asdict(r) for r in self.records],
         }
@@ -290,8 +299,9 @@ class Lineage:
             )
             config = EvolveConfig(**data["config"])
             lineage = cls(
-                data["ancestor_sha256"], data["data"], config, records, data.get("data_sha256")
-            )
+                data["ancestor_sha256"], data["data"], config, records, data.get("data_sha256"),
+                bool(data.get("score_percent", True)),
+            )  # fmt: skip
         except (TypeError, KeyError, ValueError) as exc:
             raise RunDirectoryError(f"malformed lineage ({type(exc).__name__}: {exc})") from exc
         if [r.generation for r in records] != list(range(1, len(records) + 1)):
@@ -300,3 +310,19 @@ class Lineage:
         if odd:
             raise RunDirectoryError(f"unexpected model file names {odd}")
         return lineage
+
+
+def show_score(value: float | None, percent: bool, unit: bool = False) -> str:
+    """A task's score as reports show it.
+
+    Args:
+        value: The score (``None``: not measured, shown as ``-``).
+        percent: The score is an accuracy in [0, 1], shown as a percentage (``97.50``);
+            otherwise it is shown as a plain number (``0.8123``, ``-1.234``).
+        unit: Append ``%`` to percentages.
+    """
+    if value is None:
+        return "-"
+    if percent:
+        return f"{100 * value:.2f}{'%' if unit else ''}"
+    return f"{value:.4g}"

@@ -209,6 +209,8 @@ def _drop_branches(graph: gs.Graph, analysis: Analysis, plan: PrunePlan) -> None
             layer.outputs.clear()
             if not np.any(const.values):
                 _bypass_zero_adds(graph, const)
+            else:
+                _fold_bias_adds(graph, const)
 
 
 def _rewire(old: gs.Tensor, new: gs.Tensor) -> None:
@@ -247,6 +249,90 @@ def _bypass_zero_adds(graph: gs.Graph, zero: gs.Constant) -> None:
                 _rewire(reader.outputs[0], other)
                 reader.outputs.clear()
         add.outputs.clear()
+
+
+def _fold_bias_adds(graph: gs.Graph, bias: gs.Constant) -> None:
+    """Drop the ``Add`` of a removed branch's constant bias ``b`` when every reader of the sum
+    takes ``b`` in exactly: a conv without padding (``conv(x + b) = conv(x) + W b``, into its
+    bias), or an ``Add`` of a constant or of a conv output read only there (``(x + b) + y =
+    x + (y + b)``, into that constant or conv bias), as after a MobileNetV2 block whose next
+    block or head starts with a 1x1 conv. Otherwise the ``Add`` stays."""
+    outputs = {id(t) for t in graph.outputs}
+    for add in [n for n in bias.outputs if n.op == "Add" and len(n.inputs) == 2]:
+        other = add.inputs[1] if add.inputs[0] is bias else add.inputs[0]
+        out = add.outputs[0]
+        if id(out) in outputs or other is bias or not out.outputs:
+            continue
+        b = np.asarray(bias.values)
+        folds = [_bias_fold(reader, out, b, outputs) for reader in out.outputs]
+        if any(f is None for f in folds):
+            continue
+        for reader, fold in zip(list(out.outputs), folds, strict=True):
+            assert fold is not None
+            _add_into(*fold)
+            _rewire_node(reader, out, other)
+        add.outputs.clear()
+
+
+def _bias_fold(
+    reader: gs.Node, x: gs.Tensor, shaped: np.ndarray, outputs: set[int]
+) -> tuple[gs.Node | gs.Constant, np.ndarray] | None:
+    """Where ``reader`` (which reads ``x + b``; it will read ``x``) takes the per-channel
+    constant ``b`` (``shaped``, as broadcast) in: a conv (its bias) or a constant, and what is
+    added there; None when that is not exact (``outputs``: ids of the graph outputs)."""
+    b = shaped.reshape(-1)
+    if reader.op == "Conv" and reader.inputs[0] is x and x not in reader.inputs[1:]:
+        pads = reader.attrs.get("pads", [0])
+        if any(pads) or reader.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+            return None
+        if not _bias_free(reader):
+            return None
+        wv = np.asarray(reader.inputs[1].values)
+        groups = int(reader.attrs.get("group", 1))
+        cout, cin_g = wv.shape[:2]
+        if cin_g * groups != b.size:
+            return None
+        rows = (np.arange(cout) // (cout // groups))[:, None] * cin_g + np.arange(cin_g)
+        taps = wv.reshape(cout, cin_g, int(np.prod(wv.shape[2:]))).sum(axis=2)
+        return reader, (taps * b[rows]).sum(axis=1)
+    if reader.op != "Add" or len(reader.inputs) != 2 or list(reader.inputs).count(x) != 1:
+        return None
+    y = reader.inputs[1] if reader.inputs[0] is x else reader.inputs[0]
+    if isinstance(y, gs.Constant):
+        return (y, b) if len(y.outputs) == 1 and np.shape(y.values) == shaped.shape else None
+    conv = y.inputs[0] if len(y.inputs) == 1 else None
+    if conv is None or conv.op != "Conv" or len(y.outputs) != 1 or id(y) in outputs:
+        return None
+    if not _bias_free(conv):
+        return None
+    return (conv, b) if np.shape(conv.inputs[1].values)[0] == b.size else None
+
+
+def _bias_free(conv: gs.Node) -> bool:
+    """The conv's weight is a constant and its bias absent or a constant only it reads."""
+    if not isinstance(conv.inputs[1], gs.Constant):
+        return False
+    if len(conv.inputs) < 3 or conv.inputs[2].name == "":
+        return True
+    bias = conv.inputs[2]
+    return isinstance(bias, gs.Constant) and len(bias.outputs) == 1
+
+
+def _add_into(target: gs.Node | gs.Constant, delta: np.ndarray) -> None:
+    """Add ``delta`` (per channel) to a constant or to a conv's bias (created if absent)."""
+    if isinstance(target, gs.Node):
+        w = target.inputs[1]
+        if len(target.inputs) < 3 or target.inputs[2].name == "":
+            zero = np.zeros(delta.size, np.asarray(w.values).dtype)
+            new_bias = gs.Constant(f"{node_name(target)}__bias", zero)
+            if len(target.inputs) < 3:
+                target.inputs.append(new_bias)
+            else:
+                target.inputs[2] = new_bias
+        target = target.inputs[2]
+    assert isinstance(target, gs.Constant)
+    values = np.asarray(target.values)
+    target.values = (values + delta.reshape(values.shape)).astype(values.dtype)
 
 
 def _exit_value(layer: gs.Node) -> np.ndarray:

@@ -59,9 +59,12 @@ class Task(abc.ABC):
 
     Attributes:
         name: Names the task in reports; a resumed run must use a task of the same name.
+        score_percent: The score is an accuracy in [0, 1], shown as a percentage. ``False``
+            (the default) shows it as a plain number: mAP, IoU, a negative loss...
     """
 
     name: str = "task"
+    score_percent: bool = False
 
     @abc.abstractmethod
     def train_batches(self) -> TrainData:
@@ -123,6 +126,8 @@ class ClassificationTask(Task):
         seed: Seeds the stratified split.
         val: An explicit ``(x, y)`` validation split (``val_fraction`` is then ignored).
     """
+
+    score_percent = True
 
     def __init__(
         self,

@@ -140,6 +140,13 @@ def test_bad_run_folders(files: dict[str, Path], tmp_path: Path) -> None:
     _one_line_error(_evolve(files, "--out", str(tmp_path / "no"), "--resume"), "nothing to resume")
     _one_line_error(_invoke("demo", "--out", str(a_file)), "is a file, not a folder")
     assert a_file.read_text() == "x"
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    (demo / "ancestor.onnx").write_bytes(b"x")
+    res = _invoke("demo", "--out", str(demo), "--resume", "--arch", "lenet5-caffe")
+    _one_line_error(res, "--arch: --resume continues with the ancestor already in")
+    _one_line_error(_invoke("demo", "--out", str(demo), "--arch", "vgg"), "--arch", "lenet5-caffe")
+    assert (demo / "ancestor.onnx").read_bytes() == b"x"
 
 
 @pytest.mark.parametrize("text", ["[]", '{"version": 1, "generations": []}', "{"])

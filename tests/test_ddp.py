@@ -17,8 +17,8 @@ from test_evolve import tiny_data, tiny_model  # noqa: F401  (fixtures)
 from evonnx.analysis import analyze
 from evonnx.cli.main import cli
 from evonnx.data import Dataset
-from evonnx.ddp import rank_results, shard
-from evonnx.errors import ConfigError
+from evonnx.ddp import check_same_weights, rank_results, shard
+from evonnx.errors import ConfigError, ExecutorError
 from evonnx.evolution import _offspring
 from evonnx.graph import save_model
 from evonnx.jobs import pack_split, run_job
@@ -51,6 +51,30 @@ def test_two_ranks_train_equal_weights(
     assert any(not np.array_equal(trained[k], before[k]) for k in before)  # it trained
     for name, value in alone.items():  # and like one process on the whole batches
         np.testing.assert_allclose(trained[name], value, rtol=1e-3, atol=1e-4)
+
+
+def _compare_rank(index: int, folder: str) -> None:
+    """A rank of a 2-rank gloo group whose "trained model" differs from the other rank's."""
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{folder}/rendezvous", rank=index, world_size=2
+    )
+    try:
+        check_same_weights(b"same", (index, 2))  # equal everywhere: passes
+        check_same_weights(bytes([index]), (index, 2))
+    except ExecutorError as exc:
+        Path(folder, f"rank{index}.txt").write_text(str(exc))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_with_different_weights_fail_the_job(tmp_path: Path) -> None:
+    import torch.multiprocessing as mp
+
+    mp.spawn(_compare_rank, args=(str(tmp_path),), nprocs=2)
+    for k in range(2):  # every rank sees the mismatch, so none waits for the others
+        assert "rank(s) [1] differ from rank 0" in (tmp_path / f"rank{k}.txt").read_text()
 
 
 def test_batches_are_sliced_per_rank() -> None:

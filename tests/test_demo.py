@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from evonnx.data import Dataset, load_builtin
-from evonnx.demo import LeNet5, export_onnx, train_demo_ancestor
-from evonnx.errors import DataError
+from evonnx.demo import LeNet5, LeNet5Caffe, export_onnx, train_demo_ancestor
+from evonnx.errors import ConfigError, DataError
 from evonnx.retrain import evaluate_onnx, evaluate_torch
 
 
@@ -26,6 +26,37 @@ def test_lenet_shapes() -> None:
     assert LeNet5(3, 32, 7)(torch.zeros(1, 3, 32, 32)).shape == (1, 7)
     with pytest.raises(ValueError, match="at least"):
         LeNet5(1, 2)
+
+
+def test_lenet_caffe_shapes() -> None:
+    """Caffe's LeNet: 20 and 50 filters, 800 features into ip1, 430,500 weights."""
+    net = LeNet5Caffe()
+    assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert (net.conv1.out_channels, net.conv2.out_channels) == (20, 50)
+    assert (net.ip1.in_features, net.ip1.out_features) == (800, 500)
+    weights = sum(p.numel() for name, p in net.named_parameters() if name.endswith("weight"))
+    assert weights == 430_500
+    assert LeNet5Caffe(1, 8)(torch.zeros(3, 1, 8, 8)).shape == (3, 10)
+    assert LeNet5Caffe(3, 32, 7)(torch.zeros(1, 3, 32, 32)).shape == (1, 7)
+    with pytest.raises(ConfigError, match="at least"):
+        LeNet5Caffe(1, 2)
+
+
+def test_demo_caffe_ancestor(tmp_path: Path, mnist: Dataset) -> None:
+    """``arch="lenet5-caffe"`` writes Caffe's LeNet: no ReLU after the convolutions."""
+    result = train_demo_ancestor(tmp_path / "c.onnx", epochs=1, max_batches=40, progress=False,
+                                 dataset=mnist, arch="lenet5-caffe")  # fmt: skip
+    model = onnx.load(str(result.path))
+    onnx.checker.check_model(model, full_check=True)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops == ["Conv", "MaxPool", "Conv", "MaxPool", "Flatten", "Gemm", "Relu", "Gemm"]
+    dims = {i.name: list(i.dims) for i in model.graph.initializer}
+    assert sorted(map(tuple, dims.values()))[-1] == (500, 800)
+    assert result.onnx_accuracy > 0.5
+    assert result.onnx_accuracy == pytest.approx(result.torch_accuracy, abs=0.002)
+    with pytest.raises(ConfigError, match="lenet5-caffe"):
+        train_demo_ancestor(tmp_path / "x.onnx", dataset=mnist, progress=False, arch="vgg")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.onnx"]
 
 
 def test_demo_ancestor_full(tmp_path: Path, mnist: Dataset) -> None:

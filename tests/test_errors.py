@@ -74,7 +74,7 @@ def test_make_config_takes_named_options_only() -> None:
 def test_every_evolution_option_is_a_config_field(command: click.Command) -> None:
     """An option reaches EvolveConfig by name, or the command handles it itself."""
     handled = {
-        "model", "data", "task_spec", "out", "resume", "ancestor_epochs", "input_shapes",
+        "model", "data", "task_spec", "out", "resume", "ancestor_epochs", "arch", "input_shapes",
         "normalize",
     }  # fmt: skip
     names = {f.name for f in fields(EvolveConfig)}

@@ -8,6 +8,7 @@ import json
 import re
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -198,19 +199,34 @@ def test_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert isinstance(lineage, evonnx.Lineage) and len(lineage.records) >= 2
 
 
-def test_cli_demo(tmp_path: Path) -> None:
-    out = tmp_path / "demo"
+def _demo(out: Path, *extra: str) -> tuple[str, dict[str, Any]]:
+    """``evonnx demo`` for 2 generations of 1 epoch: its output and ``lineage.json``."""
     args = ["demo", "--out", str(out), "--generations", "2", "--epochs", "1",
-            "--ancestor-epochs", "1", "--val-fraction", "0.2"]  # fmt: skip
+            "--ancestor-epochs", "1", *extra]  # fmt: skip
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
-    assert "ancestor test accuracy" in res.output and "best within budget" in res.output
-    data = _lineage(out / "run")
+    return res.output, _lineage(out / "run")
+
+
+def test_cli_demo(tmp_path: Path) -> None:
+    output, data = _demo(tmp_path / "demo", "--val-fraction", "0.2")
+    assert "ancestor test accuracy" in output and "best within budget" in output
     assert data["data"] == "mnist-demo" and len(data["generations"]) == 2
     assert data["config"]["cluster_keep"] == 0.92 and data["config"]["keep"] == 0.72
     assert data["config"]["val_fraction"] == 0.2 and data["config"]["epochs"] == 1
     assert data["generations"][1]["val_accuracy"] is not None
     assert data["generations"][0]["accuracy"] > 0.5
+
+
+def test_cli_demo_caffe_arch(tmp_path: Path) -> None:
+    """``--arch lenet5-caffe`` evolves Caffe's LeNet (20 and 50 filters, ip1 800→500)."""
+    output, data = _demo(tmp_path / "demo", "--arch", "lenet5-caffe")
+    assert "training the lenet5-caffe ancestor" in output
+    ancestor = onnx.load(tmp_path / "demo" / "ancestor.onnx")
+    weights = [list(i.dims) for i in ancestor.graph.initializer]
+    assert [500, 800] in weights and [50, 20, 5, 5] in weights
+    assert data["generations"][0]["nonzero_synapses"] > 400_000  # 430.5k weights (+ biases)
+    assert data["generations"][1]["ae"] > 1.0
 
 
 def test_fixed_batch_dynamo_export_evolves(tiny_data: Dataset, tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Executors: a process pool and Ray give the local executor's lineage; failing jobs surface."""
+"""Executors: a process pool and Ray give the local executor's lineage; failing jobs surface;
+Ray Train retrains one offspring on 2 ranks; latency jobs on Ray never overlap training."""
 
 from __future__ import annotations
 
@@ -13,13 +14,25 @@ from click.testing import CliRunner
 from test_evolve import TinyNet, _export, tiny_data, tiny_model  # noqa: F401  (fixtures)
 
 import evonnx
+import evonnx.evolution
+from evonnx.analysis import analyze
 from evonnx.cli.main import cli
 from evonnx.data import Dataset
-from evonnx.errors import ConfigError, EvonnxError, TaskError
+from evonnx.ddp import rank_results
+from evonnx.errors import (
+    ConfigError,
+    EvonnxError,
+    ExecutorError,
+    RuntimeUnavailableError,
+    TaskError,
+)
+from evonnx.evolution import _offspring
+from evonnx.executors import Executor, RayExecutor, make_executor
 from evonnx.graph import save_model
 from evonnx.jobs import pack_split, unpack_split
 from evonnx.lineage import EvolveConfig
-from evonnx.task import ClassificationTask, Split, load_task
+from evonnx.runtimes import RuntimeSettings
+from evonnx.task import ClassificationTask, Split, load_task, split_data
 
 CONFIG = EvolveConfig(
     generations=2, population=2, epochs=1, lr=0.05, batch_size=32, seed=3, threads=1
@@ -138,7 +151,7 @@ def test_ray_gives_the_local_lineage(
     _same_run(local_run, lineage, tmp_path)
 
 
-def _failing(tmp_path: Path, executor: str) -> tuple[EvonnxError, list[str]]:
+def _failing(tmp_path: Path, executor: str, ranks: int = 1) -> tuple[EvonnxError, list[str]]:
     log = tmp_path / "calls.log"
     source = tmp_path / "broken_task.py"
     source.write_text(FAILING_TASK.format(log=str(log)))
@@ -146,8 +159,9 @@ def _failing(tmp_path: Path, executor: str) -> tuple[EvonnxError, list[str]]:
     model = tmp_path / "tiny.onnx"
     save_model(_export(TinyNet(), (1, 8, 8)), model)
     config = EvolveConfig(
-        generations=2, epochs=1, batch_size=32, threads=1, max_batches=1, executor=executor
-    )
+        generations=2, epochs=1, batch_size=32, threads=1, max_batches=1, executor=executor,
+        gpus_per_offspring=ranks,
+    )  # fmt: skip
     with pytest.raises(EvonnxError) as info:
         evonnx.evolve(model, task, tmp_path / "run", config, progress=False)
     return info.value, log.read_text().splitlines()
@@ -163,11 +177,94 @@ def test_a_failing_job_is_a_clear_error(tmp_path: Path, executor: str) -> None:
     assert not (tmp_path / "run" / "gen_002.onnx").exists()
 
 
-def test_a_failing_ray_job_is_not_retried(tmp_path: Path, ray_cluster: None) -> None:
-    error, calls = _failing(tmp_path, "ray")
-    assert isinstance(error, TaskError)
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_a_failing_ray_job_is_not_retried(tmp_path: Path, ray_cluster: None, ranks: int) -> None:
+    error, calls = _failing(tmp_path, "ray", ranks)
+    assert isinstance(error, TaskError)  # with 2 ranks: a Ray Train rank's own error
     assert "ValueError: target 7 is out of bounds" in str(error)
-    assert calls == ["called"]
+    assert calls == ["called"] * ranks  # once on each rank, never retried
+
+
+def test_ray_train_job_matches_plain_ddp(
+    tiny_model: onnx.ModelProto,  # noqa: F811
+    tiny_data: Dataset,  # noqa: F811
+    ray_cluster: None,
+) -> None:
+    config = EvolveConfig(
+        epochs=1, lr=0.05, batch_size=32, max_batches=5, seed=5, threads=1,
+        gpus_per_offspring=2, executor="ray",
+    )  # fmt: skip
+    split = split_data(tiny_data, config)
+    job = _offspring(tiny_model, analyze(tiny_model), config, 11)
+    with make_executor(config) as executor:
+        assert isinstance(executor, RayExecutor)
+        (result,) = executor.run([job], split)  # a TorchTrainer of 2 gloo workers
+    # both ranks compared their weights inside the job (evonnx.ddp.check_same_weights);
+    # the plain torch DDP launcher runs the same per-rank function with the same seed, the
+    # same gloo all-reduce and 1 thread per rank, so the trained bytes are identical
+    plain = rank_results(job, pack_split(split), 2)
+    assert plain[0].model == plain[1].model
+    assert result.model == plain[0].model and result.scores == plain[0].scores
+    assert result.model != job.child  # it trained
+    onnx.checker.check_model(onnx.load_from_string(result.model), full_check=True)
+    assert [s.kind for s in executor.timeline] == ["train"]
+
+
+def test_ray_train_failures_map_to_job_errors() -> None:
+    pytest.importorskip("ray.train", reason="Ray Train is in the dev extra")
+    from ray.exceptions import RayTaskError
+    from ray.train import WorkerGroupError
+
+    from evonnx.errors import RankDiedError
+    from evonnx.ray_train import _rank_error
+
+    task_error = TaskError("task 'x' loss failed: ValueError: target 7 is out of bounds")
+    wrapped = RayTaskError("_train_loop", "traceback", task_error)
+    error = _rank_error(WorkerGroupError("rank 1 failed", {0: RuntimeError("x"), 1: wrapped}))
+    assert error is task_error  # a rank's data or model error, as raised: never rerun
+    died = _rank_error(WorkerGroupError("boom", {0: RuntimeError("worker exited")}))
+    assert isinstance(died, RankDiedError)  # rerun as a whole job (retry_exceptions)
+    assert "data-parallel retraining on Ray Train failed" in str(died)
+
+
+def test_latency_jobs_never_overlap_training(
+    tiny_model: onnx.ModelProto,  # noqa: F811
+    tiny_data: Dataset,  # noqa: F811
+    local_run: tuple[evonnx.Lineage, Path],
+    ray_cluster: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    made: list[Executor] = []
+
+    def keep(config: EvolveConfig, progress: bool = True) -> Executor:
+        made.append(make_executor(config, progress))
+        return made[-1]
+
+    monkeypatch.setattr(evonnx.evolution, "make_executor", keep)
+    # runtime_threads 0: each measurement reserves every CPU of the node
+    config = replace(CONFIG, executor="ray", runtime="ort-cpu", runtime_threads=0)
+    lineage = evonnx.evolve(tiny_model, tiny_data, tmp_path, config, progress=False)
+    _same_run(local_run, lineage, tmp_path)  # measuring on Ray changes no decision or model
+    for r in lineage.records:
+        assert r.latency_ms is not None and r.latency_ms > 0 and r.speedup is not None
+    (executor,) = made
+    assert isinstance(executor, RayExecutor)
+    spans = sorted(executor.timeline, key=lambda s: s.start)
+    train = [s for s in spans if s.kind == "train"]
+    latency = [s for s in spans if s.kind == "latency"]
+    assert len(train) == CONFIG.population * (CONFIG.generations - 1)
+    assert len(latency) == 1 + CONFIG.generations  # the device query, one per generation
+    for m in latency:
+        assert all(m.end <= t.start or t.end <= m.start for t in train), (m, train)
+    launch = executor.latency_runtime()
+    with pytest.raises(ConfigError, match="more than the 2 CPUs"):  # it could never start
+        launch(RuntimeSettings("ort-cpu", threads=3))
+    with pytest.raises(RuntimeUnavailableError, match="the Ray cluster has none"):
+        launch(RuntimeSettings("torch-cuda"))
+    executor._in_flight = 1  # as if a generation's training jobs were still running
+    with pytest.raises(ExecutorError, match="in flight"):
+        launch(RuntimeSettings("ort-cpu"))
 
 
 @pytest.mark.parametrize("executor", ["process", "ray"])

@@ -30,6 +30,7 @@ from evonnx.latency import (
     layer_shapes,
     width_grid,
 )
+from evonnx.latency.calibrate import Point, calibration_widths, solve
 from evonnx.plan import PrunePlan
 from evonnx.runtimes import RuntimeSettings
 
@@ -216,3 +217,112 @@ def test_real_runtime_predicts_its_own_model() -> None:
     )
     assert fit.rounds == 1 and fit.budget_ms >= floor and fit.child_ms <= fit.budget_ms
     assert off.factor > 0
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    coef=st.tuples(
+        st.floats(0.0, 1.0),
+        st.floats(0.1, 2.0),
+        st.floats(0.0, 2.0),
+        st.floats(0.0, 1.0),
+        st.floats(0.0, 1.0),
+        st.floats(0.0, 0.1),
+        st.floats(0.0, 1.0),
+    ),
+    seed=st.integers(0, 1000),
+)
+def test_solve_recovers_exact_coefficients(coef: tuple[float, ...], seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    feats = [
+        (1.0, *rng.uniform(0.1, 3.0, 4), float(rng.integers(1, 40)), rng.uniform(0, 1))
+        for _ in range(12)
+    ]
+    points = [Point(f, float(np.dot(coef, f))) for f in feats]
+    got = solve(points, (True,) * 7, intercept_ms=0.5)
+    for f, p in zip(feats, points, strict=True):  # every measured point reproduced
+        assert np.dot(got, f) == pytest.approx(p.ms, rel=1e-6, abs=1e-9)
+    assert all(c >= 0 for c in got)
+    assert solve(points[:1], (True,) * 7, 0.5)[0] == 0.5  # one point: proportional
+    assert solve(points, (False, True) + (False,) * 5, 0.5)[3:] == (0.0,) * 4  # unusable: unused
+
+
+def test_calibration_offspring_are_measured_with_the_parent(zoo_dir: Path) -> None:
+    model = cached_case("resnet@legacy", zoo_dir)
+    analysis = analyze(model)
+    rt = MacRuntime()
+    lm = build_latency_model(model, analysis, LatencyTable(rt, 1), step=4)
+    widths = calibration_widths(analysis, lm.steps)
+    removable = [g.id for g in analysis.prunable_groups if g.removable]
+    assert len(removable) >= 2 and len(widths) == 6
+    assert rt.measured[-1] == 1 + len(widths)  # parent and calibration offspring side by side
+    assert len(lm.points) == 1 + len(widths) and lm.points[0].ms == lm.measured_ms
+    for w in widths:
+        for gid, n in w.items():
+            assert (n == 0 and gid in removable) or n in lm.steps[gid]
+    gone = widths[1]
+    assert {gid for gid, n in gone.items() if n == 0} == set(removable[1::2])
+    # A MAC-proportional device: the MAC feature is exact, so is every point.
+    for p, w in zip(lm.points[1:], widths, strict=True):
+        assert lm.predict(group_census(analysis, w)) == pytest.approx(p.ms, rel=1e-9)
+    uncalibrated = build_latency_model(model, analysis, LatencyTable(rt, 1), 4, calibrate=False)
+    assert len(uncalibrated.points) == 1 and rt.measured[-1] == 1
+
+
+def test_recalibration_learns_what_the_table_misses(zoo_dir: Path) -> None:
+    """A device with a cost per node and per activation element (which single-layer timings
+    do not show): the calibrated predictor reproduces its measured points and predicts held-out
+    offspring better than the proportional one; each measurement refits it."""
+    model = cached_case("resnet@legacy", zoo_dir)
+    analysis = analyze(model)
+    rt = MacRuntime(pad=4, per_node=0.002, per_element=2e-7)
+    proportional = build_latency_model(model, analysis, LatencyTable(rt, 4), 4, calibrate=False)
+    lm = build_latency_model(model, analysis, LatencyTable(rt, 4), step=4)
+    assert lm.predict(group_census(analysis, {})) == pytest.approx(lm.measured_ms, rel=0.02)
+    weights = model_weights(model)
+    errors: dict[str, list[float]] = {"calibrated": [], "proportional": []}
+    for keep in (0.7, 0.5, 0.35):
+        for seed in range(2):
+            env = LatencyBudget(proportional, keep=keep)
+            off = sample(
+                encode(analysis, weights, EncodingConfig(environment=env)),
+                np.random.default_rng(seed),
+            )
+            widths = {g.id: len(off.plan.kept(g)) for g in analysis.prunable_groups}
+            parent_ms, child_ms = rt.latencies([model, _apply(model, analysis, off.plan)], 4)
+            census = group_census(analysis, widths)
+            for name, m in (("calibrated", lm), ("proportional", proportional)):
+                pred = m.predict(census) / m.predict(group_census(analysis, {})) * parent_ms
+                errors[name].append(abs(pred - child_ms) / child_ms)
+            refit = lm.recalibrated(census, child_ms, parent_ms)
+            assert len(refit.points) == len(lm.points) + 1 and refit.points[-1].ms == child_ms
+    assert np.mean(errors["calibrated"]) < np.mean(errors["proportional"])
+
+
+@settings(max_examples=15, deadline=None)
+@given(fracs=st.lists(st.floats(0.0, 1.0), min_size=6, max_size=6), which=st.integers(0, 5))
+def test_calibrated_prediction_is_monotone(fracs: list[float], which: int) -> None:
+    model = helper_convnet()
+    analysis = analyze(model)
+    rt = MacRuntime(pad=4, per_node=0.01, per_element=1e-6)
+    lm = build_latency_model(model, analysis, LatencyTable(rt, 2), step=1)
+    assert all(c >= 0 for c in lm.coef)
+    sizes = {g.id: g.size for g in analysis.prunable_groups}
+    gids = sorted(sizes)
+    widths = {gid: round(f * sizes[gid]) for gid, f in zip(gids, fracs, strict=False)}
+    gid = gids[which % len(gids)]
+    wider = {**widths, gid: sizes[gid]}
+    assert lm.predict(group_census(analysis, wider)) >= lm.predict(group_census(analysis, widths))
+
+
+def test_fit_reports_the_prediction_made_before_measuring() -> None:
+    model = helper_convnet()
+    analysis = analyze(model)
+    rt = MacRuntime(pad=4, per_node=0.0005)
+    lm = build_latency_model(model, analysis, LatencyTable(rt, 1), step=1, calibrate=False)
+    fit = fit_measured(model, analysis, PrunePlan({}), model_weights(model), rt, lm, keep=0.8)
+    assert fit.rounds == 1 and fit.child_ms <= fit.budget_ms
+    widths = {g.id: len(fit.plan.kept(g)) for g in analysis.prunable_groups}
+    ratio = lm.predict(group_census(analysis, widths)) / lm.measured_ms
+    assert fit.predicted_ms == pytest.approx(ratio * fit.parent_ms, rel=1e-12)
+    assert fit.predicted_ms != pytest.approx(fit.child_ms, rel=1e-6)  # not fitted to it

@@ -26,7 +26,7 @@ import evonnx
 from evonnx.data import Dataset
 from evonnx.errors import ConfigError, TaskError
 from evonnx.evolution import _should_continue, split_data
-from evonnx.lineage import EvolveConfig, GenerationRecord, Lineage
+from evonnx.lineage import EvolveConfig, GenerationRecord, Lineage, show_score
 from evonnx.retrain import TrainConfig, deterministic_mode, evaluate_onnx, predict_onnx, train
 from evonnx.retrain.distill import Distiller, distillation_loss
 from evonnx.task import ClassificationTask, load_task
@@ -74,7 +74,13 @@ def test_detector_task_evolves(detection: tuple[DetectionTask, onnx.ModelProto],
     model = onnx.load(tmp_path / lineage.records[-1].file)
     assert [o.name for o in model.graph.output] == ["boxes", "logits"]
     _check_scores(task, lineage, tmp_path, detection_score)
-    assert json.loads((tmp_path / "lineage.json").read_text())["data"] == "squares-detection"
+    saved = json.loads((tmp_path / "lineage.json").read_text())
+    assert saved["data"] == "squares-detection" and saved["score_percent"] is False
+    # a detection score is not an accuracy: report.md shows it plain, not as a percentage
+    report = (tmp_path / "report.md").read_text()
+    assert f"| 1 | 1.00x | {first.accuracy:.4g} |" in report
+    assert f"{100 * first.accuracy:.2f}" not in report and "accuracy budget" not in report
+    assert f"budget of {CONFIG.max_drop:g} on the score" in report
 
 
 def test_segmentation_task_two_inputs_evolves(
@@ -116,12 +122,36 @@ def test_classification_task_splits_and_scores(tmp_path: Path) -> None:
     test_only = split_data(data, replace(CONFIG, select_on="test")).task
     assert isinstance(test_only, ClassificationTask) and not test_only.has_validation
 
-    module = torch.nn.Linear(6, 4)
-    path = tmp_path / "m.onnx"
-    torch.onnx.export(module, (torch.zeros(1, 6),), str(path), dynamo=False,
-                      input_names=["x"], dynamic_axes={"x": {0: "n"}})  # fmt: skip
+    path = _mlp(tmp_path)
     assert task.score(path, "val") == evaluate_onnx(path, *task.val)
     assert task.score(path, "test") == evaluate_onnx(path, data.x_test, data.y_test)
+
+
+def test_accuracy_shown_as_percent_other_scores_plain(tmp_path: Path) -> None:
+    """Classification's top-1 is shown as a percentage, a custom task's score as a number;
+    a lineage.json written before the flag existed is a classification run's."""
+    assert ClassificationTask(_data()).score_percent and not DetectionTask.score_percent
+    assert show_score(0.975, True) == "97.50" and show_score(0.975, True, unit=True) == "97.50%"
+    assert show_score(0.8123456, False, unit=True) == "0.8123"
+    assert show_score(-1.5, False) == "-1.5" and show_score(None, True) == "-"
+    data = _data()
+    config = replace(CONFIG, generations=1)
+    lineage = evonnx.evolve(_mlp(tmp_path), data, tmp_path / "run", config)
+    saved = json.loads((tmp_path / "run" / "lineage.json").read_text())
+    assert saved["score_percent"] is True
+    acc = lineage.records[0].accuracy
+    assert f"| 1 | 1.00x | {100 * acc:.2f} |" in (tmp_path / "run" / "report.md").read_text()
+    del saved["score_percent"]
+    assert Lineage.from_dict(saved).score_percent is True
+
+
+def _mlp(tmp_path: Path) -> Path:
+    path = tmp_path / "mlp.onnx"
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+    torch.onnx.export(mlp, (torch.zeros(1, 6),), str(path), dynamo=False,
+                      input_names=["x"], dynamic_axes={"x": {0: "n"}})  # fmt: skip
+    return path
 
 
 def test_kl_distillation_loss() -> None:
@@ -279,6 +309,12 @@ def test_cli_task_option(detection: tuple[DetectionTask, onnx.ModelProto], tmp_p
     assert config["select_on"] == "test" and config["patience"] == 3
     report = (tmp_path / "run" / "report.md").read_text()
     assert "Protocol: **test**" in report and "distills from the parent (T=4.0)" in report
+    records = json.loads((tmp_path / "run" / "lineage.json").read_text())["generations"]
+    lines = result.output.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["gen", "score"])
+    for r, line in zip(records, lines[header + 1 : header + 3], strict=True):
+        assert line.split()[:2] == [str(r["generation"]), f"{r['accuracy']:.4g}"], line
+    assert f"(generation 1: {records[0]['accuracy']:.4g})" in result.output  # no percent
     both = CliRunner().invoke(cli, [*args[:2], "--data", "digits", *args[2:]])
     assert both.exit_code == 1 and "either --data or --task" in both.output
 

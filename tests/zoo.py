@@ -14,7 +14,7 @@ from helpers import make_model
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from evonnx.demo import LeNet5
+from evonnx.demo import LeNet5, LeNet5Caffe
 
 
 class VGGish(nn.Module):
@@ -192,6 +192,7 @@ class MLP(nn.Module):
 # name -> (factory, input shape)
 TORCH_ZOO: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "lenet5": (LeNet5, (1, 1, 28, 28)),
+    "lenet5caffe": (LeNet5Caffe, (1, 1, 28, 28)),  # no ReLU between conv and max-pool
     "vgg": (VGGish, (2, 3, 8, 8)),
     "resnet": (ResNetTiny, (1, 3, 16, 16)),
     "mobilenetv2": (MobileNetV2Tiny, (1, 3, 16, 16)),

@@ -94,10 +94,15 @@ def _removable_roots(b: Builder, graph: gs.Graph) -> set[int]:
 
 
 def _whole_consumers(b: Builder, r: int, tensors: dict[str, gs.Tensor]) -> set[str]:
-    """Names of the layers reading the group, if each reads nothing else; else empty."""
+    """Names of the layers reading the group, if each reads nothing else; else empty.
+
+    A depthwise conv's ``group`` attribute does not stop a branch: the conv maps the group's
+    channels onto themselves, so :func:`_closed_branch` finds it inside the branch (as in a
+    MobileNetV2 inverted-residual block: expand, depthwise, project).
+    """
     consumers = set()
     for m in b.members[r]:
-        if m.role in (Role.SHAPE, Role.GROUP_ATTR):
+        if m.role is Role.SHAPE:
             return set()
         if m.role is Role.CONSUMER:
             w = tensors.get(m.name)

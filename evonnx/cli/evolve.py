@@ -17,7 +17,7 @@ from evonnx.data import Dataset, load_builtin
 from evonnx.errors import ConfigError, RunDirectoryError
 from evonnx.graph import load_model
 from evonnx.inputs import apply_input_shapes
-from evonnx.lineage import EvolveConfig, GenerationRecord, Lineage
+from evonnx.lineage import EvolveConfig, GenerationRecord, Lineage, show_score
 from evonnx.task import Task, load_task, validation_indices
 
 # Demo defaults: tuned on the built-in MNIST subset (see docs/benchmarks.md), ~2 minutes.
@@ -33,25 +33,29 @@ DEMO_EVOLUTION = EvolveConfig(
     threads=1,
 )
 
-GEN_HEADER = f"{'gen':>4}  {'accuracy':>8}  {'A-E':>8}  {'C-E':>7}  {'MACs':>7}  {'train s':>7}"
+
+def _header(percent: bool) -> str:
+    score = "accuracy" if percent else "score"
+    return f"{'gen':>4}  {score:>8}  {'A-E':>8}  {'C-E':>7}  {'MACs':>7}  {'train s':>7}"
 
 
-def _row(r: GenerationRecord) -> str:
+def _row(r: GenerationRecord, percent: bool) -> str:
     return (
-        f"{r.generation:>4}  {100 * r.accuracy:>7.2f}%  {r.ae:>7.2f}x  {r.ce:>6.2f}x  "
-        f"{r.mac_ratio:>6.2f}x  {r.train_seconds:>7.1f}"
+        f"{r.generation:>4}  {show_score(r.accuracy, percent, unit=True):>8}  {r.ae:>7.2f}x  "
+        f"{r.ce:>6.2f}x  {r.mac_ratio:>6.2f}x  {r.train_seconds:>7.1f}"
     )
 
 
-def _row_printer() -> Callable[[GenerationRecord], None]:
-    """Callback printing the table header before the first row (none if the run fails early)."""
+def _row_printer(percent: bool) -> Callable[[GenerationRecord], None]:
+    """Callback printing the table header before the first row (none if the run fails early);
+    scores as percentages (accuracy) or plain numbers (other task scores)."""
     shown: list[bool] = []
 
     def echo(r: GenerationRecord) -> None:
         if not shown:
-            click.echo(GEN_HEADER)
+            click.echo(_header(percent))
             shown.append(True)
-        click.echo(_row(r))
+        click.echo(_row(r, percent))
 
     return echo
 
@@ -63,8 +67,10 @@ def _summary(lineage: Lineage, out: Path) -> None:
         f"\nbest within budget ({split} protocol: selected and budget checked on the {split} "
         f"split): generation {best.generation} ({out / best.file}): "
         f"A-E {best.ae:.2f}x, C-E {best.ce:.2f}x, MACs {best.mac_ratio:.2f}x fewer, "
-        f"accuracy {100 * best.accuracy:.2f}% (generation 1: "
-        f"{100 * lineage.records[0].accuracy:.2f}%)\nreport: {out / 'report.md'}"
+        f"{'accuracy' if lineage.score_percent else 'score'} "
+        f"{lineage.show_score(best.accuracy, unit=True)} (generation 1: "
+        f"{lineage.show_score(lineage.records[0].accuracy, unit=True)})\n"
+        f"report: {out / 'report.md'}"
     )
 
 
@@ -146,7 +152,7 @@ def _with_options(fn: click.decorators.FC, d: EvolveConfig) -> click.decorators.
         click.option("--gpus-per-offspring", type=click.IntRange(1),
                      default=d.gpus_per_offspring, show_default=True,
                      help="Retrain each offspring data-parallel (torch DDP) on N GPUs, or "
-                          "on CPU in N processes."),
+                          "on CPU in N processes (a Ray Train job with --executor ray)."),
         click.option("--resume", is_flag=True, help="Continue the run in the output folder."),
     ]  # fmt: skip
     for option in reversed(options):
@@ -173,7 +179,8 @@ def run(
 
     dataset = data if isinstance(data, Task) else load_dataset(data)
     try:
-        lineage = evolve(model, dataset, out, config, resume, True, _row_printer())
+        percent = dataset.score_percent if isinstance(dataset, Task) else True
+        lineage = evolve(model, dataset, out, config, resume, True, _row_printer(percent))
     except KeyboardInterrupt:
         if out.is_dir():
             click.echo(f"\ninterrupted; finished generations are kept in {out}; "
@@ -235,14 +242,20 @@ def evolve(
 @click.option("--out", "out", type=click.Path(path_type=Path), default=Path("evonnx-demo"),
               show_default=True, help="Folder for the ancestor and the run.")  # fmt: skip
 @click.option("--ancestor-epochs", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--arch", type=click.Choice(["lenet5", "lenet5-caffe"]), default="lenet5",
+              show_default=True,
+              help="Ancestor: the classic LeNet-5 (61.5k weights) or Caffe's LeNet (430.5k "
+                   "weights, the paper's).")  # fmt: skip
 @evolution_options(DEMO_EVOLUTION)
-def demo(out: Path, ancestor_epochs: int, resume: bool, **options: Any) -> None:
+def demo(out: Path, ancestor_epochs: int, arch: str, resume: bool, **options: Any) -> None:
     """Train LeNet-5 on the built-in MNIST subset, then evolve it (offline, a few minutes)."""
     from evonnx.demo import train_demo_ancestor
 
     config = make_config(**options)
     _refuse_idle_options(config, task=False)
     ancestor = out / "ancestor.onnx"
+    if resume and ancestor.exists():
+        refuse_unused(["arch"], f"--resume continues with the ancestor already in {out}")
     if out.exists() and not out.is_dir():
         raise RunDirectoryError(f"--out {out} is a file, not a folder")
     if not resume and (out / "run" / "lineage.json").exists():
@@ -251,9 +264,13 @@ def demo(out: Path, ancestor_epochs: int, resume: bool, **options: Any) -> None:
             "--out"
         )
     if not (resume and ancestor.exists()):
-        click.echo(f"training the LeNet-5 ancestor on the built-in MNIST subset -> {ancestor}")
+        click.echo(f"training the {arch} ancestor on the built-in MNIST subset -> {ancestor}")
         result = train_demo_ancestor(
-            ancestor, epochs=ancestor_epochs, seed=config.seed, dataset=_ancestor_data(config)
+            ancestor,
+            epochs=ancestor_epochs,
+            seed=config.seed,
+            dataset=_ancestor_data(config),
+            arch=arch,
         )
         click.echo(f"ancestor test accuracy {100 * result.onnx_accuracy:.2f}% "
                    f"({result.dataset}, onnxruntime)")  # fmt: skip

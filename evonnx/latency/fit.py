@@ -7,8 +7,11 @@ saved: a group steps down to its next allowed width (latency step, ``round_to``,
 First until its predicted latency is within budget; then it builds the offspring, measures it
 side by side with its parent (one interleaved run, so both see the same machine state) and,
 while it is over budget, takes steps until the predicted saving covers half the measured excess
-(a noisy measurement must not strip it) and measures again. The budget is never exceeded:
-when nothing is left to remove, :class:`~evonnx.errors.LatencyBudgetError` is raised.
+(a noisy measurement must not strip it) and measures again. Each measurement recalibrates the
+predictor (:meth:`~evonnx.latency.model.LatencyModel.recalibrated`) after the offspring's
+prediction was recorded, so the reported prediction is always out of sample. The budget is
+never exceeded: when nothing is left to remove, :class:`~evonnx.errors.LatencyBudgetError` is
+raised.
 """
 
 from __future__ import annotations
@@ -39,7 +42,9 @@ class MeasuredFit:
         plan: Its plan (the sampled one, possibly trimmed further).
         parent_ms: The parent's latency, measured side by side with the final offspring.
         child_ms: The offspring's measured latency.
-        predicted_ms: The offspring's predicted latency.
+        predicted_ms: The offspring's latency predicted before it was measured (by the model
+            recalibrated on every earlier measurement), as a fraction of the parent's reference
+            latency times the parent's latency measured side by side with the offspring.
         budget_ms: ``keep * parent_ms`` (or the floor).
         rounds: Measurements taken (1: the sampled offspring already fit).
         trimmed: Groups stepped down (or branches removed) after measuring.
@@ -112,10 +117,13 @@ def fit_measured(
     for rounds in range(1, max_rounds + 1):
         current = _plan(kept, prunable)
         child = apply_plan(parent, analysis, current, masks)
-        parent_ms, child_ms = runtime.latencies([parent, child], lm.batch)
-        budget = keep * parent_ms if floor_ms is None else max(keep * parent_ms, floor_ms)
         widths = {gid: int(k.size) for gid, k in kept.items()}
-        predicted = lm.predict(group_census(analysis, widths))
+        census = group_census(analysis, widths)
+        ratio = lm.predict(census) / lm.measured_ms  # before measuring; points are relative
+        parent_ms, child_ms = runtime.latencies([parent, child], lm.batch)
+        predicted = ratio * parent_ms
+        lm = lm.recalibrated(census, child_ms, parent_ms)
+        budget = keep * parent_ms if floor_ms is None else max(keep * parent_ms, floor_ms)
         logger.info(
             "round %d: offspring %.4g ms, parent %.4g ms, budget %.4g ms (predicted %.4g)",
             rounds, child_ms, parent_ms, budget, predicted,
@@ -128,7 +136,8 @@ def fit_measured(
             break
         # Half the excess, in predicted milliseconds (prediction and measurement may differ in
         # scale): one noisy measurement must not strip the offspring; the next one checks.
-        need = 0.5 * (child_ms - budget) * predicted / child_ms
+        now = lm.predict(census)
+        need = 0.5 * (child_ms - budget) * now / child_ms
         try:
             trimmed += _trim(analysis, prunable, kept, strength, lm, need, round_to, min_channels)
         except PlanError as exc:

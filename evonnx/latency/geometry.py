@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,7 @@ class LayerShape:
         kernel: Weight spatial size (conv; ``()`` for FC).
         attrs: The conv node's geometry attributes, as sorted ``(name, value)`` pairs.
         depthwise: Conv with ``group == cin == cout`` (widths change together).
+        out_size: Output elements per sample (0: unknown; not part of the table key).
     """
 
     node: str
@@ -40,6 +41,13 @@ class LayerShape:
     kernel: tuple[int, ...] = ()
     attrs: tuple[tuple[str, str], ...] = ()
     depthwise: bool = False
+    out_size: int = 0
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates per sample at full width (0 when the output size is unknown)."""
+        per_output = (1 if self.depthwise else self.cin) * int(np.prod(self.kernel or (1,)))
+        return self.out_size * per_output
 
     def key(self, batch: int, cin: int, cout: int) -> str:
         """Table key of this geometry at ``batch`` with ``cin``/``cout`` channels."""
@@ -110,7 +118,9 @@ def layer_shapes(model: onnx.ModelProto, analysis: Analysis, batch: int) -> dict
             raise UnsupportedModelError(
                 f"layer {lay.node}: no static input shape at batch {batch}; latency needs one"
             )
-        out[lay.node] = _shape_of(lay, node, x, w)
+        y = shapes.get(node.output[0])
+        out_size = int(np.prod(y[1:])) if y is not None else 0
+        out[lay.node] = replace(_shape_of(lay, node, x, w), out_size=out_size)
     return out
 
 

@@ -5,11 +5,11 @@ For each conv/FC layer of a parent model, :func:`build_latency_model` times the 
 at full width) and of output widths (input at full width) and predicts ``t(ci, co) = t_in(ci) ·
 t_out(co) / t(full, full)`` (exact for a cost bilinear in the widths, as MACs are; the two
 curves keep each axis's steps). Curves are made non-decreasing (a measured dip is noise) and
-reach 0 at width 0. The whole parent is measured as well. A run's fixed cost is the empty graph's
-latency; the rest of the parent's latency is the layers' sum scaled to the measurement, since
-what the layers alone leave out (elementwise ops, pooling, memory traffic between layers) shrinks
-with the widths as well, and a scale absorbs the load of a shared machine better than a fixed
-difference would. :meth:`LatencyModel.predict` prices an offspring census.
+reach 0 at width 0. The whole parent is measured as well, side by side with calibration
+offspring, and :mod:`~evonnx.latency.calibrate` fits how the table's layer sum, the MACs, the
+activations, the live layers and the ``Add`` nodes that removed branches leave behind add up to
+a whole model's latency; every later measurement refits it
+(:meth:`LatencyModel.recalibrated`). :meth:`LatencyModel.predict` prices an offspring census.
 
 *Latency steps*: a group's channel count only matters where latency drops. Scanning a group's
 grid widths from the top, a width is kept when the group's layers run at least
@@ -21,15 +21,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import numpy as np
 import onnx
 
 from evonnx.environments import Census, LayerCensus
-from evonnx.groups import Analysis
+from evonnx.groups import Analysis, Layer
+from evonnx.latency.calibrate import FEATURES, Point, calibration_widths, solve
 from evonnx.latency.geometry import LayerShape, layer_shapes
 from evonnx.latency.table import LatencyTable, Query
+from evonnx.plan import PrunePlan
+from evonnx.surgery import apply_plan
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +67,15 @@ class LayerCurve:
         """Latency at the parent's widths."""
         return float(self.t_cout[-1])
 
+    @cached_property
+    def fixed(self) -> float:
+        """The layer's latency extrapolated to width 0 from its two narrowest output widths
+        (what it costs alone whatever its width; 0 with fewer than two)."""
+        if len(self.cout) < 3 or self.cout[2] <= self.cout[1]:
+            return 0.0
+        slope = (self.t_cout[2] - self.t_cout[1]) / (self.cout[2] - self.cout[1])
+        return float(np.clip(self.t_cout[1] - slope * self.cout[1], 0.0, self.t_cout[1]))
+
     def at(self, cin: float, cout: float) -> float:
         """Predicted latency at ``cin`` input and ``cout`` output channels."""
         if self.shape.depthwise:
@@ -82,10 +95,11 @@ class LatencyModel:
         runtime: Runtime name.
         batch: Batch size.
         curves: Per layer (node name).
-        measured_ms: The parent's measured latency.
-        overhead_ms: Fixed cost of a run (an empty graph's latency).
-        scale: Factor on the layers' sum: the parent's measured latency less the overhead,
-            over the sum of its layers alone.
+        measured_ms: The parent's measured latency (the reference of every calibration point).
+        empty_ms: Fixed cost of a run (an empty graph's latency).
+        coef: Coefficients of :data:`~evonnx.latency.calibrate.FEATURES`.
+        points: Calibration points the coefficients are fitted on.
+        usable: Per feature, whether it may be fitted.
         steps: Latency-step widths per prunable group id (ascending, the full size last).
     """
 
@@ -93,9 +107,21 @@ class LatencyModel:
     batch: int
     curves: Mapping[str, LayerCurve]
     measured_ms: float
-    overhead_ms: float
-    scale: float
+    empty_ms: float
+    coef: tuple[float, ...]
+    points: tuple[Point, ...] = ()
+    usable: tuple[bool, ...] = (True,) * 7
     steps: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
+
+    @property
+    def overhead_ms(self) -> float:
+        """The intercept: what an offspring costs whatever its widths."""
+        return self.coef[0]
+
+    @property
+    def scale(self) -> float:
+        """Factor on the table's layer sum."""
+        return self.coef[1]
 
     def layers_ms(self, census: Census) -> float:
         """Sum of the layers' predicted latencies for an offspring census."""
@@ -107,9 +133,42 @@ class LatencyModel:
                 total += curve.at(c.in_fraction * s.cin, c.out_fraction * s.cout)
         return total
 
+    def features(self, census: Census) -> tuple[float, ...]:
+        """The census's features (:data:`~evonnx.latency.calibrate.FEATURES` order)."""
+        var = fixed = macs = elements = orphans = 0.0
+        live = 0
+        for c in census:
+            curve = self.curves.get(c.layer.node)
+            if curve is None or c.out_fraction <= 0:
+                continue
+            s = curve.shape
+            if c.in_fraction <= 0:  # the last layer of a removed branch: its Add stays, unfused
+                orphans += c.out_fraction * s.out_size * self.batch * 1e-6
+                continue
+            t = curve.at(c.in_fraction * s.cin, c.out_fraction * s.cout)
+            fixed += min(t, curve.fixed)
+            var += t - min(t, curve.fixed)
+            live += 1
+            elements += c.out_fraction * s.out_size * self.batch * 1e-6
+            fin = min(c.in_fraction, c.out_fraction) if s.depthwise else c.in_fraction
+            macs += fin * c.out_fraction * s.macs * self.batch * 1e-9
+        return (1.0, var, fixed, macs, elements, float(live), orphans)
+
     def predict(self, census: Census) -> float:
         """Predicted latency (ms) of an offspring with this census."""
-        return self.overhead_ms + self.scale * self.layers_ms(census)
+        return float(np.dot(self.coef, self.features(census)))
+
+    def recalibrated(self, census: Census, ms: float, parent_ms: float) -> LatencyModel:
+        """This model refitted with one more measured offspring (``ms``, measured side by side
+        with the parent at ``parent_ms``)."""
+        point = Point(self.features(census), ms * self.measured_ms / parent_ms)
+        points = (*self.points, point)
+        coef = solve(points, self.usable, self.empty_ms)
+        logger.debug(
+            "recalibrated on %d points (predicted %.4g, measured %.4g): %s", len(points),
+            self.predict(census), point.ms, dict(zip(FEATURES, np.round(coef, 6), strict=True)),
+        )  # fmt: skip
+        return replace(self, coef=coef, points=points)
 
     def widths(self, group_id: int) -> Sequence[int] | None:
         """Latency-step widths of a group (``None``: no steps known)."""
@@ -123,6 +182,7 @@ def build_latency_model(
     step: int | None = None,
     step_tolerance: float = 0.02,
     max_points: int = 16,
+    calibrate: bool = True,
 ) -> LatencyModel:
     """Time ``model``'s layers (table misses only) and the whole model; fit the predictor.
 
@@ -133,6 +193,8 @@ def build_latency_model(
         step: Width step of the grid (default :data:`DEFAULT_STEP` of the runtime).
         step_tolerance: Relative drop in a group's latency that makes a width a step.
         max_points: Most grid widths per axis.
+        calibrate: Measure calibration offspring side by side with the parent (else the parent
+            alone: the proportional model).
 
     Raises:
         UnsupportedModelError: A layer has no static input shape.
@@ -156,17 +218,32 @@ def build_latency_model(
         t_in = [max(0.0, next(values) - empty) for _ in gin]
         t_out = [max(0.0, next(values) - empty) for _ in gout]
         curves[node] = LayerCurve(s, *_curve(gin, t_in), *_curve(gout, t_out))
-    measured = rt.latencies([model], table.batch)[0]
-    total = sum(c.full for c in curves.values())
-    overhead = min(empty, measured)
-    scale = (measured - overhead) / total if total > 0 else 1.0
-    logger.info(
-        "%s batch %d: model %.3f ms, layers %.3f ms (%d table hits, %d timed)",
-        rt.name, table.batch, measured, total, table.hits, table.misses,
-    )  # fmt: skip
-    lm = LatencyModel(rt.name, table.batch, curves, measured, overhead, scale)
+    lm = LatencyModel(
+        rt.name, table.batch, curves, 0.0, empty, (empty, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0)
+    )
     steps = latency_steps(lm, analysis, step_tolerance)
-    return LatencyModel(rt.name, table.batch, curves, measured, overhead, scale, steps)
+    calib = calibration_widths(analysis, steps) if calibrate else []
+    children = [apply_plan(model, analysis, _first(analysis, w)) for w in calib]
+    measured, *calib_ms = rt.latencies([model, *children], table.batch)
+    censuses = [group_census(analysis, w) for w in [{}, *calib]]
+    points = tuple(
+        Point(lm.features(c), ms) for c, ms in zip(censuses, [measured, *calib_ms], strict=True)
+    )
+    usable = (True,) * 5 + (any(g.removable for g in analysis.prunable_groups),) * 2
+    coef = solve(points, usable, min(empty, measured))
+    logger.info(
+        "%s batch %d: model %.3f ms, layers %.3f ms (%d table hits, %d timed); fit %s",
+        rt.name, table.batch, measured, lm.layers_ms(censuses[0]), table.hits, table.misses,
+        dict(zip(FEATURES, np.round(coef, 6), strict=True)),
+    )  # fmt: skip
+    return LatencyModel(
+        rt.name, table.batch, curves, measured, min(empty, measured), coef, points, usable, steps
+    )
+
+
+def _first(analysis: Analysis, widths: Mapping[int, int]) -> PrunePlan:
+    """A plan keeping the first ``widths[g]`` channels of each listed group."""
+    return PrunePlan({gid: tuple(range(w)) for gid, w in widths.items()})
 
 
 def _curve(grid: Sequence[int], ms: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -177,10 +254,15 @@ def _curve(grid: Sequence[int], ms: Sequence[float]) -> tuple[np.ndarray, np.nda
 
 def group_census(analysis: Analysis, widths: Mapping[int, int]) -> list[LayerCensus]:
     """Census of an offspring keeping ``widths[g]`` channels of each listed group (others
-    keep all); layers with several input groups scale by their mean kept fraction."""
+    keep all); layers with several input groups scale by their mean kept fraction. The rest of
+    a removed branch is gone too: a group whose producing layers all lost every input channel,
+    or whose reading layers all lost every output channel."""
     sizes = {g.id: g.size for g in analysis.groups}
+    dead = _dead_groups(analysis, {gid for gid, w in widths.items() if w == 0})
 
     def frac(gid: int | None) -> float:
+        if gid in dead:
+            return 0.0
         if gid is None or gid not in widths:
             return 1.0
         return widths[gid] / sizes[gid] if sizes[gid] else 1.0
@@ -190,6 +272,31 @@ def group_census(analysis: Analysis, widths: Mapping[int, int]) -> list[LayerCen
         fin = [frac(g) for g in lay.in_groups] or [1.0]
         out.append(LayerCensus(lay, 0.0, frac(lay.out_group), float(np.mean(fin))))
     return out
+
+
+def _dead_groups(analysis: Analysis, dead: set[int]) -> set[int]:
+    producers: dict[int, list[Layer]] = {}
+    readers: dict[int, list[Layer]] = {}
+    for lay in analysis.layers:
+        if lay.out_group is not None:
+            producers.setdefault(lay.out_group, []).append(lay)
+        for g in lay.in_groups:
+            readers.setdefault(g, []).append(lay)
+    dead = set(dead)
+    grew = bool(dead)
+    while grew:
+        grew = False
+        for gid in producers.keys() | readers.keys():
+            if gid in dead:
+                continue
+            made = producers.get(gid, [])
+            read = readers.get(gid, [])
+            if (made and all(lay.in_groups and set(lay.in_groups) <= dead for lay in made)) or (
+                read and all(lay.out_group in dead for lay in read)
+            ):
+                dead.add(gid)
+                grew = True
+    return dead
 
 
 def latency_steps(

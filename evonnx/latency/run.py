@@ -4,6 +4,7 @@ targets for the latency environment and measured columns of the lineage."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -12,7 +13,7 @@ import onnx
 from evonnx.genetic import EncodingConfig
 from evonnx.groups import Analysis
 from evonnx.latency.budget import LatencySettings, Target, latency_offspring, latency_target
-from evonnx.runtimes import Runtime, make_runtime
+from evonnx.runtimes import Runtime, RuntimeSettings, make_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,9 @@ class RunLatency:
         budget: Whether the environment is the latency budget (else only measured).
         keep: Latency fraction of its parent an offspring may keep.
         target_speedup: Speed-up over the ancestor at which the budget stops shrinking.
+        launch: Builds the runtime from its settings (``None``: :func:`make_runtime`, in
+            the driver; the Ray executor's measures in jobs of their own, see
+            :mod:`evonnx.ray_latency`).
     """
 
     settings: LatencySettings
@@ -34,11 +38,12 @@ class RunLatency:
     budget: bool = False
     keep: float = 0.8
     target_speedup: float | None = None
+    launch: Callable[[RuntimeSettings], Runtime] | None = None
     runtime: Runtime = field(init=False)
     _ancestor_ms: float | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        self.runtime = make_runtime(self.settings.runtime)
+        self.runtime = (self.launch or make_runtime)(self.settings.runtime)
 
     def measure(self, model: onnx.ModelProto) -> tuple[float, float]:
         """``(latency ms, speed-up over the ancestor)`` measured side by side (the ancestor
@@ -75,7 +80,5 @@ class RunLatency:
         rng: np.random.Generator,
     ) -> onnx.ModelProto:
         """A sampled offspring within the measured latency budget (built, with its masks)."""
-        _, fit = latency_offspring(
-            parent, analysis, config, target, self.keep, rng, self.floor_ms
-        )
+        _, fit = latency_offspring(parent, analysis, config, target, self.keep, rng, self.floor_ms)
         return fit.model

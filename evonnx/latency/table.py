@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,10 @@ logger = logging.getLogger(__name__)
 TABLE_VERSION = 1
 Query = tuple[LayerShape, int, int]
 """A layer geometry with the input and output channel counts to time it at."""
+PASS_BYTES = 2 << 30
+"""Most input and output bytes of the single-layer graphs timed in one pass (one worker
+process holds all their sessions at once: ResNet-50's table at batch 32 in one pass was killed
+for memory on a 23 GB machine)."""
 
 
 def cache_dir() -> Path:
@@ -71,8 +76,9 @@ class LatencyTable:
         return {str(k): float(v) for k, v in data.get("entries", {}).items()}
 
     def lookup(self, queries: Sequence[Query]) -> list[float]:
-        """Latency (ms) of each queried layer; missing entries are measured in one pass
-        (interleaved) and written to the cache file."""
+        """Latency (ms) of each queried layer; missing entries are measured interleaved, in
+        one pass unless their sessions would not fit in memory (:data:`PASS_BYTES`), and
+        written to the cache file."""
         keys = [q[0].key(self.batch, q[1], q[2]) for q in queries]
         todo: dict[str, Query] = {}
         for k, q in zip(keys, queries, strict=True):
@@ -82,11 +88,26 @@ class LatencyTable:
         self.hits += len(keys) - len(todo)
         if todo:
             logger.info("timing %d single-layer graphs on %s", len(todo), self.runtime.name)
-            graphs = [s.graph(self.batch, ci, co) for s, ci, co in todo.values()]
-            for k, ms in zip(todo, self.runtime.latencies(graphs, self.batch), strict=True):
-                self.entries[k] = ms
-            self._save()
+            for part in self._passes(todo):
+                graphs = [s.graph(self.batch, ci, co) for s, ci, co in part.values()]
+                for k, ms in zip(part, self.runtime.latencies(graphs, self.batch), strict=True):
+                    self.entries[k] = ms
+                self._save()  # a pass's timings are kept even if a later one fails
         return [self.entries[k] for k in keys]
+
+    def _passes(self, todo: dict[str, Query]) -> list[dict[str, Query]]:
+        """``todo`` split into passes of at most :data:`PASS_BYTES` of inputs and outputs."""
+        out: list[dict[str, Query]] = [{}]
+        used = 0
+        for k, (s, ci, co) in todo.items():
+            per_sample = ci * math.prod(s.spatial) + s.out_size * co // max(s.cout, 1)
+            size = 4 * self.batch * per_sample
+            if out[-1] and used + size > PASS_BYTES:
+                out.append({})
+                used = 0
+            out[-1][k] = (s, ci, co)
+            used += size
+        return out
 
     def empty_ms(self) -> float:
         """Latency (ms) of a graph doing nothing (one ``Identity``): the per-run overhead that
