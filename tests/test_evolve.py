@@ -279,3 +279,28 @@ def test_validation_split_selects_and_reports(tiny_data: Dataset, tiny_model: on
     assert "validation split (VAL.; for a data set 25% of its training data)" in report
     rows = list(csv.DictReader((tmp_path / "lineage.csv").open()))
     assert float(rows[1]["val_accuracy"]) == pytest.approx(lineage.records[1].val_accuracy)
+
+
+def test_cli_distill_on_by_default_off_and_refusals(
+    tiny_model: onnx.ModelProto, tiny_data: Dataset, tmp_path: Path
+) -> None:
+    assert EvolveConfig().distill == 4.0
+    model_path = tmp_path / "m.onnx"
+    onnx.save(tiny_model, str(model_path))
+    data_path = tmp_path / "d.npz"
+    np.savez(data_path, x_train=tiny_data.x_train, y_train=tiny_data.y_train,
+             x_test=tiny_data.x_test, y_test=tiny_data.y_test)  # fmt: skip
+    base = ["evolve", str(model_path), "--data", str(data_path), "--generations", "1",
+            "--epochs", "1", "--threads", "1"]  # fmt: skip
+    runs = {"default": [], "off": ["--distill", "off"], "t2": ["--distill", "2"]}
+    for name, extra in runs.items():
+        res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / name), *extra])
+        assert res.exit_code == 0, res.output
+    distill = {n: _lineage(tmp_path / n)["config"]["distill"] for n in runs}
+    assert distill == {"default": 4.0, "off": None, "t2": 2.0}
+    assert "distills from the parent (T=4.0)" in (tmp_path / "default" / "report.md").read_text()
+    assert "distills" not in (tmp_path / "off" / "report.md").read_text()
+    for bad in ("0", "-1", "warm"):
+        res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "bad"), "--distill", bad])
+        assert res.exit_code == 1 and "--distill" in res.output, res.output
+        assert not (tmp_path / "bad").exists()

@@ -74,6 +74,26 @@ def _summary(lineage: Lineage, out: Path) -> None:
     )
 
 
+class DistillTemperature(click.ParamType):
+    """``--distill``: a temperature above 0, or ``off`` (no distillation)."""
+
+    name = "T|off"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """A float above 0, or ``None`` for ``off``."""
+        if value is None or isinstance(value, float):
+            return value
+        if str(value).strip().lower() == "off":
+            return None
+        try:
+            t = float(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a temperature nor 'off'", param, ctx)
+        if not t > 0:
+            self.fail(f"temperature must be > 0 (or 'off'), got {value}", param, ctx)
+        return t
+
+
 def evolution_options(
     d: EvolveConfig,
 ) -> Callable[[click.decorators.FC], click.decorators.FC]:
@@ -99,10 +119,10 @@ def _with_options(fn: click.decorators.FC, d: EvolveConfig) -> click.decorators.
         click.option("--patience", type=click.IntRange(1), default=d.patience,
                      show_default=True,
                      help="Stop after this many generations in a row over the budget."),
-        click.option("--distill", type=click.FloatRange(0, min_open=True), is_flag=False,
-                     flag_value=4.0, default=d.distill,
+        click.option("--distill", type=DistillTemperature(), is_flag=False,
+                     flag_value=4.0, default=d.distill, show_default=True, metavar="T|off",
                      help="Distill from the parent while retraining, at temperature T "
-                          "(--distill alone: T=4)."),
+                          "(--distill alone: T=4); 'off' retrains on the task's loss alone."),
         click.option("--deterministic", is_flag=True, default=d.deterministic,
                      help="Deterministic torch algorithms: byte-identical reruns and "
                           "resumes on CUDA too (may train slower there)."),

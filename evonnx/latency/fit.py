@@ -7,7 +7,8 @@ saved: a group steps down to its next allowed width (latency step, ``round_to``,
 First until its predicted latency is within budget; then it builds the offspring, measures it
 side by side with its parent (one interleaved run, so both see the same machine state) and,
 while it is over budget, takes steps until the predicted saving covers half the measured excess
-(a noisy measurement must not strip it) and measures again. Each measurement recalibrates the
+(a noisy measurement must not strip it) and measures again. An offspring within budget is
+measured once more, and accepted only if that run agrees. Each measurement recalibrates the
 predictor (:meth:`~evonnx.latency.model.LatencyModel.recalibrated`) after the offspring's
 prediction was recorded, so the reported prediction is always out of sample. The budget is
 never exceeded: when nothing is left to remove, :class:`~evonnx.errors.LatencyBudgetError` is
@@ -46,7 +47,8 @@ class MeasuredFit:
             recalibrated on every earlier measurement), as a fraction of the parent's reference
             latency times the parent's latency measured side by side with the offspring.
         budget_ms: ``keep * parent_ms`` (or the floor).
-        rounds: Measurements taken (1: the sampled offspring already fit).
+        rounds: Measurement rounds (1: the sampled offspring already fit); each round within
+            budget is confirmed by a second run.
         trimmed: Groups stepped down (or branches removed) after measuring.
     """
 
@@ -129,9 +131,19 @@ def fit_measured(
             rounds, child_ms, parent_ms, budget, predicted,
         )  # fmt: skip
         if child_ms <= budget:
-            return MeasuredFit(
-                child, current, parent_ms, child_ms, predicted, budget, rounds, trimmed
-            )
+            # Confirmed by a second interleaved run: trimming stops at the first measurement
+            # within budget, so that one is biased low (the winner's curse), and a fresh
+            # measurement of an offspring accepted on it alone often came out over budget.
+            parent_ms, child_ms = runtime.latencies([parent, child], lm.batch)
+            lm = lm.recalibrated(census, child_ms, parent_ms)
+            budget = keep * parent_ms if floor_ms is None else max(keep * parent_ms, floor_ms)
+            logger.info("round %d confirmed: offspring %.4g ms, parent %.4g ms, budget %.4g ms",
+                        rounds, child_ms, parent_ms, budget)  # fmt: skip
+            if child_ms <= budget:
+                predicted = ratio * parent_ms
+                return MeasuredFit(
+                    child, current, parent_ms, child_ms, predicted, budget, rounds, trimmed
+                )
         if rounds == max_rounds:
             break
         # Half the excess, in predicted milliseconds (prediction and measurement may differ in
