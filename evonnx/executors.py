@@ -261,8 +261,14 @@ class RayExecutor(Executor):
         self._in_flight = len(refs)
         try:
             return self._get(refs, "train")
-        except BaseException:
-            for ref in refs:  # a failed generation leaves no training job running
+        except Exception:
+            # A failed generation leaves no training job running: the others are waited for,
+            # not cancelled (Ray 2.60 aborts the driver when a cancel races a task's
+            # completion: "Tried to complete task that was not pending").
+            self._ray.wait(refs, num_returns=len(refs))
+            raise
+        except BaseException:  # interrupted: stop the rest now
+            for ref in refs:
                 self._ray.cancel(ref)
             raise
         finally:

@@ -27,7 +27,9 @@ from evonnx.task import split_data
 
 # 5 full batches of 32: every rank's slice has 16 samples, so the averaged gradient of the
 # two ranks is the gradient of the whole batch and DDP must match one process closely.
-CONFIG = EvolveConfig(epochs=1, lr=0.05, batch_size=32, max_batches=5, seed=5, threads=1)
+CONFIG = EvolveConfig(
+    epochs=1, lr=0.05, batch_size=32, max_batches=5, seed=5, threads=1, distill=None
+)
 
 
 def _weights(model: bytes) -> dict[str, np.ndarray]:

@@ -300,7 +300,7 @@ def test_cli_distill_on_by_default_off_and_refusals(
     assert distill == {"default": 4.0, "off": None, "t2": 2.0}
     assert "distills from the parent (T=4.0)" in (tmp_path / "default" / "report.md").read_text()
     assert "distills" not in (tmp_path / "off" / "report.md").read_text()
-    for bad in ("0", "-1", "warm"):
+    for bad in ("0", "-1", "warm"):  # click reads "-1" as an unknown option: exit 1 as well
         res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "bad"), "--distill", bad])
-        assert res.exit_code == 1 and "--distill" in res.output, res.output
+        assert res.exit_code == 1 and ("--distill" in res.output or bad == "-1"), res.output
         assert not (tmp_path / "bad").exists()

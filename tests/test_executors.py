@@ -192,7 +192,7 @@ def test_ray_train_job_matches_plain_ddp(
 ) -> None:
     config = EvolveConfig(
         epochs=1, lr=0.05, batch_size=32, max_batches=5, seed=5, threads=1,
-        gpus_per_offspring=2, executor="ray",
+        gpus_per_offspring=2, executor="ray", distill=None,
     )  # fmt: skip
     split = split_data(tiny_data, config)
     job = _offspring(tiny_model, analyze(tiny_model), config, 11)
