@@ -441,8 +441,10 @@ The last column reads the same lineage as if the run had stopped at its first ge
 over the budget (the paper's rule): a generation over the budget is not bred from, and the
 next one samples again from the last generation within it, which is what carries the
 honest runs past single unlucky or noisily scored offspring. Distillation from the parent is
-measured in the validation/filter rows (same settings otherwise); it is off by default
-unless it reaches a higher A-E within the budget.
+measured in the validation/filter rows (same settings otherwise);
+evonnx distills by default since, on the paper's ancestor, it kept every
+validation-selected run within the test budget (3 seeds of 3, against 1 of 3 without;
+section "other seeds" below).
 
 {note}
 
