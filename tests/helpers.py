@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
+from evonnx.data import Dataset
 from evonnx.groups import Analysis, Role
 from evonnx.plan import PrunePlan
 from evonnx.surgery import removed_channels
@@ -73,3 +76,10 @@ def make_model(
     return helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version
     )
+
+
+def save_npz(data: Dataset, path: Path) -> Path:
+    """Write ``data`` as the ``.npz`` that ``--data`` reads (for CLI runs and subprocesses)."""
+    np.savez(path, x_train=data.x_train, y_train=data.y_train, x_test=data.x_test,
+             y_test=data.y_test)  # fmt: skip
+    return path

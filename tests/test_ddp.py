@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from helpers import save_npz
 from onnx import numpy_helper
 from test_evolve import tiny_data, tiny_model  # noqa: F401  (fixtures)
 
@@ -92,9 +93,7 @@ def test_cli_evolves_data_parallel(
     tiny_data: Dataset,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    d = tiny_data
-    np.savez(tmp_path / "tiny.npz", x_train=d.x_train, y_train=d.y_train, x_test=d.x_test,
-             y_test=d.y_test)  # fmt: skip
+    save_npz(tiny_data, tmp_path / "tiny.npz")
     save_model(tiny_model, tmp_path / "tiny.onnx")
     out = tmp_path / "run"
     result = CliRunner().invoke(

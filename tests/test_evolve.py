@@ -15,6 +15,7 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import save_npz
 from torch import nn
 
 import evonnx
@@ -170,9 +171,7 @@ def test_data_mismatch_and_nothing_prunable(tiny_model: onnx.ModelProto, tiny_da
 def test_cli_evolve(tiny_model: onnx.ModelProto, tiny_data: Dataset, tmp_path: Path) -> None:
     model_path = tmp_path / "m.onnx"
     onnx.save(tiny_model, str(model_path))
-    data_path = tmp_path / "d.npz"
-    np.savez(data_path, x_train=tiny_data.x_train, y_train=tiny_data.y_train,
-             x_test=tiny_data.x_test, y_test=tiny_data.y_test)  # fmt: skip
+    data_path = save_npz(tiny_data, tmp_path / "d.npz")
     args = ["evolve", str(model_path), "--data", str(data_path), "--out", str(tmp_path / "run"),
             "--generations", "3", "--epochs", "1", "--lr", "0.05", "--batch-size", "32",
             "--seed", "7", "--threads", "1"]  # fmt: skip
@@ -287,9 +286,7 @@ def test_cli_distill_on_by_default_off_and_refusals(
     assert EvolveConfig().distill == 4.0
     model_path = tmp_path / "m.onnx"
     onnx.save(tiny_model, str(model_path))
-    data_path = tmp_path / "d.npz"
-    np.savez(data_path, x_train=tiny_data.x_train, y_train=tiny_data.y_train,
-             x_test=tiny_data.x_test, y_test=tiny_data.y_test)  # fmt: skip
+    data_path = save_npz(tiny_data, tmp_path / "d.npz")
     base = ["evolve", str(model_path), "--data", str(data_path), "--generations", "1",
             "--epochs", "1", "--threads", "1"]  # fmt: skip
     runs = {"default": [], "off": ["--distill", "off"], "t2": ["--distill", "2"]}

@@ -8,11 +8,11 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
 from fake_runtime import MacRuntime
+from helpers import save_npz
 from test_evolve import TinyNet, _export, tiny_data, tiny_model  # noqa: F401  (fixtures)
 
 import evonnx
@@ -104,9 +104,7 @@ def test_cli_measure_adds_latency_to_any_env(
 ) -> None:
     model_path = tmp_path / "m.onnx"
     onnx.save(tiny_model, str(model_path))
-    data_path = tmp_path / "d.npz"
-    np.savez(data_path, x_train=tiny_data.x_train, y_train=tiny_data.y_train,
-             x_test=tiny_data.x_test, y_test=tiny_data.y_test)  # fmt: skip
+    data_path = save_npz(tiny_data, tmp_path / "d.npz")
     args = ["evolve", str(model_path), "--data", str(data_path), "--out", str(tmp_path / "run"),
             "--generations", "2", "--epochs", "1", "--seed", "7", "--threads", "1",
             "--measure", "ort-cpu", "--runtime-threads", "1", "--batch", "2"]  # fmt: skip

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from helpers import save_npz
 from test_evolve import TinyNet, _export, tiny_data, tiny_model  # noqa: F401  (fixtures)
 
 import evonnx
@@ -278,9 +278,7 @@ def test_a_killed_worker_is_retried(
 ) -> None:
     if executor == "ray":
         request.getfixturevalue("ray_cluster")
-    arrays = tmp_path / "tiny.npz"
-    d = tiny_data
-    np.savez(arrays, x_train=d.x_train, y_train=d.y_train, x_test=d.x_test, y_test=d.y_test)
+    arrays = save_npz(tiny_data, tmp_path / "tiny.npz")
     source = tmp_path / "killed_task.py"
     marker = tmp_path / "killed"
     source.write_text(KILLING_TASK.format(marker=str(marker), data=str(arrays)))

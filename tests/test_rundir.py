@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from helpers import save_npz
 from zoo import helper_convnet
 
 import evonnx
@@ -42,8 +43,7 @@ def _files(tmp_path: Path) -> tuple[Path, Path]:
     """The tiny ancestor and data set as files (for subprocesses)."""
     model, data = tmp_path / "model.onnx", tmp_path / "tiny.npz"
     save_model(helper_convnet(), model)
-    d = _data()
-    np.savez(data, x_train=d.x_train, y_train=d.y_train, x_test=d.x_test, y_test=d.y_test)
+    save_npz(_data(), data)
     return model, data
 
 

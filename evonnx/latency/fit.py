@@ -116,6 +116,10 @@ def fit_measured(
             trimmed += _trim(analysis, prunable, kept, strength, lm, excess, round_to, min_channels)
         except PlanError:  # nothing to remove: the measurement decides
             logger.info("predicted %.4g ms over the budget with nothing left to remove", excess)
+
+    def budget_of(parent_ms: float) -> float:
+        return keep * parent_ms if floor_ms is None else max(keep * parent_ms, floor_ms)
+
     for rounds in range(1, max_rounds + 1):
         current = _plan(kept, prunable)
         child = apply_plan(parent, analysis, current, masks)
@@ -125,7 +129,7 @@ def fit_measured(
         parent_ms, child_ms = runtime.latencies([parent, child], lm.batch)
         predicted = ratio * parent_ms
         lm = lm.recalibrated(census, child_ms, parent_ms)
-        budget = keep * parent_ms if floor_ms is None else max(keep * parent_ms, floor_ms)
+        budget = budget_of(parent_ms)
         logger.info(
             "round %d: offspring %.4g ms, parent %.4g ms, budget %.4g ms (predicted %.4g)",
             rounds, child_ms, parent_ms, budget, predicted,
@@ -136,7 +140,7 @@ def fit_measured(
             # measurement of an offspring accepted on it alone often came out over budget.
             parent_ms, child_ms = runtime.latencies([parent, child], lm.batch)
             lm = lm.recalibrated(census, child_ms, parent_ms)
-            budget = keep * parent_ms if floor_ms is None else max(keep * parent_ms, floor_ms)
+            budget = budget_of(parent_ms)
             logger.info("round %d confirmed: offspring %.4g ms, parent %.4g ms, budget %.4g ms",
                         rounds, child_ms, parent_ms, budget)  # fmt: skip
             if child_ms <= budget:
