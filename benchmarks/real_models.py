@@ -38,7 +38,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -114,8 +114,22 @@ def latency_settings(threads: int) -> LatencySettings:
     return LatencySettings(runtime=RuntimeSettings(threads=threads, statistic="min"))
 
 
+RECIPE = {"optimizer": "adamw", "warmup": 0.1, "freeze_bn": True, "clip_grad": 5.0}
+"""Retraining recipe where evonnx has one (AdamW, warm-up then cosine, frozen BatchNorm
+statistics, clipped gradients); older evonnx: Adam, cosine, epochs x batches."""
+
+
+def recipe(steps: int, batches: int) -> dict[str, Any]:
+    """EvolveConfig fields that train for ``steps`` optimizer steps on ``batches`` batches."""
+    names = {f.name for f in fields(EvolveConfig)}
+    if "steps" in names:
+        return {"steps": steps, **{k: v for k, v in RECIPE.items() if k in names}}
+    epochs = math.ceil(steps / batches)
+    return {"optimizer": "adam", "epochs": epochs, "max_batches": math.ceil(steps / epochs)}
+
+
 def evolve_config(s: Settings, target: float, generations: int, steps: int) -> EvolveConfig:
-    """The run settings every method shares (training) plus evolution's environment."""
+    """The training settings every method shares, and evolution's latency environment."""
     return EvolveConfig(
         generations=generations + 1,
         max_drop=1.0,
@@ -127,14 +141,18 @@ def evolve_config(s: Settings, target: float, generations: int, steps: int) -> E
         runtime="ort-cpu",
         runtime_threads=1,
         latency_statistic="min",
-        epochs=max(1, steps // max(1, s.n_train // s.batch)),
-        max_batches=min(steps, s.n_train // s.batch),
         lr=s.lr,
-        optimizer="adam",
         batch_size=s.batch,
         threads=1,
         seed=s.seed,
+        **recipe(steps, s.n_train // s.batch),
     )
+
+
+def steps_of(config: EvolveConfig) -> int:
+    """Optimizer steps one offspring trains for under ``config``."""
+    steps = getattr(config, "steps", None)
+    return int(steps) if steps else config.epochs * (config.max_batches or 0)
 
 
 def generations_for(target: float) -> int:
@@ -155,8 +173,7 @@ def finetune(
 ) -> tuple[onnx.ModelProto, float]:
     """``steps`` optimizer steps of the evolution's retraining on ``model``; seconds spent."""
     batches = task.train_batches()
-    epochs = math.ceil(steps / len(batches))
-    cfg = replace(config, epochs=epochs, max_batches=min(len(batches), steps))
+    cfg = replace(config, **recipe(steps, len(batches)))
     module = to_torch(model, freeze_zeros=True)
     result = train(
         module,
@@ -198,7 +215,7 @@ def run_evolution(
                 "fit_speedup": rec.speedup or float("nan"),
             }
         )
-    steps = (len(lineage.records) - 1) * config.epochs * (config.max_batches or 0)
+    steps = (len(lineage.records) - 1) * steps_of(config)
     return Candidate(
         "evolution",
         labels,
