@@ -83,6 +83,7 @@ class Settings:
     lr: float
     label_free: bool
     runs: int
+    save: Path | None = None
     seed: int = 0
 
 
@@ -340,6 +341,14 @@ def measured(
     return out
 
 
+def save_all(folder: Path, ancestor: onnx.ModelProto, cands: list[Candidate]) -> None:
+    """Write the ancestor and every offspring (``METHOD-labels|free-TARGET.onnx``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    api.save(ancestor, folder / "ancestor.onnx")
+    for c in cands:
+        api.save(c.model, folder / f"{c.method}-{'labels' if c.labels else 'free'}-{c.target}.onnx")
+
+
 def run_model(spec: rt.ModelSpec, path: Path, s: Settings) -> dict[str, Any]:
     """All rows of one model."""
     print(f"{spec.name}: {path}", flush=True)
@@ -348,6 +357,8 @@ def run_model(spec: rt.ModelSpec, path: Path, s: Settings) -> dict[str, Any]:
     print(f"  ancestor {spec.metric} {base:.2f}", flush=True)
     sens = score_of(api.prune(prep.ancestor, 0.99).model, prep.labelled)
     cands = [c for t in s.targets for c in candidates_for(prep, s, t)]
+    if s.save is not None:
+        save_all(s.save / spec.key, prep.ancestor, cands)
     speeds = measured(prep.ancestor, [c.model for c in cands], s.runs)
     rows = []
     for k, c in enumerate(cands):
@@ -485,10 +496,12 @@ def parse(argv: list[str] | None) -> tuple[Settings, bool]:
     p.add_argument("--runs", type=int, default=40, help="timed rounds of the final measurement")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny data, 2 steps, 1.5x")
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--save", type=Path, help="write every offspring here (ONNX)")
     a = p.parse_args(argv)
     s = Settings(
         a.models, tuple(a.only.split(",")), tuple(float(t) for t in a.targets.split(",")),
         a.steps, a.batch, a.n_train, a.n_val, a.n_test, a.lr, not a.no_label_free, a.runs,
+        a.save,
     )  # fmt: skip
     if a.quick:
         s = replace(s, targets=(1.5,), steps=2, batch=8, n_train=16, n_val=16, n_test=32, runs=5)
@@ -510,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     except EvonnxError as exc:
         print(f"error: {exc}")
         return 1
-    settings = {k: v for k, v in vars(s).items() if k != "models"}
+    settings = {k: v for k, v in vars(s).items() if k not in ("models", "save")}
     result = {"machine": machine(), "settings": settings, "models": models,
               "minutes": round((time.perf_counter() - start) / 60, 1)}  # fmt: skip
     print(json.dumps(result, indent=1)[:4000])
