@@ -86,6 +86,8 @@ class Settings:
     label_free: bool
     runs: int
     save: Path | None = None
+    results: Path = RESULTS
+    render_only: bool = False
     seed: int = 0
 
 
@@ -508,20 +510,60 @@ def parse(argv: list[str] | None) -> tuple[Settings, bool]:
     p.add_argument("--quick", action="store_true", help="smoke run: tiny data, 2 steps, 1.5x")
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--save", type=Path, help="write every offspring here (ONNX)")
+    p.add_argument("--results", type=Path, default=RESULTS, help="JSON to write and merge into")
+    p.add_argument(
+        "--render-only", action="store_true", help="rewrite the section and plot from --results"
+    )
     a = p.parse_args(argv)
     s = Settings(
         a.models, tuple(a.only.split(",")), tuple(float(t) for t in a.targets.split(",")),
         a.steps, a.batch, a.n_train, a.n_val, a.n_test, a.lr, not a.no_label_free, a.runs,
-        a.save,
+        a.save, a.results, a.render_only,
     )  # fmt: skip
     if a.quick:
         s = replace(s, targets=(1.5,), steps=2, batch=8, n_train=16, n_val=16, n_test=32, runs=5)
     return s, not a.no_write
 
 
+LOCAL = ("models", "save", "results", "render_only")
+"""Settings that name local paths or modes, not what was measured."""
+
+
+def merged(result: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``result`` plus the models of an earlier run in ``path`` that this run did not redo.
+
+    Each model keeps the settings and machine it was measured with (``settings``/``machine``
+    inside the model when they differ from the run's).
+    """
+    if not path.is_file():
+        return result
+    old = json.loads(path.read_text())
+    names = {m["name"] for m in result["models"]}
+    kept = []
+    for m in old.get("models", []):
+        if m["name"] in names:
+            continue
+        m.setdefault("settings", old.get("settings"))
+        m.setdefault("machine", old.get("machine"))
+        kept.append(m)
+    order = {sp.name: k for k, sp in enumerate(rt.SPECS)}
+    models = sorted([*kept, *result["models"]], key=lambda m: order.get(m["name"], 99))
+    return {**result, "models": models}
+
+
+def write(result: dict[str, Any], path: Path) -> None:
+    """The JSON, the plot and the docs section."""
+    write_text_atomic(path, json.dumps(result, indent=1) + "\n")
+    plot(result, PLOT)
+    update_section("real-models", markdown(result))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; exit 1 (printing how to get them) when models are missing."""
-    s, write = parse(argv)
+    s, writing = parse(argv)
+    if s.render_only:
+        write(json.loads(s.results.read_text()), s.results)
+        return 0
     specs = [rt.spec(k) for k in s.only]
     missing = [sp for sp in specs if not (s.models / sp.file).is_file()]
     for sp in missing:
@@ -534,14 +576,12 @@ def main(argv: list[str] | None = None) -> int:
     except EvonnxError as exc:
         print(f"error: {exc}")
         return 1
-    settings = {k: v for k, v in vars(s).items() if k not in ("models", "save")}
+    settings = {k: v for k, v in vars(s).items() if k not in LOCAL}
     result = {"machine": machine(), "settings": settings, "models": models,
               "minutes": round((time.perf_counter() - start) / 60, 1)}  # fmt: skip
     print(json.dumps(result, indent=1)[:4000])
-    if write:
-        write_text_atomic(RESULTS, json.dumps(result, indent=1) + "\n")
-        plot(result, PLOT)
-        update_section("real-models", markdown(result))
+    if writing:
+        write(merged(result, s.results), s.results)
     return 0
 
 
