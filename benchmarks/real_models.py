@@ -420,15 +420,26 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         "## Real pretrained models: faster at the same accuracy\n",
         f"Machine: {result['machine']}. `python benchmarks/real_models.py` "
-        f"(steps per generation {s['steps']}, batch {s['batch']}, Adam lr {s['lr']}). "
+        f"(steps per generation {s['steps']}, batch {s['batch']}, lr {s['lr']}, "
+        f"retraining {result.get('recipe', 'Adam, cosine')}). "
         "Offspring fitted on ort-cpu at one thread, batch 1; speed-ups below are measured side "
         "by side with the ancestor by `evonnx.deploy.bench` (1 thread / onnxruntime's default "
-        "threads). Equal total training steps per row at each target. `labels`: no = "
-        "label-free, trained on the ancestor's outputs. Drop in points of the model's metric.\n",
+        "threads; fastest of the interleaved runs, as the machine is shared). Equal total "
+        "training steps per row at each target. `labels`: no = label-free, trained on the "
+        "ancestor's outputs (KL), selected on agreement with it; the score is always the "
+        "model's metric on the labelled test split. Drop in points of that metric.\n",
     ]
     for m in result["models"]:
+        own = m.get("settings")
+        if own:
+            lines.append(
+                f"### {m['name']}\n\nMeasured in a separate run: steps per generation "
+                f"{own['steps']}, batch {own['batch']}, train/val/test {own['n_train']}/"
+                f"{own['n_val']}/{own['n_test']}.\n"
+            )
+        else:
+            lines.append(f"### {m['name']}\n")
         lines += [
-            f"### {m['name']}\n",
             f"`{m['file']}` from `{m['package']}`, input {m['input_shape']}. Metric: "
             f"{m['metric']} on {m['splits']['test']} test inputs: {m['inputs']}. Ancestor "
             f"**{m['ancestor_score']:.2f}**; magnitude `--keep 0.99` before retraining: "
@@ -577,7 +588,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}")
         return 1
     settings = {k: v for k, v in vars(s).items() if k not in LOCAL}
+    used = recipe(s.steps, max(1, s.n_train // s.batch))
     result = {"machine": machine(), "settings": settings, "models": models,
+              "recipe": ", ".join(f"{k}={v}" for k, v in used.items() if k != "steps"),
               "minutes": round((time.perf_counter() - start) / 60, 1)}  # fmt: skip
     print(json.dumps(result, indent=1)[:4000])
     if writing:
