@@ -316,9 +316,22 @@ def timed(fn: Any, *args: Any) -> tuple[onnx.ModelProto, float, float]:
     return model, fit, time.perf_counter() - start
 
 
-def candidates_for(prep: Prepared, s: Settings, target: float) -> list[Candidate]:
-    """Every method and training signal at one target."""
-    shot = timed(one_shot_model, prep.ancestor, target, s.seed)
+def candidates_for(
+    prep: Prepared, s: Settings, target: float, skipped: list[dict[str, Any]]
+) -> list[Candidate]:
+    """Every method and training signal at one target.
+
+    When evonnx's latency environment refuses the model, evolution and one-shot are left out
+    and the reason is appended to ``skipped``; magnitude pruning still runs.
+    """
+    try:
+        shot: tuple[onnx.ModelProto, float, float] | None = timed(
+            one_shot_model, prep.ancestor, target, s.seed
+        )
+    except EvonnxError as exc:
+        shot = None
+        skipped.append({"methods": ["evolution", "one-shot"], "target": target, "reason": str(exc)})
+        print(f"  latency environment refused the model: {exc}", flush=True)
     mag = timed(magnitude_model, prep.ancestor, target)
     out = []
     for task in (prep.labelled, prep.free):
@@ -326,10 +339,11 @@ def candidates_for(prep: Prepared, s: Settings, target: float) -> list[Candidate
             continue
         labels = task.teacher is None
         print(f"  target {target}x, {'labels' if labels else 'label-free'}", flush=True)
-        out.append(run_evolution(prep.ancestor, task, s, target, labels))
-        out.append(tuned("one-shot", shot, task, prep, s, target))
+        if shot is not None:
+            out.append(run_evolution(prep.ancestor, task, s, target, labels))
+            out.append(tuned("one-shot", shot, task, prep, s, target))
         out.append(tuned("magnitude", mag, task, prep, s, target))
-        for c in out[-3:]:
+        for c in out[-3 if shot is not None else -1 :]:
             print(f"    {c.method:9s} score {c.score:6.2f}  fit {c.fit_speedup}", flush=True)
     return out
 
@@ -368,7 +382,8 @@ def run_model(spec: rt.ModelSpec, path: Path, s: Settings) -> dict[str, Any]:
     base = score_of(prep.ancestor, prep.labelled)
     print(f"  ancestor {spec.metric} {base:.2f}", flush=True)
     sens = score_of(api.prune(prep.ancestor, 0.99).model, prep.labelled)
-    cands = [c for t in s.targets for c in candidates_for(prep, s, t)]
+    skipped: list[dict[str, Any]] = []
+    cands = [c for t in s.targets for c in candidates_for(prep, s, t, skipped)]
     if s.save is not None:
         save_all(s.save / spec.key, prep.ancestor, cands)
     speeds = measured(prep.ancestor, [c.model for c in cands], s.runs)
@@ -401,6 +416,7 @@ def run_model(spec: rt.ModelSpec, path: Path, s: Settings) -> dict[str, Any]:
         "ancestor_score": round(base, 2),
         "magnitude_keep_0.99_score": round(sens, 2),
         "rows": rows,
+        "skipped": skipped,
     }
 
 
@@ -454,6 +470,11 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{r['measured_speedup']:.2f}x | {r['measured_speedup_default_threads']:.2f}x | "
                 f"{r['score']:.2f} | {r['drop_points']:+.2f} | {r['train_steps']} | "
                 f"{r['minutes']:.1f} |"
+            )
+        for sk in m.get("skipped", []):
+            lines.append(
+                f"| {sk['target']}x | {' and '.join(sk['methods'])} | - | not run: "
+                f"{sk['reason']} | | | | | |"
             )
         tr, sc, ov = overhead_share(m["rows"])
         total = tr + sc + ov
