@@ -44,6 +44,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -62,6 +63,7 @@ from evonnx.latency import LatencySettings
 from evonnx.lineage import EvolveConfig, GenerationRecord
 from evonnx.retrain import train
 from evonnx.runtimes import RuntimeSettings
+from evonnx.task import Task
 from evonnx.textio import write_text_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,6 +90,7 @@ class Settings:
     save: Path | None = None
     results: Path = RESULTS
     render_only: bool = False
+    evonnx_fidelity: bool = False
     seed: int = 0
 
 
@@ -174,12 +177,13 @@ def score_of(model: onnx.ModelProto, task: rt.RealTask) -> float:
 
 
 def finetune(
-    model: onnx.ModelProto, task: rt.RealTask, config: EvolveConfig, steps: int
+    model: onnx.ModelProto, task: Task, config: EvolveConfig, steps: int
 ) -> tuple[onnx.ModelProto, float]:
     """``steps`` optimizer steps of the evolution's retraining on ``model``; seconds spent."""
     batches = task.train_batches()
-    cfg = replace(config, **recipe(steps, len(batches)))
-    module = to_torch(model, freeze_zeros=True)
+    cfg = replace(config, **recipe(steps, len(batches) if hasattr(batches, "__len__") else steps))
+    view = getattr(task, "training_graph", lambda m: m)  # evonnx with Task.training_graph
+    module = to_torch(view(model), freeze_zeros=True)
     result = train(
         module,
         batches,
@@ -192,7 +196,7 @@ def finetune(
 
 
 def run_evolution(
-    ancestor: onnx.ModelProto, task: rt.RealTask, s: Settings, target: float, labels: bool
+    prep: Prepared, task: Task, s: Settings, target: float, labels: bool
 ) -> Candidate:
     """Method (a): several latency generations stepping to ``target``."""
     gens = generations_for(target)
@@ -202,9 +206,11 @@ def run_evolution(
     with tempfile.TemporaryDirectory(prefix="real-evolve-") as tmp:
 
         def on_generation(record: GenerationRecord) -> None:
-            stamps.append((time.perf_counter(), record, task.score_seconds))
+            stamps.append((time.perf_counter(), record, getattr(task, "score_seconds", 0.0)))
 
-        lineage = evolve(ancestor, task, tmp, config, progress=False, on_generation=on_generation)
+        lineage = evolve(
+            prep.ancestor, task, tmp, config, progress=False, on_generation=on_generation
+        )
         last = lineage.records[-1]
         final = api.load(Path(tmp) / last.file, normalize=False)
     split = []
@@ -226,7 +232,7 @@ def run_evolution(
         labels,
         target,
         final,
-        score_of(final, task),
+        score_of(final, prep.labelled),
         steps,
         (time.perf_counter() - start) / 60,
         last.speedup,
@@ -267,7 +273,8 @@ class Prepared:
 
     ancestor: onnx.ModelProto
     labelled: rt.RealTask
-    free: rt.RealTask | None
+    free: Task | None
+    free_kind: str = ""
 
 
 def prepare(spec: rt.ModelSpec, path: Path, s: Settings) -> Prepared:
@@ -279,20 +286,49 @@ def prepare(spec: rt.ModelSpec, path: Path, s: Settings) -> Prepared:
         for k, n in enumerate((s.n_train, s.n_val, s.n_test), 1)
     )
     labelled = rt.RealTask(spec, classes, train, val, test, None, s.batch, s.seed)
-    free = None
-    if s.label_free:
+    if not s.label_free:
+        return Prepared(ancestor, labelled, None)
+    free, kind = fidelity_task(ancestor, train, val, s)
+    if free is None:
         teacher = (
             rt.probabilities(ancestor, train.x),
             rt.decode(spec.kind, rt.probabilities(ancestor, val.x), classes),
         )
         free = rt.RealTask(spec, classes, train, val, test, teacher, s.batch, s.seed)
-    return Prepared(ancestor, labelled, free)
+    return Prepared(ancestor, labelled, free, kind)
+
+
+def fidelity_task(
+    ancestor: onnx.ModelProto, train: rt.Part, val: rt.Part, s: Settings
+) -> tuple[Task | None, str]:
+    """evonnx's own label-free task on the training and validation inputs, where it exists.
+
+    Without ``evonnx.FidelityTask`` (or when it refuses these inputs) the benchmark's KL
+    adapter (:class:`real_tasks.RealTask` with the ancestor as teacher) stands in.
+    """
+    import evonnx
+
+    if not s.evonnx_fidelity:
+        return None, "benchmark KL adapter"
+    if not hasattr(evonnx, "FidelityTask"):
+        return None, "benchmark KL adapter (evonnx has no FidelityTask)"
+    name = ancestor.graph.input[0].name
+    inputs = {name: np.concatenate([train.x, val.x])}
+    frac = len(val.x) / len(inputs[name])
+    try:
+        task = evonnx.FidelityTask(
+            ancestor, inputs, val_fraction=frac, test_fraction=0.0, seed=s.seed,
+            batch_size=s.batch,
+        )  # fmt: skip
+    except (EvonnxError, TypeError, ValueError) as exc:
+        return None, f"benchmark KL adapter (FidelityTask refused: {exc})"
+    return task, "evonnx.FidelityTask"
 
 
 def tuned(
     method: str,
     built: tuple[onnx.ModelProto, float, float],
-    task: rt.RealTask,
+    task: Task,
     prep: Prepared,
     s: Settings,
     target: float,
@@ -305,7 +341,7 @@ def tuned(
     trained, _ = finetune(model, task, config, gens * s.steps)
     minutes = (time.perf_counter() - start + build_seconds) / 60
     score = score_of(trained, prep.labelled)
-    labels = task.teacher is None
+    labels = task is prep.labelled
     return Candidate(method, labels, target, trained, score, gens * s.steps, minutes, fit)
 
 
@@ -337,10 +373,10 @@ def candidates_for(
     for task in (prep.labelled, prep.free):
         if task is None:
             continue
-        labels = task.teacher is None
+        labels = task is prep.labelled
         print(f"  target {target}x, {'labels' if labels else 'label-free'}", flush=True)
         if shot is not None:
-            out.append(run_evolution(prep.ancestor, task, s, target, labels))
+            out.append(run_evolution(prep, task, s, target, labels))
             out.append(tuned("one-shot", shot, task, prep, s, target))
         out.append(tuned("magnitude", mag, task, prep, s, target))
         for c in out[-3 if shot is not None else -1 :]:
@@ -417,6 +453,7 @@ def run_model(spec: rt.ModelSpec, path: Path, s: Settings) -> dict[str, Any]:
         "magnitude_keep_0.99_score": round(sens, 2),
         "rows": rows,
         "skipped": skipped,
+        "label_free_task": prep.free_kind or None,
     }
 
 
@@ -538,6 +575,11 @@ def parse(argv: list[str] | None) -> tuple[Settings, bool]:
     p.add_argument("--n-test", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--no-label-free", action="store_true")
+    p.add_argument(
+        "--evonnx-fidelity",
+        action="store_true",
+        help="label-free rows train with evonnx.FidelityTask instead of the benchmark's adapter",
+    )
     p.add_argument("--runs", type=int, default=40, help="timed rounds of the final measurement")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny data, 2 steps, 1.5x")
     p.add_argument("--no-write", action="store_true")
@@ -550,7 +592,7 @@ def parse(argv: list[str] | None) -> tuple[Settings, bool]:
     s = Settings(
         a.models, tuple(a.only.split(",")), tuple(float(t) for t in a.targets.split(",")),
         a.steps, a.batch, a.n_train, a.n_val, a.n_test, a.lr, not a.no_label_free, a.runs,
-        a.save, a.results, a.render_only,
+        a.save, a.results, a.render_only, a.evonnx_fidelity,
     )  # fmt: skip
     if a.quick:
         s = replace(s, targets=(1.5,), steps=2, batch=8, n_train=16, n_val=16, n_test=32, runs=5)
