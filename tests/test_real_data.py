@@ -142,3 +142,57 @@ def test_decode_and_metric_by_kind():
     assert rt.decode("class", probs, []).tolist() == [1, 0]
     assert rt.metric("class", np.array([1, 0]), np.array([1, 1])) == 50.0
     assert rt.metric("ctc", ["a", "b"], ["a", "b"]) == 100.0
+
+
+def _result(name: str, score: float) -> dict:
+    row = {
+        "method": "evolution", "labels": True, "target": 1.5, "measured_speedup": 1.52,
+        "measured_speedup_default_threads": 1.4, "score": score, "drop_points": 1.0,
+        "train_steps": 16, "minutes": 2.0,
+        "generations": [{"generation": 2, "wall_s": 10.0, "train_s": 8.0, "score_s": 1.0,
+                         "overhead_s": 1.0, "fit_speedup": 1.2}],
+    }  # fmt: skip
+    model = {
+        "name": name, "package": "pkg==1", "file": "m.onnx", "metric": "top-1 %",
+        "input_shape": [1, 3, 8, 8], "inputs": "rendered", "splits": {"test": 10},
+        "ancestor_score": 99.0, "magnitude_keep_0.99_score": 98.0, "rows": [row],
+        "skipped": [{"methods": ["one-shot"], "target": 2.0, "reason": "no static shape"}],
+    }  # fmt: skip
+    settings = {"steps": 8, "batch": 16, "lr": 1e-4, "n_train": 1, "n_val": 1, "n_test": 10}
+    return {"machine": "m", "settings": settings, "models": [model], "recipe": "adamw"}
+
+
+def test_markdown_shows_rows_refusals_and_the_overhead_share():
+    import real_models as rm
+
+    text = rm.markdown(_result("A", 98.0))
+    assert "| 1.5x | evolution | yes | 1.52x | 1.40x | 98.00 | +1.00 | 16 | 2.0 |" in text
+    assert "not run: no static shape" in text
+    assert "**10%**" in text  # 1 s of overhead in a 10 s generation
+    assert rm.overhead_share(_result("A", 98.0)["models"][0]["rows"]) == (8.0, 1.0, 1.0)
+
+
+def test_merged_keeps_models_not_rerun_with_their_settings(tmp_path):
+    import json
+
+    import real_models as rm
+
+    old = _result(rt.SPECS[1].name, 90.0)
+    old["models"].append(_result(rt.SPECS[0].name, 80.0)["models"][0])
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(old))
+    new = _result(rt.SPECS[0].name, 95.0)
+    out = rm.merged(new, path)
+    assert [m["name"] for m in out["models"]] == [rt.SPECS[0].name, rt.SPECS[1].name]
+    assert out["models"][0]["rows"][0]["score"] == 95.0  # the rerun replaces the old one
+    assert out["models"][1]["settings"] == old["settings"]
+    assert rm.merged(new, tmp_path / "missing.json") is new
+
+
+def test_generations_step_at_most_about_1_3x():
+    import real_models as rm
+
+    assert rm.generations_for(1.5) == 2 and rm.generations_for(2.0) == 3
+    for target in (1.2, 1.5, 2.0, 3.0):
+        g = rm.generations_for(target)
+        assert target ** (1 / g) <= 1.3 + 1e-9
