@@ -47,6 +47,32 @@ def zero_consumers(
     return out
 
 
+def zero_producers(
+    model: onnx.ModelProto,
+    analysis: Analysis,
+    plan: PrunePlan,
+    masks: dict[str, np.ndarray] | None = None,
+) -> onnx.ModelProto:
+    """Copy of ``model`` with the producer filter *weights* of every removed channel set to
+    zero (their biases, BatchNorm and activations stay): what a pruned graph must equal
+    wherever the removed channels' constants fold exactly."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    values = {t.name: numpy_helper.to_array(t).copy() for t in out.graph.initializer}
+    for name, mask in (masks or {}).items():
+        values[name] = values[name] * mask.astype(values[name].dtype)
+    for g in analysis.groups:
+        removed = removed_channels(g, plan)
+        if not removed.size:
+            continue
+        for m in g.by_role(Role.PRODUCER):
+            arr = np.moveaxis(values[m.name], m.axis, 0)
+            arr[m.indices(removed)] = 0
+    for t in out.graph.initializer:
+        t.CopyFrom(numpy_helper.from_array(values[t.name], t.name))
+    return out
+
+
 def random_plan(analysis: Analysis, keep: float, rng: np.random.Generator) -> PrunePlan:
     """Keep a random ``keep`` fraction (at least one) of every prunable group."""
     plan = {}
