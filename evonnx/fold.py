@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,7 @@ class FoldKind(str, enum.Enum):
 
     EXACT = "exact"  # Gemm, MatMul, unpadded conv: the bias absorbs it exactly
     INTERIOR = "interior"  # zero-padded conv: exact except on the border (error measured)
+    BORDER_MAP = "border_map"  # zero-padded conv, exact: a constant map corrects the border
     APPROXIMATE = "approximate"  # ConvTranspose: the mean contribution per output channel
     UNKNOWN = "unknown"  # a constant could not be evaluated exactly: not folded
 
@@ -90,13 +91,14 @@ class FoldPlan:
     @property
     def exact(self) -> bool:
         """Whether every fold is exact."""
-        return all(f.kind is FoldKind.EXACT for f in self.layers)
+        return all(f.kind in (FoldKind.EXACT, FoldKind.BORDER_MAP) for f in self.layers)
 
 
 def plan_folds(
     analysis: Analysis,
     plan: PrunePlan,
     weights: Mapping[str, np.ndarray],
+    exact_border: bool = False,
 ) -> FoldPlan:
     """The constant each layer must absorb for the channels ``plan`` removes.
 
@@ -104,13 +106,19 @@ def plan_folds(
         analysis: The ancestor's analysis (with its channel constants).
         plan: Kept channels per group.
         weights: Constant values (after synapse masks, as the surgery sees them).
+        exact_border: Correct a padded conv's border exactly with a constant map added to
+            its output (:attr:`FoldKind.BORDER_MAP`, needs static sizes) instead of leaving
+            the border error (:attr:`FoldKind.INTERIOR`; no extra node).
     """
     reads: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     layers = {lay.node: lay for lay in analysis.layers}
+    exits: set[str] = set()  # layers of emptied branches: they output an exact constant map
     for g in analysis.groups:
         removed = _removed(g, plan)
         if not removed.size:
             continue
+        if removed.size == g.size:
+            exits.update(m.node for m in g.by_role(Role.CONSUMER))
         for m in unique_members(g.by_role(Role.CONSUMER)):
             cc = analysis.constant(m.node)
             idx = m.indices(removed)
@@ -124,7 +132,13 @@ def plan_folds(
             continue
         idx = np.concatenate([p[0] for p in parts])
         c = np.concatenate([p[1] for p in parts])
-        out.append(_layer_fold(lay, weights[lay.weight], idx, c, analysis.constant(node)))
+        fold = _layer_fold(lay, weights[lay.weight], idx, c, analysis.constant(node))
+        if fold.kind is FoldKind.INTERIOR and constant_map(fold) is not None:
+            if node in exits:
+                fold = replace(fold, kind=FoldKind.EXACT, border_error=0.0)
+            elif exact_border:
+                fold = replace(fold, kind=FoldKind.BORDER_MAP, border_error=0.0)
+        out.append(fold)
     folds = FoldPlan(tuple(out))
     _log(folds)
     return folds

@@ -19,7 +19,7 @@ import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
 from evonnx.errors import PlanError
-from evonnx.fold import FoldPlan, plan_folds
+from evonnx.fold import FoldKind, FoldPlan, LayerFold, constant_map, plan_folds
 from evonnx.graph import (
     LARGE_CONSTANT_BYTES,
     check_model,
@@ -51,13 +51,14 @@ def apply_plan(
     analysis: Analysis,
     plan: PrunePlan,
     masks: Mapping[str, np.ndarray] | None = None,
+    exact_border: bool = False,
 ) -> onnx.ModelProto:
     """Write the offspring of ``model`` that keeps only the planned channels.
 
     See :func:`apply_plan_report`, which also returns how the removed channels' constants
     were folded.
     """
-    return apply_plan_report(model, analysis, plan, masks)[0]
+    return apply_plan_report(model, analysis, plan, masks, exact_border)[0]
 
 
 def apply_plan_report(
@@ -65,6 +66,7 @@ def apply_plan_report(
     analysis: Analysis,
     plan: PrunePlan,
     masks: Mapping[str, np.ndarray] | None = None,
+    exact_border: bool = False,
 ) -> tuple[onnx.ModelProto, FoldPlan]:
     """Write the offspring of ``model`` that keeps only the planned channels.
 
@@ -78,6 +80,9 @@ def apply_plan_report(
         plan: Kept channels per group; unlisted groups keep everything.
         masks: Optional 0/1 arrays in the original weight shapes, multiplied into the weights
             before channels are removed (synapses that die inside surviving clusters).
+        exact_border: Also correct the border of zero-padded convs that read removed
+            channels, exactly, with a constant map added to their output (one ``Add`` each;
+            static input sizes needed). Off: the border error is measured and reported.
 
     Returns:
         A new model that passes the ONNX checker, with stale shapes re-inferred, and the folds.
@@ -89,12 +94,13 @@ def apply_plan_report(
     consts = {n: t for n, t in graph.tensors().items() if isinstance(t, gs.Constant)}
     _apply_masks(consts, masks or {})
     edits = _collect(analysis, plan)
-    folds = plan_folds(analysis, plan, _LazyValues(consts))
+    folds = plan_folds(analysis, plan, _LazyValues(consts), exact_border)
     _slice_constants(consts, edits.slices)
     _edit_shapes(consts, edits.shape_deltas)
     _edit_groups(graph, edits.group_deltas)
     _apply_folds(graph, folds, edits.slices)
     drop_branches(graph, analysis, plan, folds, edits.slices)
+    graph.toposort()  # a fold may have appended an Add
     out = _export(graph, model)
     del graph, consts  # the sliced weights now live in ``out`` only (models over 2 GB):
     gc.collect()  # the graph's node/tensor cycles would keep its copy alive until then
@@ -130,6 +136,8 @@ def _apply_folds(
         if not delta.size or not np.any(delta):
             continue
         node = by_name[f.node]
+        if f.kind is FoldKind.BORDER_MAP:
+            _add_border_map(graph, node, f, removed)
         if f.op in ("Conv", "ConvTranspose"):
             add_into(node, delta)
         elif f.op == "Gemm":
@@ -259,13 +267,27 @@ def _add_gemm(node: gs.Node, delta: np.ndarray) -> None:
     node.attrs["beta"] = 1.0
 
 
-def _add_after(graph: gs.Graph, node: gs.Node, delta: np.ndarray) -> None:
-    """``MatMul``: add ``delta`` after it, into the constant of an ``Add`` that only it feeds
-    when there is one, else with a new ``Add``."""
+def _add_border_map(
+    graph: gs.Graph, node: gs.Node, fold: LayerFold, removed: np.ndarray | None
+) -> None:
+    """Add the exact border correction of a padded conv (the constant map less its interior
+    value, which goes into the bias) after it."""
+    keep = np.delete(np.arange(fold.delta.size), removed if removed is not None else [])
+    cmap = constant_map(fold, keep)
+    assert cmap is not None
+    corr = cmap - fold.delta[keep].reshape((-1,) + (1,) * (cmap.ndim - 1))
+    if np.any(corr):
+        _add_after(graph, node, corr[None], "border")
+
+
+def _add_after(graph: gs.Graph, node: gs.Node, delta: np.ndarray, what: str = "folded") -> None:
+    """Add ``delta`` after ``node`` (``MatMul``: per feature), into the constant of an ``Add``
+    that only it feeds when there is one and ``delta`` is per feature, else with a new
+    ``Add``."""
     out = node.outputs[0]
     readers = list(out.outputs)
     outputs = {id(t) for t in graph.outputs}
-    if len(readers) == 1 and readers[0].op == "Add" and id(out) not in outputs:
+    if delta.ndim == 1 and len(readers) == 1 and readers[0].op == "Add" and id(out) not in outputs:
         other = next((t for t in readers[0].inputs if t is not out), None)
         if (
             isinstance(other, gs.Constant)

@@ -16,7 +16,7 @@ import onnx_graphsurgeon as gs
 from evonnx.analysis.constants import evaluate, per_channel
 from evonnx.analysis.driver import exit_chain
 from evonnx.errors import PlanError
-from evonnx.fold import FoldPlan, constant_map
+from evonnx.fold import FoldKind, FoldPlan, constant_map
 from evonnx.graph import node_name
 from evonnx.groups import Analysis, Role
 from evonnx.plan import PrunePlan
@@ -63,8 +63,8 @@ def _exit_value(
     static sizes the exact map, border included."""
     value = _bias_value(layer)
     fold = folds.of(node_name(layer))
-    if fold is None or fold.kernel is None or not np.any(fold.delta):
-        return value
+    if fold is None or fold.kernel is None or fold.kind is FoldKind.BORDER_MAP:
+        return value  # a border map is already added after the layer
     removed = slices.get((fold.weight, fold.out_axis))
     keep = np.delete(np.arange(fold.delta.size), removed if removed is not None else [])
     cmap = constant_map(fold, keep)
