@@ -269,7 +269,10 @@ def evolve(
     sample shape; --input-shape overrides them (the batch dimension stays symbolic).
     """
     if sum(x is not None for x in (data, task_spec, inputs)) != 1:
-        raise ConfigError("give one of --data, --task (FILE.py:NAME) or --inputs (DIR|FILE.npz)")
+        raise ConfigError(
+            "give either --data or --task (FILE.py:NAME), or --inputs (DIR|FILE.npz) for "
+            "label-free evolution"
+        )
     fidelity = {k: options.pop(k) for k in FIDELITY_OPTIONS}
     refuse_without_inputs(inputs)
     if inputs is not None:
