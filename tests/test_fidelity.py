@@ -410,7 +410,8 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(
     _refused(evolve("--data", "digits", "--inputs", str(pretrained["npz"])), out, "--inputs")
     # a model whose outputs cannot be scored (int64 only)
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("ArgMax", ["c"], ["y"], axis=1)],
+        [helper.make_node("Conv", ["x", "w"], ["c"]),
+         helper.make_node("ArgMax", ["c"], ["y"], axis=1)],
         "argmax", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
         [helper.make_tensor_value_info("y", TensorProto.INT64, ["N", 1, 8, 8])],
         [numpy_helper.from_array(np.ones((3, 1, 1, 1), np.float32), "w")],
