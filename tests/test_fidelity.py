@@ -143,12 +143,12 @@ def test_api_fidelity_run_resumes_byte_identically(
     assert resumed.records[0].speedup == 1.0 and resumed.records[2].speedup is not None
 
 
-def test_distilling_from_the_parent_trains_on_logits(
+def test_distilling_from_the_parent_under_a_mac_budget(
     pretrained: dict[str, Path], tmp_path: Path
 ) -> None:
     task = evonnx.FidelityTask(pretrained["model"], pretrained["npz"], seed=2,
                                losses={task_output(pretrained): "kl"}, temperature=2.0)  # fmt: skip
-    config = FAST.__class__(**{**FAST.__dict__, "generations": 2, "distill": 2.0})
+    config = FAST.__class__(**{**FAST.__dict__, "generations": 2, "distill": 2.0, "env": "macs"})
     lineage = evonnx.evolve(pretrained["model"], task, tmp_path, config)
     assert all(np.isfinite(r.accuracy) for r in lineage.records)
     assert "distills from the parent (T=2.0)" in (tmp_path / "report.md").read_text()
