@@ -523,6 +523,10 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{sc:.0f} s, tool overhead {ov:.0f} s (**{100 * ov / total:.0f}%** of it; "
                 "goal <= 10%).\n"
             )
+    if result.get("notes"):
+        lines.append("**Findings** (the `notes` of the results file, written by whoever ran it):\n")
+        lines += [f"- {n}" for n in result["notes"]]
+        lines.append("")
     lines.append("![score vs measured speed-up](results/real_models.png)\n")
     return "\n".join(lines)
 
@@ -659,7 +663,10 @@ def main(argv: list[str] | None = None) -> int:
               "minutes": round((time.perf_counter() - start) / 60, 1)}  # fmt: skip
     print(json.dumps(result, indent=1)[:4000])
     if writing:
-        write(merged(result, s.results), s.results)
+        out = merged(result, s.results)
+        if s.results.is_file():  # findings written beside the numbers stay
+            out.setdefault("notes", json.loads(s.results.read_text()).get("notes", []))
+        write(out, s.results)
     return 0
 
 

@@ -168,6 +168,7 @@ def test_markdown_shows_rows_refusals_and_the_overhead_share():
     text = rm.markdown(_result("A", 98.0))
     assert "| 1.5x | evolution | yes | 1.52x | 1.40x | 98.00 | +1.00 | 16 | 2.0 |" in text
     assert "not run: no static shape" in text
+    assert "- a finding" in rm.markdown({**_result("A", 98.0), "notes": ["a finding"]})
     assert "**10%**" in text  # 1 s of overhead in a 10 s generation
     assert rm.overhead_share(_result("A", 98.0)["models"][0]["rows"]) == (8.0, 1.0, 1.0)
 
