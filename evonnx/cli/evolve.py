@@ -148,6 +148,10 @@ def _with_options(fn: click.decorators.FC, d: EvolveConfig) -> click.decorators.
                      default=d.cluster_keep, show_default=True,
                      help="Expected fraction of clusters kept per generation (default: one "
                           "factor for clusters and synapses, as in the paper)."),
+        click.option("--min-fraction", type=click.FloatRange(0, 1), default=d.min_fraction,
+                     show_default=True,
+                     help="Per-layer floor: each generation keeps at least this fraction "
+                          "of every prunable layer's channels (0: off)."),
         click.option("--population", type=click.IntRange(1), default=d.population,
                      show_default=True, help="Offspring per generation; the fittest survives."),
         click.option("--init", type=click.Choice(["inherit", "random"]), default=d.init,
@@ -280,8 +284,7 @@ def demo(out: Path, ancestor_epochs: int, arch: str, resume: bool, **options: An
         raise RunDirectoryError(f"--out {out} is a file, not a folder")
     if not resume and (out / "run" / "lineage.json").exists():
         raise RunDirectoryError(
-            f"{out} already holds a demo run; pass --resume to continue it or choose another "
-            "--out"
+            f"{out} already holds a demo run; pass --resume to continue it or choose another --out"
         )
     if not (resume and ancestor.exists()):
         click.echo(f"training the {arch} ancestor on the built-in MNIST subset -> {ancestor}")

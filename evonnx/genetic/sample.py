@@ -53,10 +53,7 @@ class Offspring:
 def _sample_clusters(genome: Genome, factor: float, rng: np.random.Generator) -> _Draft:
     """Draw cluster survival: group channels (filter mode) or kernels (kernel mode)."""
     if genome.config.cluster_mode == "filter":
-        keep = {
-            g.id: rng.random(g.size) < genome.cluster_q(g.id, factor)
-            for g in genome.groups
-        }
+        keep = {g.id: rng.random(g.size) < genome.cluster_q(g.id, factor) for g in genome.groups}
         for gid in genome.branch_p:  # depth clusters: a dead branch loses every channel
             if rng.random() >= genome.branch_q(gid, factor):
                 keep[gid][:] = False
@@ -90,7 +87,8 @@ def _sample_synapses(
     """Draw synapse survival inside every weight; fills the draft's masks and counts."""
     for gene, kern in zip(genome.genes, draft.kernels, strict=True):
         ps = gene.synapse_p
-        if not genome.config.synapse_level or factor >= FACTOR_MAX:
+        sampled = genome.config.synapse_level and genome.maskable(gene)
+        if not sampled or factor >= FACTOR_MAX:
             mask = np.sign(ps)
         elif factor <= 0:
             mask = np.zeros_like(ps)

@@ -88,9 +88,7 @@ def _census_at(
     kq: list[np.ndarray] = []
     values: dict[int, np.ndarray]
     if kernel:
-        kq = [
-            _kernel_q(g, genome.kernel_f(i, factor), stride) for i, g in enumerate(genome.genes)
-        ]
+        kq = [_kernel_q(g, genome.kernel_f(i, factor), stride) for i, g in enumerate(genome.genes)]
         if stride == 1:
             values = _channel_survival(genome, kq)
         else:
@@ -107,7 +105,7 @@ def _census_at(
         syn = 0.0
         if with_synapses:
             k = kq[gi] if kernel else None
-            sampled = genome.config.synapse_level
+            sampled = genome.config.synapse_level and genome.maskable(gene)
             syn = _expected_synapses(gene, factor, axes, k, scratch, sampled, stride)
         fractions = float(axes[0].mean()), float(axes[1].mean())
         out.extend(LayerCensus(lay, syn, *fractions) for lay in gene.layers)
