@@ -21,6 +21,7 @@ from evonnx.genetic import DEFAULT_MIN_FRACTION, efficiency
 from evonnx.graph import keeps_external_data
 from evonnx.lineage import EvolveConfig
 from evonnx.metrics import ModelMetrics, shrunk_layers
+from evonnx.outputs import require_same_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -337,6 +338,8 @@ def prune(
     if latency is not None and result.latency is None:
         result = replace(result, latency=api.measure(ancestor, result.model, latency, input_shapes))
     _check_pruned(result, method, keep, sparse=method == "genetic" and zero_synapses)
+    # values change by design; names and shapes of the outputs must not
+    require_same_outputs(ancestor, result.model, "pruning", input_shapes, values=False)
     api.save(result.model, output, external_data=external)
     _report_prune(result, output, method, keep, as_json)
 
