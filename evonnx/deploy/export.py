@@ -232,16 +232,17 @@ def export(
     if max_batch < 1:
         raise DeployError(f"max_batch must be >= 1, got {max_batch}")
     before = opset_of(model)
-    out = rebatch(model, batch) if batch is not None else _copy(model)
+    base = rebatch(model, batch) if batch is not None else _copy(model)
     notes: list[str] = []
     shapes = input_shapes or {}
-    out, simplifier = checked_simplify(out, shapes, notes)  # first: folded ops need no adapter
+    out, simplifier = checked_simplify(base, shapes, notes)  # first: folded ops need no adapter
     out = _convert_opset(out, _target_opset(before, target, opset), notes)
     if fp16:
         out = to_fp16(out)
     out = infer_shapes(out)
     check_model(out, "exported model")
-    check = _final_check(model, out, shapes, fp16, notes)
+    check = _final_check(base, out, shapes, fp16, notes)  # base: at the fixed batch
+    del base
     unsupported = tensorrt_compatibility(out) if target == "tensorrt" else ()
     inputs = _input_specs(out)
     filled = feed_shapes(out, shapes)
