@@ -27,9 +27,10 @@ logger = logging.getLogger(__name__)
 RTOL = 1e-4
 """Largest relative output difference a float32 rewrite may make."""
 
-FP16_RTOL = 2e-2
-"""Largest relative output difference of an fp16 export (float16 keeps ~3 decimal digits and
-rounds at every layer; measured below 5e-3 on the test zoo)."""
+FP16_RTOL = 1e-2
+"""Largest relative output difference of an fp16 export: float16 keeps about 3 decimal digits
+and rounds at every layer (measured at most 7e-4 on the test zoo's graphs, so 1e-2 leaves
+room for deeper networks while still catching a changed computation)."""
 
 DEFAULT_DIM = 32
 """Size given to a symbolic non-batch dimension when no shape is given."""

@@ -390,7 +390,11 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # one warning per clamped tiny weight
-            out = float16.convert_float_to_float16(_copy(model), keep_io_types=True)
+            src = _copy(model)
+            # stale value_info (the simplifier's inferred types) makes the converter type a
+            # blocked op's (Resize) output cast wrongly; the converter infers them again
+            del src.graph.value_info[:]
+            out = float16.convert_float_to_float16(src, keep_io_types=True)
     except Exception as exc:  # the converter raises whatever onnx raises
         raise DeployError(f"fp16 conversion failed: {exc}") from exc
     if not isinstance(out, onnx.ModelProto):
