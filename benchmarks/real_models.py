@@ -515,6 +515,7 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {sk['target']}x | {' and '.join(sk['methods'])} | - | not run: "
                 f"{sk['reason']} | | | | | |"
             )
+        lines.append("")
         tr, sc, ov = overhead_share(m["rows"])
         total = tr + sc + ov
         if total > 0:
