@@ -38,7 +38,6 @@ from evonnx.normalize import normalize
 from evonnx.surgery import apply_plan
 from evonnx.task import Task
 
-
 CONVERTED = [name for name in REAL_ZOO if NEEDS_OP.get(name, "Conv") in OPS]
 """Graphs the ONNX->torch converter runs (all, once it converts every op they use)."""
 

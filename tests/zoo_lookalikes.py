@@ -152,7 +152,7 @@ class SE(nn.Module):
 
 
 class DepthSep(nn.Module):
-    """PP-LCNet DepthwiseSeparable: dw kxk + BN + HardSwish, optional SE, pw 1x1 + BN + HardSwish."""
+    """PP-LCNet DepthwiseSeparable: dw kxk + BN + HardSwish, [SE], pw 1x1 + BN + HardSwish."""
 
     def __init__(self, cin: int, cout: int, s: int = 1, k: int = 3, se: bool = False) -> None:
         super().__init__()

@@ -75,10 +75,10 @@ def _reshape_target(b: Builder, node: gs.Node, out_lay: Layout, factor: int) -> 
     if found is not None:
         piece, index = found
         pv = const_value(piece)
-        val = int(pv.reshape(-1)[index]) if pv is not None else None
-        if val == -1:
+        elem = int(pv.reshape(-1)[index]) if pv is not None else None
+        if elem == -1:
             return True
-        if val is not None and val > 0:  # the Concat is the constant's user
+        if elem is not None and elem > 0:  # the Concat is the constant's user
             for s in out_lay.segments:
                 b.add(s, Role.SHAPE, piece.name, node_name(target.inputs[0]), index)
             return True
