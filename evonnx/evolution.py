@@ -340,7 +340,9 @@ def _run_latency(
     )
 
 
-def _measured(hw: RunLatency, record: GenerationRecord, model: onnx.ModelProto) -> GenerationRecord:
+def _measured(
+    hw: RunLatency, record: GenerationRecord, model: onnx.ModelProto
+) -> GenerationRecord:
     """``record`` with the model's measured latency and speed-up over the ancestor."""
     ms, speedup = hw.measure(model)
     return replace(record, latency_ms=ms, speedup=speedup)

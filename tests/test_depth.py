@@ -99,6 +99,8 @@ def test_depth_needs_filter_clusters() -> None:
         EncodingConfig(depth=True, cluster_mode="kernel")
 
 
+
+
 def _residual(bias: float) -> onnx.ModelProto:
     """x -> conv0 -> relu0 -> [conv1 -> relu1 -> conv2(bias)] + relu0 -> relu2 -> conv3."""
     from onnx import TensorProto, helper, numpy_helper

@@ -245,7 +245,9 @@ def test_fixed_batch_dynamo_export_evolves(tiny_data: Dataset, tmp_path: Path) -
     assert len(lineage.records) == 2 and lineage.records[1].ae > 1
     gen1 = evonnx.load(tmp_path / "gen_001.onnx")
     assert gen1.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
-    assert lineage.records[0].accuracy == pytest.approx(evonnx_accuracy(model, tiny_data), abs=1e-9)
+    assert lineage.records[0].accuracy == pytest.approx(
+        evonnx_accuracy(model, tiny_data), abs=1e-9
+    )
 
 
 def evonnx_accuracy(model: onnx.ModelProto, data: Dataset) -> float:

@@ -87,10 +87,7 @@ def test_target_speedup_stops_shrinking(
 ) -> None:
     monkeypatch.setattr(evonnx.latency.run, "make_runtime", lambda s: MacRuntime(s))
     config = EvolveConfig(
-        **BASE,
-        env="latency",
-        keep=0.5,
-        target_speedup=1.5,  # type: ignore[arg-type]
+        **BASE, env="latency", keep=0.5, target_speedup=1.5  # type: ignore[arg-type]
     )
     lineage = evonnx.evolve(tiny_model, tiny_data, tmp_path, config)
     first = lineage.records[0].latency_ms

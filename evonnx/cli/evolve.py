@@ -280,7 +280,8 @@ def demo(out: Path, ancestor_epochs: int, arch: str, resume: bool, **options: An
         raise RunDirectoryError(f"--out {out} is a file, not a folder")
     if not resume and (out / "run" / "lineage.json").exists():
         raise RunDirectoryError(
-            f"{out} already holds a demo run; pass --resume to continue it or choose another --out"
+            f"{out} already holds a demo run; pass --resume to continue it or choose another "
+            "--out"
         )
     if not (resume and ancestor.exists()):
         click.echo(f"training the {arch} ancestor on the built-in MNIST subset -> {ancestor}")
