@@ -13,8 +13,9 @@ import onnx
 
 from evonnx.analysis import analyze_graph
 from evonnx.data import Dataset, load_dataset
-from evonnx.errors import ConfigError
-from evonnx.genetic import EncodingConfig, Offspring
+from evonnx.errors import ConfigError, PlanError
+from evonnx.fold import FoldPlan
+from evonnx.genetic import DEFAULT_MIN_FRACTION, EncodingConfig, Offspring
 from evonnx.genetic import synthesize as sample_offspring
 from evonnx.graph import constant_values, load_model, save_model
 from evonnx.groups import Analysis
@@ -27,7 +28,7 @@ from evonnx.normalize import normalize as normalize_model
 from evonnx.plan import PrunePlan, branch_plan, magnitude_plan
 from evonnx.runtimes import make_runtime
 from evonnx.shapes import shaped_graph
-from evonnx.surgery import apply_plan
+from evonnx.surgery import apply_plan_report
 from evonnx.task import Task
 
 logger = logging.getLogger(__name__)
@@ -158,6 +159,7 @@ class PruneResult:
     after: ModelMetrics
     offspring: Offspring | None = None
     latency: MeasuredLatency | None = None
+    folds: FoldPlan | None = None
 
 
 def prune(
@@ -167,6 +169,7 @@ def prune(
     branches: bool = False,
     input_shapes: InputShapes | None = None,
     round_to: int | None = None,
+    min_fraction: float = DEFAULT_MIN_FRACTION,
 ) -> PruneResult:
     """Remove the weakest channels of every prunable group (magnitude baseline).
 
@@ -179,12 +182,21 @@ def prune(
         input_shapes: Static shapes for symbolic inputs, used for MACs (the offspring keeps
             the ancestor's input shapes).
         round_to: Round channel counts up to multiples of this (not with ``branches``).
+        min_fraction: Per-layer floor: every group keeps at least this fraction of its
+            channels (not with ``branches``, which remove whole branches).
 
     Raises:
         ConfigError: ``round_to`` with ``branches`` (branches keep all their channels or none).
+        PlanError: ``keep`` is below the floor ``min_fraction``.
     """
     if branches and round_to is not None:
         raise ConfigError("round_to has no effect when removing whole branches")
+    if not branches and keep < min_fraction:
+        raise PlanError(
+            f"keep {keep:g} is below the per-layer floor: every prunable layer keeps at least "
+            f"{min_fraction:g} of its channels; keep {min_fraction:g} or more, or lower the "
+            "floor (--min-fraction)"
+        )
     graph, resolved = shaped_graph(model, input_shapes)
     analysis = analyze_graph(graph, resolved.hint())
     weights = constant_values(graph)
@@ -197,12 +209,12 @@ def prune(
     if branches:
         plan = branch_plan(analysis, weights, 1.0 / keep)
     else:
-        plan = magnitude_plan(analysis, weights, keep, min_channels, round_to)
+        plan = magnitude_plan(analysis, weights, keep, min_channels, round_to, min_fraction)
     del graph, weights  # the surgery reads the weights again: one copy at a time (> 2 GB
     gc.collect()  # models); the graph's node/tensor cycles would keep this copy alive
-    out = apply_plan(model, analysis, plan)
+    out, folds = apply_plan_report(model, analysis, plan)
     after = inspect(out, input_shapes, normalize=False).metrics
-    return PruneResult(out, plan, before, after)
+    return PruneResult(out, plan, before, after, folds=folds)
 
 
 def synthesize(
@@ -222,10 +234,10 @@ def synthesize(
     graph, resolved = shaped_graph(model, input_shapes)
     analysis = analyze_graph(graph, resolved.hint())
     offspring = sample_offspring(model, analysis, config, np.random.default_rng(seed))
-    out = apply_plan(model, analysis, offspring.plan, offspring.masks)
+    out, folds = apply_plan_report(model, analysis, offspring.plan, offspring.masks)
     before = metrics_of_graph(graph, analysis)
     after = inspect(out, input_shapes, normalize=False).metrics
-    return PruneResult(out, offspring.plan, before, after, offspring)
+    return PruneResult(out, offspring.plan, before, after, offspring, folds=folds)
 
 
 def measure(
@@ -283,13 +295,13 @@ def synthesize_latency(
     off, fit = latency_offspring(
         shaped, analysis, cfg, target, 1.0 / speedup, np.random.default_rng(seed)
     )
-    out = apply_plan(model, analysis, fit.plan, off.masks)
+    out, folds = apply_plan_report(model, analysis, fit.plan, off.masks)
     before = metrics_of_graph(graph, analysis)
     after = inspect(out, input_shapes, normalize=False).metrics
     measured = MeasuredLatency(
         target.runtime.name, latency.batch, fit.parent_ms, fit.child_ms, fit.predicted_ms
     )
-    return PruneResult(out, fit.plan, before, after, off, measured)
+    return PruneResult(out, fit.plan, before, after, off, measured, folds)
 
 
 def evolve(
