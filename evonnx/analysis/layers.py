@@ -211,23 +211,18 @@ def _matmul(b: Builder, node: gs.Node) -> None:
 
 @rule("LSTM")
 def _lstm(b: Builder, node: gs.Node) -> None:
-    """LSTM reads its input features through ``W[dirs, 4*hidden, features]``: a consumer.
+    """LSTM: its input features freeze with a reason; its outputs carry frozen hidden units.
 
-    Channels reaching ``X``'s feature axis (2 in either ``layout``) are pruned by slicing W's
-    input columns; the hidden units (``R``, ``B``, gate blocks) are not pruned: the outputs
-    carry a frozen group.
+    Slicing ``W``'s input columns would prune the channels it reads, but the removed channels'
+    constants (bias through BatchNorm and activation) are not folded into an LSTM reader, so
+    the groups stay whole rather than change the function.
     """
-    x, w = node.inputs[0], node.inputs[1]
-    lay = b.layout(x)
-    wv = const_value(w)
-    if lay is not None and (wv is None or wv.ndim != 3 or lay.axis != 2):
-        b.freeze_layout(lay, f"{node_name(node)}: LSTM input features are not on axis 2 of X "
-                        "with a constant W")  # fmt: skip
-        lay = None
-    _consume(b, node, lay, w, 2)
-    hidden = int(node.attrs.get("hidden_size", 0)) or (
-        int(wv.shape[1]) // 4 if wv is not None else 0
+    b.freeze_layout(
+        b.layout(node.inputs[0]),
+        f"{node_name(node)}: LSTM reads these channels (its W input columns are not pruned)",
     )
+    w = const_value(node.inputs[1])
+    hidden = int(node.attrs.get("hidden_size", 0)) or (int(w.shape[1]) // 4 if w is not None else 0)
     reason = f"{node_name(node)}: LSTM hidden units are not pruned"
     for i, out in enumerate(node.outputs):
         if out.name and out.outputs:
