@@ -17,7 +17,7 @@ from evonnx.errors import ConfigError, PlanError
 from evonnx.fold import FoldPlan
 from evonnx.genetic import DEFAULT_MIN_FRACTION, EncodingConfig, Offspring
 from evonnx.genetic import synthesize as sample_offspring
-from evonnx.graph import constant_values, load_model, save_model, to_graph
+from evonnx.graph import constant_values, load_model, save_model
 from evonnx.groups import Analysis
 from evonnx.inputs import InputShapes, apply_input_shapes
 from evonnx.latency import LatencySettings, latency_offspring, latency_target
@@ -27,6 +27,7 @@ from evonnx.normalize import NormalizeReport
 from evonnx.normalize import normalize as normalize_model
 from evonnx.plan import PrunePlan, branch_plan, magnitude_plan
 from evonnx.runtimes import make_runtime
+from evonnx.shapes import shaped_graph
 from evonnx.surgery import apply_plan_report
 from evonnx.task import Task
 
@@ -127,8 +128,8 @@ def inspect(
     report = None
     if normalize:
         proto, report = normalize_model(proto, input_shapes=input_shapes)
-    graph = to_graph(apply_input_shapes(proto, input_shapes or {}))
-    analysis = analyze_graph(graph)
+    graph, resolved = shaped_graph(proto, input_shapes)
+    analysis = analyze_graph(graph, resolved.hint())
     return InspectReport(analysis, metrics_of_graph(graph, analysis), report)
 
 
@@ -196,8 +197,8 @@ def prune(
             f"{min_fraction:g} of its channels; keep {min_fraction:g} or more, or lower the "
             "floor (--min-fraction)"
         )
-    graph = to_graph(apply_input_shapes(model, input_shapes or {}))
-    analysis = analyze_graph(graph)
+    graph, resolved = shaped_graph(model, input_shapes)
+    analysis = analyze_graph(graph, resolved.hint())
     weights = constant_values(graph)
     before = metrics_of_graph(graph, analysis)
     if branches and not before.macs_known:
@@ -230,8 +231,8 @@ def synthesize(
         seed: Seed of the ``numpy.random.Generator`` that samples the offspring.
         input_shapes: Static shapes for symbolic inputs (needed for MAC budgets).
     """
-    graph = to_graph(apply_input_shapes(model, input_shapes or {}))
-    analysis = analyze_graph(graph)
+    graph, resolved = shaped_graph(model, input_shapes)
+    analysis = analyze_graph(graph, resolved.hint())
     offspring = sample_offspring(model, analysis, config, np.random.default_rng(seed))
     out, folds = apply_plan_report(model, analysis, offspring.plan, offspring.masks)
     before = metrics_of_graph(graph, analysis)
@@ -287,8 +288,8 @@ def synthesize_latency(
     if not speedup > 1.0:
         raise ConfigError(f"speedup must be above 1, got {speedup}")
     shaped = apply_input_shapes(model, input_shapes or {})
-    graph = to_graph(shaped)
-    analysis = analyze_graph(graph)
+    graph, resolved = shaped_graph(shaped)
+    analysis = analyze_graph(graph, resolved.hint())
     target = latency_target(shaped, analysis, latency)
     cfg = config or EncodingConfig(synapse_level=False)
     off, fit = latency_offspring(

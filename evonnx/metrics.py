@@ -9,8 +9,9 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from evonnx.analysis import analyze_graph
-from evonnx.graph import constant_array, to_graph
+from evonnx.graph import constant_array
 from evonnx.groups import Analysis, Layer
+from evonnx.shapes import shaped_graph
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,8 @@ class ModelMetrics:
 
 def compute_metrics(model: onnx.ModelProto) -> ModelMetrics:
     """Metrics of ``model``."""
-    graph = to_graph(model)
-    return metrics_of_graph(graph, analyze_graph(graph))
+    graph, resolved = shaped_graph(model)
+    return metrics_of_graph(graph, analyze_graph(graph, resolved.hint()))
 
 
 def metrics_of_graph(graph: gs.Graph, analysis: Analysis) -> ModelMetrics:

@@ -49,8 +49,9 @@ class Layout:
 class Builder:
     """Mutable state of one analysis run (private; results are frozen)."""
 
-    def __init__(self, graph: gs.Graph) -> None:
+    def __init__(self, graph: gs.Graph, hint: str = "") -> None:
         self.graph = graph
+        self.hint = hint
         self.parent: list[int] = []
         self.size: list[int] = []
         self.frozen: dict[int, str] = {}
@@ -138,6 +139,10 @@ class Builder:
         if r not in self.frozen:
             logger.debug("group %d frozen: %s", r, reason)
             self.frozen[r] = reason
+
+    def unknown(self, reason: str) -> str:
+        """``reason`` (a shape is unknown) with what the user can give to resolve it."""
+        return f"{reason}; {self.hint}" if self.hint else reason
 
     def freeze_layout(self, layout: Layout | None, reason: str) -> None:
         if layout is not None:

@@ -16,26 +16,38 @@ from evonnx.analysis.core import (
     inputs_with_layout,
     rank,
 )
-from evonnx.graph import node_name, to_graph
+from evonnx.graph import node_name
 from evonnx.groups import Analysis, ChannelConstant, ChannelGroup, Layer, Role
+from evonnx.inputs import InputShapes
+from evonnx.shapes import shaped_graph
 
 
-def analyze(model: onnx.ModelProto) -> Analysis:
+def analyze(
+    model: onnx.ModelProto, input_shapes: InputShapes | None = None, batch: int = 1
+) -> Analysis:
     """Find the channel groups and prunable layers of ``model`` (pure: the model is untouched).
 
     Args:
-        model: Any ONNX model; shapes are inferred internally.
+        model: Any ONNX model; shapes are resolved internally at the given input shapes
+            (see :func:`evonnx.shapes.resolve_shapes`).
+        input_shapes: Static shape per graph input (``--input-shape``).
+        batch: Size of a symbolic batch dimension of the other inputs.
 
     Returns:
         The frozen analysis: groups (with members and frozen reasons) and conv/FC layers.
     """
-    return analyze_graph(to_graph(model))
+    graph, resolved = shaped_graph(model, input_shapes, batch)
+    return analyze_graph(graph, resolved.hint())
 
 
-def analyze_graph(graph: gs.Graph) -> Analysis:
-    """Analysis of an imported (and constant-lifted) graphsurgeon graph."""
+def analyze_graph(graph: gs.Graph, hint: str = "") -> Analysis:
+    """Analysis of an imported (and constant-lifted) graphsurgeon graph.
+
+    ``hint`` is added to the reasons of groups frozen because a shape is unknown (what
+    input shape to give).
+    """
     graph.toposort()
-    b = Builder(graph)
+    b = Builder(graph, hint)
     for t in graph.inputs:
         r = rank(t)
         d = dim(t, 1) if r and r >= 2 else None
@@ -43,6 +55,7 @@ def analyze_graph(graph: gs.Graph) -> Analysis:
             gid = b.new_group(d, f"input channels of the network ({t.name})")
             b.set_layout(t, Layout(1, (Segment(gid, 0, 1),)))
     for node in graph.nodes:
+        _freeze_captured(b, node)
         fn = RULES.get(node.op) if node.domain in (None, "", "ai.onnx") else None
         if fn is not None:
             fn(b, node)
@@ -52,6 +65,34 @@ def analyze_graph(graph: gs.Graph) -> Analysis:
         b.freeze_layout(b.layout(t), f"channels reach the graph output {t.name}")
     _check_shared(b, graph)
     return _finish(b, _removable_roots(b, graph), channel_constants(b, graph))
+
+
+def _freeze_captured(b: Builder, node: gs.Node) -> None:
+    """Freeze the groups of outer-scope tensors read inside ``node``'s subgraphs (If/Loop/Scan)."""
+    for name in captured_names(node):
+        reason = f"{name} is read inside a subgraph of {node_name(node)} ({node.op})"
+        b.freeze_layout(b.layouts.get(name), reason)
+
+
+def captured_names(node: gs.Node) -> set[str]:
+    """Names a node's subgraphs read from the outer scope (nested subgraphs included)."""
+    out: set[str] = set()
+    for value in node.attrs.values():
+        subs = value if isinstance(value, list) else [value]
+        for sub in subs:
+            if isinstance(sub, gs.Graph):
+                out |= _outer_reads(sub)
+    return out
+
+
+def _outer_reads(graph: gs.Graph) -> set[str]:
+    local = {t.name for t in graph.inputs}
+    local |= {o.name for n in graph.nodes for o in n.outputs}
+    reads: set[str] = set()
+    for n in graph.nodes:
+        reads |= {t.name for t in n.inputs if t.name and not isinstance(t, gs.Constant)}
+        reads |= captured_names(n)
+    return reads - local
 
 
 def _check_shared(b: Builder, graph: gs.Graph) -> None:

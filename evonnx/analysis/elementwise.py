@@ -72,7 +72,7 @@ def _elementwise(b: Builder, node: gs.Node) -> None:
         return
     out_rank = rank(node.outputs[0])
     if out_rank is None:
-        freeze_inputs(b, node, f"{node_name(node)}: output rank unknown")
+        freeze_inputs(b, node, b.unknown(f"{node_name(node)}: output rank unknown"))
         return
     ref_i, ref = max(laid, key=lambda il: dim(node.inputs[il[0]], il[1].axis) or 0)
     ref_t = node.inputs[ref_i]
@@ -126,7 +126,7 @@ def _concat(b: Builder, node: gs.Node) -> None:
     r = rank(node.outputs[0])
     axis = int(node.attrs.get("axis", 0))
     if r is None:
-        freeze_inputs(b, node, f"{node_name(node)}: output rank unknown")
+        freeze_inputs(b, node, b.unknown(f"{node_name(node)}: output rank unknown"))
         return
     axis %= r
     if any(lay.axis != laid[0][1].axis for _, lay in laid):
@@ -142,7 +142,9 @@ def _concat(b: Builder, node: gs.Node) -> None:
         d = dim(t, axis)
         if d is None:
             freeze_inputs(
-                b, node, f"{node_name(node)}: input {t.name} has an unknown channel count"
+                b,
+                node,
+                b.unknown(f"{node_name(node)}: input {t.name} has an unknown channel count"),
             )
             return
         if lay is None:
@@ -164,7 +166,10 @@ def _split(b: Builder, node: gs.Node) -> None:
     """
     lay = b.layout(node.inputs[0])
     r = rank(node.inputs[0])
-    if lay is None or r is None:
+    if lay is None:
+        return
+    if r is None:
+        b.freeze_layout(lay, b.unknown(f"{node_name(node)}: input rank unknown"))
         return
     axis = int(node.attrs.get("axis", 0)) % r
     if axis != lay.axis:

@@ -184,10 +184,16 @@ def _matmul(b: Builder, node: gs.Node) -> None:
     wv = const_value(w)
     r = rank(a)
     ok = wv is not None and wv.ndim == 2 and const_value(a) is None and r is not None and r >= 2
+    if wv is None and const_value(a) is None:
+        # attention: the output's last axis is positions or head dims, not neurons
+        freeze_inputs(
+            b, node, f"{node_name(node)}: MatMul of two activations (attention) mixes channels"
+        )
+        return
     if not ok:
         reason = f"{node_name(node)}: MatMul needs an activation times a 2-D constant weight"
-        if wv is None and const_value(a) is None:
-            reason = f"{node_name(node)}: MatMul of two activations (attention) mixes channels"
+        if r is None:
+            reason = b.unknown(f"{node_name(node)}: rank of the MatMul input unknown")
         freeze_inputs(b, node, reason)
         ro = rank(node.outputs[0])
         d = dim(node.outputs[0], ro - 1) if ro else None
@@ -201,3 +207,24 @@ def _matmul(b: Builder, node: gs.Node) -> None:
     gid = new_output_group(b, node, int(wv.shape[1]), r - 1)
     b.add(Segment(gid, 0, 1), Role.PRODUCER, w.name, node_name(node), 1)
     _record_layer(b, node, w, 1, 0, gid, lay)
+
+
+@rule("LSTM")
+def _lstm(b: Builder, node: gs.Node) -> None:
+    """LSTM: its input features freeze with a reason; its outputs carry frozen hidden units.
+
+    Slicing ``W``'s input columns would prune the channels it reads, but the removed channels'
+    constants (bias through BatchNorm and activation) are not folded into an LSTM reader, so
+    the groups stay whole rather than change the function.
+    """
+    b.freeze_layout(
+        b.layout(node.inputs[0]),
+        f"{node_name(node)}: LSTM reads these channels (its W input columns are not pruned)",
+    )
+    w = const_value(node.inputs[1])
+    hidden = int(node.attrs.get("hidden_size", 0)) or (int(w.shape[1]) // 4 if w is not None else 0)
+    reason = f"{node_name(node)}: LSTM hidden units are not pruned"
+    for i, out in enumerate(node.outputs):
+        if out.name and out.outputs:
+            axis = 3 if i == 0 else 2
+            b.set_layout(out, Layout(axis, (Segment(b.new_group(hidden, reason), 0, 1),)))

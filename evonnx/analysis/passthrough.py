@@ -105,7 +105,10 @@ def _layer_norm(b: Builder, node: gs.Node) -> None:
     """Norms over trailing axes: channels pass when they lie before the normalized axes."""
     lay = b.layout(node.inputs[0])
     r = rank(node.inputs[0])
-    if lay is None or r is None:
+    if lay is None:
+        return
+    if r is None:
+        b.freeze_layout(lay, b.unknown(f"{node_name(node)}: input rank unknown"))
         return
     first = 1 if node.op == "GroupNormalization" else int(node.attrs.get("axis", -1)) % r
     if lay.axis >= first:
@@ -118,7 +121,10 @@ def _layer_norm(b: Builder, node: gs.Node) -> None:
 def _transpose(b: Builder, node: gs.Node) -> None:
     lay = b.layout(node.inputs[0])
     r = rank(node.inputs[0])
-    if lay is None or r is None:
+    if lay is None:
+        return
+    if r is None:
+        b.freeze_layout(lay, b.unknown(f"{node_name(node)}: input rank unknown"))
         return
     perm = [int(p) for p in node.attrs.get("perm", list(range(r))[::-1])]
     b.set_layout(node.outputs[0], lay.with_axis(perm.index(lay.axis)))
@@ -163,7 +169,10 @@ def _pass_unless_axis(b: Builder, node: gs.Node, default: int, coerced: bool, wh
     """
     lay = b.layout(node.inputs[0])
     r = rank(node.inputs[0])
-    if lay is None or r is None:
+    if lay is None:
+        return
+    if r is None:
+        b.freeze_layout(lay, b.unknown(f"{node_name(node)}: input rank unknown"))
         return
     axis = int(node.attrs.get("axis", default)) % r
     if axis == lay.axis or (coerced and lay.axis >= axis):
@@ -183,7 +192,10 @@ def _softmax(b: Builder, node: gs.Node) -> None:
 def _slice(b: Builder, node: gs.Node) -> None:
     lay = b.layout(node.inputs[0])
     r = rank(node.inputs[0])
-    if lay is None or r is None:
+    if lay is None:
+        return
+    if r is None:
+        b.freeze_layout(lay, b.unknown(f"{node_name(node)}: input rank unknown"))
         return
     axes = int_list(node, "axes", 3)
     if axes is not None and not axes:
@@ -199,7 +211,10 @@ def _slice(b: Builder, node: gs.Node) -> None:
 def _pad(b: Builder, node: gs.Node) -> None:
     lay = b.layout(node.inputs[0])
     r = rank(node.inputs[0])
-    if lay is None or r is None:
+    if lay is None:
+        return
+    if r is None:
+        b.freeze_layout(lay, b.unknown(f"{node_name(node)}: input rank unknown"))
         return
     pads = int_list(node, "pads", 1)
     axes = int_list(node, "axes", 3) or list(range(r))

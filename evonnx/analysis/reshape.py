@@ -44,19 +44,23 @@ def _reshape(b: Builder, node: gs.Node) -> None:
         osh = _resolve_target(node, ish)
     mapped = _map_reshape(ish, osh, lay.axis) if ish and osh else None
     if mapped is None:
-        b.freeze_layout(
-            lay, f"{node_name(node)} reshapes the channel axis in a way evonnx cannot map"
-        )
+        reason = f"{node_name(node)} reshapes the channel axis in a way evonnx cannot map"
+        b.freeze_layout(lay, reason if ish and osh else b.unknown(f"{reason} (shape unknown)"))
         return
     oax, factor = mapped
     out_lay = lay.scaled(factor, oax)
-    if node.op == "Reshape" and not _reshape_target(b, node, out_lay):
+    if node.op == "Reshape" and not _reshape_target(b, node, out_lay, factor):
         return
     b.set_layout(node.outputs[0], out_lay)
 
 
-def _reshape_target(b: Builder, node: gs.Node, out_lay: Layout) -> bool:
-    """Record the constant element of a Reshape target that holds the channel extent."""
+def _reshape_target(b: Builder, node: gs.Node, out_lay: Layout, factor: int) -> bool:
+    """Record the element of a Reshape target that holds the channel extent.
+
+    A constant target, or a computed one (``Concat`` of pieces, YOLO-head style), whose
+    channel element is a constant (recorded for the surgery to rewrite), ``-1`` (inferred),
+    or the input's own channel dimension read through ``Shape`` (adapts at run time).
+    """
     target = node.inputs[1]
     v = const_value(target)
     if v is not None:
@@ -65,13 +69,40 @@ def _reshape_target(b: Builder, node: gs.Node, out_lay: Layout) -> bool:
             for s in out_lay.segments:
                 b.add(s, Role.SHAPE, target.name, node_name(node), out_lay.axis)
         return True
-    piece = _concat_piece(target, out_lay.axis)
-    if piece is not None:
+    if factor == 1 and _reads_channels(b, target, out_lay.axis, node.inputs[0]):
+        return True
+    found = _concat_piece(target, out_lay.axis)
+    if found is not None:
+        piece, index = found
         pv = const_value(piece)
-        if pv is not None and int(pv.reshape(-1)[0]) == -1:
+        elem = int(pv.reshape(-1)[index]) if pv is not None else None
+        if elem == -1:
+            return True
+        if elem is not None and elem > 0:  # the Concat is the constant's user
+            for s in out_lay.segments:
+                b.add(s, Role.SHAPE, piece.name, node_name(target.inputs[0]), index)
+            return True
+        if pv is None and factor == 1 and _reads_channels(b, piece, index, node.inputs[0]):
             return True
     b.freeze_layout(out_lay, f"{node_name(node)}: computed target shape evonnx cannot rewrite")
     return False
+
+
+def _reads_channels(b: Builder, piece: gs.Tensor, index: int, x: gs.Tensor) -> bool:
+    """Element ``index`` of ``piece`` is the channel dimension of a tensor laid out like ``x``."""
+    found = _shape_dim_source(piece, index)
+    lay = b.layout(x)
+    if found is None or lay is None:
+        return False
+    data, axis = found
+    other = b.layout(data)
+    return other is not None and other.axis == axis and _same_groups(b, other, lay)
+
+
+def _same_groups(b: Builder, x: Layout, y: Layout) -> bool:
+    return [(b.root(s.gid), s.start, s.block) for s in x.segments] == [
+        (b.root(s.gid), s.start, s.block) for s in y.segments
+    ]
 
 
 def _target_elements(target: gs.Tensor, ish: tuple[int, ...]) -> list[int] | None:
@@ -87,25 +118,42 @@ def _target_elements(target: gs.Tensor, ish: tuple[int, ...]) -> list[int] | Non
         if pv is not None:
             out.extend(int(x) for x in pv.reshape(-1))
             continue
-        dim = _shape_dim_source(piece)
-        if dim is None or dim >= len(ish):
+        found = _shape_dim_source(piece)
+        if found is None or found[1] >= len(ish):
             return None
-        out.append(ish[dim])
+        out.append(ish[found[1]])
     return out
 
 
-def _shape_dim_source(t: gs.Tensor) -> int | None:
-    """``k`` when ``t`` is ``Unsqueeze(Gather(Shape(data), k))`` of the reshaped tensor."""
-    if len(t.inputs) != 1 or t.inputs[0].op != "Unsqueeze":
+def _shape_dim_source(t: gs.Tensor, index: int = 0) -> tuple[gs.Tensor, int] | None:
+    """``(data, k)`` when element ``index`` of ``t`` is dimension ``k`` of ``data``.
+
+    Recognized: ``Unsqueeze(Gather(Shape(data), k))``, ``Slice(Shape(data), s, e)`` (element
+    ``s + index``) and ``Shape(data)`` itself.
+    """
+    if len(t.inputs) != 1:
         return None
-    g = t.inputs[0].inputs[0]
+    node = t.inputs[0]
+    if node.op == "Shape" and not node.attrs.get("start") and node.inputs:
+        return node.inputs[0], index
+    if node.op == "Slice" and len(node.inputs) >= 3:
+        start = const_value(node.inputs[1])
+        src = node.inputs[0]
+        if start is None or start.size != 1 or len(src.inputs) != 1 or src.inputs[0].op != "Shape":
+            return None
+        if int(start.reshape(-1)[0]) < 0 or src.inputs[0].attrs.get("start"):
+            return None
+        return src.inputs[0].inputs[0], int(start.reshape(-1)[0]) + index
+    if node.op != "Unsqueeze" or index:
+        return None
+    g = node.inputs[0]
     if len(g.inputs) != 1 or g.inputs[0].op != "Gather":
         return None
     idx = const_value(g.inputs[0].inputs[1])
     shp = g.inputs[0].inputs[0]
     if idx is None or idx.size != 1 or len(shp.inputs) != 1 or shp.inputs[0].op != "Shape":
         return None
-    return int(idx.reshape(-1)[0])
+    return shp.inputs[0].inputs[0], int(idx.reshape(-1)[0])
 
 
 def _resolve_target(node: gs.Node, ish: tuple[int, ...]) -> tuple[int, ...] | None:
@@ -123,18 +171,17 @@ def _resolve_target(node: gs.Node, ish: tuple[int, ...]) -> tuple[int, ...] | No
     return tuple(dims) if all(d > 0 for d in dims) else None
 
 
-def _concat_piece(t: gs.Tensor, index: int) -> gs.Tensor | None:
-    """The 1-element input of a shape-building Concat that gives element ``index``."""
+def _concat_piece(t: gs.Tensor, index: int) -> tuple[gs.Tensor, int] | None:
+    """The input of a shape-building Concat holding element ``index``, and its position there."""
     if len(t.inputs) != 1 or t.inputs[0].op != "Concat":
         return None
     pos = 0
     for piece in t.inputs[0].inputs:
-        n = dim(piece, 0)
+        v = const_value(piece)
+        n = int(v.size) if v is not None else dim(piece, 0)
         if n is None:
             return None
-        if pos == index and n == 1:
-            return piece
+        if pos <= index < pos + n:
+            return piece, index - pos
         pos += n
-        if pos > index:
-            return None
     return None

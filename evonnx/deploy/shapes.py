@@ -19,6 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from evonnx.errors import RebatchError
+from evonnx.shapes import static_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ def _set_batch(model: onnx.ModelProto, batch: int, info: BatchInfo, params: set[
 
 def _rewrite_reshapes(model: onnx.ModelProto, old: int) -> None:
     """Make constant Reshape targets that spell the old batch independent of it."""
-    shapes = _static_shapes(model)
+    shapes = static_shapes(model)
     consts = _int_constants(model)
     replaced: set[str] = set()
     for node in model.graph.node:
@@ -225,21 +226,6 @@ def _int_constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
             if a.name == "value" and a.t.data_type in (onnx.TensorProto.INT64,):
                 out[node.output[0]] = numpy_helper.to_array(a.t).reshape(-1)
     return out
-
-
-def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
-    """Fully static inferred shapes of the model's tensors."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception as exc:  # onnx raises several unrelated types here
-        raise RebatchError(f"shape inference failed: {exc}") from exc
-    g = inferred.graph
-    shapes = {}
-    for vi in [*g.input, *g.value_info, *g.output]:
-        dims = _dims(vi)
-        if dims and all(d.HasField("dim_value") for d in dims):
-            shapes[vi.name] = tuple(int(d.dim_value) for d in dims)
-    return shapes
 
 
 def _unique_name(model: onnx.ModelProto, base: str) -> str:

@@ -12,7 +12,7 @@ from onnx import helper, numpy_helper
 from evonnx.deploy.shapes import rebatch
 from evonnx.errors import UnsupportedModelError
 from evonnx.groups import Analysis, Layer
-from evonnx.runtimes.specialize import static_shapes
+from evonnx.shapes import resolve_shapes
 
 _CONV_ATTRS = ("kernel_shape", "strides", "pads", "dilations", "auto_pad", "output_padding")
 
@@ -106,7 +106,8 @@ def layer_shapes(model: onnx.ModelProto, analysis: Analysis, batch: int) -> dict
         UnsupportedModelError: A layer's input has no static shape at this batch size.
     """
     batched = rebatch(model, batch)
-    shapes = static_shapes(batched)
+    resolved = resolve_shapes(batched, batch=batch)
+    shapes = resolved.shapes
     nodes = {n.name: n for n in batched.graph.node}
     weights = {t.name: tuple(t.dims) for t in batched.graph.initializer}
     out = {}
@@ -117,6 +118,7 @@ def layer_shapes(model: onnx.ModelProto, analysis: Analysis, batch: int) -> dict
         if x is None or w is None:
             raise UnsupportedModelError(
                 f"layer {lay.node}: no static input shape at batch {batch}; latency needs one"
+                + (f" ({resolved.hint()})" if resolved.hint() else "")
             )
         y = shapes.get(node.output[0])
         out_size = int(np.prod(y[1:])) if y is not None else 0

@@ -19,6 +19,7 @@ from onnx import numpy_helper, shape_inference
 from onnx.reference import ReferenceEvaluator
 
 from evonnx.errors import UnsupportedModelError
+from evonnx.shapes import static_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -70,18 +71,6 @@ def specialize(
     _drop_unused(m)
     logger.debug("specialized: %d nodes folded", len(folded))
     return shape_inference.infer_shapes(m)
-
-
-def static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
-    """Fully static shapes of the graph's tensors (inputs, intermediates, outputs)."""
-    inferred = shape_inference.infer_shapes(model, data_prop=True)
-    out: dict[str, tuple[int, ...]] = {}
-    g = inferred.graph
-    for vi in [*g.input, *g.value_info, *g.output]:
-        t = vi.type.tensor_type
-        if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
-            out[vi.name] = tuple(int(d.dim_value) for d in t.shape.dim)
-    return out
 
 
 def _fold(
