@@ -395,6 +395,7 @@ def _report_prune(
             {"layer": c.node, "filters": [c.before, c.after], "kept": c.kept} for c in shrunk
         ],
         "latency": _latency_summary(result.latency),
+        "folds": result.folds.summary() if result.folds is not None else None,
     }
     if as_json:
         emit_json(summary)
@@ -418,6 +419,14 @@ def _report_prune(
         click.echo(
             "shrank most: "
             + ", ".join(f"{c.node} {c.before} -> {c.after} ({c.kept:.0%})" for c in shrunk)
+        )
+    f = result.folds
+    if f is not None and not f.exact:
+        s = f.summary()
+        kinds = ", ".join(f"{v} {k}" for k, v in s["layers"].items() if v)
+        click.echo(
+            f"folded the removed channels' constants into their readers ({kinds}); largest "
+            f"border error {s['max_border_error']:.3g}, {s['unknown_channels']} channels unknown"
         )
     m = result.latency
     if m is not None:
