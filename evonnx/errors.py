@@ -65,3 +65,7 @@ class ExecutorError(EvonnxError):
 
 class RankDiedError(ExecutorError):
     """A data-parallel rank's worker died (not a data or model error): the job may be rerun."""
+
+
+class OutputMismatchError(EvonnxError):
+    """A rewritten graph's outputs differ from its input's: nothing is written."""

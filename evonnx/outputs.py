@@ -20,9 +20,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from evonnx.errors import EvonnxError
+from evonnx.errors import OutputMismatchError
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["OutputCheck", "OutputMismatchError", "compare_outputs", "require_same_outputs"]
 
 RTOL = 1e-4
 """Largest relative output difference a float32 rewrite may make."""
@@ -46,10 +48,6 @@ _DTYPES: dict[int, type] = {
     onnx.TensorProto.UINT8: np.uint8,
     onnx.TensorProto.BOOL: np.bool_,
 }
-
-
-class OutputMismatchError(EvonnxError):
-    """A rewritten graph's outputs differ from its input's: nothing is written."""
 
 
 @dataclass(frozen=True)

@@ -129,8 +129,13 @@ def test_normalize_refuses_a_changed_model(monkeypatch: pytest.MonkeyPatch) -> N
 def test_prune_refuses_a_changed_output(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from evonnx import api
 
-    real = api.apply_plan
-    monkeypatch.setattr(api, "apply_plan", lambda *a, **k: flatten_output(real(*a, **k)))
+    real = api.apply_plan_report
+
+    def broken(*args: object, **kwargs: object) -> tuple[onnx.ModelProto, object]:
+        out, folds = real(*args, **kwargs)  # type: ignore[arg-type]
+        return flatten_output(out), folds
+
+    monkeypatch.setattr(api, "apply_plan_report", broken)
     src, dst = tmp_path / "m.onnx", tmp_path / "out.onnx"
     onnx.save(frozen_classifier(), str(src))
     for method in ("genetic", "magnitude"):

@@ -273,6 +273,11 @@ def _unreachable(genome: Genome, env: Environment, budget: float, best: float) -
     unit = {SynapseBudget: "nonzero synapses", MacBudget: "MACs"}.get(type(env), "cost")
     cfg = genome.config
     hint = "" if cfg_synapses(genome) else ", add --synapses"
+    if best >= full:
+        raise PlanError(
+            "nothing was pruned: every layer is frozen or at its floor (see `evonnx inspect`; "
+            f"--min-fraction lowers the floor{hint}); no file written"
+        )
     raise PlanError(
         f"the budget ({budget / full:.3g} of the {unit}) is out of reach: frozen layers and "
         f"the per-layer floor (min_fraction {cfg.min_fraction:g}, min_channels "
