@@ -109,21 +109,26 @@ class Net:
     size: int
 
 
-def build(key: str, seed: int = 0) -> Net:
-    """The network with random weights and BatchNorm statistics, exported (legacy exporter)."""
+def build(key: str, seed: int = 0, dynamic: bool = True) -> Net:
+    """The network with random weights and BatchNorm statistics, exported (legacy exporter;
+    with ``dynamic``, a symbolic batch axis, as exports usually are)."""
     name, factory, size = NETWORKS[key]
     torch.manual_seed(seed)
     module = factory().eval()
     randomize_bn(module, seed)
-    return Net(name, module, export(module, size), size)
+    return Net(name, module, export(module, size, dynamic), size)
 
 
-def export(module: nn.Module, size: int) -> onnx.ModelProto:
+def export(module: nn.Module, size: int, dynamic: bool = True) -> onnx.ModelProto:
     buf = io.BytesIO()
+    axes = {"x": {0: "N"}, "y": {0: "N"}} if dynamic else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         x = torch.randn(1, 3, size, size)
-        torch.onnx.export(module.eval(), (x,), buf, dynamo=False, opset_version=17)  # type: ignore[arg-type]
+        torch.onnx.export(
+            module.eval(), (x,), buf, dynamo=False, opset_version=17,  # type: ignore[arg-type]
+            input_names=["x"], output_names=["y"], dynamic_axes=axes,
+        )  # fmt: skip
     return onnx.load_from_string(buf.getvalue())
 
 
