@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 OVERSHOOT = 1.15
 """An offspring measured faster than this times its target speed-up gets channels back
 (the goal is at most 1.25 in an independent measurement)."""
+MAX_STEP = 0.3
+"""Most of the predicted latency one measurement may trim (a reading can be wrong)."""
 AIM = 1.04
 """Steps aim at this times the target speed-up (a little past it: the measurement is noisy)."""
 
@@ -135,7 +137,8 @@ def fit_measured(
         census = group_census(analysis, w.counts())
         ratio = lm.predict(census) / lm.measured_ms  # before measuring; points are relative
         m = compare(runtime, parent, child, lm.batch)
-        lm = w.lm = lm.recalibrated(census, m.child_ms, m.parent_ms)
+        if m.stable:  # an unstable reading (a busy machine) must not skew the predictor
+            lm = w.lm = lm.recalibrated(census, m.child_ms, m.parent_ms)
         budget = max(keep * m.parent_ms, floor_ms or 0.0)
         logger.info(
             "round %d: offspring %.4g ms, parent %.4g ms, budget %.4g ms (predicted %.4g)",
@@ -148,7 +151,8 @@ def fit_measured(
                 child, current, m.parent_ms, m.child_ms, ratio * m.parent_ms, budget, rounds,
                 trimmed, grown,
             )  # fmt: skip
-            if rounds < max_rounds and (added := grow(w, want - now, ceiling=want)):
+            add = (want - now) * (1.0 if m.stable else 0.5)
+            if rounds < max_rounds and (added := grow(w, add, ceiling=now + add)):
                 grown += added
                 continue
         if m.child_ms <= budget:
@@ -158,8 +162,10 @@ def fit_measured(
             budget = max(keep * m.parent_ms, floor_ms or 0.0)
         if rounds == max_rounds:
             break
-        try:  # at least the measured excess, in predicted ms
-            trimmed += trim(w, max(now - want, now * (1.0 - budget / m.child_ms)))
+        need = max(now - want, now * (1.0 - budget / m.child_ms))  # at least the excess
+        need = min(need, MAX_STEP * now) * (1.0 if m.stable else 0.5)  # one reading may lie
+        try:
+            trimmed += trim(w, need)
         except PlanError as exc:
             if spare is not None:
                 return _done(spare, rounds, trimmed, grown)

@@ -39,13 +39,19 @@ class Comparison:
     child_ms: float
     disagreement: float
     rounds: int
+    tolerance: float = 0.1
+
+    @property
+    def stable(self) -> bool:
+        """Whether the even and odd rounds agree within the tolerance."""
+        return self.disagreement <= self.tolerance
 
 
 def _reduce(samples: np.ndarray, statistic: str) -> float:
     return float(np.min(samples) if statistic == "min" else np.median(samples))
 
 
-def _read(rounds: np.ndarray, statistic: str) -> Comparison:
+def _read(rounds: np.ndarray, statistic: str, tolerance: float) -> Comparison:
     parent, child = (_reduce(r, statistic) for r in rounds)
     n = rounds.shape[1]
     gap = 0.0
@@ -53,7 +59,7 @@ def _read(rounds: np.ndarray, statistic: str) -> Comparison:
         halves = [rounds[:, i::2] for i in (0, 1)]
         s = [_reduce(h[0], statistic) / max(_reduce(h[1], statistic), 1e-12) for h in halves]
         gap = abs(s[0] - s[1]) / min(s)
-    return Comparison(parent, child, gap, n)
+    return Comparison(parent, child, gap, n, tolerance)
 
 
 def compare(
@@ -71,14 +77,14 @@ def compare(
     """
     statistic = runtime.settings.statistic
     rounds = runtime.rounds([parent, child], batch)
-    got = _read(rounds, statistic)
+    got = _read(rounds, statistic, tolerance)
     for _ in range(retries):
-        if got.disagreement <= tolerance:
+        if got.stable:
             break
         logger.info(
             "unstable reading (even and odd rounds differ by %.0f%%): measuring again",
             100 * got.disagreement,
         )
         rounds = np.concatenate([rounds, runtime.rounds([parent, child], batch)], axis=1)
-        got = _read(rounds, statistic)
+        got = _read(rounds, statistic, tolerance)
     return got
