@@ -41,9 +41,7 @@ LATENCY_OPTIONS: list[Callable[[Any], Any]] = [
         show_default=True,
         help="ort-cpu intra-op threads (0: onnxruntime's default).",
     ),
-    click.option(
-        "--fp16", "fp16", is_flag=True, help="Measure in fp16 (torch-cuda, tensorrt)."
-    ),
+    click.option("--fp16", "fp16", is_flag=True, help="Measure in fp16 (torch-cuda, tensorrt)."),
     click.option(
         "--latency-statistic",
         type=click.Choice(["min", "median"]),

@@ -1,0 +1,101 @@
+"""What the latency CLI says: removable branches, --depth, the budget used, bad targets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+from click.testing import CliRunner
+from fake_runtime import MacRuntime
+from zoo import build_case, helper_convnet
+
+from evonnx.cli.main import cli
+from evonnx.runtimes import RuntimeSettings
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("latency-cli")
+    out = {"resnet": root / "resnet.onnx", "plain": root / "plain.onnx"}
+    onnx.save(build_case("resnet@legacy"), str(out["resnet"]))
+    onnx.save(helper_convnet(), str(out["plain"]))
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _fake_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import evonnx.latency.budget
+
+    monkeypatch.setenv("EVONNX_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(
+        evonnx.latency.budget, "make_runtime", lambda s: MacRuntime(RuntimeSettings("ort-cpu"))
+    )
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    res = CliRunner().invoke(cli, list(args))
+    return res.exit_code, res.output
+
+
+def test_inspect_lists_removable_branches(files: dict[str, Path]) -> None:
+    code, text = invoke("inspect", str(files["resnet"]), "--json")
+    assert code == 0, text
+    data = json.loads(text)
+    removable = [g["id"] for g in data["groups"] if g["removable"]]
+    assert removable and data["removable_branches"] == removable
+    code, text = invoke("inspect", str(files["resnet"]))
+    assert f"removable branches {len(removable)} (groups " in text
+    assert text.count("removable branch\n") + text.count("removable branch ") >= len(removable)
+    code, text = invoke("inspect", str(files["plain"]))
+    assert code == 0 and "removable branches 0: no branch" in text
+    assert (
+        json.loads(invoke("inspect", str(files["plain"]), "--json")[1])["removable_branches"] == []
+    )
+
+
+def test_depth_without_a_removable_branch_is_refused(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "x.onnx"
+    code, text = invoke("prune", str(files["plain"]), "--depth", "-o", str(out))
+    assert code == 1 and "--depth has no effect" in text and text.count("\n") == 1
+    assert not out.exists()
+    code, text = invoke(  # the latency default turns depth on only where there is any
+        "prune", str(files["plain"]), "--env", "latency", "--speedup", "1.5", "-o", str(out),
+    )  # fmt: skip
+    assert code == 0, text
+
+
+def test_latency_summary_reports_the_budget_and_uses_depth(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "fast.onnx"
+    code, text = invoke(
+        "prune", str(files["resnet"]), "--env", "latency", "--speedup", "2", "-o", str(out),
+        "--json",
+    )  # fmt: skip
+    assert code == 0, text
+    data = json.loads(text)
+    lat = data["latency"]
+    assert data["keep"] == 0.5 and lat["target_speedup"] == 2.0
+    assert lat["budget_ms"] == pytest.approx(0.5 * lat["ms"][0])
+    assert lat["ms"][1] <= lat["budget_ms"]
+    # --no-depth: no branch may go, so fewer groups can be emptied entirely.
+    code, text = invoke(
+        "prune", str(files["resnet"]), "--env", "latency", "--speedup", "2", "-o", str(out),
+        "--json", "--no-depth",
+    )  # fmt: skip
+    assert code == 0, text
+
+
+def test_impossible_target_is_refused_up_front(files: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "x.onnx"
+    code, text = invoke(
+        "prune", str(files["plain"]), "--env", "latency", "--speedup", "1000", "-o", str(out),
+    )  # fmt: skip
+    assert code == 1 and "out of reach" in text and text.count("\n") == 1
+    reach = float(text.split("measures ")[1].split("x")[0])
+    assert 1.0 < reach < 1000
+    assert not out.exists()
