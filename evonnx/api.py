@@ -20,6 +20,7 @@ from evonnx.graph import constant_values, load_model, save_model, to_graph
 from evonnx.groups import Analysis
 from evonnx.inputs import InputShapes, apply_input_shapes
 from evonnx.latency import LatencySettings, check_reachable, latency_offspring, latency_target
+from evonnx.latency.inputs import check_inputs
 from evonnx.lineage import EvolveConfig, Lineage
 from evonnx.metrics import ModelMetrics, metrics_of_graph
 from evonnx.normalize import NormalizeReport
@@ -279,6 +280,7 @@ def synthesize_latency(
     if not speedup > 1.0:
         raise ConfigError(f"speedup must be above 1, got {speedup}")
     shaped = apply_input_shapes(model, input_shapes or {})
+    check_inputs(shaped, latency.batch)
     graph = to_graph(shaped)
     analysis = analyze_graph(graph)
     target = latency_target(shaped, analysis, latency)

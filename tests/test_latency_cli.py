@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
 from fake_runtime import MacRuntime
+from onnx import TensorProto, helper, numpy_helper
 from zoo import build_case, helper_convnet
 
 from evonnx.cli.main import cli
@@ -98,4 +100,40 @@ def test_impossible_target_is_refused_up_front(files: dict[str, Path], tmp_path:
     assert code == 1 and "out of reach" in text and text.count("\n") == 1
     reach = float(text.split("measures ")[1].split("x")[0])
     assert 1.0 < reach < 1000
+    assert not out.exists()
+
+
+def _reshaping_model() -> onnx.ModelProto:
+    """Convs on a symbolic height and width, flattened into a fixed-size MatMul (runs only
+    at 8x8)."""
+    rng = np.random.default_rng(0)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.standard_normal((8, 8, 3, 3)).astype(np.float32), "w2"),
+        numpy_helper.from_array(np.array([0, -1], dtype=np.int64), "shape"),
+        numpy_helper.from_array(rng.standard_normal((512, 10)).astype(np.float32), "fc"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], "conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a"], ["b"], "relu"),
+        helper.make_node("Conv", ["b", "w2"], ["c"], "conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Reshape", ["c", "shape"], ["d"], "flatten"),
+        helper.make_node("MatMul", ["d", "fc"], ["y"], "fc"),
+    ]
+    graph = helper.make_graph(nodes, "reshaping", [x], [y], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_model_that_cannot_run_at_the_shape_is_one_line(tmp_path: Path) -> None:
+    path, out = tmp_path / "r.onnx", tmp_path / "x.onnx"
+    onnx.save(_reshaping_model(), str(path))
+    base = ["prune", str(path), "--env", "latency", "--speedup", "1.5", "-o", str(out)]
+    code, text = invoke(*base)
+    assert code == 1 and text.count("\n") == 1
+    assert "input x has symbolic dimensions (1x3x?x?)" in text and "--input-shape x=" in text
+    code, text = invoke(*base, "--input-shape", "x=1x3x9x9")
+    assert code == 1 and text.count("\n") == 1
+    assert "cannot run the model with input x=1x3x9x9" in text
     assert not out.exists()

@@ -107,7 +107,9 @@ def layer_shapes(model: onnx.ModelProto, analysis: Analysis, batch: int) -> dict
     """
     batched = rebatch(model, batch)
     shapes = static_shapes(batched)
-    nodes = {n.name: n for n in batched.graph.node}
+    nodes = {
+        n.name or f"{n.op_type}:{n.output[0] if n.output else '?'}": n for n in batched.graph.node
+    }
     weights = {t.name: tuple(t.dims) for t in batched.graph.initializer}
     out = {}
     for lay in analysis.layers:
