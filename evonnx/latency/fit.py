@@ -147,10 +147,11 @@ def fit_measured(
         now = lm.predict(census)
         want = now * budget / (AIM * max(m.child_ms, 1e-12))  # predicted ms to aim at
         if m.child_ms * OVERSHOOT < budget:  # far past the target: give channels back
-            spare = spare or MeasuredFit(
-                child, current, m.parent_ms, m.child_ms, ratio * m.parent_ms, budget, rounds,
-                trimmed, grown,
-            )  # fmt: skip
+            if spare is None or m.child_ms / m.parent_ms > spare.child_ms / spare.parent_ms:
+                spare = MeasuredFit(  # the least overshoot so far
+                    child, current, m.parent_ms, m.child_ms, ratio * m.parent_ms, budget,
+                    rounds, trimmed, grown,
+                )  # fmt: skip
             add = (want - now) * (1.0 if m.stable else 0.5)
             if rounds < max_rounds and (added := grow(w, add, ceiling=now + add)):
                 grown += added
