@@ -120,8 +120,10 @@ PREDICTOR = (
     "it was measured, times the ancestor's latency in the comparison run."
 )
 HEADER = (
-    "| network | threads | batch | busy | target | method | MAC ratio | ancestor / offspring ms "
-    "| speed-up | realized | table error | runs | fit s |\n" + "| --- " * 13 + "|"
+    "| network | threads | batch | busy | load | target | method | MAC ratio "
+    "| ancestor / offspring ms | speed-up | realized | table error | runs | fit s |\n"
+    + "| --- " * 14
+    + "|"
 )
 BAND = (0.9, 1.25)
 """Goal: a latency offspring's realized speed-up (measured / target) lies in this band."""
@@ -460,7 +462,8 @@ def versus_torch_pruning(records: list[dict[str, Any]]) -> str:
 def _row(r: dict[str, Any]) -> str:
     lead = (
         f"| {r['network']} | {r['threads'] or 'default'} | {r['batch']} | "
-        f"{'yes' if r.get('busy') else 'no'} | {r['target_speedup']:g}x | {r['method']} | "
+        f"{'yes' if r.get('busy') else 'no'} | {r.get('load', float('nan')):.1f} | "
+        f"{r['target_speedup']:g}x | {r['method']} | "
     )
     if "error" in r:
         return lead + f"refused: {r['error']} | | | | | | |"
@@ -574,6 +577,9 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=6, help="MNIST generations")
     parser.add_argument("--no-mnist", action="store_true", help="skip the trained LeNet-5")
     parser.add_argument("--no-write", action="store_true", help="print, do not update docs")
+    parser.add_argument(
+        "--append", action="store_true", help="add the rows to docs/results/speedup.json's"
+    )
     args = parser.parse_args()
     args.threads = _csv(args.threads, int)
     args.batches = _csv(args.batches, int)
@@ -602,7 +608,29 @@ def run(args: argparse.Namespace) -> None:
         except Exception as exc:  # keep the CIFAR table; say what failed
             log(f"MNIST part failed: {type(exc).__name__}: {exc}")
             mnist = [{"error": f"{type(exc).__name__}: {exc}"}]
-    meta = (
+    command = (
+        f"`python benchmarks/speedup.py {' '.join(sys.argv[1:])}` (1-minute load "
+        f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after, "
+        f"{time.perf_counter() - t0:.0f} s)"
+    )
+    commands = [command]
+    if args.append and RESULTS.exists():  # one table from several runs of this session
+        old = json.loads(RESULTS.read_text())
+        records = old.get("rows", []) + records
+        mnist = old.get("mnist", []) + mnist
+        commands = old.get("commands", []) + commands
+    body = markdown(records, mnist, meta_text(args, commands))
+    print(body)
+    if not args.no_write:
+        update_section("speedup", body)
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        data = {"meta": meta_text(args, commands), "commands": commands, "rows": records,
+                "mnist": mnist}  # fmt: skip
+        write_text_atomic(RESULTS, json.dumps(data, indent=1) + "\n")
+
+
+def meta_text(args: argparse.Namespace, commands: list[str]) -> str:
+    return (
         f"Runtime {args.runtime}{' fp16' if args.fp16 else ''} (onnxruntime {ort.__version__}) "
         f"on {machine()}; random weights and BatchNorm statistics, legacy exporter with a "
         f"symbolic batch axis (look-alikes: symbolic spatial or width axes too, given at the "
@@ -612,20 +640,10 @@ def run(args: argparse.Namespace) -> None:
         f"pinned to core 0 runs through the fit and the comparison. "
         f"The {args.statistic} of up to {args.runs} interleaved runs per model, fewer "
         f"for slow models (about {args.time_cap:g} s of timed runs per model and comparison, at "
-        f"least {MIN_RUNS}: the runs column; {args.fit_runs} or fewer while fitting) (on a shared "
-        f"machine a run longer than a time slice is often preempted, which inflates the median of "
-        f"slow models more than that of fast ones). The machine is shared "
-        f"(1-minute load {load_before:.2f} before, {os.getloadavg()[0]:.2f} after the "
-        f"{time.perf_counter() - t0:.0f} s run). Command: `python benchmarks/speedup.py "
-        f"{' '.join(sys.argv[1:])}`."
+        f"least {MIN_RUNS}: the runs column; {args.fit_runs} or fewer while fitting). The "
+        f"machine is shared with other engineers' jobs (the load column is the 1-minute load "
+        f"when the row started, on 2 cores). Commands: {'; '.join(commands)}."
     )
-    body = markdown(records, mnist, meta)
-    print(body)
-    if not args.no_write:
-        update_section("speedup", body)
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        data = {"meta": meta, "rows": records, "mnist": mnist}
-        write_text_atomic(RESULTS, json.dumps(data, indent=1) + "\n")
 
 
 if __name__ == "__main__":
