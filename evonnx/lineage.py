@@ -54,7 +54,8 @@ class EvolveConfig:
         fp16: Measure in fp16 (``torch-cuda``, ``tensorrt``).
         target_speedup: ``env="latency"``: the budget stops shrinking at this speed-up over
             the ancestor.
-        depth: Removable residual branches are clusters too (filter clusters).
+        depth: Removable residual branches are clusters too (filter clusters); ``None``
+            (default): on with ``env="latency"`` and filter clusters.
         cluster: ``"filter"`` (output filter/neuron) or ``"kernel"`` (k×k slice) clusters.
         round_to: Keep channel counts multiples of this (accelerator friendliness).
         cluster_keep: Expected fraction of clusters surviving each generation; ``None``
@@ -109,7 +110,7 @@ class EvolveConfig:
     runtime_threads: int = 0
     fp16: bool = False
     target_speedup: float | None = None
-    depth: bool = False
+    depth: bool | None = None
     executor: Literal["local", "process", "ray"] = "local"
     ray_address: str | None = None
     gpus_per_offspring: int = 1
@@ -203,7 +204,9 @@ class EvolveConfig:
             min_channels=self.min_channels,
             cluster_keep=self.cluster_keep,
             synapse_level=self.env == "synapses",
-            depth=self.depth,
+            depth=self.depth
+            if self.depth is not None
+            else (self.env == "latency" and self.cluster == "filter"),
         )
 
 

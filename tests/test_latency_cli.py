@@ -137,3 +137,12 @@ def test_model_that_cannot_run_at_the_shape_is_one_line(tmp_path: Path) -> None:
     assert code == 1 and text.count("\n") == 1
     assert "cannot run the model with input x=1x3x9x9" in text
     assert not out.exists()
+
+
+def test_evolve_latency_env_turns_depth_on_by_default() -> None:
+    from evonnx.lineage import EvolveConfig
+
+    assert EvolveConfig(env="latency").encoding().depth
+    assert not EvolveConfig(env="latency", depth=False).encoding().depth
+    assert not EvolveConfig(env="macs").encoding().depth
+    assert not EvolveConfig(env="latency", cluster="kernel").encoding().depth
