@@ -95,7 +95,7 @@ TESTS = Path(__file__).resolve().parent.parent / "tests"
 LOOKALIKES: dict[str, tuple[str, str, str, tuple[int, ...]]] = {
     "yolov8": ("YOLOv8-style @320", "zoo_real", "yolov8", (1, 3, 320, 320)),
     "yolox": ("YOLOX-style @320", "zoo_lookalikes", "yolox", (1, 3, 320, 320)),
-    "dbnet": ("DB-style @640", "zoo_real", "dbnet", (1, 3, 640, 640)),
+    "dbnet": ("DB-style @320", "zoo_real", "dbnet", (1, 3, 320, 320)),
     "picodet": ("PicoDet-style @320", "zoo_lookalikes", "picodet", (1, 3, 320, 320)),
     "svtr": ("SVTR/CTC recognizer 48x320", "zoo_lookalikes", "svtr", (1, 3, 48, 320)),
     "crnn": ("CRNN recognizer 32x320", "zoo_lookalikes", "crnn", (1, 3, 32, 320)),
