@@ -68,7 +68,7 @@ def compare(
     child: onnx.ModelProto,
     batch: int,
     tolerance: float = 0.1,
-    retries: int = 3,
+    retries: int = 1,
 ) -> Comparison:
     """``parent`` and ``child`` measured side by side (see the module doc).
 
