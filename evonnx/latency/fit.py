@@ -31,7 +31,7 @@ from evonnx.groups import Analysis, ChannelGroup
 from evonnx.latency.measure import Comparison, compare
 from evonnx.latency.model import LatencyModel, group_census
 from evonnx.latency.steps import Widths, grow, trim
-from evonnx.plan import PrunePlan, channel_strength
+from evonnx.plan import PrunePlan, channel_strength, floor_channels
 from evonnx.runtimes import Runtime
 from evonnx.surgery import apply_plan
 
@@ -95,6 +95,7 @@ def fit_measured(
     round_to: int | None = None,
     min_channels: int = 1,
     max_rounds: int = 10,
+    min_fraction: float = 0.0,
 ) -> MeasuredFit:
     """Step ``plan`` until the offspring's measured latency is at most ``keep`` times the
     parent's (not below ``floor_ms``) and not far below it.
@@ -112,6 +113,8 @@ def fit_measured(
         round_to: Channel counts multiples of this.
         min_channels: Fewest channels a group keeps (a removable branch may still go).
         max_rounds: Most measurements.
+        min_fraction: Per-layer floor: a group keeps at least this fraction of its channels
+            (a removable branch may still go).
 
     Raises:
         LatencyBudgetError: Every group is at ``min_channels``, no branch is left, and the
@@ -122,6 +125,7 @@ def fit_measured(
         analysis, prunable, {gid: plan.kept(g) for gid, g in prunable.items()},
         {gid: channel_strength(g, weights) for gid, g in prunable.items()},
         lm, round_to, min_channels,
+        {gid: floor_channels(g.size, min_channels, min_fraction) for gid, g in prunable.items()},
     )  # fmt: skip
     full = lm.predict(group_census(analysis, {}))
     floor = full * floor_ms / lm.measured_ms if floor_ms is not None else 0.0

@@ -14,7 +14,7 @@ offspring that overshot its target.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -36,6 +36,7 @@ class Widths:
         lm: The predictor (and its latency steps).
         round_to: Channel counts multiples of this.
         min_channels: Fewest channels a group keeps (a removable branch may still go).
+        least: Per group id, its own floor (the per-layer floor; overrides ``min_channels``).
     """
 
     analysis: Analysis
@@ -45,6 +46,11 @@ class Widths:
     lm: LatencyModel
     round_to: int | None = None
     min_channels: int = 1
+    least: Mapping[int, int] = field(default_factory=dict)
+
+    def floor(self, gid: int) -> int:
+        """Fewest channels group ``gid`` keeps (``least``, else ``min_channels``)."""
+        return self.least.get(gid, self.min_channels)
 
     def counts(self) -> dict[int, int]:
         """Kept channel count per group id."""
@@ -79,14 +85,14 @@ def _down(w: Widths, gid: int, fine: bool) -> Iterator[int]:
     g, n = w.groups[gid], int(w.kept[gid].size)
     if not fine:
         for k in range(n - 1, 0, -1):
-            if allowed_channels(k, g.size, w.round_to, w.min_channels, w.lm.widths(gid)):
+            if allowed_channels(k, g.size, w.round_to, w.floor(gid), w.lm.widths(gid)):
                 yield k
                 break
     else:  # the nearest finer width, and an eighth, a quarter and a half fewer
         seen: set[int] = set()
         for want in (n - 1, n - n // 8, n - n // 4, n - n // 2):
             for k in range(min(want, n - 1), 0, -1):
-                if allowed_channels(k, g.size, w.round_to, w.min_channels, None):
+                if allowed_channels(k, g.size, w.round_to, w.floor(gid), None):
                     if k not in seen:
                         seen.add(k)
                         yield k
@@ -99,7 +105,7 @@ def _up(w: Widths, gid: int) -> Iterator[int]:
     """Larger counts group ``gid`` may step up to (the next allowed one, on the steps)."""
     g, n = w.groups[gid], int(w.kept[gid].size)
     for k in range(max(n + 1, 1), g.size + 1):
-        if allowed_channels(k, g.size, w.round_to, w.min_channels, w.lm.widths(gid)):
+        if allowed_channels(k, g.size, w.round_to, w.floor(gid), w.lm.widths(gid)):
             yield k
             return
 
