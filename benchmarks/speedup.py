@@ -1,11 +1,19 @@
 """Measured speed-up of offspring at 2x and 4x target speed-up on onnxruntime CPU.
 
-Run: ``python benchmarks/speedup.py [--networks resnet56,vgg16,mobilenetv2,resnet50]
-[--threads 1,0] [--batches 1,32] [--targets 2,4] [--runs N] [--fit-runs N] [--time-cap S]
-[--no-mnist] [--no-write]``.
+Run: ``python benchmarks/speedup.py [--networks resnet56,...,yolov8,yolox,dbnet,picodet,
+svtr,crnn] [--threads 1,0] [--batches 1,32] [--targets 2,4] [--recognizer-targets 1.5]
+[--methods latency,...] [--busy no|yes|both] [--statistic min|median] [--runs N]
+[--fit-runs N] [--time-cap S] [--no-mnist] [--no-write]``.
 Results go to docs/benchmarks.md (section ``speedup``) and docs/results/speedup.json.
 
-For every network, thread setting and batch size, four offspring per target speed-up S:
+Networks are exported as users export them: legacy exporter, symbolic batch axis; the
+look-alikes of real detectors and recognizers (``tests/zoo_real.py``,
+``tests/zoo_lookalikes.py``) also with symbolic spatial or width axes, measured at a real
+input size. ``--busy yes`` runs every measurement with a CPU-bound neighbour process pinned to
+core 0 (``both``: the quiet rows, then the busy ones); every row records the statistic used,
+whether it was busy and the machine's load.
+
+For every network, thread setting and batch size, up to four offspring per target speed-up S:
 
 * **latency**: the genetic encoding under :class:`evonnx.environments.LatencyBudget` (latency
   predicted from the per-layer lookup table, channel counts on latency steps, depth clusters),
@@ -57,15 +65,17 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cifar_models import MobileNetV2Cifar, ResNetCifar, VGGCifar, randomize_bn
+from contention import neighbour
 from report import machine, update_section
 from resnet50 import ResNet50
 
 from evonnx import api
 from evonnx.analysis import analyze
 from evonnx.environments import MacBudget
-from evonnx.errors import PlanError
+from evonnx.errors import EvonnxError
 from evonnx.genetic import EncodingConfig
 from evonnx.graph import constant_values, to_graph
+from evonnx.inputs import apply_input_shapes
 from evonnx.latency import LatencySettings
 from evonnx.metrics import compute_metrics
 from evonnx.plan import branch_plan
@@ -81,6 +91,22 @@ NETWORKS: dict[str, tuple[str, Callable[[], nn.Module], int]] = {
     "resnet50": ("ResNet-50", ResNet50, 224),
 }
 
+TESTS = Path(__file__).resolve().parent.parent / "tests"
+LOOKALIKES: dict[str, tuple[str, str, str, tuple[int, ...]]] = {
+    "yolov8": ("YOLOv8-style @320", "zoo_real", "yolov8", (1, 3, 320, 320)),
+    "yolox": ("YOLOX-style @320", "zoo_lookalikes", "yolox", (1, 3, 320, 320)),
+    "dbnet": ("DB-style @320", "zoo_real", "dbnet", (1, 3, 320, 320)),
+    "picodet": ("PicoDet-style @320", "zoo_lookalikes", "picodet", (1, 3, 320, 320)),
+    "svtr": ("SVTR/CTC recognizer 48x320", "zoo_lookalikes", "svtr", (1, 3, 48, 320)),
+    "crnn": ("CRNN recognizer 32x320", "zoo_lookalikes", "crnn", (1, 3, 32, 320)),
+}
+"""Look-alikes of real graphs (tests/zoo_real.py, tests/zoo_lookalikes.py): exported with
+symbolic batch and spatial (detectors) or width (recognizers) axes, measured at a real input
+size given as the user gives it (``--input-shape x=...``)."""
+RECOGNIZERS = ("svtr", "crnn")
+"""Look-alikes whose targets are ``--recognizer-targets`` (a recognizer's LSTM or attention
+is not prunable, so less is there to remove)."""
+
 
 MNIST_BATCH = 32
 PREDICTOR = (
@@ -94,9 +120,13 @@ PREDICTOR = (
     "it was measured, times the ancestor's latency in the comparison run."
 )
 HEADER = (
-    "| network | threads | batch | target | method | MAC ratio | ancestor / offspring ms "
-    "| speed-up | realized | table error | runs |\n" + "| --- " * 11 + "|"
+    "| network | threads | batch | busy | load | target | method | MAC ratio "
+    "| ancestor / offspring ms | speed-up | realized | table error | runs | fit s |\n"
+    + "| --- " * 14
+    + "|"
 )
+BAND = (0.9, 1.25)
+"""Goal: a latency offspring's realized speed-up (measured / target) lies in this band."""
 
 
 @dataclass(frozen=True)
@@ -104,26 +134,45 @@ class Net:
     """A benchmark network: its torch module (the exported weights) and ONNX graph."""
 
     name: str
-    module: nn.Module
+    module: nn.Module | None
     model: onnx.ModelProto
     size: int
+    key: str = ""
 
 
-def build(key: str, seed: int = 0) -> Net:
-    """The network with random weights and BatchNorm statistics, exported (legacy exporter)."""
+def build(key: str, seed: int = 0, dynamic: bool = True) -> Net:
+    """The network with random weights and BatchNorm statistics, exported (legacy exporter;
+    with ``dynamic``, a symbolic batch axis, as exports usually are); a look-alike at its
+    input size."""
+    if key in LOOKALIKES:
+        name, module_name, fn, shape = LOOKALIKES[key]
+        sys.path.insert(0, str(TESTS))
+        import importlib
+
+        try:
+            source = importlib.import_module(module_name)
+        except ModuleNotFoundError:  # not on this branch yet: the local copy in benchmarks/
+            source = importlib.import_module("lookalikes_local")
+        raw = getattr(source, fn)()
+        inp = raw.graph.input[0].name
+        return Net(name, None, apply_input_shapes(raw, {inp: shape}), shape[-1], key)
     name, factory, size = NETWORKS[key]
     torch.manual_seed(seed)
     module = factory().eval()
     randomize_bn(module, seed)
-    return Net(name, module, export(module, size), size)
+    return Net(name, module, export(module, size, dynamic), size, key)
 
 
-def export(module: nn.Module, size: int) -> onnx.ModelProto:
+def export(module: nn.Module, size: int, dynamic: bool = True) -> onnx.ModelProto:
     buf = io.BytesIO()
+    axes = {"x": {0: "N"}, "y": {0: "N"}} if dynamic else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         x = torch.randn(1, 3, size, size)
-        torch.onnx.export(module.eval(), (x,), buf, dynamo=False, opset_version=17)  # type: ignore[arg-type]
+        torch.onnx.export(
+            module.eval(), (x,), buf, dynamo=False, opset_version=17,  # type: ignore[arg-type]
+            input_names=["x"], output_names=["y"], dynamic_axes=axes,
+        )  # fmt: skip
     return onnx.load_from_string(buf.getvalue())
 
 
@@ -167,11 +216,14 @@ def torch_pruning(net: Net, target_macs: int) -> tuple[onnx.ModelProto, int] | N
         import torch_pruning as tp
     except ImportError:
         return None
+    module = net.module
+    if module is None:  # a look-alike: only its ONNX graph
+        return None
     x = torch.randn(1, 3, net.size, net.size)
-    base = module_macs(net.module, x)
+    base = module_macs(module, x)
 
     def pruned(ratio: float) -> nn.Module:
-        m = copy.deepcopy(net.module)
+        m = copy.deepcopy(module)
         head = [mod for mod in m.modules() if isinstance(mod, nn.Linear)]
         imp = tp.importance.MagnitudeImportance(p=1)
         tp.pruner.MagnitudePruner(
@@ -211,7 +263,12 @@ class Reuse:
 
 
 def offspring(
-    net: Net, target: float, latency: LatencySettings, reuse: Reuse, log: Callable[[str], None]
+    net: Net,
+    target: float,
+    latency: LatencySettings,
+    reuse: Reuse,
+    log: Callable[[str], None],
+    methods: tuple[str, ...] = ("latency", "MACs", "branches", "Torch-Pruning"),
 ) -> tuple[dict[str, onnx.ModelProto], dict[str, Any]]:
     """Offspring of every method at one target speed-up, and the latency one's prediction."""
     out: dict[str, onnx.ModelProto] = {}
@@ -224,8 +281,11 @@ def offspring(
     info = {  # predicted before the offspring was first measured with this prediction
         "predicted_speedup": lat.latency.before_ms / (lat.latency.predicted_ms or float("nan")),
         "fit_speedup": lat.latency.speedup,
+        "fit_s": time.perf_counter() - t0,
     }
     log(f"  latency offspring: {time.perf_counter() - t0:.1f} s, fit {lat.latency.speedup:.2f}x")
+    if methods == ("latency",):
+        return out, info
     if target not in reuse.fixed:
         fixed = {}
         mac_env = EncodingConfig(environment=MacBudget(1.0 / target), synapse_level=False)
@@ -236,6 +296,8 @@ def offspring(
             fixed["branches"] = apply_plan(net.model, analysis, plan)
         reuse.fixed[target] = fixed
     out.update(reuse.fixed[target])
+    if net.module is None:
+        return out, info
     t0 = time.perf_counter()
     want = macs(lat.model)
     near = [m for n, m in reuse.tp if abs(n / want - 1.0) <= TP_TOLERANCE]
@@ -268,60 +330,82 @@ def run_counts(ancestor_ms: float, args: argparse.Namespace) -> tuple[int, int, 
 def measure_network(
     net: Net, args: argparse.Namespace, log: Callable[[str], None]
 ) -> list[dict[str, Any]]:
-    """One record per (threads, batch, target, method)."""
+    """One record per (threads, batch, target, method), quiet and (``--busy``) with a
+    CPU-bound neighbour on core 0 running through the fit and the comparison."""
     records = []
-    base_macs = macs(net.model)
     threads_list = args.threads if args.runtime == "ort-cpu" else [0]
+    targets = args.recognizer_targets if net.key in RECOGNIZERS else args.targets
     reuse = Reuse()
-    for threads in threads_list:
-        for batch in args.batches:
-            probe = RuntimeSettings(
-                args.runtime, threads=threads, fp16=args.fp16, warmup=1, runs=2,
-                statistic=args.statistic,
-            )  # fmt: skip
-            (probe_ms,) = make_runtime(probe).latencies([net.model], batch)
-            runs, fit_runs, warmup = run_counts(probe_ms, args)
-            fit = replace(probe, warmup=warmup, runs=fit_runs)
-            latency = LatencySettings(fit, batch=batch)
-            compare = make_runtime(replace(fit, runs=runs))
-            for target in args.targets:
-                log(
-                    f"{net.name} threads {threads or 'default'} batch {batch} target {target}x "
-                    f"(ancestor about {probe_ms:.3g} ms: {runs} runs, {fit_runs} while fitting)"
-                )
-                try:
-                    models, info = offspring(net, target, latency, reuse, log)
-                except PlanError as exc:  # the target is out of reach: a row that says so
-                    log(f"  out of reach: {exc}")
-                    records.append(
-                        {"network": net.name, "method": "latency", "runtime": args.runtime,
-                         "threads": threads, "batch": batch, "target_speedup": target,
-                         "error": str(exc)}
-                    )  # fmt: skip
-                    continue
-                ancestor_ms, *times = compare.latencies([net.model, *models.values()], batch)
-                for (method, model), ms in zip(models.items(), times, strict=True):
-                    rec = {
-                        "network": net.name,
-                        "method": method,
-                        "runtime": args.runtime + (" fp16" if args.fp16 else ""),
-                        "threads": threads,
-                        "batch": batch,
-                        "target_speedup": target,
-                        "mac_ratio": base_macs / macs(model),
-                        "measured_speedup": ancestor_ms / ms,
-                        "realized": ancestor_ms / ms / target,
-                        "latency_ms": ms,
-                        "ancestor_ms": ancestor_ms,
-                        "runs": runs,
-                    }
-                    if method == "latency":  # out of sample: this run's ancestor over the
-                        pred = ancestor_ms / info["predicted_speedup"]  # predicted speed-up
-                        rec["predicted_speedup"] = info["predicted_speedup"]
-                        rec["predicted_ms"] = pred
-                        rec["prediction_error"] = abs(pred - ms) / ms
-                    records.append(rec)
+    for busy in args.busy_modes:
+        for threads in threads_list:
+            for batch in args.batches:
+                for target in targets:
+                    if busy:
+                        with neighbour():
+                            records += measure_one(
+                                net, args, threads, batch, target, reuse, log, True
+                            )
+                    else:
+                        records += measure_one(net, args, threads, batch, target, reuse, log, False)
     return records
+
+
+def measure_one(
+    net: Net,
+    args: argparse.Namespace,
+    threads: int,
+    batch: int,
+    target: float,
+    reuse: Reuse,
+    log: Callable[[str], None],
+    busy: bool,
+) -> list[dict[str, Any]]:
+    """The records of one network, thread count, batch size and target."""
+    probe = RuntimeSettings(
+        args.runtime, threads=threads, fp16=args.fp16, warmup=1, runs=2, statistic=args.statistic
+    )
+    (probe_ms,) = make_runtime(probe).latencies([net.model], batch)
+    runs, fit_runs, warmup = run_counts(probe_ms, args)
+    fit = replace(probe, warmup=warmup, runs=fit_runs)
+    latency = LatencySettings(fit, batch=batch)
+    compare = make_runtime(replace(fit, runs=runs))
+    head = {
+        "network": net.name, "runtime": args.runtime + (" fp16" if args.fp16 else ""),
+        "threads": threads, "batch": batch, "target_speedup": target, "busy": busy,
+        "statistic": args.statistic, "load": os.getloadavg()[0],
+    }  # fmt: skip
+    log(
+        f"{net.name} threads {threads or 'default'} batch {batch} target {target}x"
+        f"{' busy' if busy else ''} (ancestor about {probe_ms:.3g} ms: {runs} runs, {fit_runs} "
+        f"while fitting; load {head['load']:.1f})"
+    )
+    try:
+        models, info = offspring(net, target, latency, reuse, log, tuple(args.methods))
+    except EvonnxError as exc:  # out of reach, or not supported yet: a row that says so
+        log(f"  refused: {exc}")
+        return [{**head, "method": "latency", "error": str(exc)}]
+    ancestor_ms, *times = compare.latencies([net.model, *models.values()], batch)
+    base_macs = macs(net.model)
+    out = []
+    for (method, model), ms in zip(models.items(), times, strict=True):
+        rec = {
+            **head,
+            "method": method,
+            "mac_ratio": base_macs / macs(model),
+            "measured_speedup": ancestor_ms / ms,
+            "realized": ancestor_ms / ms / target,
+            "latency_ms": ms,
+            "ancestor_ms": ancestor_ms,
+            "runs": runs,
+        }
+        if method == "latency":  # out of sample: this run's ancestor over the
+            pred = ancestor_ms / info["predicted_speedup"]  # predicted speed-up
+            rec["predicted_speedup"] = info["predicted_speedup"]
+            rec["predicted_ms"] = pred
+            rec["prediction_error"] = abs(pred - ms) / ms
+            rec["fit_s"] = info["fit_s"]
+        out.append(rec)
+    return out
 
 
 def mnist_runs(args: argparse.Namespace, log: Callable[[str], None]) -> list[dict[str, Any]]:
@@ -379,24 +463,49 @@ def versus_torch_pruning(records: list[dict[str, Any]]) -> str:
     )
 
 
-def markdown(records: list[dict[str, Any]], mnist: list[dict[str, Any]], meta: str) -> str:
-    rows = [
+def _row(r: dict[str, Any]) -> str:
+    lead = (
         f"| {r['network']} | {r['threads'] or 'default'} | {r['batch']} | "
-        f"{r['target_speedup']:g}x | latency | out of reach: {r['error']} | | | | | |"
-        if "error" in r
-        else f"| {r['network']} | {r['threads'] or 'default'} | {r['batch']} | "
-        f"{r['target_speedup']:g}x | {r['method']} | {r['mac_ratio']:.2f}x | "
-        f"{r['ancestor_ms']:.3g} / {r['latency_ms']:.3g} | {r['measured_speedup']:.2f}x | "
-        f"**{r['realized']:.2f}** | "
-        + (f"{100 * r['prediction_error']:.1f}%" if "prediction_error" in r else "")
-        + f" | {r['runs']} |"
-        for r in records
-    ]
-    errors = [r["prediction_error"] for r in records if "prediction_error" in r]
-    lat = [r["realized"] for r in records if r["method"] == "latency" and "error" not in r]
+        f"{'yes' if r.get('busy') else 'no'} | {r.get('load', float('nan')):.1f} | "
+        f"{r['target_speedup']:g}x | {r['method']} | "
+    )
+    if "error" in r:
+        return lead + f"refused: {r['error']} | | | | | | |"
+    err = f"{100 * r['prediction_error']:.1f}%" if "prediction_error" in r else ""
+    fit_s = f"{r['fit_s']:.0f}" if "fit_s" in r else ""
+    return lead + (
+        f"{r['mac_ratio']:.2f}x | {r['ancestor_ms']:.3g} / {r['latency_ms']:.3g} | "
+        f"{r['measured_speedup']:.2f}x | **{r['realized']:.2f}** | {err} | {r['runs']} | "
+        f"{fit_s} |"
+    )
+
+
+def summary(records: list[dict[str, Any]]) -> str:
+    """Realized band, refusals and prediction error of the latency rows."""
+    rows = [r for r in records if r["method"] == "latency"]
+    ok = [r for r in rows if "error" not in r]
+    if not ok:
+        return ""
+    real = [r["realized"] for r in ok]
+    inside = sum(BAND[0] <= v <= BAND[1] for v in real)
+    errors = [r["prediction_error"] for r in ok]
+    busy = [r["realized"] for r in ok if r.get("busy")]
+    busy_text = f"; busy rows {min(busy):.2f}-{max(busy):.2f}" if busy else ""
+    return (
+        f"Latency offspring: realized {min(real):.2f}-{max(real):.2f} of the target{busy_text}; "
+        f"{inside} of {len(rows)} latency rows within {BAND[0]}-{BAND[1]} (goal: all), "
+        f"{len(rows) - len(ok)} refused; lookup-table prediction error median "
+        f"{100 * float(np.median(errors)):.1f}% (max {100 * max(errors):.1f}%; goal <= 10%). "
+        f"{PREDICTOR}"
+    )
+
+
+def markdown(records: list[dict[str, Any]], mnist: list[dict[str, Any]], meta: str) -> str:
+    rows = [_row(r) for r in records]
     tp_note = (
         ""
         if any(r["method"] == "Torch-Pruning" for r in records)
+        or all(r["method"] == "latency" for r in records)
         else "\n**Torch-Pruning is not installed**: its rows are missing "
         '(`pip install -c constraints.txt -e ".[bench]"`).\n'
     )
@@ -420,18 +529,11 @@ ancestor on ort-cpu, 1 thread, batch {MNIST_BATCH} (at batch 1 LeNet-5 is all pe
         if mnist
         else ""
     )
-    summary = (
-        f"Latency offspring: realized {min(lat):.2f}-{max(lat):.2f} of the target (goal >= 0.9); "
-        f"lookup-table prediction error median {100 * float(np.median(errors)):.1f}% "
-        f"(max {100 * max(errors):.1f}%; goal <= 10%). {PREDICTOR}"
-        if lat and errors
-        else ""
-    )
     return f"""## Measured speed-up at a target (`benchmarks/speedup.py`)
 
 {meta}
 
-{summary}
+{summary(records)}
 {versus_torch_pruning(records)}
 {tp_note}
 {HEADER}
@@ -445,7 +547,10 @@ def _csv(text: str, cast: Callable[[str], Any]) -> list[Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--networks", default="resnet56,vgg16,mobilenetv2,resnet50")
+    parser.add_argument(
+        "--networks",
+        default="resnet56,vgg16,mobilenetv2,resnet50,yolov8,yolox,dbnet,picodet,svtr,crnn",
+    )
     parser.add_argument("--runtime", default="ort-cpu", help="ort-cpu, torch-cuda, ...")
     parser.add_argument("--fp16", action="store_true", help="fp16 (torch-cuda, tensorrt)")
     parser.add_argument(
@@ -455,6 +560,18 @@ def main() -> None:
     parser.add_argument("--threads", default="1,0", help="ort-cpu threads (0: default)")
     parser.add_argument("--batches", default="1,32")
     parser.add_argument("--targets", default="2,4")
+    parser.add_argument(
+        "--recognizer-targets", default="1.5", help="targets of the recognizer look-alikes"
+    )
+    parser.add_argument(
+        "--methods", default="latency,MACs,branches,Torch-Pruning",
+        help="offspring to build (latency alone is fastest)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--busy", default="no", choices=("no", "yes", "both"),
+        help="measure with a CPU-bound neighbour process on core 0 (both: quiet rows, then "
+        "busy rows)",
+    )  # fmt: skip
     parser.add_argument("--runs", type=int, default=50, help="timed runs of the comparison")
     parser.add_argument("--fit-runs", type=int, default=20, help="timed runs while fitting")
     parser.add_argument(
@@ -464,10 +581,16 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=6, help="MNIST generations")
     parser.add_argument("--no-mnist", action="store_true", help="skip the trained LeNet-5")
     parser.add_argument("--no-write", action="store_true", help="print, do not update docs")
+    parser.add_argument(
+        "--append", action="store_true", help="add the rows to docs/results/speedup.json's"
+    )
     args = parser.parse_args()
     args.threads = _csv(args.threads, int)
     args.batches = _csv(args.batches, int)
     args.targets = _csv(args.targets, float)
+    args.recognizer_targets = _csv(args.recognizer_targets, float)
+    args.methods = _csv(args.methods, str)
+    args.busy_modes = {"no": [False], "yes": [True], "both": [False, True]}[args.busy]
     with tempfile.TemporaryDirectory(prefix="evonnx-table-") as cache:
         os.environ.setdefault("EVONNX_CACHE_DIR", cache)  # a fresh table unless one is given
         run(args)
@@ -489,25 +612,42 @@ def run(args: argparse.Namespace) -> None:
         except Exception as exc:  # keep the CIFAR table; say what failed
             log(f"MNIST part failed: {type(exc).__name__}: {exc}")
             mnist = [{"error": f"{type(exc).__name__}: {exc}"}]
-    meta = (
-        f"Runtime {args.runtime}{' fp16' if args.fp16 else ''} (onnxruntime {ort.__version__}) "
-        f"on {machine()}; random weights, legacy exporter, CIFAR networks at 32x32, ResNet-50 "
-        f"at 224x224. The {args.statistic} of up to {args.runs} interleaved runs per model, fewer "
-        f"for slow models (about {args.time_cap:g} s of timed runs per model and comparison, at "
-        f"least {MIN_RUNS}: the runs column; {args.fit_runs} or fewer while fitting) (on a shared "
-        f"machine a run longer than a time slice is often preempted, which inflates the median of "
-        f"slow models more than that of fast ones). The machine is shared "
-        f"(1-minute load {load_before:.2f} before, {os.getloadavg()[0]:.2f} after the "
-        f"{time.perf_counter() - t0:.0f} s run). Command: `python benchmarks/speedup.py "
-        f"{' '.join(sys.argv[1:])}`."
+    command = (
+        f"`python benchmarks/speedup.py {' '.join(sys.argv[1:])}` (1-minute load "
+        f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after, "
+        f"{time.perf_counter() - t0:.0f} s)"
     )
-    body = markdown(records, mnist, meta)
+    commands = [command]
+    if args.append and RESULTS.exists():  # one table from several runs of this session
+        old = json.loads(RESULTS.read_text())
+        records = old.get("rows", []) + records
+        mnist = old.get("mnist", []) + mnist
+        commands = old.get("commands", []) + commands
+    body = markdown(records, mnist, meta_text(args, commands))
     print(body)
     if not args.no_write:
         update_section("speedup", body)
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        data = {"meta": meta, "rows": records, "mnist": mnist}
+        data = {"meta": meta_text(args, commands), "commands": commands, "rows": records,
+                "mnist": mnist}  # fmt: skip
         write_text_atomic(RESULTS, json.dumps(data, indent=1) + "\n")
+
+
+def meta_text(args: argparse.Namespace, commands: list[str]) -> str:
+    return (
+        f"Runtime {args.runtime}{' fp16' if args.fp16 else ''} (onnxruntime {ort.__version__}) "
+        f"on {machine()}; random weights and BatchNorm statistics, legacy exporter with a "
+        f"symbolic batch axis (look-alikes: symbolic spatial or width axes too, given at the "
+        f"input size in the network column, as `--input-shape` gives them), CIFAR networks at "
+        f"32x32, ResNet-50 at 224x224; default settings of the latency environment (depth "
+        f"clusters on, `{args.statistic}` statistic). Busy rows: a CPU-bound neighbour process "
+        f"pinned to core 0 runs through the fit and the comparison. "
+        f"The {args.statistic} of up to {args.runs} interleaved runs per model, fewer "
+        f"for slow models (about {args.time_cap:g} s of timed runs per model and comparison, at "
+        f"least {MIN_RUNS}: the runs column; {args.fit_runs} or fewer while fitting). The "
+        f"machine is shared with other engineers' jobs (the load column is the 1-minute load "
+        f"when the row started, on 2 cores). Commands: {'; '.join(commands)}."
+    )
 
 
 if __name__ == "__main__":

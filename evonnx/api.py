@@ -20,7 +20,8 @@ from evonnx.genetic import synthesize as sample_offspring
 from evonnx.graph import constant_values, load_model, save_model
 from evonnx.groups import Analysis
 from evonnx.inputs import InputShapes, apply_input_shapes
-from evonnx.latency import LatencySettings, latency_offspring, latency_target
+from evonnx.latency import LatencySettings, check_reachable, latency_offspring, latency_target
+from evonnx.latency.inputs import check_inputs
 from evonnx.lineage import EvolveConfig, Lineage
 from evonnx.metrics import ModelMetrics, metrics_of_graph
 from evonnx.normalize import NormalizeReport
@@ -79,6 +80,7 @@ class InspectReport:
                 "id": g.id,
                 "size": g.size,
                 "prunable": g.prunable,
+                "removable": g.removable,
                 "frozen": g.frozen,
                 "producers": [m.name for m in g.producers],
                 "members": [
@@ -108,6 +110,7 @@ class InspectReport:
             "groups": groups,
             "metrics": metrics,
             "coverage": self.analysis.coverage,
+            "removable_branches": [g.id for g in self.analysis.groups if g.removable],
             "normalization": norm,
         }
 
@@ -142,6 +145,8 @@ class MeasuredLatency:
     before_ms: float
     after_ms: float
     predicted_ms: float | None = None
+    budget_ms: float | None = None
+    target_speedup: float | None = None
 
     @property
     def speedup(self) -> float:
@@ -288,10 +293,12 @@ def synthesize_latency(
     if not speedup > 1.0:
         raise ConfigError(f"speedup must be above 1, got {speedup}")
     shaped = apply_input_shapes(model, input_shapes or {})
+    check_inputs(shaped, latency.batch)
     graph, resolved = shaped_graph(shaped)
     analysis = analyze_graph(graph, resolved.hint())
     target = latency_target(shaped, analysis, latency)
     cfg = config or EncodingConfig(synapse_level=False)
+    check_reachable(shaped, analysis, target, speedup, cfg.min_channels)
     off, fit = latency_offspring(
         shaped, analysis, cfg, target, 1.0 / speedup, np.random.default_rng(seed)
     )
@@ -299,8 +306,9 @@ def synthesize_latency(
     before = metrics_of_graph(graph, analysis)
     after = inspect(out, input_shapes, normalize=False).metrics
     measured = MeasuredLatency(
-        target.runtime.name, latency.batch, fit.parent_ms, fit.child_ms, fit.predicted_ms
-    )
+        target.runtime.name, latency.batch, fit.parent_ms, fit.child_ms, fit.predicted_ms,
+        fit.budget_ms, speedup,
+    )  # fmt: skip
     return PruneResult(out, fit.plan, before, after, off, measured, folds)
 
 

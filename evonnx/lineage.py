@@ -49,13 +49,14 @@ class EvolveConfig:
         runtime: Where latency is measured (``env="latency"``: default ``ort-cpu``; with the
             other environments a runtime adds measured latency to every lineage row).
         latency_batch: Batch size latency is measured at.
-        latency_statistic: A model's latency: the ``"median"`` or the ``"min"`` of its timed
-            runs (``"min"`` on machines shared with other jobs).
+        latency_statistic: A model's latency: the ``"min"`` (default: robust on machines
+            shared with other jobs) or the ``"median"`` of its timed runs.
         runtime_threads: ``ort-cpu`` intra-op threads (0: onnxruntime's default).
         fp16: Measure in fp16 (``torch-cuda``, ``tensorrt``).
         target_speedup: ``env="latency"``: the budget stops shrinking at this speed-up over
             the ancestor.
-        depth: Removable residual branches are clusters too (filter clusters).
+        depth: Removable residual branches are clusters too (filter clusters); ``None``
+            (default): on with ``env="latency"`` and filter clusters.
         cluster: ``"filter"`` (output filter/neuron) or ``"kernel"`` (k×k slice) clusters.
         round_to: Keep channel counts multiples of this (accelerator friendliness).
         cluster_keep: Expected fraction of clusters surviving each generation; ``None``
@@ -109,11 +110,11 @@ class EvolveConfig:
     max_batches: int | None = None
     runtime: str | None = None
     latency_batch: int = 1
-    latency_statistic: Literal["median", "min"] = "median"
+    latency_statistic: Literal["median", "min"] = "min"
     runtime_threads: int = 0
     fp16: bool = False
     target_speedup: float | None = None
-    depth: bool = False
+    depth: bool | None = None
     executor: Literal["local", "process", "ray"] = "local"
     ray_address: str | None = None
     gpus_per_offspring: int = 1
@@ -150,7 +151,7 @@ class EvolveConfig:
                     self.latency_batch == 1
                     and not self.runtime_threads
                     and not self.fp16
-                    and self.latency_statistic == "median"
+                    and self.latency_statistic == "min"
                 ),
                 "--batch, --runtime-threads, --fp16 and --latency-statistic need --runtime",
             ),
@@ -210,7 +211,9 @@ class EvolveConfig:
             min_fraction=self.min_fraction,
             cluster_keep=self.cluster_keep,
             synapse_level=self.env == "synapses",
-            depth=self.depth,
+            depth=self.depth
+            if self.depth is not None
+            else (self.env == "latency" and self.cluster == "filter"),
         )
 
 

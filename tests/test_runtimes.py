@@ -90,7 +90,7 @@ def test_settings_are_checked() -> None:
 def test_fingerprint_depends_on_settings() -> None:
     a = make_runtime(RuntimeSettings("ort-cpu", threads=1))
     b = make_runtime(RuntimeSettings("ort-cpu", threads=2))
-    c = make_runtime(RuntimeSettings("ort-cpu", threads=1, statistic="min"))
+    c = make_runtime(RuntimeSettings("ort-cpu", threads=1, statistic="median"))
     assert len({a.fingerprint(), b.fingerprint(), c.fingerprint()}) == 3
 
 
@@ -136,3 +136,11 @@ def test_input_feed_helper_matches_specialized_inputs() -> None:
     shapes = {k: list(v.shape) for k, v in feed.items()}
     spec = specialize(model, shapes)
     assert_same(run(model, feed), run(spec, feed))
+
+
+def test_rounds_are_every_timed_run_interleaved() -> None:
+    model = helper_convnet()
+    rt = make_runtime(RuntimeSettings("ort-cpu", threads=1, warmup=1, runs=6))
+    rounds = rt.rounds([model, model], 1)
+    assert rounds.shape == (2, 6) and (rounds > 0).all()
+    assert RuntimeSettings().statistic == "min"  # robust on a shared machine (the default)

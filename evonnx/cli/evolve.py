@@ -151,8 +151,9 @@ def _with_options(fn: click.decorators.FC, d: EvolveConfig) -> click.decorators.
                      default=d.target_speedup,
                      help="--env latency: stop shrinking at this measured speed-up over the "
                           "ancestor."),
-        click.option("--depth", is_flag=True, default=d.depth,
-                     help="Removable residual branches are clusters too (whole blocks die)."),
+        click.option("--depth/--no-depth", default=d.depth,
+                     help="Removable residual branches are clusters too (whole blocks die; "
+                          "default: on with --env latency)."),
         *LATENCY_OPTIONS,
         click.option("--cluster", type=click.Choice(["filter", "kernel"]), default=d.cluster,
                      show_default=True, help="Synaptic cluster: output filter or k×k kernel."),

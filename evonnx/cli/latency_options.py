@@ -41,16 +41,14 @@ LATENCY_OPTIONS: list[Callable[[Any], Any]] = [
         show_default=True,
         help="ort-cpu intra-op threads (0: onnxruntime's default).",
     ),
-    click.option(
-        "--fp16", "fp16", is_flag=True, help="Measure in fp16 (torch-cuda, tensorrt)."
-    ),
+    click.option("--fp16", "fp16", is_flag=True, help="Measure in fp16 (torch-cuda, tensorrt)."),
     click.option(
         "--latency-statistic",
-        type=click.Choice(["median", "min"]),
-        default="median",
+        type=click.Choice(["min", "median"]),
+        default="min",
         show_default=True,
-        help="A model's latency: median or fastest of its timed runs (min: on a machine "
-        "shared with other jobs).",
+        help="A model's latency: fastest (robust on a machine shared with other jobs) or "
+        "median of its timed runs.",
     ),
 ]
 
@@ -67,7 +65,7 @@ def latency_settings(
     batch: int,
     threads: int,
     fp16: bool,
-    statistic: str = "median",
+    statistic: str = "min",
     needed: bool = False,
 ) -> LatencySettings | None:
     """The settings the latency options describe; ``None`` when no runtime is asked for.
@@ -76,7 +74,7 @@ def latency_settings(
         click.UsageError: ``--batch``, ``--runtime-threads`` or ``--fp16`` without a runtime.
     """
     if runtime is None and not needed:
-        if batch != 1 or threads or fp16 or statistic != "median":
+        if batch != 1 or threads or fp16 or statistic != "min":
             raise click.UsageError(
                 "--batch, --runtime-threads, --fp16 and --latency-statistic need --runtime"
             )

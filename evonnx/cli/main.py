@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
+import onnx
 
 from evonnx import api
 from evonnx.cli import evolve as evolve_cmd
@@ -16,7 +17,7 @@ from evonnx.cli.latency_options import latency_options, latency_settings
 from evonnx.cli.output import emit_json, table
 from evonnx.cli.paths import check_output_file, refuse_unused
 from evonnx.cli.shape_options import input_shape_option, normalize_option
-from evonnx.errors import EvonnxError, PlanError
+from evonnx.errors import ConfigError, EvonnxError, PlanError
 from evonnx.genetic import DEFAULT_MIN_FRACTION, efficiency
 from evonnx.graph import keeps_external_data
 from evonnx.lineage import EvolveConfig
@@ -104,10 +105,13 @@ def format_report(report: api.InspectReport, cluster: str = "filter") -> str:
             str(g.size),
             str(len(g.producers)),
             str(len(g.members)),
-            "prunable" if g.prunable else f"frozen: {g.frozen}",
+            ("removable branch" if g.removable else "prunable")
+            if g.prunable
+            else f"frozen: {g.frozen}",
         ]
         for g in a.groups
     ]
+    removable = [str(g.id) for g in a.groups if g.removable]
     return "\n\n".join(
         [
             table(
@@ -120,9 +124,18 @@ def format_report(report: api.InspectReport, cluster: str = "filter") -> str:
             f"{m.live_clusters}/{m.clusters}  "
             f"MACs {_macs_text(m)}  prunable groups {len(a.prunable_groups)}/{len(a.groups)}  "
             f"prunable channels {a.coverage:.2f}",
+            f"removable branches {len(removable)}"
+            + (f" (groups {', '.join(removable)})" if removable else f": {NO_BRANCH}"),
             *([report.normalization.summary()] if report.normalization else []),
         ]
     )
+
+
+NO_BRANCH = (
+    "no branch whose only exit is a layer feeding an Add with a full-shape operand "
+    "(a symbolic input shape can hide one: give --input-shape)"
+)
+"""Why a graph has no removable branch (``inspect``, and ``--depth`` refused)."""
 
 
 def _macs_text(m: ModelMetrics) -> str:
@@ -217,7 +230,10 @@ def inspect(
     "the graph just shrinks).",
 )
 @click.option(
-    "--depth", is_flag=True, help="genetic: removable residual branches are clusters too."
+    "--depth/--no-depth",
+    default=None,
+    help="genetic: removable residual branches are clusters too (default: on with --env "
+    "latency, where a graph has any; refused on a graph without one).",
 )
 @click.option(
     "--synapses-in-frozen",
@@ -257,7 +273,7 @@ def prune(
     env: str,
     speedup: float | None,
     zero_synapses: bool,
-    depth: bool,
+    depth: bool | None,
     frozen_synapses: bool,
     runtime: str | None,
     latency_batch: int,
@@ -284,7 +300,7 @@ def prune(
         "--env latency": env == "latency",
         "--speedup": speedup is not None,
         "--synapses": zero_synapses,
-        "--depth": depth,
+        "--depth": depth is not None,
         "--synapses-in-frozen": frozen_synapses,
     }
     if method != "genetic" and any(genetic_only.values()):
@@ -326,7 +342,7 @@ def prune(
         encoding = replace(
             config.encoding(),
             synapse_level=zero_synapses,
-            depth=depth,
+            depth=_depth(ancestor, input_shapes, depth, env == "latency"),
             frozen_synapses=frozen_synapses,
         )
         if latency is not None and speedup is not None:
@@ -342,6 +358,28 @@ def prune(
     require_same_outputs(ancestor, result.model, "pruning", input_shapes, values=False)
     api.save(result.model, output, external_data=external)
     _report_prune(result, output, method, keep, as_json)
+
+
+def _depth(
+    model: onnx.ModelProto,
+    input_shapes: dict[str, tuple[int, ...]],
+    asked: bool | None,
+    latency: bool,
+) -> bool:
+    """Whether depth clusters are on: as asked (``--depth`` refused on a graph without a
+    removable branch), else with the latency environment.
+
+    Raises:
+        ConfigError: ``--depth`` on a graph without a removable branch.
+    """
+    if asked is False or (asked is None and not latency):
+        return False
+    analysis = api.inspect(model, input_shapes, normalize=False).analysis
+    if any(g.removable for g in analysis.groups):
+        return True
+    if asked:
+        raise ConfigError(f"--depth has no effect: this graph has {NO_BRANCH}")
+    return False
 
 
 def _check_pruned(result: api.PruneResult, method: str, keep: float, sparse: bool) -> None:
@@ -371,13 +409,14 @@ def _report_prune(
     result: api.PruneResult, output: Path, method: str, keep: float, as_json: bool
 ) -> None:
     b, a = result.before, result.after
+    m = result.latency
     eff = efficiency(b, a)
     known = b.macs_known and a.macs_known
     shrunk = shrunk_layers(b, a)
     summary = {
         "output": str(output),
         "method": method,
-        "keep": keep,
+        "keep": 1.0 / m.target_speedup if m and m.target_speedup else keep,
         "params": [b.params, a.params],
         "synapses": [b.nonzero_synapses, a.nonzero_synapses],
         "clusters": [b.live_clusters, a.live_clusters],
@@ -428,7 +467,6 @@ def _report_prune(
             f"folded the removed channels' constants into their readers ({kinds}); largest "
             f"border error {s['max_border_error']:.3g}, {s['unknown_channels']} channels unknown"
         )
-    m = result.latency
     if m is not None:
         click.echo(
             f"latency on {m.runtime} (batch {m.batch}): {m.before_ms:.4g} ms -> "
@@ -450,6 +488,8 @@ def _latency_summary(m: api.MeasuredLatency | None) -> dict[str, Any] | None:
         "ms": [m.before_ms, m.after_ms],
         "speedup": m.speedup,
         "predicted_ms": m.predicted_ms,
+        "target_speedup": m.target_speedup,
+        "budget_ms": m.budget_ms,
         "prediction_error": (
             abs(m.predicted_ms - m.after_ms) / m.after_ms
             if m.predicted_ms is not None and m.after_ms > 0

@@ -254,6 +254,29 @@ def median_latencies(
         DeployError: Bad arguments, a model that cannot be re-batched or run.
         ProviderError: The provider is not available.
     """
+    reduce = np.min if statistic == "min" else np.median
+    return [
+        float(reduce(s))
+        for s in latency_rounds(models, batch, provider, threads, warmup, runs, seed)
+    ]
+
+
+def latency_rounds(
+    models: Sequence[onnx.ModelProto],
+    batch: int = 1,
+    provider: str = "cpu",
+    threads: int | None = None,
+    warmup: int = 10,
+    runs: int = 50,
+    seed: int = 0,
+) -> np.ndarray:
+    """Every timed round (ms) of each model, ``[model, round]``, measured as
+    :func:`median_latencies` measures (interleaved: round ``r`` ran every model once).
+
+    Raises:
+        DeployError: Bad arguments, a model that cannot be re-batched or run.
+        ProviderError: The provider is not available.
+    """
     if not models:
         raise DeployError("no model to measure")
     _check_counts([batch], warmup, runs, threads)
@@ -268,8 +291,7 @@ def median_latencies(
         runs=runs,
         seed=seed,
     )
-    reduce = np.min if statistic == "min" else np.median
-    return [float(reduce(s)) * 1e3 for s in _run(job, isolate=True)[0]]
+    return np.asarray(_run(job, isolate=True)[0], dtype=np.float64) * 1e3
 
 
 def _run(job: _Job, isolate: bool) -> list[np.ndarray]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from evonnx.latency.budget import (
     LatencySettings,
     Target,
+    check_reachable,
     latency_offspring,
     latency_target,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "Target",
     "build_latency_model",
     "cache_dir",
+    "check_reachable",
     "fit_measured",
     "group_census",
     "latency_offspring",

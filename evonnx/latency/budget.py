@@ -10,13 +10,16 @@ import numpy as np
 import onnx
 
 from evonnx.environments import LatencyBudget
-from evonnx.errors import ConfigError
+from evonnx.errors import ConfigError, LatencyBudgetError
 from evonnx.genetic import EncodingConfig, Offspring, encode, model_weights, sample
 from evonnx.groups import Analysis
 from evonnx.latency.fit import MeasuredFit, fit_measured
-from evonnx.latency.model import LatencyModel, build_latency_model
+from evonnx.latency.measure import compare
+from evonnx.latency.model import LatencyModel, build_latency_model, group_census
 from evonnx.latency.table import LatencyTable
+from evonnx.plan import PrunePlan
 from evonnx.runtimes import Runtime, RuntimeSettings, make_runtime
+from evonnx.surgery import apply_plan
 
 logger = logging.getLogger(__name__)
 
@@ -103,3 +106,40 @@ def latency_offspring(
         fit.predicted_ms, fit.child_ms, fit.parent_ms, fit.rounds,
     )  # fmt: skip
     return off, fit
+
+
+def check_reachable(
+    model: onnx.ModelProto,
+    analysis: Analysis,
+    target: Target,
+    speedup: float,
+    min_channels: int = 1,
+    margin: float = 1.5,
+) -> float | None:
+    """Refuse a speed-up past what the smallest offspring (every removable branch gone,
+    every other group at ``min_channels``) gives; returns its measured speed-up (``None``:
+    the prediction puts it past ``margin`` times ``speedup``, nothing was measured).
+
+    Raises:
+        LatencyBudgetError: ``speedup`` is out of reach.
+    """
+    groups = analysis.prunable_groups
+    smallest = {g.id: 0 if g.removable else min(g.size, min_channels) for g in groups}
+    lm = target.model
+    predicted = lm.predict(group_census(analysis, {})) / max(
+        lm.predict(group_census(analysis, smallest)), 1e-12
+    )
+    if predicted >= margin * speedup:
+        return None
+    plan = PrunePlan({gid: tuple(range(n)) for gid, n in smallest.items()})
+    m = compare(target.runtime, model, apply_plan(model, analysis, plan), target.settings.batch)
+    reach = m.parent_ms / m.child_ms if m.child_ms > 0 else float("inf")
+    logger.info("smallest offspring: %.2fx (predicted %.2fx)", reach, predicted)
+    if reach < speedup:
+        raise LatencyBudgetError(
+            f"a {speedup:g}x speed-up is out of reach on {target.runtime.name} at batch "
+            f"{target.settings.batch}: removing every removable cluster (every channel group at "
+            f"--min-channels {min_channels}, every removable branch) measures {reach:.2f}x; ask "
+            f"for at most that, or a larger batch (less per-run overhead)"
+        )
+    return reach

@@ -1,24 +1,26 @@
-"""Measured end to end: trim an offspring until its measured latency is within budget.
+"""Measured end to end: bring an offspring within budget and near its target.
 
 The genetic encoding samples an offspring whose *expected* predicted latency meets the budget.
-:func:`fit_measured` trims it, removing clusters with the least strength per predicted latency
-saved: a group steps down to its next allowed width (latency step, ``round_to``,
-``min_channels``), dropping its weakest kept channels, or a removable branch goes entirely.
-First until its predicted latency is within budget; then it builds the offspring, measures it
-side by side with its parent (one interleaved run, so both see the same machine state) and,
-while it is over budget, takes steps until the predicted saving covers half the measured excess
-(a noisy measurement must not strip it) and measures again. An offspring within budget is
-measured once more, and accepted only if that run agrees. Each measurement recalibrates the
-predictor (:meth:`~evonnx.latency.model.LatencyModel.recalibrated`) after the offspring's
-prediction was recorded, so the reported prediction is always out of sample. The budget is
-never exceeded: when nothing is left to remove, :class:`~evonnx.errors.LatencyBudgetError` is
-raised.
+:func:`fit_measured` steps its channel counts (:mod:`~evonnx.latency.steps`): down, least
+strength per predicted latency saved first (latency steps, then finer widths when the steps are
+exhausted), or up again, most strength per predicted latency added first, when it overshoots.
+First until its predicted latency is near the budget; then it builds the offspring and measures
+it side by side with its parent (:func:`~evonnx.latency.measure.compare`: interleaved rounds, a
+robust statistic, a stability check) and, while it is over budget, takes steps until the
+predicted saving covers most of the measured excess and measures again; while it is faster
+than ``overshoot`` times its target speed-up it gives channels back (an over-pruned offspring
+throws accuracy away). An offspring within budget is measured once more, and accepted only if
+that run agrees. Each measurement recalibrates the predictor
+(:meth:`~evonnx.latency.model.LatencyModel.recalibrated`) after the offspring's prediction was
+recorded, so the reported prediction is always out of sample. The budget is never exceeded:
+when every group is at ``min_channels`` and no branch is left,
+:class:`~evonnx.errors.LatencyBudgetError` says what was reached.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,12 +28,22 @@ import onnx
 
 from evonnx.errors import LatencyBudgetError, PlanError
 from evonnx.groups import Analysis, ChannelGroup
+from evonnx.latency.measure import Comparison, compare
 from evonnx.latency.model import LatencyModel, group_census
-from evonnx.plan import PrunePlan, allowed_channels, channel_strength, floor_channels
+from evonnx.latency.steps import Widths, grow, trim
+from evonnx.plan import PrunePlan, channel_strength, floor_channels
 from evonnx.runtimes import Runtime
 from evonnx.surgery import apply_plan
 
 logger = logging.getLogger(__name__)
+
+OVERSHOOT = 1.15
+"""An offspring measured faster than this times its target speed-up gets channels back
+(the goal is at most 1.25 in an independent measurement)."""
+MAX_STEP = 0.3
+"""Most of the predicted latency one measurement may trim (a reading can be wrong)."""
+AIM = 1.04
+"""Steps aim at this times the target speed-up (a little past it: the measurement is noisy)."""
 
 
 @dataclass(frozen=True)
@@ -40,7 +52,7 @@ class MeasuredFit:
 
     Attributes:
         model: The offspring.
-        plan: Its plan (the sampled one, possibly trimmed further).
+        plan: Its plan (the sampled one, possibly trimmed or grown).
         parent_ms: The parent's latency, measured side by side with the final offspring.
         child_ms: The offspring's measured latency.
         predicted_ms: The offspring's latency predicted before it was measured (by the model
@@ -49,7 +61,9 @@ class MeasuredFit:
         budget_ms: ``keep * parent_ms`` (or the floor).
         rounds: Measurement rounds (1: the sampled offspring already fit); each round within
             budget is confirmed by a second run.
-        trimmed: Groups stepped down (or branches removed) after measuring.
+        trimmed: Steps down (a group to a smaller width, or a branch removed) from the
+            sampled offspring.
+        grown: Steps up (the offspring overshot).
     """
 
     model: onnx.ModelProto
@@ -60,6 +74,7 @@ class MeasuredFit:
     budget_ms: float
     rounds: int
     trimmed: int
+    grown: int = 0
 
     @property
     def speedup(self) -> float:
@@ -82,8 +97,8 @@ def fit_measured(
     max_rounds: int = 10,
     min_fraction: float = 0.0,
 ) -> MeasuredFit:
-    """Trim ``plan`` until the offspring's measured latency is at most ``keep`` times the
-    parent's (not below ``floor_ms``).
+    """Step ``plan`` until the offspring's measured latency is at most ``keep`` times the
+    parent's (not below ``floor_ms``) and not far below it.
 
     Args:
         parent: The parent model.
@@ -102,73 +117,122 @@ def fit_measured(
             (a removable branch may still go).
 
     Raises:
-        LatencyBudgetError: Nothing is left to remove and the offspring is still over budget.
+        LatencyBudgetError: Every group is at ``min_channels``, no branch is left, and the
+            offspring is still over budget.
     """
     prunable = {g.id: g for g in analysis.prunable_groups}
-    kept = {gid: plan.kept(g) for gid, g in prunable.items()}
-    strength = {gid: channel_strength(g, weights) for gid, g in prunable.items()}
-    trimmed = 0
-    least = {gid: floor_channels(g.size, min_channels, min_fraction) for gid, g in prunable.items()}
-    # Predicted first: the sampled offspring within the budget on the table's prediction.
-    widths = {gid: int(k.size) for gid, k in kept.items()}
+    w = Widths(
+        analysis, prunable, {gid: plan.kept(g) for gid, g in prunable.items()},
+        {gid: channel_strength(g, weights) for gid, g in prunable.items()},
+        lm, round_to, min_channels,
+        {gid: floor_channels(g.size, min_channels, min_fraction) for gid, g in prunable.items()},
+    )  # fmt: skip
     full = lm.predict(group_census(analysis, {}))
-    floor = full * floor_ms / lm.measured_ms if floor_ms is not None else None
-    goal = keep * full if floor is None else max(keep * full, floor)
-    excess = lm.predict(group_census(analysis, widths)) - goal
-    if excess > 0:
-        try:
-            trimmed += _trim(analysis, prunable, kept, strength, lm, excess, round_to, least)
-        except PlanError:  # nothing to remove: the measurement decides
-            logger.info("predicted %.4g ms over the budget with nothing left to remove", excess)
-
-    def budget_of(parent_ms: float) -> float:
-        return keep * parent_ms if floor_ms is None else max(keep * parent_ms, floor_ms)
-
+    floor = full * floor_ms / lm.measured_ms if floor_ms is not None else 0.0
+    trimmed = grown = 0
+    try:  # predicted first: near the budget before measuring (the measurement decides)
+        trimmed, grown = _steer(w, w.predict(), max(keep * full, floor) / AIM)
+    except PlanError:
+        logger.info("predicted over the budget with nothing left to remove")
+    spare: MeasuredFit | None = None  # within budget but overshooting: better than nothing
     for rounds in range(1, max_rounds + 1):
-        current = _plan(kept, prunable)
+        current = _plan(w.kept, prunable)
         child = apply_plan(parent, analysis, current, masks)
-        widths = {gid: int(k.size) for gid, k in kept.items()}
-        census = group_census(analysis, widths)
+        census = group_census(analysis, w.counts())
         ratio = lm.predict(census) / lm.measured_ms  # before measuring; points are relative
-        parent_ms, child_ms = runtime.latencies([parent, child], lm.batch)
-        predicted = ratio * parent_ms
-        lm = lm.recalibrated(census, child_ms, parent_ms)
-        budget = budget_of(parent_ms)
+        m = compare(runtime, parent, child, lm.batch)
+        if m.stable:  # an unstable reading (a busy machine) must not skew the predictor
+            lm = w.lm = lm.recalibrated(census, m.child_ms, m.parent_ms)
+        budget = max(keep * m.parent_ms, floor_ms or 0.0)
         logger.info(
             "round %d: offspring %.4g ms, parent %.4g ms, budget %.4g ms (predicted %.4g)",
-            rounds, child_ms, parent_ms, budget, predicted,
+            rounds, m.child_ms, m.parent_ms, budget, ratio * m.parent_ms,
         )  # fmt: skip
-        if child_ms <= budget:
-            # Confirmed by a second interleaved run: trimming stops at the first measurement
-            # within budget, so that one is biased low (the winner's curse), and a fresh
-            # measurement of an offspring accepted on it alone often came out over budget.
-            parent_ms, child_ms = runtime.latencies([parent, child], lm.batch)
-            lm = lm.recalibrated(census, child_ms, parent_ms)
-            budget = budget_of(parent_ms)
-            logger.info("round %d confirmed: offspring %.4g ms, parent %.4g ms, budget %.4g ms",
-                        rounds, child_ms, parent_ms, budget)  # fmt: skip
-            if child_ms <= budget:
-                predicted = ratio * parent_ms
-                return MeasuredFit(
-                    child, current, parent_ms, child_ms, predicted, budget, rounds, trimmed
-                )
+        now = lm.predict(census)
+        want = now * budget / (AIM * max(m.child_ms, 1e-12))  # predicted ms to aim at
+        if m.child_ms * OVERSHOOT < budget:  # far past the target: give channels back
+            if spare is None or m.child_ms / m.parent_ms > spare.child_ms / spare.parent_ms:
+                spare = MeasuredFit(  # the least overshoot so far
+                    child, current, m.parent_ms, m.child_ms, ratio * m.parent_ms, budget,
+                    rounds, trimmed, grown,
+                )  # fmt: skip
+            add = (want - now) * (1.0 if m.stable else 0.5)
+            if rounds < max_rounds and (added := grow(w, add, ceiling=now + add)):
+                grown += added
+                continue
+        if m.child_ms <= budget:
+            fit, m = _confirm(runtime, parent, child, current, lm, ratio, keep, floor_ms)
+            if fit is not None:
+                return _done(fit, rounds, trimmed, grown)
+            budget = max(keep * m.parent_ms, floor_ms or 0.0)
         if rounds == max_rounds:
             break
-        # Half the excess, in predicted milliseconds (prediction and measurement may differ in
-        # scale): one noisy measurement must not strip the offspring; the next one checks.
-        now = lm.predict(census)
-        need = 0.5 * (child_ms - budget) * now / child_ms
+        need = max(now - want, now * (1.0 - budget / m.child_ms))  # at least the excess
+        need = min(need, MAX_STEP * now) * (1.0 if m.stable else 0.5)  # one reading may lie
         try:
-            trimmed += _trim(analysis, prunable, kept, strength, lm, need, round_to, least)
+            trimmed += trim(w, need)
         except PlanError as exc:
-            raise LatencyBudgetError(
-                f"the offspring measures {child_ms:.4g} ms against a budget of {budget:.4g} ms "
-                f"(parent {parent_ms:.4g} ms) and nothing is left to remove; a smaller speed-up, "
-                "a larger keep or a larger batch (less per-run overhead) may fit"
-            ) from exc
+            if spare is not None:
+                return _done(spare, rounds, trimmed, grown)
+            raise _nothing_left(m.child_ms, m.parent_ms, budget, min_channels) from exc
+    if spare is not None:
+        return _done(spare, max_rounds, trimmed, grown)
     raise LatencyBudgetError(
         f"the offspring stays over its latency budget after {max_rounds} measurements "
-        f"({child_ms:.4g} ms > {budget:.4g} ms)"
+        f"({m.child_ms:.4g} ms > {budget:.4g} ms)"
+    )
+
+
+def _steer(w: Widths, now: float, want: float) -> tuple[int, int]:
+    """Trim (predicted ``now`` above ``want`` ms) or grow (far below it) toward ``want``;
+    returns the steps down and up."""
+    if now > want:
+        return trim(w, now - want), 0
+    if now * OVERSHOOT < want:
+        return 0, grow(w, want - now, ceiling=want)
+    return 0, 0
+
+
+def _confirm(
+    runtime: Runtime,
+    parent: onnx.ModelProto,
+    child: onnx.ModelProto,
+    plan: PrunePlan,
+    lm: LatencyModel,
+    ratio: float,
+    keep: float,
+    floor_ms: float | None,
+) -> tuple[MeasuredFit | None, Comparison]:
+    """A second reading of an offspring that measured within budget: the fit if it agrees.
+
+    Trimming stops at the first measurement within budget, so that one is biased low (the
+    winner's curse): a fresh measurement of an offspring accepted on it alone often came out
+    over budget.
+    """
+    m = compare(runtime, parent, child, lm.batch)
+    budget = max(keep * m.parent_ms, floor_ms or 0.0)
+    logger.info(
+        "confirmed: offspring %.4g ms, parent %.4g ms, budget %.4g ms",
+        m.child_ms, m.parent_ms, budget,
+    )  # fmt: skip
+    if m.child_ms > budget:
+        return None, m
+    return MeasuredFit(child, plan, m.parent_ms, m.child_ms, ratio * m.parent_ms, budget, 0, 0), m
+
+
+def _done(fit: MeasuredFit, rounds: int, trimmed: int, grown: int) -> MeasuredFit:
+    return MeasuredFit(
+        fit.model, fit.plan, fit.parent_ms, fit.child_ms, fit.predicted_ms, fit.budget_ms,
+        rounds, trimmed, grown,
+    )  # fmt: skip
+
+
+def _nothing_left(child_ms: float, parent_ms: float, budget: float, floor: int) -> Exception:
+    return LatencyBudgetError(
+        f"every channel group is at --min-channels {floor} and no branch is left to remove: "
+        f"the offspring reached {parent_ms / child_ms:.2f}x ({child_ms:.4g} ms, parent "
+        f"{parent_ms:.4g} ms) against a budget of {budget:.4g} ms; a smaller speed-up, a "
+        "lower --min-channels or a larger batch (less per-run overhead) may fit"
     )
 
 
@@ -176,59 +240,3 @@ def _plan(kept: Mapping[int, np.ndarray], groups: Mapping[int, ChannelGroup]) ->
     return PrunePlan(
         {gid: tuple(int(c) for c in k) for gid, k in kept.items() if k.size < groups[gid].size}
     )
-
-
-def _trim(
-    analysis: Analysis,
-    prunable: Mapping[int, ChannelGroup],
-    kept: dict[int, np.ndarray],
-    strength: Mapping[int, np.ndarray],
-    lm: LatencyModel,
-    need: float,
-    round_to: int | None,
-    least: Mapping[int, int],
-) -> int:
-    """Step groups down, least strength per saved ms first, until ``need`` ms are saved
-    (``least``: each group's floor)."""
-    saved, steps = 0.0, 0
-    while saved < need:
-        widths = {gid: int(k.size) for gid, k in kept.items()}
-        now = lm.predict(group_census(analysis, widths))
-        best: tuple[float, int, int, float] | None = None
-        for gid, g in prunable.items():
-            lower = _lower(g, widths[gid], lm.widths(gid), round_to, least[gid])
-            if lower is None:
-                continue
-            gain = now - lm.predict(group_census(analysis, {**widths, gid: lower}))
-            if gain <= 0:
-                continue
-            order = np.argsort(strength[gid][kept[gid]], kind="stable")
-            lost = float(strength[gid][kept[gid][order[: widths[gid] - lower]]].sum())
-            score = lost / gain
-            if best is None or score < best[0]:
-                best = (score, gid, lower, gain)
-        if best is None:
-            if steps:
-                return steps
-            raise PlanError("over the latency budget with nothing left to remove")
-        _, gid, lower, gain = best
-        k = kept[gid]
-        keep_idx = np.sort(k[np.argsort(-strength[gid][k], kind="stable")[:lower]])
-        kept[gid] = keep_idx
-        saved += gain
-        steps += 1
-    return steps
-
-
-def _lower(
-    g: ChannelGroup,
-    n: int,
-    widths: Sequence[int] | None,
-    round_to: int | None,
-    min_channels: int,
-) -> int | None:
-    """The next smaller channel count ``g`` may keep (0 for a removable branch), or None."""
-    for k in range(n - 1, 0, -1):
-        if allowed_channels(k, g.size, round_to, min_channels, widths):
-            return k
-    return 0 if g.removable and n > 0 else None

@@ -108,7 +108,9 @@ def layer_shapes(model: onnx.ModelProto, analysis: Analysis, batch: int) -> dict
     batched = rebatch(model, batch)
     resolved = resolve_shapes(batched, batch=batch)
     shapes = resolved.shapes
-    nodes = {n.name: n for n in batched.graph.node}
+    nodes = {
+        n.name or f"{n.op_type}:{n.output[0] if n.output else '?'}": n for n in batched.graph.node
+    }
     weights = {t.name: tuple(t.dims) for t in batched.graph.initializer}
     out = {}
     for lay in analysis.layers:

@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 
 from evonnx.environments import Census, LayerCensus
-from evonnx.groups import Analysis, Layer
+from evonnx.groups import Analysis, ChannelGroup, Layer
 from evonnx.latency.calibrate import FEATURES, Point, calibration_widths, solve
 from evonnx.latency.geometry import LayerShape, layer_shapes
 from evonnx.latency.table import LatencyTable, Query
@@ -307,10 +307,16 @@ def latency_steps(
     for g in analysis.prunable_groups:
         producers = [c for c in lm.curves.values() if c.shape.node in _nodes_of(analysis, g.id)]
         grid = sorted({int(w) for c in producers for w in c.cout[1:] if w <= g.size} | {g.size})
+        touched = _touching(analysis, g.id)  # the drop is relative to the group's own layers,
+
+        def local(w: int, g: ChannelGroup = g, touched: set[str] = touched) -> float:
+            census = group_census(analysis, {g.id: w})  # not to the whole model's
+            return lm.layers_ms([c for c in census if c.layer.node in touched])
+
         kept = [g.size]
-        best = lm.layers_ms(group_census(analysis, {g.id: g.size}))
+        best = local(g.size)
         for w in reversed(grid[:-1]):
-            t = lm.layers_ms(group_census(analysis, {g.id: w}))
+            t = local(w)
             if t < best * (1.0 - tolerance):
                 kept.append(w)
                 best = t
@@ -320,3 +326,8 @@ def latency_steps(
 
 def _nodes_of(analysis: Analysis, gid: int) -> set[str]:
     return {lay.node for lay in analysis.layers if lay.out_group == gid}
+
+
+def _touching(analysis: Analysis, gid: int) -> set[str]:
+    """Layers that produce or read group ``gid``."""
+    return {lay.node for lay in analysis.layers if lay.out_group == gid or gid in lay.in_groups}

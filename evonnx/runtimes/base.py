@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import onnx
 
 from evonnx.errors import ConfigError
@@ -33,10 +34,11 @@ class RuntimeSettings:
         warmup: Untimed rounds.
         runs: Timed rounds.
         seed: Seed of the random inputs.
-        statistic: What a latency is: the ``"median"`` of the timed rounds, or the ``"min"``
-            (on a machine shared with other jobs, a run longer than the scheduler's time slice
-            is often preempted, which inflates the median of slow models far more than that of
-            fast ones; the fastest run is the model's own cost).
+        statistic: What a latency is: the ``"min"`` of the timed rounds (default), or the
+            ``"median"`` (on a machine shared with other jobs, a run longer than the
+            scheduler's time slice is often preempted, which inflates the median of slow
+            models far more than that of fast ones; the fastest run is the model's own cost:
+            see ``docs/benchmarks.md``, *Latency estimators under contention*).
     """
 
     name: str = "ort-cpu"
@@ -45,7 +47,7 @@ class RuntimeSettings:
     warmup: int = 5
     runs: int = 30
     seed: int = 0
-    statistic: Statistic = "median"
+    statistic: Statistic = "min"
 
     def __post_init__(self) -> None:
         if self.name not in RUNTIMES:
@@ -96,6 +98,17 @@ class Runtime(ABC):
         Raises:
             DeployError: A model cannot be re-batched or run.
         """
+
+    def rounds(self, models: Sequence[onnx.ModelProto], batch: int) -> np.ndarray:
+        """Every timed round (ms) of each model, ``[model, round]``, measured interleaved
+        (round ``r`` ran every model once, so ``[:, r]`` saw one machine state).
+
+        Runtimes that only report a statistic return it as a single round.
+
+        Raises:
+            DeployError: A model cannot be re-batched or run.
+        """
+        return np.asarray(self.latencies(models, batch), dtype=np.float64)[:, None]
 
 
 def cpu_name() -> str:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 
-from evonnx.deploy.bench import median_latencies, resolve_provider
+from evonnx.deploy.bench import latency_rounds, median_latencies, resolve_provider
 from evonnx.runtimes.base import Runtime, RuntimeSettings, cpu_name
 
 _PROVIDER = {"ort-cpu": "cpu", "ort-cuda": "cuda", "ort-trt": "tensorrt"}
@@ -35,3 +36,8 @@ class OrtRuntime(Runtime):
         return median_latencies(
             models, batch, self.provider, s.threads, s.warmup, s.runs, s.seed, s.statistic
         )
+
+    def rounds(self, models: Sequence[onnx.ModelProto], batch: int) -> np.ndarray:
+        """Ms of every timed round (see :func:`evonnx.deploy.bench.latency_rounds`)."""
+        s = self.settings
+        return latency_rounds(models, batch, self.provider, s.threads, s.warmup, s.runs, s.seed)

@@ -54,12 +54,15 @@ class TorchCudaRuntime(Runtime):
 
     def latencies(self, models: Sequence[onnx.ModelProto], batch: int) -> list[float]:
         """Median ms per model of one CUDA-graph replay at ``batch``."""
+        reduce = np.min if self.settings.statistic == "min" else np.median
+        return [float(reduce(s)) for s in self.rounds(models, batch)]
+
+    def rounds(self, models: Sequence[onnx.ModelProto], batch: int) -> np.ndarray:
+        """Ms of one CUDA-graph replay per model and timed round, ``[model, round]``."""
         if not models:
             raise DeployError("no model to measure")
         graphs = [self._capture(m, batch, i) for i, m in enumerate(models)]
-        samples = _interleaved(self._torch, graphs, self.settings.warmup, self.settings.runs)
-        reduce = np.min if self.settings.statistic == "min" else np.median
-        return [float(reduce(s)) for s in samples]
+        return _interleaved(self._torch, graphs, self.settings.warmup, self.settings.runs)
 
     def _capture(self, model: onnx.ModelProto, batch: int, index: int) -> Any:
         torch = self._torch

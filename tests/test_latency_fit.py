@@ -1,0 +1,139 @@
+"""Fitting a measured latency budget: exhausted step grids, overshoot, unstable readings."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from fake_runtime import MacRuntime
+from helpers import assert_same, check_function_kept, run
+from torch import nn
+from zoo import BasicBlock, input_feed, randomize_bn
+
+from evonnx.analysis import analyze
+from evonnx.errors import LatencyBudgetError
+from evonnx.genetic import model_weights
+from evonnx.latency import LatencyTable, build_latency_model, fit_measured
+from evonnx.latency.fit import OVERSHOOT
+from evonnx.latency.measure import compare
+from evonnx.plan import PrunePlan, magnitude_plan
+from evonnx.surgery import apply_plan
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVONNX_CACHE_DIR", str(tmp_path / "cache"))
+
+
+class _ResNet(nn.Module):
+    """A CIFAR ResNet in miniature: three stages of two basic blocks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16))
+        widths = [(16, 16, 1), (16, 16, 1), (16, 32, 2), (32, 32, 1), (32, 64, 2), (64, 64, 1)]
+        self.blocks = nn.Sequential(*(BasicBlock(*w) for w in widths))
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.blocks(torch.relu(self.stem(x))).mean((2, 3)))
+
+
+def _dynamic_resnet() -> onnx.ModelProto:
+    """Legacy export with a symbolic batch axis and trained-like BatchNorm statistics."""
+    torch.manual_seed(0)
+    module = _ResNet().eval()
+    randomize_bn(module)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, (torch.randn(1, 3, 16, 16),), buf, dynamo=False, opset_version=17,
+            input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "N"}, "y": {0: "N"}},
+        )  # fmt: skip
+    return onnx.load_from_string(buf.getvalue())
+
+
+def _check_function(model: onnx.ModelProto, fit_plan: PrunePlan, fitted: onnx.ModelProto) -> None:
+    """The dead-channel invariant where constants fold exactly, and the fitted model is the
+    plan applied."""
+    analysis = analyze(model)
+    feed = input_feed(model)
+    check_function_kept(model, analysis, fit_plan, feed)
+    assert_same(run(apply_plan(model, analysis, fit_plan), feed), run(fitted, feed))
+
+
+def test_exhausted_step_grid_falls_back_to_finer_widths() -> None:
+    model = _dynamic_resnet()
+    analysis = analyze(model)
+    flat = LatencyTable(MacRuntime(device="blocked", pad=64), 1)  # every width costs the same
+    lm = build_latency_model(model, analysis, flat, step=8, calibrate=False)
+    groups = analysis.prunable_groups
+    assert all(lm.steps[g.id] == (g.size,) for g in groups)  # the grid has full widths only
+    rt = MacRuntime()  # the device itself does get faster with fewer channels
+    fit = fit_measured(model, analysis, PrunePlan({}), model_weights(model), rt, lm, keep=0.5)
+    assert fit.child_ms <= fit.budget_ms == pytest.approx(0.5 * fit.parent_ms)
+    assert any(len(fit.plan.kept(g)) < g.size for g in groups)
+    onnx.checker.check_model(fit.model, full_check=True)
+    _check_function(model, fit.plan, fit.model)
+
+
+def test_refuses_only_at_min_channels_and_says_what_was_reached() -> None:
+    model = _dynamic_resnet()
+    analysis = analyze(model)
+    rt = MacRuntime()
+    lm = build_latency_model(model, analysis, LatencyTable(rt, 1), step=8, calibrate=False)
+    weights = model_weights(model)
+    with pytest.raises(LatencyBudgetError, match=r"min-channels 2 .* reached \d+\.\d+x"):
+        fit_measured(model, analysis, PrunePlan({}), weights, rt, lm, keep=0.002, min_channels=2)
+
+
+def test_overshooting_offspring_gets_channels_back() -> None:
+    model = _dynamic_resnet()
+    analysis = analyze(model)
+    rt = MacRuntime()
+    lm = build_latency_model(model, analysis, LatencyTable(rt, 1), step=1, calibrate=False)
+    weights = model_weights(model)
+    stripped = magnitude_plan(analysis, weights, 0.2)  # far past a 0.8 budget
+    parent_ms, stripped_ms = rt.latencies([model, _apply(model, analysis, stripped)], 1)
+    assert stripped_ms * OVERSHOOT < 0.8 * parent_ms
+    fit = fit_measured(model, analysis, stripped, weights, rt, lm, keep=0.8)
+    assert fit.grown >= 1
+    assert fit.child_ms <= fit.budget_ms <= OVERSHOOT * fit.child_ms * 1.0001
+    _check_function(model, fit.plan, fit.model)
+
+
+def _apply(model: onnx.ModelProto, analysis: object, plan: PrunePlan) -> onnx.ModelProto:
+    return apply_plan(model, analysis, plan)  # type: ignore[arg-type]
+
+
+class _Noisy(MacRuntime):
+    """Rounds whose first reading has one model's even rounds slowed tenfold (a neighbour's
+    burst); later readings are clean."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def rounds(self, models: Sequence[onnx.ModelProto], batch: int) -> np.ndarray:
+        self.calls += 1
+        base = np.array(self.latencies(models, batch))[:, None] * np.ones((1, 8))
+        if self.calls == 1:
+            base[1, 0::2] *= 10.0
+        return base
+
+
+def test_unstable_reading_is_measured_again() -> None:
+    model = _dynamic_resnet()
+    child = _apply(model, analyze(model), magnitude_plan(analyze(model), model_weights(model), 0.5))
+    rt = _Noisy()
+    m = compare(rt, model, child, 1)
+    assert rt.calls == 2 and m.rounds == 16  # pooled with a second reading
+    parent_ms, child_ms = MacRuntime().latencies([model, child], 1)
+    assert m.stable and m.child_ms == pytest.approx(child_ms) and m.parent_ms == parent_ms
