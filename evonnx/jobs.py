@@ -104,12 +104,15 @@ def run_job(
     if config.init == "random":
         reinitialize(module, job.seed)
     task = data.task
+    module.logits = task.train_on_logits
     trainee: torch.nn.Module = module
     loss: LossFn = guarded(task.loss, f"task {task.name!r} loss")
     if config.distill is not None:
         if job.parent is None:
             raise ValueError("a distilling job needs the parent model")
-        trainee = Distiller(module, to_torch(onnx.load_from_string(job.parent)))
+        teacher = to_torch(onnx.load_from_string(job.parent))
+        teacher.logits = task.train_on_logits
+        trainee = Distiller(module, teacher)
         loss = guarded(
             distillation_loss(task.loss, task.distill_loss, config.distill),
             f"task {task.name!r} distillation loss",
@@ -145,6 +148,12 @@ def training_config(config: EvolveConfig, seed: int) -> TrainConfig:
         lr=config.lr,
         optimizer=config.optimizer,
         weight_decay=config.weight_decay,
+        momentum=config.momentum,
+        schedule=config.schedule,
+        warmup=config.warmup,
+        steps=config.steps,
+        clip_grad=config.clip_grad,
+        freeze_bn=config.freeze_bn,
         seed=seed,
         num_threads=config.threads,
         max_batches=config.max_batches,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -10,6 +11,7 @@ from evonnx.errors import ConfigError, RunDirectoryError
 from evonnx.genetic import EncodingConfig
 from evonnx.latency.budget import LatencySettings
 from evonnx.runtimes import RuntimeSettings
+from evonnx.training_settings import Optimizer, recipe_problem
 
 LINEAGE_VERSION = 1
 # Fields a resumed run may change; every other config field must match the original run.
@@ -62,11 +64,11 @@ class EvolveConfig:
         min_channels: Fewest channels any prunable group keeps.
         population: Offspring synthesized per generation; the most accurate survives.
         init: ``"inherit"`` the parent's surviving weights or start from ``"random"`` ones.
-        epochs: Retraining epochs per offspring.
-        lr: Initial learning rate.
+        epochs: Retraining epochs per offspring (unless ``steps`` is set).
+        lr: Peak learning rate.
         batch_size: Training batch size.
-        optimizer: ``"sgd"`` (momentum 0.9) or ``"adam"``.
-        weight_decay: L2 penalty.
+        optimizer: ``"sgd"`` (with ``momentum``), ``"adam"`` or ``"adamw"``.
+        weight_decay: Weight decay (L2 for SGD and Adam, decoupled for AdamW).
         seed: Seeds sampling, initialization and training.
         threads: CPU threads for training (None: torch's default).
         max_batches: Cap on batches per epoch (smoke tests).
@@ -78,6 +80,15 @@ class EvolveConfig:
             local one.
         gpus_per_offspring: Data-parallel ranks (torch DDP) retraining each offspring: one
             GPU each, or on CPU one process each (gloo); see :mod:`evonnx.ddp`.
+        steps: Retrain each offspring for this many optimizer steps instead of ``epochs``
+            passes over the data.
+        momentum: SGD momentum.
+        schedule: Learning rate after the warm-up: ``"cosine"`` (per step, towards 0) or
+            ``"constant"``.
+        warmup: Fraction of the steps over which the learning rate rises linearly first.
+        clip_grad: Clip the gradients' global L2 norm to this (None: no clipping).
+        freeze_bn: Keep BatchNorm layers in eval mode while retraining (running statistics
+            used and kept; scale and shift train).
     """
 
     generations: int = 10
@@ -98,7 +109,7 @@ class EvolveConfig:
     epochs: int = 2
     lr: float = 0.01
     batch_size: int = 64
-    optimizer: Literal["sgd", "adam"] = "sgd"
+    optimizer: Optimizer = "sgd"
     weight_decay: float = 0.0
     seed: int = 0
     threads: int | None = None
@@ -113,6 +124,13 @@ class EvolveConfig:
     executor: Literal["local", "process", "ray"] = "local"
     ray_address: str | None = None
     gpus_per_offspring: int = 1
+    # ---- retraining recipe (issue 21; see :mod:`evonnx.retrain.recipe`) ----
+    steps: int | None = None
+    momentum: float = 0.9
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup: float = 0.0
+    clip_grad: float | None = None
+    freeze_bn: bool = False
 
     def __post_init__(self) -> None:
         checks = [
@@ -174,7 +192,21 @@ class EvolveConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        self._check_recipe()
         self.latency()  # checks the runtime settings
+
+    def _check_recipe(self) -> None:
+        """Refuse retraining settings that are not finite and in range (NaN included)."""
+        if not (0.0 < self.lr < math.inf):
+            raise ConfigError(f"lr must be a positive number, got {self.lr}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("epochs and batch_size must be at least 1")
+        problem = recipe_problem(
+            self.optimizer, self.schedule, self.momentum, self.weight_decay, self.warmup,
+            self.steps, self.clip_grad,
+        )  # fmt: skip
+        if problem is not None:
+            raise ConfigError(problem)
 
     def environment(self) -> Environment:
         """The environmental factor model (``env="latency"``: the MAC budget stands in until

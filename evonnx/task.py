@@ -61,10 +61,15 @@ class Task(abc.ABC):
         name: Names the task in reports; a resumed run must use a task of the same name.
         score_percent: The score is an accuracy in [0, 1], shown as a percentage. ``False``
             (the default) shows it as a plain number: mAP, IoU, a negative loss...
+        train_on_logits: While retraining, a Softmax/LogSoftmax at the end of the graph passes
+            its input through, so :meth:`loss` and :meth:`distill_loss` see logits (see
+            :attr:`evonnx.converters.OnnxModule.logits`); the written graph keeps it.
+            ``False`` (the default) trains on the graph's real outputs.
     """
 
     name: str = "task"
     score_percent: bool = False
+    train_on_logits: bool = False
 
     @abc.abstractmethod
     def train_batches(self) -> TrainData:
@@ -128,6 +133,7 @@ class ClassificationTask(Task):
     """
 
     score_percent = True
+    train_on_logits = True
 
     def __init__(
         self,
