@@ -218,12 +218,14 @@ def test_torch_legacy_export(kind: str, batch_first: bool) -> None:
     np.testing.assert_allclose(out, module(x).detach().numpy(), atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_torch_dynamo_export(kind: str) -> None:
+@pytest.mark.parametrize(("kind", "batch_first"), [("lstm", True), ("gru", False)])
+def test_torch_dynamo_export(kind: str, batch_first: bool) -> None:
+    """The dynamo exporter (torch's default) emits LSTM/GRU nodes with a ``layout`` attribute."""
     torch.manual_seed(1)
-    module = Recurrent(kind, batch_first=True, layers=1)
-    x = torch.randn(BATCH, SEQ, INPUT)
+    module = Recurrent(kind, batch_first=batch_first, layers=1)
+    x = torch.randn(BATCH, SEQ, INPUT) if batch_first else torch.randn(SEQ, BATCH, INPUT)
     model = export(module, x, dynamo=True)
+    assert kind.upper() in {n.op_type for n in model.graph.node}
     feed_ = {model.graph.input[0].name: x.numpy()}
     assert_matches_ort(model, feed_)
     (out,) = run_torch(to_torch(model), feed_)[:1]

@@ -55,9 +55,10 @@ def gru(node: Node, args: Args, training: bool) -> Result:
 # ------------------------------------------------------------------------------- driver
 
 Step = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
+Fused = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
 
 
-def _rnn(node: Node, args: Args, step: Step, fused: Callable[..., Result]) -> Result:
+def _rnn(node: Node, args: Args, step: Step, fused: Fused) -> Result:
     batch_first = node.i("layout", 0) == 1
     x = arg(node, args, 0)
     if batch_first:
@@ -136,7 +137,7 @@ def _loop(
             h_new, c_new = step(xw[t], h, c, *consts)
             if mask is not None:
                 h_new = torch.where(mask[t], h_new, h)
-                c_new = None if c_new is None else torch.where(mask[t], c_new, c)
+                c_new = None if c_new is None or c is None else torch.where(mask[t], c_new, c)
                 out[t] = h_new * mask[t]
             else:
                 out[t] = h_new
