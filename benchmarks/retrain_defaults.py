@@ -43,6 +43,7 @@ from evonnx.api import prune
 from evonnx.converters import to_torch, write_back
 from evonnx.data import Dataset, load_builtin
 from evonnx.graph import load_model
+from evonnx.heads import logits_view
 from evonnx.retrain import TrainConfig, evaluate_onnx, train
 from evonnx.retrain.distill import Distiller
 
@@ -265,9 +266,8 @@ def finetune(
     subject: Subject, model: onnx.ModelProto, recipe: Recipe, steps: int, labelled: bool, seed: int
 ) -> float:
     """Top-1 (onnxruntime, test split) after ``steps`` steps of ``recipe``."""
-    student = to_torch(model, freeze_zeros=True)
-    teacher = to_torch(subject.model)
-    student.logits = teacher.logits = True
+    student = to_torch(logits_view(model), freeze_zeros=True)
+    teacher = to_torch(logits_view(subject.model))
     config = TrainConfig(
         batch_size=subject.batch_size, lr=recipe.lr, optimizer=recipe.optimizer,  # type: ignore[arg-type]
         weight_decay=recipe.weight_decay, schedule=recipe.schedule,  # type: ignore[arg-type]

@@ -100,19 +100,17 @@ def run_job(
     start = time.perf_counter()
     config = job.config
     child = onnx.load_from_string(job.child)
-    module = to_torch(child, freeze_zeros=True)
+    task = data.task
+    view = guarded(task.training_graph, f"task {task.name!r} training graph")
+    module = to_torch(view(child), freeze_zeros=True)
     if config.init == "random":
         reinitialize(module, job.seed)
-    task = data.task
-    module.logits = task.train_on_logits
     trainee: torch.nn.Module = module
     loss: LossFn = guarded(task.loss, f"task {task.name!r} loss")
     if config.distill is not None:
         if job.parent is None:
             raise ValueError("a distilling job needs the parent model")
-        teacher = to_torch(onnx.load_from_string(job.parent))
-        teacher.logits = task.train_on_logits
-        trainee = Distiller(module, teacher)
+        trainee = Distiller(module, to_torch(view(onnx.load_from_string(job.parent))))
         loss = guarded(
             distillation_loss(task.loss, task.distill_loss, config.distill),
             f"task {task.name!r} distillation loss",

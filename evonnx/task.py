@@ -61,15 +61,10 @@ class Task(abc.ABC):
         name: Names the task in reports; a resumed run must use a task of the same name.
         score_percent: The score is an accuracy in [0, 1], shown as a percentage. ``False``
             (the default) shows it as a plain number: mAP, IoU, a negative loss...
-        train_on_logits: While retraining, a Softmax/LogSoftmax at the end of the graph passes
-            its input through, so :meth:`loss` and :meth:`distill_loss` see logits (see
-            :attr:`evonnx.converters.OnnxModule.logits`); the written graph keeps it.
-            ``False`` (the default) trains on the graph's real outputs.
     """
 
     name: str = "task"
     score_percent: bool = False
-    train_on_logits: bool = False
 
     @abc.abstractmethod
     def train_batches(self) -> TrainData:
@@ -111,6 +106,15 @@ class Task(abc.ABC):
         """Raise an :class:`~evonnx.errors.EvonnxError` if the task cannot use ``model``."""
         del model
 
+    def training_graph(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        """The graph offspring (and the parent, when distilling) train as; default ``model``.
+
+        It must keep every initializer of ``model`` (trained weights are written back into
+        ``model`` by name), e.g. :func:`evonnx.heads.logits_view` to train on the logits
+        before a terminal Softmax. :meth:`loss` receives this graph's outputs.
+        """
+        return model
+
     def fingerprint(self) -> str | None:
         """Content hash of the task's data, stored in ``lineage.json``; a resumed run must
         match it. ``None`` (the default) checks only the task's name on resume."""
@@ -133,7 +137,6 @@ class ClassificationTask(Task):
     """
 
     score_percent = True
-    train_on_logits = True
 
     def __init__(
         self,
@@ -167,6 +170,13 @@ class ClassificationTask(Task):
     def train_batches(self) -> TrainData:
         """The training split without the validation samples."""
         return self.fit
+
+    def training_graph(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        """``model`` trained on its logits when it ends in Softmax/LogSoftmax (cross-entropy
+        of probabilities trains badly, and KL of an underflowed one is NaN)."""
+        from evonnx.heads import logits_view
+
+        return logits_view(model)
 
     def loss(self, outputs: Any, targets: Any) -> torch.Tensor:
         """Cross-entropy of the class logits."""

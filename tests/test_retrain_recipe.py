@@ -241,7 +241,7 @@ def test_cli_recipe_is_recorded_in_the_lineage(files: dict[str, Path], tmp_path:
 
 
 def _classifier(tail: str | None, seed: int = 0) -> onnx.ModelProto:
-    """Flatten -> Gemm (-> Softmax/LogSoftmax, then a Flatten) on 1×4×4 blobs."""
+    """Flatten -> Gemm (-> Softmax/LogSoftmax) on 1×4×4 blobs."""
     rng = np.random.default_rng(seed)
     w = numpy_helper.from_array((0.3 * rng.normal(size=(3, 16))).astype(np.float32), "w")
     b = numpy_helper.from_array(np.zeros(3, np.float32), "b")
@@ -250,8 +250,7 @@ def _classifier(tail: str | None, seed: int = 0) -> onnx.ModelProto:
         helper.make_node("Gemm", ["f", "w", "b"], ["z" if tail else "y"], transB=1),
     ]
     if tail:
-        nodes += [helper.make_node(tail, ["z"], ["p"], axis=1),
-                  helper.make_node("Flatten", ["p"], ["y"])]  # fmt: skip
+        nodes.append(helper.make_node(tail, ["z"], ["y"], axis=1))
     graph = helper.make_graph(
         nodes, "cls", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 4, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])], [w, b],
@@ -259,18 +258,15 @@ def _classifier(tail: str | None, seed: int = 0) -> onnx.ModelProto:
     return make_model(graph)
 
 
-def test_logits_mode_bypasses_only_a_terminal_softmax() -> None:
-    module = to_torch(_classifier("Softmax"))
-    assert module.softmax_outputs() == ["Softmax#2"]
+def test_classification_trains_a_softmax_ended_graph_on_its_logits(dataset: Dataset) -> None:
+    task = ClassificationTask(dataset, val_fraction=0.25)
+    model = _classifier("Softmax")
+    view = task.training_graph(model)
+    assert [n.op_type for n in view.graph.node] == ["Flatten", "Gemm"]
+    assert [o.name for o in view.graph.output] == ["z"]
+    assert task.training_graph(_classifier(None)) is not None
     x = torch.randn(5, 1, 4, 4)
-    probs = module(x)
-    module.logits = True
-    logits = module(x)
-    torch.testing.assert_close(torch.softmax(logits, 1), probs)
-    assert not torch.allclose(logits, probs)
-    # a Softmax inside the graph (its output feeds a Gemm) is never bypassed
-    inner = to_torch(_classifier(None))
-    assert inner.softmax_outputs() == []
+    torch.testing.assert_close(torch.softmax(to_torch(view)(x), 1), to_torch(model)(x))
 
 
 @pytest.mark.parametrize("tail", ["Softmax", "LogSoftmax"])

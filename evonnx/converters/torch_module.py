@@ -167,31 +167,6 @@ def _uses(nodes: Iterable[onnx.NodeProto]) -> dict[str, list[tuple[str, int]]]:
     return uses
 
 
-_RESHAPING = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze"})
-
-
-def _terminal_softmax(graph: onnx.GraphProto) -> frozenset[str]:
-    """Names (as :class:`Node` names them) of Softmax/LogSoftmax nodes whose output reaches
-    a graph output through reshaping nodes only, and is used nowhere else."""
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    outputs = {v.name for v in graph.output}
-
-    def terminal(value: str) -> bool:
-        users = consumers.get(value, [])
-        if value in outputs:
-            return not users
-        return len(users) == 1 and users[0].op_type in _RESHAPING and terminal(users[0].output[0])
-
-    return frozenset(
-        node.name or f"{node.op_type}#{i}"
-        for i, node in enumerate(graph.node)
-        if node.op_type in ("Softmax", "LogSoftmax") and terminal(node.output[0])
-    )
-
-
 def _is_trainable(init: onnx.TensorProto, uses: list[tuple[str, int]]) -> bool:
     """Float tensors of rank >= 1 used only as data/weights (not config slots) are trainable."""
     if init.data_type not in FLOAT_TYPES or len(init.dims) == 0:
@@ -215,12 +190,6 @@ class OnnxModule(nn.Module):
     a buffer. Both are registered under
     :func:`mangle_name` of their ONNX name; use :meth:`onnx_parameters` /
     :meth:`onnx_buffers` to address them by ONNX name.
-
-    ``logits`` (default False): while True, a Softmax or LogSoftmax whose output is a graph
-    output (directly, or through Identity, Reshape, Flatten, Squeeze and Unsqueeze nodes
-    only) passes its input through, so a classification loss sees logits rather than
-    probabilities (cross-entropy on probabilities trains badly and KL on them can hit
-    ``log 0``). The written ONNX graph keeps the Softmax.
 
     ``batch_norm_frozen`` (default False): while True, BatchNormalization nodes normalize
     with their running statistics and leave them unchanged even in train mode (see
@@ -251,7 +220,6 @@ class OnnxModule(nn.Module):
         self._hooks: list[RemovableHandle] = []
         self._steps: list[tuple[Node, OpFn]] = []
         self.batch_norm_frozen = False
-        self.logits = False
         uses = _uses(graph.node)
         self._register_initializers(graph, uses)
         for i in order:
@@ -259,7 +227,6 @@ class OnnxModule(nn.Module):
         inits = {t.name for t in graph.initializer}
         self.input_names: list[str] = [v.name for v in graph.input if v.name not in inits]
         self.output_names: list[str] = [v.name for v in graph.output]
-        self._terminal_softmax = _terminal_softmax(graph)
         logger.debug(
             "converted %d nodes: %d parameters, %d buffers",
             len(self._steps),
@@ -338,10 +305,6 @@ class OnnxModule(nn.Module):
         """All parameters and buffers keyed by ONNX names."""
         return {name: self._tensor(name) for name in self._attr_of}
 
-    def softmax_outputs(self) -> list[str]:
-        """Names of the terminal Softmax/LogSoftmax nodes that :attr:`logits` bypasses."""
-        return sorted(self._terminal_softmax)
-
     def weight_names(self) -> list[str]:
         """ONNX names of conv/FC weights (input 1 of Conv/ConvTranspose/Gemm/MatMul)."""
         return list(self._weight_names)
@@ -415,12 +378,8 @@ class OnnxModule(nn.Module):
         env: dict[str, torch.Tensor] = {n: self._tensor(n) for n in self._attr_of}
         env.update(zip(self.input_names, inputs, strict=True))
         frozen = self.batch_norm_frozen
-        bypass = self._terminal_softmax if self.logits else frozenset()
         for node, fn in self._steps:
             args = [env[name] if name else None for name in node.inputs]
-            if node.name in bypass:
-                env[node.outputs[0]] = env[node.inputs[0]]
-                continue
             training = self.training and not (frozen and node.op_type == "BatchNormalization")
             result = fn(node, args, training)
             outs = result if isinstance(result, tuple) else (result,)
