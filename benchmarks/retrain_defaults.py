@@ -206,7 +206,9 @@ class Subject:
     steps: int | None = None
 
 
-def subjects(models: Path | None, fit: int, only: str | None) -> list[Subject]:
+def subjects(
+    models: Path | None, fit: int, only: str | None, recipes: tuple[str, ...] = ()
+) -> list[Subject]:
     """The pretrained models (``only``: just that one), each built when its turn comes."""
     builders: dict[str, Callable[[], Subject]] = {
         "digits-bn": lambda: _trained("digits-bn", "digits", DigitsNet, 25, fit),
@@ -215,7 +217,7 @@ def subjects(models: Path | None, fit: int, only: str | None) -> list[Subject]:
         ),
     }
     if models is not None and (models / CLS_FILE).exists():
-        builders["ppocr-cls"] = lambda: _ppocr_cls(models / CLS_FILE, fit)
+        builders["ppocr-cls"] = lambda: _ppocr_cls(models / CLS_FILE, fit, recipes)
     return [build() for name, build in builders.items() if only in (None, name)]
 
 
@@ -227,12 +229,12 @@ def _trained(name: str, data_name: str, net: Callable[[], nn.Module], epochs: in
     return Subject(name, source, pretrain(net(), data, epochs), small(data, fit), 64)
 
 
-def _ppocr_cls(path: Path, fit: int) -> Subject:
+def _ppocr_cls(path: Path, fit: int, names: tuple[str, ...] = ()) -> Subject:
     x, y = render_lines(fit + 400, seed=1)
     lines = Dataset(x[:fit], y[:fit], x[fit:], y[fit:], name="rendered-lines")
     source = f"{CLS_FILE} (rapidocr-onnxruntime 1.4.4), text lines rendered here at 0/180 degrees"
     # 1.5 s a step on the shared machine: the recipes that decide, label-free, one seed.
-    recipes = tuple(r for r in RECIPES if r.name in CLS_RECIPES)
+    recipes = tuple(r for r in RECIPES if r.name in (names or CLS_RECIPES))
     return Subject("ppocr-cls", source, load_model(path), lines, 16, recipes, (False,), 1, 30)
 
 
@@ -390,23 +392,32 @@ def main() -> None:
     parser.add_argument("--fit", type=int, default=512, help="fine-tuning images per model")
     parser.add_argument("--harm", type=float, default=0.5, help="points an unpruned model may lose")
     parser.add_argument("--models", type=Path, default=Path("/work/models/onnx"))
-    parser.add_argument("--only", default=None, help="run one model (no files written)")
+    parser.add_argument(
+        "--only", default=None, help="run one model; results go to their own JSON file and section"
+    )
+    parser.add_argument(
+        "--cls-recipes",
+        default="",
+        help="semicolon-separated recipe names for ppocr-cls (default: CLS_RECIPES)",
+    )
     args = parser.parse_args()
     start = time.perf_counter()
     results = []
-    for subject in subjects(args.models, args.fit, args.only):
+    names = tuple(n for n in args.cls_recipes.split(";") if n)
+    for subject in subjects(args.models, args.fit, args.only, names):
         results.append(run_subject(subject, args))
     minutes = (time.perf_counter() - start) / 60
     chosen = choose(results, args.harm)
     print(json.dumps(chosen, indent=1))
-    if args.only is not None:
-        return
     payload = {"steps": args.steps, "seeds": args.seeds, "minutes": minutes,
                "recipes": [asdict(r) for r in RECIPES], "models": results,
                "chosen": chosen}  # fmt: skip
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(payload, indent=1) + "\n")
-    update_section("retrain-defaults", markdown(results, chosen, args, minutes))
+    suffix = "" if args.only is None else f"_{args.only.replace('-', '_')}"
+    path = RESULTS.with_name(f"retrain_defaults{suffix}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+    name = "retrain-defaults" if args.only is None else f"retrain-defaults-{args.only}"
+    update_section(name, markdown(results, chosen, args, minutes))
 
 
 if __name__ == "__main__":

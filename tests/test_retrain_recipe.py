@@ -292,3 +292,14 @@ def test_softmax_ended_graph_trains_on_its_logits(
     assert not np.array_equal(weights["plain"]["w"], untrained)
     for name in ("w", "b"):
         np.testing.assert_allclose(weights["softmax"][name], weights["plain"][name], atol=1e-6)
+
+
+def test_defaults_are_the_benchmarks_choice() -> None:
+    """EvolveConfig's recipe is the one benchmarks/retrain_defaults.py chose (docs/results)."""
+    path = Path(__file__).resolve().parent.parent / "docs" / "results" / "retrain_defaults.json"
+    results = json.loads(path.read_text())
+    chosen = next(r for r in results["recipes"] if r["name"] == results["chosen"]["recipe"])
+    d = EvolveConfig()
+    fields = ("optimizer", "lr", "warmup", "weight_decay", "freeze_bn", "schedule")
+    assert {k: getattr(d, k) for k in fields} == {k: chosen[k] for k in fields}
+    assert chosen["name"] in results["chosen"]["safe"]

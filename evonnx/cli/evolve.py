@@ -40,6 +40,8 @@ DEMO_EVOLUTION = EvolveConfig(
     lr=0.001,
     batch_size=32,
     threads=1,
+    warmup=0.0,  # the recipe the demo was tuned with (LeNet-5 has no BatchNorm)
+    freeze_bn=False,
 )
 
 
