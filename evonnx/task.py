@@ -171,6 +171,13 @@ class ClassificationTask(Task):
         """The training split without the validation samples."""
         return self.fit
 
+    def training_graph(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        """``model`` trained on its logits when it ends in Softmax/LogSoftmax (cross-entropy
+        of probabilities trains badly, and KL of an underflowed one is NaN)."""
+        from evonnx.heads import logits_view
+
+        return logits_view(model)
+
     def loss(self, outputs: Any, targets: Any) -> torch.Tensor:
         """Cross-entropy of the class logits."""
         from torch.nn import functional as F

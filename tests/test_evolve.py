@@ -25,7 +25,10 @@ from evonnx.data import Dataset
 from evonnx.errors import DataError, RunDirectoryError, UnsupportedModelError
 from evonnx.lineage import EvolveConfig
 
-CONFIG = EvolveConfig(generations=3, epochs=1, lr=0.05, batch_size=32, seed=7, threads=1)
+CONFIG = EvolveConfig(
+    generations=3, epochs=1, lr=0.05, optimizer="sgd", warmup=0.0, freeze_bn=False, batch_size=32,
+    seed=7, threads=1,
+)
 
 
 class TinyNet(nn.Module):

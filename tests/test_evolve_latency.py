@@ -23,7 +23,8 @@ from evonnx.errors import ConfigError
 from evonnx.lineage import EvolveConfig
 from evonnx.runtimes import RuntimeSettings
 
-BASE = dict(generations=3, epochs=1, lr=0.05, batch_size=32, seed=7, threads=1)
+BASE = dict(generations=3, epochs=1, lr=0.05, batch_size=32, seed=7, threads=1, warmup=0.0,
+            freeze_bn=False)  # fmt: skip
 
 
 @pytest.fixture(autouse=True)

@@ -35,7 +35,8 @@ from evonnx.runtimes import RuntimeSettings
 from evonnx.task import ClassificationTask, Split, load_task, split_data
 
 CONFIG = EvolveConfig(
-    generations=2, population=2, epochs=1, lr=0.05, batch_size=32, seed=3, threads=1
+    generations=2, population=2, epochs=1, lr=0.05, batch_size=32, seed=3, threads=1,
+    optimizer="sgd", warmup=0.0, freeze_bn=False,
 )
 
 FAILING_TASK = '''

@@ -24,7 +24,10 @@ from evonnx.graph import save_model
 from evonnx.lineage import EvolveConfig
 from evonnx.rundir import LOCK_NAME, run_folder
 
-CONFIG = EvolveConfig(generations=3, epochs=1, lr=0.05, batch_size=16, seed=3, threads=1)
+CONFIG = EvolveConfig(
+    generations=3, epochs=1, lr=0.05, optimizer="sgd", warmup=0.0, freeze_bn=False, batch_size=16,
+    seed=3, threads=1,
+)
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
 
 

@@ -32,7 +32,8 @@ from evonnx.retrain.distill import Distiller, distillation_loss
 from evonnx.task import ClassificationTask, load_task
 
 CONFIG = EvolveConfig(generations=3, epochs=2, lr=0.003, optimizer="adam", batch_size=32,
-                      seed=3, threads=1, keep=0.8, max_drop=1.0)  # fmt: skip
+                      seed=3, threads=1, keep=0.8, max_drop=1.0, warmup=0.0,
+                      freeze_bn=False)  # fmt: skip
 
 
 @pytest.fixture(scope="module")

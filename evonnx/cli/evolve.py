@@ -19,6 +19,7 @@ from evonnx.cli.fidelity_options import (
 )
 from evonnx.cli.latency_options import LATENCY_OPTIONS
 from evonnx.cli.paths import refuse_unused
+from evonnx.cli.retrain_options import refuse_idle_retrain_options, retrain_options
 from evonnx.cli.shape_options import input_shape_option, normalize_option
 from evonnx.data import Dataset, load_builtin
 from evonnx.errors import ConfigError, RunDirectoryError
@@ -39,6 +40,8 @@ DEMO_EVOLUTION = EvolveConfig(
     lr=0.001,
     batch_size=32,
     threads=1,
+    warmup=0.0,  # the recipe the demo was tuned with (LeNet-5 has no BatchNorm)
+    freeze_bn=False,
 )
 
 
@@ -171,13 +174,7 @@ def _with_options(fn: click.decorators.FC, d: EvolveConfig) -> click.decorators.
                      show_default=True, help="Offspring per generation; the fittest survives."),
         click.option("--init", type=click.Choice(["inherit", "random"]), default=d.init,
                      show_default=True, help="Start offspring from inherited or random weights."),
-        click.option("--epochs", type=click.IntRange(1), default=d.epochs, show_default=True),
-        click.option("--lr", type=click.FloatRange(0, min_open=True), default=d.lr,
-                     show_default=True),
-        click.option("--batch-size", type=click.IntRange(1), default=d.batch_size,
-                     show_default=True),
-        click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default=d.optimizer,
-                     show_default=True),
+        *retrain_options(d),
         click.option("--seed", type=int, default=d.seed, show_default=True),
         click.option("--threads", type=click.IntRange(1), default=d.threads,
                      help="CPU threads for training (default: torch's choice)."),
@@ -347,6 +344,7 @@ def demo(out: Path, ancestor_epochs: int, arch: str, resume: bool, **options: An
 
 def _refuse_idle_options(config: EvolveConfig, task: bool) -> None:
     """Refuse options given on the command line that this run would ignore."""
+    refuse_idle_retrain_options(config)
     if task:
         refuse_unused(["val_fraction"], "a --task brings its own validation split")
     if config.select_on == "test":

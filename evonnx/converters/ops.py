@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from evonnx.converters import ops_math as m
 from evonnx.converters import ops_nn as nn_ops
 from evonnx.converters import ops_rare as r
+from evonnx.converters import ops_rnn as rnn
 from evonnx.converters import ops_shape as s
 from evonnx.converters.node import ONNX_TO_TORCH, Node, OpFn
 
@@ -132,6 +133,9 @@ OPS: dict[str, OpFn] = {
     "BitShift": r.bit_shift,
     "RMSNormalization": r.rms_normalization,
     "Upsample": r.upsample,
+    # recurrent layers (text recognizers)
+    "LSTM": rnn.lstm,
+    "GRU": rnn.gru,
 }
 
 SUPPORTED_OPS: frozenset[str] = frozenset(OPS)
@@ -150,6 +154,7 @@ NON_TRAINABLE_INPUTS: dict[str, frozenset[int]] = {
     "Shape": frozenset({0}),
     "Size": frozenset({0}),
     "ConstantOfShape": frozenset({0}),
+    **rnn.STATE_INPUTS,
 }
 
 # Ops whose input 1 is a conv/FC weight (the tensors sparsity masks apply to).
@@ -240,4 +245,6 @@ CHECKS: dict[str, CheckFn] = {
     "Gelu": _check_gelu,
     "LayerNormalization": _check_single_output,
     "Constant": _check_constant,
+    "LSTM": rnn.check_rnn,
+    "GRU": rnn.check_rnn,
 }

@@ -191,6 +191,10 @@ class OnnxModule(nn.Module):
     :func:`mangle_name` of their ONNX name; use :meth:`onnx_parameters` /
     :meth:`onnx_buffers` to address them by ONNX name.
 
+    ``batch_norm_frozen`` (default False): while True, BatchNormalization nodes normalize
+    with their running statistics and leave them unchanged even in train mode (see
+    :func:`evonnx.retrain.recipe.frozen_batch_norm`).
+
     Args:
         model: The ONNX model (not modified, not kept).
         freeze_zeros: Call :meth:`freeze_zeros` after construction.
@@ -215,6 +219,7 @@ class OnnxModule(nn.Module):
         self._mask_of: dict[str, str] = {}
         self._hooks: list[RemovableHandle] = []
         self._steps: list[tuple[Node, OpFn]] = []
+        self.batch_norm_frozen = False
         uses = _uses(graph.node)
         self._register_initializers(graph, uses)
         for i in order:
@@ -372,9 +377,11 @@ class OnnxModule(nn.Module):
             )
         env: dict[str, torch.Tensor] = {n: self._tensor(n) for n in self._attr_of}
         env.update(zip(self.input_names, inputs, strict=True))
+        frozen = self.batch_norm_frozen
         for node, fn in self._steps:
             args = [env[name] if name else None for name in node.inputs]
-            result = fn(node, args, self.training)
+            training = self.training and not (frozen and node.op_type == "BatchNormalization")
+            result = fn(node, args, training)
             outs = result if isinstance(result, tuple) else (result,)
             for k, name in enumerate(node.outputs):
                 if not name:

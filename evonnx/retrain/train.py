@@ -19,6 +19,8 @@ from tqdm.auto import tqdm
 
 from evonnx.data import Dataset
 from evonnx.errors import ConfigError
+from evonnx.retrain.recipe import frozen_batch_norm, make_optimizer, make_scheduler
+from evonnx.training_settings import Optimizer, recipe_problem
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +42,23 @@ class TrainConfig:
     Attributes:
         epochs: Passes over the data.
         batch_size: Samples per step (only used when training on a :class:`Dataset`).
-        lr: Initial learning rate.
-        optimizer: ``"sgd"`` (with ``momentum``) or ``"adam"``.
-        momentum: SGD momentum.
-        weight_decay: L2 penalty passed to the optimizer.
+        lr: Peak learning rate.
+        optimizer: ``"sgd"`` (with ``momentum``), ``"adam"`` or ``"adamw"`` (decoupled
+            weight decay).
+        momentum: SGD momentum, in [0, 1).
+        weight_decay: Weight decay passed to the optimizer (L2 for SGD and Adam, decoupled
+            for AdamW).
         schedule: ``"cosine"`` anneals the learning rate per step towards 0, ``"constant"``
-            keeps it.
+            keeps it (both after the warm-up).
+        warmup: Fraction of the training steps, in [0, 1), over which the learning rate
+            rises linearly to ``lr`` first.
+        steps: Train for exactly this many optimizer steps (cycling over the data, reshuffled
+            each pass) instead of ``epochs`` passes; ``max_batches`` still caps each pass.
+        clip_grad: Clip the gradients' global L2 norm to this before each step; None: no
+            clipping.
+        freeze_bn: Keep BatchNorm layers in eval mode while training: they normalize with
+            their running statistics and never update them (scale and shift still train).
+            Small fine-tuning batches then cannot disturb a pretrained network's statistics.
         seed: Seeds shuffling and every torch random op (dropout) during training.
         device: ``"auto"`` picks CUDA when available, else CPU.
         max_batches: Stop each epoch after this many batches (smoke tests); None for all.
@@ -61,10 +74,14 @@ class TrainConfig:
     epochs: int = 3
     batch_size: int = 64
     lr: float = 0.01
-    optimizer: Literal["sgd", "adam"] = "sgd"
+    optimizer: Optimizer = "sgd"
     momentum: float = 0.9
     weight_decay: float = 0.0
     schedule: Literal["cosine", "constant"] = "cosine"
+    warmup: float = 0.0
+    steps: int | None = None
+    clip_grad: float | None = None
+    freeze_bn: bool = False
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_batches: int | None = None
@@ -78,14 +95,14 @@ class TrainConfig:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"lr must be a positive number, got {self.lr}")
-        if self.optimizer not in ("sgd", "adam"):
-            raise ConfigError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
-        if self.schedule not in ("cosine", "constant"):
-            raise ConfigError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
-        if self.momentum < 0 or self.weight_decay < 0:
-            raise ConfigError("momentum and weight_decay must be >= 0")
+        problem = recipe_problem(
+            self.optimizer, self.schedule, self.momentum, self.weight_decay, self.warmup,
+            self.steps, self.clip_grad,
+        )  # fmt: skip
+        if problem is not None:
+            raise ConfigError(problem)
         if self.max_batches is not None and self.max_batches < 1:
             raise ConfigError(f"max_batches must be >= 1 or None, got {self.max_batches}")
         if self.num_threads is not None and self.num_threads < 1:
@@ -151,10 +168,11 @@ def train(
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the module has no trainable parameters")
-    if not isinstance(data, Dataset) and iter(data) is data and config.epochs > 1:
+    passes = config.epochs > 1 or config.steps is not None
+    if not isinstance(data, Dataset) and iter(data) is data and passes:
         raise ValueError(
             "data is a one-shot iterator; pass a re-iterable (e.g. a DataLoader) "
-            "to train for several epochs"
+            "to train for several epochs or a number of steps"
         )
     original_device = _module_device(module)
     was_training = module.training
@@ -165,7 +183,11 @@ def train(
     try:
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)
-        with torch.random.fork_rng(devices=fork_devices), deterministic_mode(config.deterministic):
+        with (
+            torch.random.fork_rng(devices=fork_devices),
+            deterministic_mode(config.deterministic),
+            frozen_batch_norm(module, config.freeze_bn),
+        ):
             torch.manual_seed(config.seed)
             return _run(module, data, config, device, criterion, after_step, params, progress)
     finally:
@@ -221,61 +243,69 @@ def _run(
     params: list[nn.Parameter],
     progress: bool,
 ) -> TrainResult:
-    optimizer = _make_optimizer(params, config)
+    optimizer = make_optimizer(
+        params, config.optimizer, config.lr, config.momentum, config.weight_decay
+    )
     per_epoch = _batches_per_epoch(data, config)
-    scheduler = _make_scheduler(optimizer, config, per_epoch)
+    per_step = config.steps is not None or per_epoch is not None
+    total = config.steps or config.epochs * (per_epoch or 1)
+    scheduler = make_scheduler(optimizer, total, config.warmup, config.schedule)
     generator = torch.Generator().manual_seed(config.seed)
     show = progress and sys.stderr.isatty()
     losses: list[float] = []
-    steps = images = 0
+    steps = images = epoch = 0
     start = time.perf_counter()
-    for epoch in range(config.epochs):
-        total, count = 0.0, 0
+    while epoch < config.epochs if config.steps is None else steps < config.steps:
+        total_loss, count = 0.0, 0
         batches = _epoch_batches(data, config, generator)
-        bar = tqdm(
-            batches,
-            total=per_epoch,
-            disable=not show,
-            leave=False,
-            desc=f"epoch {epoch + 1}/{config.epochs}",
-            unit="batch",
-        )
+        bar = tqdm(batches, total=per_epoch, disable=not show, leave=False,
+                   desc=_bar_title(config, epoch, steps), unit="batch")  # fmt: skip
         for x, y in bar:
-            loss, n = _step(
-                module, optimizer, criterion, _to_device(x, device), _to_device(y, device)
-            )
+            loss, n = _step(module, optimizer, criterion, config.clip_grad,
+                            _to_device(x, device), _to_device(y, device))  # fmt: skip
             if after_step is not None:
                 after_step(module)
-            if scheduler is not None and per_epoch is not None:
+            if scheduler is not None and per_step:
                 scheduler.step()
             steps += 1
             images += n
-            total += loss * n
+            total_loss += loss * n
             count += n
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-        if scheduler is not None and per_epoch is None:
+            if config.steps is not None and steps >= config.steps:
+                break
+        if scheduler is not None and not per_step:
             scheduler.step()
-        losses.append(_epoch_loss(total, count, epoch))
+        losses.append(_epoch_loss(total_loss, count, epoch))
+        epoch += 1
     seconds = time.perf_counter() - start
-    logger.info(
-        "trained %d epochs (%d steps) in %.1fs on %s; final loss %.4f",
-        config.epochs,
-        steps,
-        seconds,
-        device,
-        losses[-1],
-    )
+    logger.info("trained %d epochs (%d steps) in %.1fs on %s; final loss %.4f",
+                epoch, steps, seconds, device, losses[-1])  # fmt: skip
     return TrainResult(
         tuple(losses), seconds, images / seconds if seconds > 0 else 0.0, steps, images, str(device)
     )
 
 
+def _bar_title(config: TrainConfig, epoch: int, steps: int) -> str:
+    if config.steps is None:
+        return f"epoch {epoch + 1}/{config.epochs}"
+    return f"step {steps}/{config.steps}"
+
+
 def _step(
-    module: nn.Module, optimizer: torch.optim.Optimizer, criterion: LossFn, x: Any, y: Any
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    criterion: LossFn,
+    clip_grad: float | None,
+    x: Any,
+    y: Any,
 ) -> tuple[float, int]:
     optimizer.zero_grad(set_to_none=True)
     loss = criterion(module(*x) if isinstance(x, (tuple, list)) else module(x), y)
     loss.backward()
+    if clip_grad is not None:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, clip_grad)
     optimizer.step()
     return float(loss.detach()), _batch_len(x)
 
@@ -287,26 +317,6 @@ def _epoch_loss(total: float, count: int, epoch: int) -> float:
     if not math.isfinite(mean):
         logger.warning("training loss is %s in epoch %d; the network diverged", mean, epoch + 1)
     return mean
-
-
-def _make_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(
-        params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-    )
-
-
-def _make_scheduler(
-    optimizer: torch.optim.Optimizer, config: TrainConfig, per_epoch: int | None
-) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """Cosine schedule stepped per batch when the epoch length is known, else per epoch."""
-    if config.schedule == "constant":
-        return None
-    total = max(1, config.epochs * per_epoch if per_epoch is not None else config.epochs)
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda t: 0.5 * (1.0 + math.cos(math.pi * min(t, total) / total))
-    )
 
 
 def _batches_per_epoch(data: Dataset | Iterable[Batch], config: TrainConfig) -> int | None:

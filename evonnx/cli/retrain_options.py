@@ -1,0 +1,60 @@
+"""Click options of the retraining recipe (``evolve`` and ``demo``).
+
+Their parameter names are :class:`~evonnx.lineage.EvolveConfig` fields; the values are
+checked (finite, in range) by the config before anything is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from evonnx.cli.paths import refuse_unused
+from evonnx.lineage import EvolveConfig
+from evonnx.training_settings import OPTIMIZERS, SCHEDULES
+
+
+def retrain_options(d: EvolveConfig) -> list[Callable[[Any], Any]]:
+    """The retraining options, with defaults taken from ``d``."""
+    return [
+        click.option("--epochs", type=click.IntRange(1), default=d.epochs, show_default=True,
+                     help="Retraining passes over the data per offspring (see --steps)."),
+        click.option("--steps", type=click.IntRange(1), default=d.steps,
+                     help="Retrain each offspring for N optimizer steps instead of --epochs."),
+        click.option("--lr", type=click.FloatRange(0, min_open=True), default=d.lr,
+                     show_default=True, help="Peak learning rate."),
+        click.option("--batch-size", type=click.IntRange(1), default=d.batch_size,
+                     show_default=True),
+        click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=d.optimizer,
+                     show_default=True,
+                     help="adamw: Adam with decoupled weight decay; sgd uses --momentum."),
+        click.option("--momentum", type=click.FloatRange(0, 1, max_open=True),
+                     default=d.momentum, show_default=True, help="SGD momentum."),
+        click.option("--weight-decay", type=click.FloatRange(0), default=d.weight_decay,
+                     show_default=True,
+                     help="Weight decay (L2 for sgd and adam, decoupled for adamw)."),
+        click.option("--lr-schedule", "schedule", type=click.Choice(SCHEDULES),
+                     default=d.schedule, show_default=True,
+                     help="Learning rate after the warm-up: cosine (per step) or constant."),
+        click.option("--warmup", type=click.FloatRange(0, 1, max_open=True),
+                     default=d.warmup, show_default=True,
+                     help="Fraction of the steps over which the learning rate rises linearly "
+                          "to --lr first."),
+        click.option("--clip-grad", type=click.FloatRange(0, min_open=True),
+                     default=d.clip_grad, metavar="NORM",
+                     help="Clip the gradients' global L2 norm to NORM before each step."),
+        click.option("--freeze-bn/--train-bn", "freeze_bn", default=d.freeze_bn,
+                     show_default=True,
+                     help="Keep BatchNorm layers in eval mode while retraining: running "
+                          "statistics are used and kept (scale and shift still train)."),
+    ]  # fmt: skip
+
+
+def refuse_idle_retrain_options(config: EvolveConfig) -> None:
+    """Refuse retraining options given on the command line that this run would ignore."""
+    if config.steps is not None:
+        refuse_unused(["epochs"], "--steps sets how long each offspring retrains")
+    if config.optimizer != "sgd":
+        refuse_unused(["momentum"], f"only --optimizer sgd uses momentum, not {config.optimizer}")
