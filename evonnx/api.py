@@ -13,9 +13,9 @@ import onnx
 
 from evonnx.analysis import analyze_graph
 from evonnx.data import Dataset, load_dataset
-from evonnx.errors import ConfigError
+from evonnx.errors import ConfigError, PlanError
 from evonnx.fold import FoldPlan
-from evonnx.genetic import EncodingConfig, Offspring
+from evonnx.genetic import DEFAULT_MIN_FRACTION, EncodingConfig, Offspring
 from evonnx.genetic import synthesize as sample_offspring
 from evonnx.graph import constant_values, load_model, save_model, to_graph
 from evonnx.groups import Analysis
@@ -168,6 +168,7 @@ def prune(
     branches: bool = False,
     input_shapes: InputShapes | None = None,
     round_to: int | None = None,
+    min_fraction: float = DEFAULT_MIN_FRACTION,
 ) -> PruneResult:
     """Remove the weakest channels of every prunable group (magnitude baseline).
 
@@ -180,12 +181,21 @@ def prune(
         input_shapes: Static shapes for symbolic inputs, used for MACs (the offspring keeps
             the ancestor's input shapes).
         round_to: Round channel counts up to multiples of this (not with ``branches``).
+        min_fraction: Per-layer floor: every group keeps at least this fraction of its
+            channels (not with ``branches``, which remove whole branches).
 
     Raises:
         ConfigError: ``round_to`` with ``branches`` (branches keep all their channels or none).
+        PlanError: ``keep`` is below the floor ``min_fraction``.
     """
     if branches and round_to is not None:
         raise ConfigError("round_to has no effect when removing whole branches")
+    if not branches and keep < min_fraction:
+        raise PlanError(
+            f"keep {keep:g} is below the per-layer floor: every prunable layer keeps at least "
+            f"{min_fraction:g} of its channels; keep {min_fraction:g} or more, or lower the "
+            "floor (--min-fraction)"
+        )
     graph = to_graph(apply_input_shapes(model, input_shapes or {}))
     analysis = analyze_graph(graph)
     weights = constant_values(graph)
@@ -198,7 +208,7 @@ def prune(
     if branches:
         plan = branch_plan(analysis, weights, 1.0 / keep)
     else:
-        plan = magnitude_plan(analysis, weights, keep, min_channels, round_to)
+        plan = magnitude_plan(analysis, weights, keep, min_channels, round_to, min_fraction)
     del graph, weights  # the surgery reads the weights again: one copy at a time (> 2 GB
     gc.collect()  # models); the graph's node/tensor cycles would keep this copy alive
     out, folds = apply_plan_report(model, analysis, plan)

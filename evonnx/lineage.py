@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from evonnx.environments import Environment, MacBudget, SynapseBudget
 from evonnx.errors import ConfigError, RunDirectoryError
-from evonnx.genetic import EncodingConfig
+from evonnx.genetic import DEFAULT_MIN_FRACTION, EncodingConfig
 from evonnx.latency.budget import LatencySettings
 from evonnx.runtimes import RuntimeSettings
 
@@ -61,6 +61,8 @@ class EvolveConfig:
         cluster_keep: Expected fraction of clusters surviving each generation; ``None``
             shares one environmental factor between clusters and synapses (the paper).
         min_channels: Fewest channels any prunable group keeps.
+        min_fraction: Per-layer floor: each generation keeps at least this fraction of
+            every prunable group's channels of its parent (0: off).
         population: Offspring synthesized per generation; the most accurate survives.
         init: ``"inherit"`` the parent's surviving weights or start from ``"random"`` ones.
         epochs: Retraining epochs per offspring.
@@ -94,6 +96,7 @@ class EvolveConfig:
     round_to: int | None = None
     cluster_keep: float | None = None
     min_channels: int = 1
+    min_fraction: float = DEFAULT_MIN_FRACTION
     population: int = 1
     init: Literal["inherit", "random"] = "inherit"
     epochs: int = 2
@@ -161,6 +164,7 @@ class EvolveConfig:
                 "ray_address needs --executor ray",
             ),
             (self.population >= 1, "population must be at least 1"),
+            (0.0 <= self.min_fraction <= 1.0, "min_fraction must be in [0, 1]"),
             (self.gpus_per_offspring >= 1, "gpus_per_offspring must be at least 1"),
             (self.init in ("inherit", "random"), "init must be 'inherit' or 'random'"),
             (self.round_to is None or self.round_to >= 1, "round_to must be positive"),
@@ -203,6 +207,7 @@ class EvolveConfig:
             cluster_mode=self.cluster,
             round_to=self.round_to,
             min_channels=self.min_channels,
+            min_fraction=self.min_fraction,
             cluster_keep=self.cluster_keep,
             synapse_level=self.env == "synapses",
             depth=self.depth,

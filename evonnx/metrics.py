@@ -112,3 +112,32 @@ def _layer_metrics(layer: Layer, w: np.ndarray) -> LayerMetrics:
         live_kernels=int(per_kernel.any(axis=1).sum()),
         macs=layer.macs,
     )
+
+
+@dataclass(frozen=True)
+class LayerShrink:
+    """How much one conv/FC layer shrank: live output filters/neurons before and after."""
+
+    node: str
+    before: int
+    after: int
+
+    @property
+    def kept(self) -> float:
+        """Fraction of the live filters kept (0 for a layer that was removed)."""
+        return self.after / self.before if self.before else 1.0
+
+
+def shrunk_layers(
+    before: ModelMetrics, after: ModelMetrics, top: int = 3
+) -> tuple[LayerShrink, ...]:
+    """The ``top`` layers that kept the smallest fraction of their live filters (matched by
+    node name; a layer missing after, e.g. a removed branch, kept none). Unchanged layers are
+    left out."""
+    now = {m.node: m.live_clusters for m in after.layers}
+    changes = [
+        LayerShrink(m.node, m.live_clusters, now.get(m.node, 0))
+        for m in before.layers
+        if now.get(m.node, 0) < m.live_clusters
+    ]
+    return tuple(sorted(changes, key=lambda c: (c.kept, c.node))[:top])

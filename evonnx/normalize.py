@@ -32,11 +32,12 @@ import onnxruntime as ort
 
 from evonnx.errors import UnsupportedModelError
 from evonnx.graph import from_graph, import_graph
+from evonnx.outputs import RTOL, compare_outputs
 
 logger = logging.getLogger(__name__)
 
 _CONV = ("Conv", "ConvTranspose")
-_EQUIV_RTOL = 1e-4
+_EQUIV_RTOL = RTOL
 _SMALL = 16
 
 
@@ -169,14 +170,14 @@ def normalize(
         constants_unshared=unshared,
     )
     if check and report.changed:
-        err = _max_rel_error(model, out, input_shapes or {})
-        if err is not None:
-            if err > _EQUIV_RTOL:
-                raise UnsupportedModelError(
-                    f"normalization changed the model's outputs (relative error {err:.2e}); "
-                    "retry with --no-normalize"
-                )
-            report = dataclasses.replace(report, checked=True, max_rel_error=err)
+        result = compare_outputs(model, out, input_shapes or {}, _EQUIV_RTOL)
+        if result.difference is not None:
+            raise UnsupportedModelError(
+                f"normalization changed the model's outputs ({result.difference}); "
+                "retry with --no-normalize"
+            )
+        if result.checked:
+            report = dataclasses.replace(report, checked=True, max_rel_error=result.max_rel_error)
     logger.info("%s", report.summary())
     return out, report
 
@@ -289,69 +290,3 @@ def _channel_vector(t: gs.Tensor, cout: int, rank: int) -> np.ndarray | None:
     if full.shape[0] != 1 or any(d != 1 for d in full.shape[2:]) or full.shape[1] not in (1, cout):
         return None
     return np.broadcast_to(full.reshape(-1), (cout,)).copy()
-
-
-def _max_rel_error(
-    a: onnx.ModelProto, b: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]
-) -> float | None:
-    """Largest relative output difference of two models, or None when ``a`` cannot run."""
-    try:
-        sa = _session(a)
-    except Exception as exc:  # onnxruntime raises its own unrelated types
-        logger.debug("normalization check skipped: %s", exc)
-        return None
-    feed = _random_feed(sa, shapes)
-    try:
-        ya = sa.run(None, feed)
-    except Exception as exc:
-        logger.debug("normalization check skipped: %s", exc)
-        return None
-    yb = _session(b).run(None, feed)
-    err = 0.0
-    for x, y in zip(ya, yb, strict=True):
-        x, y = np.asarray(x), np.asarray(y)
-        if x.shape != y.shape:
-            return float("inf")
-        if x.dtype.kind == "f" and x.size:
-            scale = max(1.0, float(np.max(np.abs(x))))
-            err = max(err, float(np.max(np.abs(x - y))) / scale)
-        elif not np.array_equal(x, y):
-            return float("inf")
-    return err
-
-
-def _session(model: onnx.ModelProto) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-
-
-def _random_feed(
-    sess: ort.InferenceSession, shapes: Mapping[str, Sequence[int]]
-) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    feed = {}
-    for inp in sess.get_inputs():
-        dims = list(shapes.get(inp.name) or [])
-        if not dims:
-            dims = [
-                d if isinstance(d, int) and d > 0 else (1 if i == 0 else 32)
-                for i, d in enumerate(inp.shape)
-            ]
-        dtype = np.dtype(_ORT_TYPES.get(inp.type, "float32"))
-        if dtype.kind == "f":
-            feed[inp.name] = rng.normal(size=dims).astype(dtype)
-        else:
-            feed[inp.name] = np.zeros(dims, dtype=dtype)
-    return feed
-
-
-_ORT_TYPES = {
-    "tensor(float)": "float32",
-    "tensor(float16)": "float16",
-    "tensor(double)": "float64",
-    "tensor(int64)": "int64",
-    "tensor(int32)": "int32",
-    "tensor(bool)": "bool",
-}

@@ -108,6 +108,12 @@ def round_channels(
     return min(size, -(-k // round_to) * round_to)
 
 
+def floor_channels(size: int, min_channels: int = 1, min_fraction: float = 0.0) -> int:
+    """Fewest channels a group of ``size`` may keep: ``ceil(min_fraction * size)``, at least
+    ``min_channels`` (the per-layer floor; the whole group when it is smaller)."""
+    return min(size, max(min_channels, math.ceil(min_fraction * size - 1e-9)))
+
+
 def allowed_channels(
     k: int,
     size: int,
@@ -126,8 +132,10 @@ def magnitude_plan(
     keep: float,
     min_channels: int = 1,
     round_to: int | None = None,
+    min_fraction: float = 0.0,
 ) -> PrunePlan:
-    """Keep ``ceil(keep * size)`` strongest channels (at least ``min_channels``) per group.
+    """Keep ``ceil(keep * size)`` strongest channels (at least ``min_channels`` and the floor
+    ``ceil(min_fraction * size)``) per group.
 
     With ``round_to``, each count is rounded up to a multiple (:func:`round_channels`).
 
@@ -138,8 +146,9 @@ def magnitude_plan(
         raise PlanError(f"keep must be in (0, 1], got {keep}")
     plan: dict[int, tuple[int, ...]] = {}
     for g in analysis.prunable_groups:
-        n = min(g.size, max(min_channels, math.ceil(keep * g.size - 1e-9)))
-        n = round_channels(n, g.size, round_to, min_channels)
+        least = floor_channels(g.size, min_channels, min_fraction)
+        n = min(g.size, max(least, math.ceil(keep * g.size - 1e-9)))
+        n = round_channels(n, g.size, round_to, least)
         order = np.argsort(-channel_strength(g, weights), kind="stable")
         plan[g.id] = tuple(sorted(int(i) for i in order[:n]))
     return PrunePlan(plan)

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from zoo import cached_case
 
 from evonnx.environments import Census, Environment, Level, MacBudget, SynapseBudget
+from evonnx.errors import PlanError
 from evonnx.genetic import (
     FACTOR_MAX,
     ClusterMode,
@@ -36,7 +37,7 @@ from evonnx.genetic import (
     truncated_magnitude,
 )
 from evonnx.groups import Analysis, ChannelGroup, Layer, Member, Role
-from evonnx.plan import PrunePlan, channel_strength
+from evonnx.plan import PrunePlan, channel_strength, floor_channels
 
 E = math.e
 
@@ -150,7 +151,7 @@ def check_plan(net: Net, off: Offspring, cfg: EncodingConfig) -> None:
         assert g.prunable, g.frozen
         assert list(kept) == sorted(set(kept)) and kept[0] >= 0 and kept[-1] < g.size
         n = len(kept)
-        assert n >= min(cfg.min_channels, g.size)
+        assert n >= floor_channels(g.size, cfg.min_channels, cfg.min_fraction)
         if cfg.round_to and g.size >= cfg.round_to:  # smaller groups are not rounded
             assert n % cfg.round_to == 0 or n == g.size, (n, g.size)
 
@@ -368,14 +369,18 @@ def test_cap_never_exceeded(
     sol = solve_factor(genome)
     assert abs(sol.expected_cost - sol.budget) <= 0.01 * sol.budget or sol.factor in (0, E)
     ancestor_macs = sum(lay.macs for lay in net.analysis.layers)
+    floor = sum(lay.macs * _min_fraction(net, lay, cfg) for lay in net.analysis.layers)
     for s in range(3):
-        off = sample(genome, np.random.default_rng([seed, s]), sol)
+        try:
+            off = sample(genome, np.random.default_rng([seed, s]), sol)
+        except PlanError as exc:  # refused only where the floor puts the budget out of reach
+            assert macs and floor > keep * ancestor_macs - 1, exc
+            assert "out of reach" in str(exc) and "keep at least" in str(exc)
+            continue
         synapses, realized_macs = realize(net, off)
         assert synapses == off.realized_synapses
         if macs:
-            # Within budget unless the channel constraints make it unattainable.
-            floor = sum(lay.macs * _min_fraction(net, lay, cfg) for lay in net.analysis.layers)
-            assert realized_macs <= max(keep * ancestor_macs, floor) + 1
+            assert realized_macs <= keep * ancestor_macs + 1
         else:
             assert synapses <= math.floor(keep * nonzero(net) + 1e-9)
         check_plan(net, off, cfg)
@@ -388,8 +393,8 @@ def _min_fraction(net: Net, lay: Layer, cfg: EncodingConfig) -> float:
         g = net.analysis.group(gid) if gid is not None else None
         if g is None or not g.prunable:
             continue
-        n = min(cfg.min_channels, g.size)
-        if cfg.round_to:
+        n = floor_channels(g.size, cfg.min_channels, cfg.min_fraction)
+        if cfg.round_to and g.size >= cfg.round_to:
             n = min(g.size, -(-n // cfg.round_to) * cfg.round_to)
         frac *= n / g.size
     return frac

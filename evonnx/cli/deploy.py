@@ -195,14 +195,17 @@ def export(
 ) -> None:
     """Write a deployment-ready MODEL: folded, simplified, optionally fp16 and fixed batch.
 
-    --input-shape fixes symbolic dimensions besides the batch (--batch fixes that).
+    --input-shape fixes symbolic dimensions besides the batch (--batch fixes that). The
+    export's outputs are checked against MODEL's on onnxruntime; a difference is refused.
     """
     check_output_file(output)
     proto = apply_input_shapes(
         load_model(model, normalize=normalize), input_shapes, keep_batch=True
     )
     external = keeps_external_data(model)  # read now: the copy is gone before export peaks
-    result = export_model(proto, target=target, fp16=fp16, batch=batch, opset=opset)
+    result = export_model(
+        proto, target=target, fp16=fp16, batch=batch, opset=opset, input_shapes=input_shapes
+    )
     save_model(result.model, output, external_data=external)
     if as_json:
         emit_json({"output": str(output), **result.to_dict(str(output))})

@@ -162,6 +162,10 @@ def _with_options(fn: click.decorators.FC, d: EvolveConfig) -> click.decorators.
                      default=d.cluster_keep, show_default=True,
                      help="Expected fraction of clusters kept per generation (default: one "
                           "factor for clusters and synapses, as in the paper)."),
+        click.option("--min-fraction", type=click.FloatRange(0, 1), default=d.min_fraction,
+                     show_default=True,
+                     help="Per-layer floor: each generation keeps at least this fraction "
+                          "of every prunable layer's channels (0: off)."),
         click.option("--population", type=click.IntRange(1), default=d.population,
                      show_default=True, help="Offspring per generation; the fittest survives."),
         click.option("--init", type=click.Choice(["inherit", "random"]), default=d.init,

@@ -17,9 +17,11 @@ from evonnx.cli.output import emit_json, table
 from evonnx.cli.paths import check_output_file, refuse_unused
 from evonnx.cli.shape_options import input_shape_option, normalize_option
 from evonnx.errors import EvonnxError, PlanError
+from evonnx.genetic import DEFAULT_MIN_FRACTION, efficiency
 from evonnx.graph import keeps_external_data
 from evonnx.lineage import EvolveConfig
-from evonnx.metrics import ModelMetrics
+from evonnx.metrics import ModelMetrics, shrunk_layers
+from evonnx.outputs import require_same_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -217,8 +219,23 @@ def inspect(
 @click.option(
     "--depth", is_flag=True, help="genetic: removable residual branches are clusters too."
 )
+@click.option(
+    "--synapses-in-frozen",
+    "frozen_synapses",
+    is_flag=True,
+    help="With --synapses: zero synapses of frozen layers too (default: a frozen layer "
+    "stays byte-identical).",
+)
 @latency_options
 @click.option("--min-channels", type=click.IntRange(1), default=1, show_default=True)
+@click.option(
+    "--min-fraction",
+    type=click.FloatRange(0.0, 1.0),
+    default=DEFAULT_MIN_FRACTION,
+    show_default=True,
+    help="Per-layer floor: every prunable layer keeps at least this fraction of its "
+    "channels (0: off); a budget it puts out of reach is refused.",
+)
 @click.option(
     "-o",
     "--output",
@@ -241,12 +258,14 @@ def prune(
     speedup: float | None,
     zero_synapses: bool,
     depth: bool,
+    frozen_synapses: bool,
     runtime: str | None,
     latency_batch: int,
     runtime_threads: int,
     fp16: bool,
     latency_statistic: str,
     min_channels: int,
+    min_fraction: float,
     output: Path,
     as_json: bool,
     input_shapes: dict[str, tuple[int, ...]],
@@ -266,6 +285,7 @@ def prune(
         "--speedup": speedup is not None,
         "--synapses": zero_synapses,
         "--depth": depth,
+        "--synapses-in-frozen": frozen_synapses,
     }
     if method != "genetic" and any(genetic_only.values()):
         used = ", ".join(k for k, v in genetic_only.items() if v)
@@ -276,8 +296,10 @@ def prune(
         )
     if method != "genetic":
         refuse_unused(["seed", "cluster", "cluster_keep", "env"], "only with --method genetic")
+    if frozen_synapses and not zero_synapses:
+        raise click.UsageError("--synapses-in-frozen: only with --synapses")
     if method == "branches":
-        refuse_unused(["min_channels"], "not with --method branches")
+        refuse_unused(["min_channels", "min_fraction"], "not with --method branches")
     check_output_file(output)
     ancestor = api.load(model, normalize=normalize)
     external = keeps_external_data(model)  # read now: the copy is gone before pruning peaks
@@ -289,6 +311,7 @@ def prune(
             branches=method == "branches",
             input_shapes=input_shapes,
             round_to=round_to,
+            min_fraction=min_fraction,
         )
     else:
         config = EvolveConfig(
@@ -298,8 +321,14 @@ def prune(
             round_to=round_to,
             cluster_keep=cluster_keep,
             min_channels=min_channels,
+            min_fraction=min_fraction,
         )
-        encoding = replace(config.encoding(), synapse_level=zero_synapses, depth=depth)
+        encoding = replace(
+            config.encoding(),
+            synapse_level=zero_synapses,
+            depth=depth,
+            frozen_synapses=frozen_synapses,
+        )
         if latency is not None and speedup is not None:
             result = api.synthesize_latency(
                 ancestor, speedup, latency, encoding, seed, input_shapes=input_shapes
@@ -309,6 +338,8 @@ def prune(
     if latency is not None and result.latency is None:
         result = replace(result, latency=api.measure(ancestor, result.model, latency, input_shapes))
     _check_pruned(result, method, keep, sparse=method == "genetic" and zero_synapses)
+    # values change by design; names and shapes of the outputs must not
+    require_same_outputs(ancestor, result.model, "pruning", input_shapes, values=False)
     api.save(result.model, output, external_data=external)
     _report_prune(result, output, method, keep, as_json)
 
@@ -340,6 +371,9 @@ def _report_prune(
     result: api.PruneResult, output: Path, method: str, keep: float, as_json: bool
 ) -> None:
     b, a = result.before, result.after
+    eff = efficiency(b, a)
+    known = b.macs_known and a.macs_known
+    shrunk = shrunk_layers(b, a)
     summary = {
         "output": str(output),
         "method": method,
@@ -347,15 +381,19 @@ def _report_prune(
         "params": [b.params, a.params],
         "synapses": [b.nonzero_synapses, a.nonzero_synapses],
         "clusters": [b.live_clusters, a.live_clusters],
-        "macs": [b.macs, a.macs] if b.macs_known and a.macs_known else None,
-        "mac_ratio": b.macs / a.macs if a.macs and b.macs_known and a.macs_known else None,
-        "ae": b.nonzero_synapses / a.nonzero_synapses if a.nonzero_synapses else None,
+        "macs": [b.macs, a.macs] if known else None,
+        "mac_ratio": eff.macs if a.macs and known else None,
+        "ae": eff.architectural if a.nonzero_synapses else None,
+        "ce": eff.cluster if a.live_clusters else None,
         "groups_pruned": len(result.plan.keep),
         "removed": {
             "params": b.params - a.params,
-            "macs": b.macs - a.macs if b.macs_known and a.macs_known else None,
+            "macs": b.macs - a.macs if known else None,
         },
         "zeroed": {"synapses": _zeros(a) - _zeros(b)},
+        "shrunk_most": [
+            {"layer": c.node, "filters": [c.before, c.after], "kept": c.kept} for c in shrunk
+        ],
         "latency": _latency_summary(result.latency),
         "folds": result.folds.summary() if result.folds is not None else None,
     }
@@ -364,7 +402,8 @@ def _report_prune(
         return
     click.echo(
         f"wrote {output}: nonzero synapses {_human(b.nonzero_synapses)} -> "
-        f"{_human(a.nonzero_synapses)}, clusters {b.live_clusters} -> {a.live_clusters}, "
+        f"{_human(a.nonzero_synapses)} (A-E {eff.architectural:.2f}x), clusters "
+        f"{b.live_clusters} -> {a.live_clusters} (C-E {eff.cluster:.2f}x), "
         + (
             f"MACs {_human(b.macs)} -> {_human(a.macs)} ({summary['mac_ratio'] or 0:.2f}x fewer)"
             if summary["mac_ratio"]
@@ -376,6 +415,11 @@ def _report_prune(
         + (f" and {_human(b.macs - a.macs)} MACs" if summary["mac_ratio"] else "")
         + f"; zeroed {_human(_zeros(a) - _zeros(b))} synapses inside kept filters"
     )
+    if shrunk:
+        click.echo(
+            "shrank most: "
+            + ", ".join(f"{c.node} {c.before} -> {c.after} ({c.kept:.0%})" for c in shrunk)
+        )
     f = result.folds
     if f is not None and not f.exact:
         s = f.summary()

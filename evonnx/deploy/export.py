@@ -8,11 +8,17 @@
   ``onnx.version_converter`` to :data:`TENSORRT_DEFAULT_OPSET` when outside), or at ``opset``;
 * constant-folded and simplified by `onnxslim <https://github.com/inisis/OnnxSlim>`_, or by
   onnx-graphsurgeon's ``fold_constants`` + ``cleanup`` when onnxslim is not installed or fails;
+  a simplification that changes an output (name, shape, or value beyond 1e-4 relative) is
+  skipped and reported in the notes;
 * optionally in float16 with float32 inputs and outputs, by onnxconverter-common's
   ``convert_float_to_float16(keep_io_types=True)`` (weights and activations in fp16, ``Cast``
   nodes at the graph's inputs and outputs);
 * checked against a static list of ONNX ops TensorRT's parser supports
-  (:data:`TENSORRT_SUPPORTED_OPS`), with the matching ``trtexec`` command line.
+  (:data:`TENSORRT_SUPPORTED_OPS`), with the matching ``trtexec`` command line (shape flags
+  for every input with a symbolic dimension);
+* and, last, checked against the input model on onnxruntime (:mod:`evonnx.outputs`: same
+  output names and shapes, values within :data:`~evonnx.outputs.RTOL`, or
+  :data:`~evonnx.outputs.FP16_RTOL` for fp16): an export that changes an output is refused.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import logging
 import shlex
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +36,15 @@ import onnx_graphsurgeon as gs
 from evonnx.deploy.shapes import graph_inputs, rebatch
 from evonnx.errors import DeployError
 from evonnx.graph import check_model, infer_shapes, opset_of
+from evonnx.outputs import (
+    DEFAULT_DIM,
+    FP16_RTOL,
+    RTOL,
+    OutputCheck,
+    OutputMismatchError,
+    compare_outputs,
+    feed_shapes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +137,9 @@ class ExportResult:
         unsupported: Ops TensorRT does not support (only checked for the tensorrt target).
         max_batch: Upper end of the trtexec shape range for a dynamic batch.
         notes: Warnings worth showing to a user.
+        check: The final comparison of outputs with the input model's.
+        shapes: Input shapes of that check (symbolic dimensions filled), which also fill the
+            non-batch symbolic dimensions of the ``trtexec`` shapes.
     """
 
     model: onnx.ModelProto
@@ -136,6 +155,8 @@ class ExportResult:
     unsupported: tuple[UnsupportedOp, ...]
     max_batch: int = DEFAULT_MAX_BATCH
     notes: tuple[str, ...] = ()
+    check: OutputCheck | None = None
+    shapes: Mapping[str, tuple[int, ...]] | None = None
 
     @property
     def tensorrt_compatible(self) -> bool:
@@ -148,7 +169,7 @@ class ExportResult:
         args = ["trtexec", f"--onnx={onnx_path}"]
         if self.fp16:
             args.append("--fp16")
-        args += _shape_args(self.inputs, self.max_batch)
+        args += _shape_args(self.inputs, self.max_batch, self.shapes or {})
         args.append(f"--saveEngine={engine}")
         return " ".join(shlex.quote(a) for a in args)
 
@@ -163,6 +184,7 @@ class ExportResult:
             "nodes": [self.nodes_before, self.nodes_after],
             "inputs": [{"name": i.name, "shape": list(i.dims)} for i in self.inputs],
             "notes": list(self.notes),
+            "outputs_checked": _check_dict(self.check, self.fp16),
         }
         if self.target == "tensorrt":
             out["tensorrt_compatible"] = self.tensorrt_compatible
@@ -186,6 +208,7 @@ def export(
     batch: int | None = None,
     opset: int | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> ExportResult:
     """Make a deployment-ready copy of ``model``.
 
@@ -196,27 +219,34 @@ def export(
         batch: Fix the batch dimension to this size (``None``: keep the model's).
         opset: Convert to this default-domain opset (``None``: only when TensorRT needs it).
         max_batch: Upper end of the trtexec shape range when the batch stays dynamic.
+        input_shapes: Shapes of symbolic inputs for the output checks and the ``trtexec``
+            shapes (default: 1 for the batch, :data:`~evonnx.outputs.DEFAULT_DIM` elsewhere).
 
     Raises:
         DeployError: Unknown target, bad sizes, a failed opset conversion or fp16 conversion.
         RebatchError: The batch cannot be fixed to ``batch``.
+        OutputMismatchError: The exported model's outputs differ from the input model's.
     """
     if target not in TARGETS:
         raise DeployError(f"unknown export target {target!r}; choose one of {', '.join(TARGETS)}")
     if max_batch < 1:
         raise DeployError(f"max_batch must be >= 1, got {max_batch}")
     before = opset_of(model)
-    out = rebatch(model, batch) if batch is not None else _copy(model)
+    base = rebatch(model, batch) if batch is not None else _copy(model)
     notes: list[str] = []
-    out, simplifier = simplify(out)  # first: folded ops (BN into Conv) need no opset adapter
+    shapes = input_shapes or {}
+    out, simplifier = checked_simplify(base, shapes, notes)  # first: folded ops need no adapter
     out = _convert_opset(out, _target_opset(before, target, opset), notes)
     if fp16:
         out = to_fp16(out)
     out = infer_shapes(out)
     check_model(out, "exported model")
+    check = _final_check(base, out, shapes, fp16, notes)  # base: at the fixed batch
+    del base
     unsupported = tensorrt_compatibility(out) if target == "tensorrt" else ()
     inputs = _input_specs(out)
-    notes += _shape_notes(inputs, target)
+    filled = feed_shapes(out, shapes)
+    notes += _shape_notes(inputs, target, filled)
     return ExportResult(
         model=out,
         target=target,
@@ -231,7 +261,58 @@ def export(
         unsupported=unsupported,
         max_batch=max_batch,
         notes=tuple(notes),
+        check=check,
+        shapes=filled,
     )
+
+
+def checked_simplify(
+    model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]], notes: list[str]
+) -> tuple[onnx.ModelProto, str]:
+    """:func:`simplify`, skipped (the model returned as it is, with a note) when it changes an
+    output's name, shape, or value beyond :data:`~evonnx.outputs.RTOL`."""
+    out, simplifier = simplify(model)
+    check = compare_outputs(model, out, shapes)
+    if check.difference is None:
+        return out, simplifier
+    note = f"{simplifier} changed the outputs ({check.difference}); simplification skipped"
+    logger.warning("%s", note)
+    notes.append(note)
+    return model, f"none ({simplifier} skipped: it changed the outputs)"
+
+
+def _final_check(
+    model: onnx.ModelProto,
+    out: onnx.ModelProto,
+    shapes: Mapping[str, Sequence[int]],
+    fp16: bool,
+    notes: list[str],
+) -> OutputCheck:
+    """Compare the export with the input model (refused on a difference).
+
+    Raises:
+        OutputMismatchError: The outputs differ.
+    """
+    check = compare_outputs(model, out, shapes, FP16_RTOL if fp16 else RTOL)
+    if check.difference is not None:
+        raise OutputMismatchError(
+            f"the export changed the outputs: {check.difference}; nothing written"
+        )
+    if not check.checked:
+        notes.append(f"outputs not checked: {check.skipped}")
+    return check
+
+
+def _check_dict(check: OutputCheck | None, fp16: bool) -> dict[str, Any] | None:
+    if check is None:
+        return None
+    return {
+        "checked": check.checked,
+        "max_rel_error": check.max_rel_error,
+        "tolerance": FP16_RTOL if fp16 else RTOL,
+        "shapes": {k: list(v) for k, v in (check.shapes or {}).items()},
+        "skipped": check.skipped,
+    }
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -309,7 +390,11 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # one warning per clamped tiny weight
-            out = float16.convert_float_to_float16(_copy(model), keep_io_types=True)
+            src = _copy(model)
+            # stale value_info (the simplifier's inferred types) makes the converter type a
+            # blocked op's (Resize) output cast wrongly; the converter infers them again
+            del src.graph.value_info[:]
+            out = float16.convert_float_to_float16(src, keep_io_types=True)
     except Exception as exc:  # the converter raises whatever onnx raises
         raise DeployError(f"fp16 conversion failed: {exc}") from exc
     if not isinstance(out, onnx.ModelProto):
@@ -355,33 +440,49 @@ def _input_specs(model: onnx.ModelProto) -> tuple[InputSpec, ...]:
     return tuple(specs)
 
 
-def _shape_notes(inputs: tuple[InputSpec, ...], target: str) -> list[str]:
+def _shape_notes(
+    inputs: tuple[InputSpec, ...], target: str, filled: Mapping[str, tuple[int, ...]]
+) -> list[str]:
     if target != "tensorrt":
         return []
+    notes = []
+    for i in inputs:
+        fill = filled[i.name]
+        named = [(d, fill[ax]) for ax, d in enumerate(i.dims) if ax and isinstance(d, str)]
+        if named:
+            sizes = ", ".join(f"{d or '?'}={v}" for d, v in named)
+            notes.append(
+                f"input {i.name}: symbolic dims set to {sizes} in the trtexec shapes "
+                "(choose them with --input-shape)"
+            )
+    return notes
+
+
+def _shape_args(
+    inputs: tuple[InputSpec, ...], max_batch: int, filled: Mapping[str, tuple[int, ...]]
+) -> list[str]:
+    """``--shapes`` for static inputs; ``--min/opt/maxShapes`` when any dim is symbolic: the
+    batch over 1..max_batch, other symbolic dims at their ``filled`` size."""
+
+    def at(i: InputSpec, batch: int) -> tuple[int | str, ...]:
+        fill = filled.get(i.name, ())
+        return tuple(
+            d
+            if isinstance(d, int)
+            else batch
+            if ax == 0
+            else (fill[ax] if ax < len(fill) else DEFAULT_DIM)
+            for ax, d in enumerate(i.dims)
+        )
+
+    if not inputs:
+        return []
+    if all(isinstance(d, int) for i in inputs for d in i.dims):
+        return [f"--shapes={','.join(_spec(i.name, i.dims) for i in inputs)}"]
     return [
-        f"input {i.name} has symbolic dims besides the batch; add them to the trtexec shapes"
-        for i in inputs
-        if any(isinstance(d, str) for d in i.dims[1:])
+        f"{flag}={','.join(_spec(i.name, at(i, b)) for i in inputs)}"
+        for flag, b in (("--minShapes", 1), ("--optShapes", max_batch), ("--maxShapes", max_batch))
     ]
-
-
-def _shape_args(inputs: tuple[InputSpec, ...], max_batch: int) -> list[str]:
-    """``--shapes`` for static inputs; ``--min/opt/maxShapes`` over batch 1..max_batch."""
-    static = [i for i in inputs if all(isinstance(d, int) for d in i.dims)]
-    dynamic = [
-        i
-        for i in inputs
-        if i.dims and isinstance(i.dims[0], str) and all(isinstance(d, int) for d in i.dims[1:])
-    ]
-    args = []
-    if dynamic:
-        for flag, b in (("--minShapes", 1), ("--optShapes", max_batch), ("--maxShapes", max_batch)):
-            specs = [_spec(i.name, (b, *i.dims[1:])) for i in dynamic]
-            specs += [_spec(i.name, i.dims) for i in static]
-            args.append(f"{flag}={','.join(specs)}")
-    elif static:
-        args.append(f"--shapes={','.join(_spec(i.name, i.dims) for i in static)}")
-    return args
 
 
 def _spec(name: str, dims: tuple[int | str, ...]) -> str:

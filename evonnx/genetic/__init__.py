@@ -22,8 +22,9 @@ Design choices (all configurable through :class:`EncodingConfig`):
   prunable group (for an FC weight, a single weight); a channel whose producer filters lose
   every kernel is removed. Cluster sampling only touches prunable groups; filters of frozen
   groups are never removed.
-* **Synapses.** Synapse sampling applies to every conv/FC weight, frozen groups included:
-  masking a weight never changes a tensor's shape, so it is always safe.
+* **Synapses.** Synapse sampling and trimming apply to the conv/FC weights that touch a
+  prunable group (as output filters or input channels). A frozen layer, whose weight touches
+  none, stays byte-identical unless ``frozen_synapses=True`` opens it too.
 * **Truncation** (:class:`Truncation`): per weight tensor, ``|w|`` below ``0.1 × mean |w|``
   (mean over the tensor's nonzero weights) counts as zero. Per tensor because weight scales
   differ widely between layers; relative to the mean of the *nonzero* weights so that the
@@ -47,9 +48,12 @@ Design choices (all configurable through :class:`EncodingConfig`):
   :class:`~evonnx.environments.SynapseBudget` (``keep=0.8`` of the ancestor's nonzero
   synapses, counted after the consumer slices of removed channels are gone). As sampling is
   unbiased and trimming only removes, realized counts average slightly below the budget.
-* **Constraints.** Each group keeps at least ``min_channels``; counts are rounded up by the
-  one rule of :func:`evonnx.plan.round_channels`: multiples of ``round_to`` (or the full size;
-  groups smaller than ``round_to`` are free), or the environment's widths
+* **Constraints.** Each group keeps at least ``min_channels`` and the per-layer floor
+  ``ceil(min_fraction * size)`` (default 0.25: a global budget is never met by emptying a few
+  layers; a budget the floor puts out of reach is refused with the reachable figure); counts
+  are rounded up by the one rule of :func:`evonnx.plan.round_channels`: multiples of
+  ``round_to`` (or the full size; groups smaller than ``round_to`` are free), or the
+  environment's widths
   (:meth:`Environment.widths <evonnx.environments.Environment.widths>`, e.g. latency steps).
   Both add back the highest-probability dead clusters. Channels whose producer filters end up
   with no realized synapse are removed (their output would be a constant) as long as the
@@ -68,6 +72,7 @@ Everything after that is deterministic, so the same seed gives the same offsprin
 from __future__ import annotations
 
 from evonnx.genetic.config import (
+    DEFAULT_MIN_FRACTION,
     FACTOR_MAX,
     ClusterMode,
     EncodingConfig,
@@ -89,6 +94,7 @@ from evonnx.genetic.sample import Offspring, sample, synthesize
 from evonnx.genetic.solve import Solution, expected_census, solve_factor
 
 __all__ = [
+    "DEFAULT_MIN_FRACTION",
     "FACTOR_MAX",
     "Claim",
     "ClusterMode",

@@ -19,6 +19,9 @@ Scope = Literal["group", "global"]
 SynapseNorm = Literal["max", "quantile"]
 TruncationKind = Literal["mean", "quantile", "absolute", "none"]
 
+DEFAULT_MIN_FRACTION = 0.25
+"""Default per-layer floor: a prunable group keeps at least a quarter of its channels."""
+
 FACTOR_MAX = math.e
 """Factor at which every probability (all ≥ 1/e) reaches 1: nothing is removed."""
 
@@ -74,6 +77,13 @@ class EncodingConfig:
             over a synapse budget they are trimmed by whole kernels (kernel mode) or channels
             (filter mode), and by single synapses only if the constraints stop that short.
         min_channels: Fewest channels any prunable group keeps.
+        min_fraction: Per-layer floor: every prunable group keeps at least this fraction of
+            its channels (rounded up; and at least ``min_channels``), so a global budget is
+            never met by emptying a few layers. Relative to the model being encoded (in
+            ``evolve``: the parent of each generation). A removed residual branch (``depth``)
+            is exempt. ``0`` turns the floor off.
+        frozen_synapses: Also zero synapses of frozen layers (layers whose weight touches
+            no prunable group). Off by default: a frozen layer stays byte-identical.
         round_to: Keep channel counts multiples of this (or the full size); ``None``: off.
         cluster_keep: ``None`` (the paper): one factor ``F_c = F_s = λ``. A fraction in
             (0, 1]: ``F_c`` is fixed so that the expected fraction of surviving clusters
@@ -95,6 +105,8 @@ class EncodingConfig:
     cluster_mode: ClusterMode = "filter"
     synapse_level: bool = True
     min_channels: int = 1
+    min_fraction: float = DEFAULT_MIN_FRACTION
+    frozen_synapses: bool = False
     round_to: int | None = None
     cluster_keep: float | None = None
     depth: bool = False
@@ -112,6 +124,8 @@ class EncodingConfig:
             raise ConfigError(f"unknown cluster_mode {self.cluster_mode!r}")
         if self.min_channels < 1:
             raise ConfigError(f"min_channels must be at least 1, got {self.min_channels}")
+        if not 0.0 <= self.min_fraction <= 1.0:
+            raise ConfigError(f"min_fraction must be in [0, 1], got {self.min_fraction}")
         if self.cluster_keep is not None and not 0.0 < self.cluster_keep <= 1.0:
             raise ConfigError(f"cluster_keep must be in (0, 1], got {self.cluster_keep}")
         if self.cluster_keep is not None and self.env.level != "synapse":

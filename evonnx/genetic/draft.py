@@ -11,7 +11,7 @@ import numpy as np
 from evonnx.environments import LayerCensus
 from evonnx.genetic.genome import Gene, Genome, _axis_values
 from evonnx.groups import ChannelGroup
-from evonnx.plan import allowed_channels, round_channels
+from evonnx.plan import allowed_channels, floor_channels, round_channels
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +46,16 @@ def _as_float(keep: Mapping[int, np.ndarray]) -> dict[int, np.ndarray]:
 
 
 def _rule(genome: Genome, group: ChannelGroup) -> tuple[int | None, int, Sequence[int] | None]:
-    """``round_to``, ``min_channels`` and the environment's widths for ``group``."""
+    """``round_to``, the floor (``min_channels``, ``min_fraction``) and the environment's
+    widths for ``group``."""
     cfg = genome.config
-    return cfg.round_to, cfg.min_channels, cfg.env.widths(group)
+    return cfg.round_to, group_floor(genome, group), cfg.env.widths(group)
+
+
+def group_floor(genome: Genome, group: ChannelGroup) -> int:
+    """Fewest channels ``group`` keeps (:func:`evonnx.plan.floor_channels`)."""
+    cfg = genome.config
+    return floor_channels(group.size, cfg.min_channels, cfg.min_fraction)
 
 
 def _valid(genome: Genome, group: ChannelGroup, k: int) -> bool:

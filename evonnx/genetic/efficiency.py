@@ -1,4 +1,9 @@
-"""Efficiency of a generation against the first: A-E, C-E, MAC and parameter ratios."""
+"""Efficiency of a generation against the first: A-E, C-E, MAC and parameter ratios.
+
+:func:`efficiency` is the one definition every command and report uses (``evolve``'s lineage,
+the ``prune`` summary): synapses and clusters are counted *live* on both
+sides, so weights that were already zero in the input never count as removed.
+"""
 
 from __future__ import annotations
 
@@ -37,8 +42,9 @@ class Efficiency:
     """Efficiency of a generation relative to the first-generation ancestor (×, higher is better).
 
     Attributes:
-        architectural: A-E: gen-1 synapses / nonzero synapses now.
-        cluster: C-E: gen-1 clusters (filters/neurons) / live clusters now.
+        architectural: A-E: gen-1 nonzero synapses / nonzero synapses now.
+        cluster: C-E: gen-1 live clusters (filters/neurons with a nonzero weight) / live
+            clusters now.
         macs: Gen-1 MACs / MACs now.
         params: Gen-1 parameters / parameters now.
     """
@@ -56,10 +62,14 @@ def _ratio(first: int, now: int) -> float:
 
 
 def efficiency(gen1: SizeMetrics, now: SizeMetrics) -> Efficiency:
-    """A-E, C-E, MAC and parameter ratios of ``now`` against the first generation ``gen1``."""
+    """A-E, C-E, MAC and parameter ratios of ``now`` against the first generation ``gen1``.
+
+    Live counts on both sides: an input that already has zero weights (an earlier pruning,
+    a sparse export) starts at A-E 1.0, and only what was removed since counts.
+    """
     return Efficiency(
-        architectural=_ratio(gen1.synapses, now.nonzero_synapses),
-        cluster=_ratio(gen1.clusters, now.live_clusters),
+        architectural=_ratio(gen1.nonzero_synapses, now.nonzero_synapses),
+        cluster=_ratio(gen1.live_clusters, now.live_clusters),
         macs=_ratio(gen1.macs, now.macs),
         params=_ratio(gen1.params, now.params),
     )

@@ -69,6 +69,11 @@ class Gene:
     kernel_p: np.ndarray | None = None
 
     @property
+    def frozen(self) -> bool:
+        """No axis of the weight belongs to a prunable group: a frozen layer."""
+        return not (self.out_claims or self.in_claims)
+
+    @property
     def nonzero(self) -> int:
         """Nonzero weights of the tensor."""
         return round(float(self.nonzero_counts.sum(dtype=np.float64)))
@@ -120,6 +125,11 @@ class Genome:
     def kernel_f(self, gene: int, factor: float) -> float:
         """Kernel mode: ``F_c`` of gene ``gene`` at ``F_s = factor``."""
         return factor if self.kernel_factors is None else self.kernel_factors[gene]
+
+    def maskable(self, gene: Gene) -> bool:
+        """Whether synapses of ``gene`` may be zeroed: it touches a prunable group, or
+        ``config.frozen_synapses`` opens frozen layers too."""
+        return not gene.frozen or self.config.frozen_synapses
 
     @property
     def fixed_clusters(self) -> bool:

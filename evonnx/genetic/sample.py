@@ -90,7 +90,8 @@ def _sample_synapses(
     """Draw synapse survival inside every weight; fills the draft's masks and counts."""
     for gene, kern in zip(genome.genes, draft.kernels, strict=True):
         ps = gene.synapse_p
-        if not genome.config.synapse_level or factor >= FACTOR_MAX:
+        sampled = genome.config.synapse_level and genome.maskable(gene)
+        if not sampled or factor >= FACTOR_MAX:
             mask = np.sign(ps)
         elif factor <= 0:
             mask = np.zeros_like(ps)

@@ -107,7 +107,7 @@ def _census_at(
         syn = 0.0
         if with_synapses:
             k = kq[gi] if kernel else None
-            sampled = genome.config.synapse_level
+            sampled = genome.config.synapse_level and genome.maskable(gene)
             syn = _expected_synapses(gene, factor, axes, k, scratch, sampled, stride)
         fractions = float(axes[0].mean()), float(axes[1].mean())
         out.extend(LayerCensus(lay, syn, *fractions) for lay in gene.layers)

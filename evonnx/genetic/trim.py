@@ -5,11 +5,21 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 import numpy as np
 
-from evonnx.environments import Environment, LayerCensus
-from evonnx.genetic.draft import _as_float, _axes, _Draft, _enforce, _realized_census, _settle
+from evonnx.environments import Environment, LayerCensus, MacBudget, SynapseBudget
+from evonnx.errors import PlanError
+from evonnx.genetic.draft import (
+    _as_float,
+    _axes,
+    _Draft,
+    _enforce,
+    _realized_census,
+    _settle,
+    group_floor,
+)
 from evonnx.genetic.genome import Gene, Genome, _axis_values
 
 logger = logging.getLogger(__name__)
@@ -58,6 +68,8 @@ def _score_quantile(genome: Genome, draft: _Draft, frac: float) -> float:
     step = max(1, total // _QUANTILE_SAMPLE)
     samples = []
     for gi, gene in enumerate(genome.genes):
+        if not genome.maskable(gene):
+            continue
         idx = np.arange(0, gene.synapse_p.size, step)
         row, col = _kernel_index(gene, idx)
         ko, ki = _axes(gene, kf)
@@ -74,6 +86,8 @@ def _candidates(
     kf = _as_float(draft.keep)
     genes, flats, scores = [], [], []
     for gi, gene in enumerate(genome.genes):
+        if not genome.maskable(gene):
+            continue
         ko, ki = _axes(gene, kf)
         rank = _rank(genome, gene)
         kept = (ko > 0)[:, None] & (ki > 0)[None, :]
@@ -109,8 +123,8 @@ def _trim_synapses(
             break
         frac = min(1.0, 4.0 * frac)
     if k is None:
-        logger.warning("budget %.4g unattainable by removing synapses", budget)
-        k = gene_of.size
+        removed = np.bincount(gene_of, minlength=n_genes)
+        _unreachable(genome, env, budget, env.cost(_without(census, genome.genes, removed)))
     _remove_synapses(genome, draft, gene_of[:k], flat[:k])
 
 
@@ -144,6 +158,8 @@ def _trim_kernels(
     owners, flats, scores, sizes = [], [], [], []
     for gi, gene in enumerate(genome.genes):
         assert gene.kernel_p is not None
+        if not genome.maskable(gene):
+            continue
         ko, ki = _axes(gene, kf)
         cnt = draft.kernel_counts(gi)
         flat = np.flatnonzero((cnt > 0) & (ko > 0)[:, None] & (ki > 0)[None, :])
@@ -151,7 +167,8 @@ def _trim_kernels(
         flats.append(flat)
         scores.append(gene.kernel_p.reshape(-1)[flat])
         sizes.append(cnt.reshape(-1)[flat].astype(np.float64))
-    owner, flat, score, size = (np.concatenate(x) for x in (owners, flats, scores, sizes))
+    cat = [np.concatenate(x) if x else np.zeros(0) for x in (owners, flats, scores, sizes)]
+    owner, flat, score, size = cat[0].astype(np.int64), cat[1].astype(np.int64), cat[2], cat[3]
     order = np.lexsort((flat, owner, score))
     owner, flat, size = owner[order], flat[order], size[order]
     n_genes = len(genome.genes)
@@ -161,8 +178,7 @@ def _trim_kernels(
         return env.cost(_without(census, genome.genes, removed)) <= budget
 
     k = _smallest_k(ok, flat.size)
-    if k is None:
-        logger.warning("budget %.4g unattainable by removing kernels", budget)
+    if k is None:  # what kernels cannot reach, synapses may (the caller's fallback)
         k = flat.size
     for gi in np.unique(owner[:k]):
         local = flat[:k][owner[:k] == gi]
@@ -176,19 +192,18 @@ def _trim_kernels(
 
 def _trim_clusters(genome: Genome, draft: _Draft, env: Environment, budget: float) -> None:
     """Drop the lowest-probability kept channels until the cost is within budget."""
-    cfg = genome.config
     probs, owners, chans = [], [], []
     for gidx, g in enumerate(genome.groups):
         p = genome.cluster_p[g.id]
         kept = np.flatnonzero(draft.keep[g.id])
-        protect = kept[np.argsort(-p[kept], kind="stable")[: min(cfg.min_channels, kept.size)]]
+        floor = min(group_floor(genome, g), kept.size)
+        protect = kept[np.argsort(-p[kept], kind="stable")[:floor]]
         free = np.setdiff1d(kept, protect)
         probs.append(p[free])
         owners.append(np.full(free.size, gidx))
         chans.append(free)
     if not probs:
-        logger.warning("budget %.4g unattainable: no prunable channels", budget)
-        return
+        _unreachable(genome, env, budget, env.cost(_realized_census(genome, draft.keep, draft)))
     prob, owner, chan = np.concatenate(probs), np.concatenate(owners), np.concatenate(chans)
     order = np.lexsort((chan, owner, prob))
     owner, chan = owner[order], chan[order]
@@ -206,9 +221,11 @@ def _trim_clusters(genome: Genome, draft: _Draft, env: Environment, budget: floa
         return env.cost(census) <= budget
 
     k = _smallest_k(ok, chan.size)
-    if k is None:
-        logger.warning("budget %.4g unattainable within the channel constraints", budget)
-        k = chan.size
+    if k is None and (env.needs_synapses and cfg_synapses(genome)):
+        k = chan.size  # synapses inside the kept channels make up the rest
+    elif k is None:
+        best = _realized_census(genome, state(chan.size), draft, env.needs_synapses)
+        _unreachable(genome, env, budget, env.cost(best))
     draft.keep = state(k)
 
 
@@ -219,7 +236,13 @@ def _trim(
 
     Cluster-level environments drop channels. Synapse-level ones drop synapses, or, for
     structured offspring (``synapse_level=False``), whole kernels (kernel mode) or channels
-    (filter mode), falling back to synapses if the channel constraints stop them short.
+    (filter mode). Only kernel clusters fall back to single synapses when kernels stop short;
+    structured filter offspring never lose synapses inside kept filters. Synapses of frozen
+    layers are never removed (unless ``frozen_synapses``), and no group goes below its floor.
+
+    Raises:
+        PlanError: The budget is out of reach within the floor and the frozen layers (the
+            message gives the reachable figure).
     """
     cfg = genome.config
     if env.level == "cluster" or (not cfg.synapse_level and cfg.cluster_mode == "filter"):
@@ -230,6 +253,29 @@ def _trim(
         _trim_synapses(genome, draft, census, env, budget)
     census = _settle(genome, draft)
     if env.needs_synapses and env.cost(census) > budget:
+        if not cfg_synapses(genome):
+            _unreachable(genome, env, budget, env.cost(census))
         _trim_synapses(genome, draft, census, env, budget)
         census = _settle(genome, draft)
     return census
+
+
+def cfg_synapses(genome: Genome) -> bool:
+    """Whether trimming may remove single synapses: synapse-level sampling or kernel
+    clusters (whose trimming falls back to synapses)."""
+    cfg = genome.config
+    return cfg.synapse_level or cfg.cluster_mode == "kernel"
+
+
+def _unreachable(genome: Genome, env: Environment, budget: float, best: float) -> NoReturn:
+    """Refuse a budget the floor and the frozen layers put out of reach (one line)."""
+    full = env.cost(genome.ancestor)
+    unit = {SynapseBudget: "nonzero synapses", MacBudget: "MACs"}.get(type(env), "cost")
+    cfg = genome.config
+    hint = "" if cfg_synapses(genome) else ", add --synapses"
+    raise PlanError(
+        f"the budget ({budget / full:.3g} of the {unit}) is out of reach: frozen layers and "
+        f"the per-layer floor (min_fraction {cfg.min_fraction:g}, min_channels "
+        f"{cfg.min_channels}) keep at least {best / full:.3g}; keep {best / full:.3g} or more"
+        f"{hint}, or lower the floor (--min-fraction)"
+    )

@@ -96,7 +96,7 @@ def latency_offspring(
     off = sample(encode(analysis, weights, cfg), rng)
     fit = fit_measured(
         model, analysis, off.plan, weights, target.runtime, target.model, keep, floor_ms,
-        off.masks, cfg.round_to, cfg.min_channels,
+        off.masks, cfg.round_to, cfg.min_channels, min_fraction=cfg.min_fraction,
     )  # fmt: skip
     logger.info(
         "latency offspring: predicted %.4g ms, measured %.4g ms (parent %.4g ms), %d rounds",

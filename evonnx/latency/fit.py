@@ -27,7 +27,7 @@ import onnx
 from evonnx.errors import LatencyBudgetError, PlanError
 from evonnx.groups import Analysis, ChannelGroup
 from evonnx.latency.model import LatencyModel, group_census
-from evonnx.plan import PrunePlan, allowed_channels, channel_strength
+from evonnx.plan import PrunePlan, allowed_channels, channel_strength, floor_channels
 from evonnx.runtimes import Runtime
 from evonnx.surgery import apply_plan
 
@@ -80,6 +80,7 @@ def fit_measured(
     round_to: int | None = None,
     min_channels: int = 1,
     max_rounds: int = 10,
+    min_fraction: float = 0.0,
 ) -> MeasuredFit:
     """Trim ``plan`` until the offspring's measured latency is at most ``keep`` times the
     parent's (not below ``floor_ms``).
@@ -97,6 +98,8 @@ def fit_measured(
         round_to: Channel counts multiples of this.
         min_channels: Fewest channels a group keeps (a removable branch may still go).
         max_rounds: Most measurements.
+        min_fraction: Per-layer floor: a group keeps at least this fraction of its channels
+            (a removable branch may still go).
 
     Raises:
         LatencyBudgetError: Nothing is left to remove and the offspring is still over budget.
@@ -105,6 +108,7 @@ def fit_measured(
     kept = {gid: plan.kept(g) for gid, g in prunable.items()}
     strength = {gid: channel_strength(g, weights) for gid, g in prunable.items()}
     trimmed = 0
+    least = {gid: floor_channels(g.size, min_channels, min_fraction) for gid, g in prunable.items()}
     # Predicted first: the sampled offspring within the budget on the table's prediction.
     widths = {gid: int(k.size) for gid, k in kept.items()}
     full = lm.predict(group_census(analysis, {}))
@@ -113,7 +117,7 @@ def fit_measured(
     excess = lm.predict(group_census(analysis, widths)) - goal
     if excess > 0:
         try:
-            trimmed += _trim(analysis, prunable, kept, strength, lm, excess, round_to, min_channels)
+            trimmed += _trim(analysis, prunable, kept, strength, lm, excess, round_to, least)
         except PlanError:  # nothing to remove: the measurement decides
             logger.info("predicted %.4g ms over the budget with nothing left to remove", excess)
 
@@ -155,7 +159,7 @@ def fit_measured(
         now = lm.predict(census)
         need = 0.5 * (child_ms - budget) * now / child_ms
         try:
-            trimmed += _trim(analysis, prunable, kept, strength, lm, need, round_to, min_channels)
+            trimmed += _trim(analysis, prunable, kept, strength, lm, need, round_to, least)
         except PlanError as exc:
             raise LatencyBudgetError(
                 f"the offspring measures {child_ms:.4g} ms against a budget of {budget:.4g} ms "
@@ -182,16 +186,17 @@ def _trim(
     lm: LatencyModel,
     need: float,
     round_to: int | None,
-    min_channels: int,
+    least: Mapping[int, int],
 ) -> int:
-    """Step groups down, least strength per saved ms first, until ``need`` ms are saved."""
+    """Step groups down, least strength per saved ms first, until ``need`` ms are saved
+    (``least``: each group's floor)."""
     saved, steps = 0.0, 0
     while saved < need:
         widths = {gid: int(k.size) for gid, k in kept.items()}
         now = lm.predict(group_census(analysis, widths))
         best: tuple[float, int, int, float] | None = None
         for gid, g in prunable.items():
-            lower = _lower(g, widths[gid], lm.widths(gid), round_to, min_channels)
+            lower = _lower(g, widths[gid], lm.widths(gid), round_to, least[gid])
             if lower is None:
                 continue
             gain = now - lm.predict(group_census(analysis, {**widths, gid: lower}))

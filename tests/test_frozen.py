@@ -1,0 +1,204 @@
+"""Issue 18: frozen layers stay byte-identical, a per-layer floor, one A-E (prune, evolve)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from frozen_graphs import frozen_classifier
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from zoo import ALL_CASES, cached_case
+
+from evonnx import api
+from evonnx.analysis import analyze
+from evonnx.cli.main import cli
+from evonnx.environments import MacBudget
+from evonnx.errors import PlanError
+from evonnx.genetic import EncodingConfig, efficiency, model_weights
+from evonnx.groups import Analysis
+from evonnx.lineage import EvolveConfig
+from evonnx.metrics import compute_metrics
+from evonnx.plan import floor_channels
+
+FROZEN = ("wfc", "bfc")  # the classifier's weight and bias
+
+
+def frozen_layers(analysis: Analysis) -> set[str]:
+    """Weights of layers that touch no prunable group."""
+    prunable = {g.id for g in analysis.prunable_groups}
+    return {
+        lay.weight
+        for lay in analysis.layers
+        if lay.out_group not in prunable and not prunable & set(lay.in_groups)
+    }
+
+
+def assert_untouched(before: onnx.ModelProto, after: onnx.ModelProto, names: set[str]) -> None:
+    """The named constants are byte-identical (dtype, shape and bytes)."""
+    a, b = model_weights(before, names), model_weights(after, names)
+    for name in names:
+        assert a[name].dtype == b[name].dtype and a[name].shape == b[name].shape, name
+        assert a[name].tobytes() == b[name].tobytes(), f"{name} changed"
+
+
+GENETIC = {
+    "structured": EncodingConfig(keep=0.8, synapse_level=False),
+    "synapses": EncodingConfig(keep=0.6),
+    "kernel": EncodingConfig(keep=0.7, cluster_mode="kernel", synapse_level=False),
+    "kernel-synapses": EncodingConfig(keep=0.6, cluster_mode="kernel"),
+    "macs": EncodingConfig(environment=MacBudget(0.6), synapse_level=False),
+}
+
+
+@pytest.mark.parametrize("name", list(GENETIC))
+def test_frozen_classifier_untouched_by_genetic(name: str) -> None:
+    model = frozen_classifier()
+    assert frozen_layers(analyze(model)) == {"wfc"}
+    for seed in range(4):
+        result = api.synthesize(model, GENETIC[name], seed=seed)
+        assert_untouched(model, result.model, set(FROZEN))
+        assert result.after.params < result.before.params or result.offspring.masks
+
+
+def test_frozen_classifier_untouched_by_magnitude() -> None:
+    model = frozen_classifier()
+    result = api.prune(model, 0.5)
+    assert_untouched(model, result.model, set(FROZEN))
+    assert result.after.params < result.before.params
+
+
+def test_evolve_offspring_leave_frozen_layer_untouched() -> None:
+    """The offspring evolve synthesizes (before retraining) keep the frozen layer."""
+    from evonnx.evolution import _offspring
+
+    model = frozen_classifier()
+    analysis = analyze(model)
+    for config in (EvolveConfig(keep=0.6), EvolveConfig(keep=0.7, env="macs")):
+        for seed in range(3):
+            job = _offspring(model, analysis, config, seed)
+            child = onnx.load_from_string(job.child)
+            assert_untouched(model, child, set(FROZEN))
+            assert compute_metrics(child).nonzero_synapses < compute_metrics(model).synapses
+
+
+def test_frozen_synapses_only_when_asked() -> None:
+    model = frozen_classifier()
+    cfg = replace(GENETIC["synapses"], frozen_synapses=True)
+    result = api.synthesize(model, cfg, seed=0)
+    assert "wfc" in result.offspring.masks  # opted in: the classifier loses synapses too
+
+
+def test_unreachable_budget_is_refused_with_the_reachable_figure(tmp_path: Path) -> None:
+    """The frozen classifier holds 35% of the synapses: keeping 30% without zeroing it is out
+    of reach; the error names the figure that is reachable, and nothing is written."""
+    model = frozen_classifier()
+    with pytest.raises(PlanError, match=r"out of reach.*keep at least 0\.\d+"):
+        api.synthesize(model, EncodingConfig(keep=0.3, synapse_level=False), seed=0)
+    src, out = tmp_path / "m.onnx", tmp_path / "out.onnx"
+    onnx.save(model, str(src))
+    res = CliRunner().invoke(cli, ["prune", str(src), "--keep", "0.3", "-o", str(out)])
+    assert res.exit_code == 1 and not out.exists()
+    assert res.output.count("\n") == 1 and "out of reach" in res.output
+    reachable = float(res.output.split("keep at least ")[1].split(";")[0])
+    res = CliRunner().invoke(
+        cli, ["prune", str(src), "--keep", f"{reachable + 0.01:.3f}", "-o", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    with pytest.raises(PlanError, match="below the per-layer floor"):
+        api.prune(model, 0.2)
+
+
+def test_prune_summary_names_layers_that_shrank_most(tmp_path: Path) -> None:
+    src, out = tmp_path / "m.onnx", tmp_path / "out.onnx"
+    onnx.save(frozen_classifier(), str(src))
+    args = ["prune", str(src), "--keep", "0.7", "-o", str(out), "--method", "magnitude"]
+    res = CliRunner().invoke(cli, [*args, "--json"])
+    assert res.exit_code == 0, res.output
+    shrunk = json.loads(res.output)["shrunk_most"]
+    assert shrunk and {s["layer"] for s in shrunk} <= {"conv1", "conv2"}
+    assert all(s["filters"][1] < s["filters"][0] for s in shrunk)
+    assert [s["kept"] for s in shrunk] == sorted(s["kept"] for s in shrunk)
+    res = CliRunner().invoke(cli, args)
+    assert "shrank most: conv" in res.output
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    keep=st.floats(0.05, 1.0),
+    floor=st.sampled_from([0.0, 0.1, 0.25, 0.5]),
+    how=st.sampled_from(["structured", "synapses", "kernel", "macs", "magnitude"]),
+    seed=st.integers(0, 2**16),
+)
+def test_floor_holds(keep: float, floor: float, how: str, seed: int) -> None:
+    """No prunable group goes below its floor; a budget out of reach is refused."""
+    model = frozen_classifier(seed=seed % 7)
+    analysis = analyze(model)
+    try:
+        if how == "magnitude":
+            result = api.prune(model, keep, min_fraction=floor)
+        else:
+            cfg = GENETIC[how]
+            env = MacBudget(keep) if how == "macs" else None
+            cfg = replace(cfg, keep=keep, environment=env, min_fraction=floor)
+            result = api.synthesize(model, cfg, seed=seed)
+    except PlanError as exc:
+        assert "out of reach" in str(exc) or "below the per-layer floor" in str(exc)
+        assert floor > 0 or how != "synapses"
+        return
+    for g in analysis.prunable_groups:
+        assert len(result.plan.kept(g)) >= floor_channels(g.size, 1, floor)
+    assert_untouched(model, result.model, set(FROZEN))
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_zoo_frozen_layers_untouched(case: str, zoo_dir: Path) -> None:
+    """In every zoo graph, a layer that touches no prunable group is byte-identical."""
+    model = cached_case(case, zoo_dir)
+    frozen = frozen_layers(analyze(model))
+    for run in (
+        lambda: api.synthesize(model, EncodingConfig(keep=0.6), seed=1),
+        lambda: api.synthesize(model, EncodingConfig(keep=0.8, synapse_level=False), seed=1),
+        lambda: api.prune(model, 0.5),
+    ):
+        try:
+            result = run()
+        except PlanError as exc:
+            assert "out of reach" in str(exc)
+            continue
+        assert_untouched(model, result.model, frozen)
+
+
+# ----------------------------------------------------------------------------- one A-E
+
+
+def test_one_ae_on_an_input_with_zero_weights(tmp_path: Path) -> None:
+    """A sparse input: prune's summary, the lineage's record and efficiency() agree, and
+    weights that were zero before never count as removed."""
+    from evonnx.evolution import _record
+
+    model = frozen_classifier(zeros=0.3)
+    before = compute_metrics(model)
+    assert before.nonzero_synapses < 0.8 * before.synapses
+    gen1 = _record(1, None, None, "gen_001.onnx", (0.5, None), before, before, 0.0, ())
+    assert gen1.ae == 1.0 and gen1.ce == 1.0  # today's input is generation 1: nothing removed
+    src, out = tmp_path / "m.onnx", tmp_path / "out.onnx"
+    onnx.save(model, str(src))
+    res = CliRunner().invoke(
+        cli, ["prune", str(src), "--keep", "0.7", "--synapses", "-o", str(out), "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    after = compute_metrics(onnx.load(str(out)))
+    eff = efficiency(before, after)
+    record = _record(2, 1, 0, "gen_002.onnx", (0.5, None), before, after, 0.0, ())
+    assert data["ae"] == pytest.approx(eff.architectural) == pytest.approx(record.ae)
+    assert data["ce"] == pytest.approx(eff.cluster) == pytest.approx(record.ce)
+    assert eff.architectural == pytest.approx(before.nonzero_synapses / after.nonzero_synapses)
+    assert data["synapses"] == [before.nonzero_synapses, after.nonzero_synapses]
+    assert np.isclose(eff.architectural, 1 / 0.7, rtol=0.15)  # about what --keep asked
