@@ -1,0 +1,199 @@
+"""The real-model benchmark's pure pieces: rendering, preprocessing, CTC decoding, metrics.
+
+They need no downloaded model: the decoding is checked on hand-made score arrays, the
+rendering on its shapes, value ranges and labels.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import real_data as rd
+import real_tasks as rt
+
+CLASSES = ["", "a", "b", "c", " "]
+
+
+def one_hot(ids: list[int], n: int = len(CLASSES)) -> np.ndarray:
+    out = np.full((len(ids), n), 0.01, np.float32)
+    out[np.arange(len(ids)), ids] = 1.0
+    return out
+
+
+def test_ctc_greedy_merges_repeats_drops_blanks_and_strips():
+    scores = np.stack([one_hot([1, 1, 0, 1, 2, 2, 0, 0]), one_hot([4, 3, 0, 3, 3, 4, 0, 0])])
+    assert rd.ctc_greedy(scores, CLASSES) == ["aab", "cc"]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.text(alphabet="abc", min_size=1, max_size=8))
+def test_ctc_greedy_inverts_an_alignment_with_blanks_between_repeats(text):
+    index = {c: i for i, c in enumerate(CLASSES) if c}
+    ids = []
+    for c in text:
+        ids += [index[c], index[c], 0]  # each character twice, then a blank
+    assert rd.ctc_greedy(one_hot(ids)[None], CLASSES) == [text]
+    assert rd.encode_texts([text], CLASSES) == [[index[c] for c in text]]
+
+
+def test_charset_puts_blank_first_and_space_last():
+    assert rd.charset("x\ny") == ["", "x", "y", " "]
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "d"),
+    [("", "", 0), ("abc", "abc", 0), ("abc", "abd", 1), ("", "ab", 2), ("kitten", "sitting", 3)],
+)
+def test_edit_distance(a, b, d):
+    assert rd.edit_distance(a, b) == d == rd.edit_distance(b, a)
+
+
+def test_metrics():
+    assert rd.exact_match(["ab", "c", "d"], ["ab", "c", "e"]) == pytest.approx(200 / 3)
+    assert rd.char_accuracy(["ab", "cd"], ["ab", "ce"]) == pytest.approx(75.0)
+    assert rd.char_accuracy(["abcdefgh"], ["a"]) == 0.0  # floored
+    assert rd.top1(np.array([[0.1, 0.9], [0.8, 0.2]]), np.array([1, 1])) == 50.0
+    with pytest.raises(ValueError):
+        rd.exact_match(["a"], [])
+    with pytest.raises(ValueError):
+        rd.top1(np.zeros((2, 2)), np.array([0]))
+
+
+def test_line_tensor_keeps_aspect_normalizes_and_pads():
+    rng = np.random.default_rng(0)
+    img = rd.render_line("AB3", rng)
+    x = rd.line_tensor(img, 160)
+    assert x.shape == (3, 48, 160) and x.dtype == np.float32
+    assert x.min() >= -1.0 and x.max() <= 1.0
+    used = int(np.ceil(48 * img.size[0] / img.size[1]))
+    assert (
+        used < 160 and np.all(x[:, :, used:] == 0) and x[:, :, :used].mean() > 0
+    )  # light background
+    squeezed = rd.line_tensor(rd.render_line("ABDEFGHJKLMNPQRT", rng), 64)
+    assert squeezed.shape == (3, 48, 64) and squeezed[:, :, -1].mean() != 0  # filled, no pad
+
+
+def test_line_tensor_is_bgr():
+    from PIL import Image
+
+    x = rd.line_tensor(Image.new("RGB", (48, 48), (255, 0, 0)), 48)
+    assert np.allclose(x[2], 1.0) and np.allclose(x[0], -1.0)  # red lands in channel 2
+
+
+def test_rendered_splits_are_seeded_and_labelled():
+    x1, t1 = rd.text_lines(4, 7, 160)
+    x2, t2 = rd.text_lines(4, 7, 160)
+    assert t1 == t2 and np.array_equal(x1, x2)
+    assert all(3 <= len(t) <= 8 and set(t) <= set(rd.ALPHABET) for t in t1)
+    x, y = rd.oriented_lines(6, 1, 192)
+    assert x.shape == (6, 3, 48, 192) and sorted(y.tolist()) == [0, 0, 0, 1, 1, 1]
+    pages, labels = rd.oriented_pages(4, 2)
+    assert pages.shape == (4, 3, 224, 224) and sorted(labels.tolist()) == [0, 1, 2, 3]
+
+
+def test_page_labels_follow_the_turn():
+    # a page turned counter-clockwise by 90 degrees is one that needs 270 clockwise
+    rng = np.random.default_rng(0)
+    page = rd.render_page(rng)
+    upright = rd.page_tensor(page)
+    turned = rd.page_tensor(page.rotate(90))
+    assert not np.allclose(upright, turned)
+    assert np.allclose(rd.page_tensor(page.rotate(90).rotate(-90)), upright)
+
+
+def _task(teacher: bool) -> rt.RealTask:
+    spec = rt.spec("rec")
+    x = np.zeros((4, 3, 48, 16), np.float32)
+    part = rt.Part(x, ["ab", "c", "a", "bb"])
+    probs = np.tile(one_hot([1, 0, 2, 0])[None], (4, 1, 1))
+    probs /= probs.sum(-1, keepdims=True)
+    t = (probs, ["ab"] * 4) if teacher else None
+    return rt.RealTask(spec, CLASSES, part, part, part, t, batch_size=2)
+
+
+def test_task_ctc_loss_prefers_the_right_text():
+    task = _task(False)
+    (_, targets), _ = task.train_batches()
+    good = torch.tensor(np.tile(one_hot([1, 0, 2, 0, 0, 0])[None], (2, 1, 1)))
+    good = good / good.sum(-1, keepdim=True)
+    bad = good.flip(-1)
+    assert len(task.train_batches()) == 2
+    assert task.loss(good, targets) < task.loss(bad, targets)
+
+
+def test_task_label_free_loss_is_zero_on_the_teacher():
+    task = _task(True)
+    _, teacher = task.train_batches()[0]
+    assert float(task.loss(teacher, teacher)) == pytest.approx(0.0, abs=1e-6)
+    assert float(task.loss(teacher.flip(-1), teacher)) > 0.1
+
+
+def test_decode_and_metric_by_kind():
+    probs = np.array([[0.2, 0.8], [0.6, 0.4]])
+    assert rt.decode("class", probs, []).tolist() == [1, 0]
+    assert rt.metric("class", np.array([1, 0]), np.array([1, 1])) == 50.0
+    assert rt.metric("ctc", ["a", "b"], ["a", "b"]) == 100.0
+
+
+def _result(name: str, score: float) -> dict:
+    row = {
+        "method": "evolution", "labels": True, "target": 1.5, "measured_speedup": 1.52,
+        "measured_speedup_default_threads": 1.4, "score": score, "drop_points": 1.0,
+        "train_steps": 16, "minutes": 2.0,
+        "generations": [{"generation": 2, "wall_s": 10.0, "train_s": 8.0, "score_s": 1.0,
+                         "overhead_s": 1.0, "fit_speedup": 1.2}],
+    }  # fmt: skip
+    model = {
+        "name": name, "package": "pkg==1", "file": "m.onnx", "metric": "top-1 %",
+        "input_shape": [1, 3, 8, 8], "inputs": "rendered", "splits": {"test": 10},
+        "ancestor_score": 99.0, "magnitude_keep_0.99_score": 98.0, "rows": [row],
+        "skipped": [{"methods": ["one-shot"], "target": 2.0, "reason": "no static shape"}],
+    }  # fmt: skip
+    settings = {"steps": 8, "batch": 16, "lr": 1e-4, "n_train": 1, "n_val": 1, "n_test": 10}
+    return {"machine": "m", "settings": settings, "models": [model], "recipe": "adamw"}
+
+
+def test_markdown_shows_rows_refusals_and_the_overhead_share():
+    import real_models as rm
+
+    text = rm.markdown(_result("A", 98.0))
+    assert "| 1.5x | evolution | yes | 1.52x | 1.40x | 98.00 | +1.00 | 16 | 2.0 |" in text
+    assert "not run: no static shape" in text
+    assert "- a finding" in rm.markdown({**_result("A", 98.0), "notes": ["a finding"]})
+    assert "**10%**" in text  # 1 s of overhead in a 10 s generation
+    assert rm.overhead_share(_result("A", 98.0)["models"][0]["rows"]) == (8.0, 1.0, 1.0)
+
+
+def test_merged_keeps_models_not_rerun_with_their_settings(tmp_path):
+    import json
+
+    import real_models as rm
+
+    old = _result(rt.SPECS[1].name, 90.0)
+    old["models"].append(_result(rt.SPECS[0].name, 80.0)["models"][0])
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(old))
+    new = _result(rt.SPECS[0].name, 95.0)
+    out = rm.merged(new, path)
+    assert [m["name"] for m in out["models"]] == [rt.SPECS[0].name, rt.SPECS[1].name]
+    assert out["models"][0]["rows"][0]["score"] == 95.0  # the rerun replaces the old one
+    assert out["models"][1]["settings"] == old["settings"]
+    assert rm.merged(new, tmp_path / "missing.json") is new
+
+
+def test_generations_step_at_most_about_1_3x():
+    import real_models as rm
+
+    assert rm.generations_for(1.5) == 2 and rm.generations_for(2.0) == 3
+    for target in (1.2, 1.5, 2.0, 3.0):
+        g = rm.generations_for(target)
+        assert target ** (1 / g) <= 1.3 + 1e-9
