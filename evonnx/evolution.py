@@ -121,7 +121,8 @@ def evolve(
             if probe is not None and lineage.records[0].latency_ms is None:
                 first = _measured(probe, lineage.records[0], first_model)
                 lineage = replace(lineage, records=(first, *lineage.records[1:]))
-                _write_lineage(out, lineage)
+                if hw is not None or not _should_continue(lineage):  # else with generation 2
+                    _write_lineage(out, lineage)
             if on_generation is not None:
                 for done in lineage.records:
                     on_generation(done)

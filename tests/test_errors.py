@@ -14,6 +14,7 @@ import pytest
 
 import evonnx
 from evonnx.cli.evolve import demo, evolve, make_config
+from evonnx.cli.fidelity_options import FIDELITY_OPTIONS
 from evonnx.data import Dataset
 from evonnx.environments import SynapseBudget
 from evonnx.errors import ConfigError, EvonnxError
@@ -75,7 +76,7 @@ def test_every_evolution_option_is_a_config_field(command: click.Command) -> Non
     """An option reaches EvolveConfig by name, or the command handles it itself."""
     handled = {
         "model", "data", "task_spec", "out", "resume", "ancestor_epochs", "arch", "input_shapes",
-        "normalize",
+        "normalize", "inputs", *FIDELITY_OPTIONS,  # the --inputs task's, not run settings
     }  # fmt: skip
     names = {f.name for f in fields(EvolveConfig)}
     options = {p.name for p in command.params if isinstance(p, click.Option)}
