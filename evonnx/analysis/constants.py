@@ -149,9 +149,10 @@ def evaluate(node: gs.Node, inputs: list[np.ndarray | None]) -> np.ndarray | Non
             return _UNARY[op](node, x)
         if op in _BINARY and len(inputs) == 2 and inputs[1] is not None:
             return _BINARY[op](x, inputs[1])
-        if op in ("Sum", "Mean") and all(v is not None for v in inputs):
-            total = sum(inputs[1:], inputs[0])  # type: ignore[arg-type]
-            return total / len(inputs) if op == "Mean" else total
+        known = [v for v in inputs if v is not None]
+        if op in ("Sum", "Mean") and len(known) == len(inputs):
+            total = np.sum(np.broadcast_arrays(*known), axis=0)
+            return total / len(known) if op == "Mean" else total
         if op == "Clip":
             return _clip(node, inputs)
         if op == "Cast":
@@ -180,7 +181,7 @@ def _batchnorm(node: gs.Node, x: np.ndarray, inputs: list[np.ndarray | None]) ->
     if len(inputs) < 5 or any(v is None for v in inputs[1:5]) or x.ndim < 2:
         return None
     shape = (-1,) + (1,) * (x.ndim - 2)
-    scale, bias, mean, var = (np.asarray(v, np.float64).reshape(shape) for v in inputs[1:5])  # type: ignore[arg-type]
+    scale, bias, mean, var = (np.asarray(v, np.float64).reshape(shape) for v in inputs[1:5])
     eps = float(node.attrs.get("epsilon", 1e-5))
     return (x - mean) / np.sqrt(var + eps) * scale + bias
 
