@@ -42,7 +42,7 @@ from evonnx.jobs import OffspringJob
 from evonnx.latency import RunLatency, Target
 from evonnx.lineage import RESUMABLE, EvolveConfig, GenerationRecord, Lineage
 from evonnx.metrics import ModelMetrics, compute_metrics
-from evonnx.rundir import leftovers, run_folder
+from evonnx.rundir import leftovers, run_folder, sweep
 from evonnx.surgery import apply_plan
 from evonnx.task import Split, Task, split_data
 from evonnx.textio import write_bytes_atomic, write_text_atomic
@@ -189,6 +189,7 @@ def _start(
                 "choose another output directory"
             )
         lineage = _resumed(path, sha, data.task, config)
+        sweep(out)  # the folder holds our run: its killed writes' temporaries go
         _write_lineage(out, lineage)  # a kill may have left the csv, report or plot behind
         return lineage
     ours, others = leftovers(out)
@@ -202,6 +203,7 @@ def _start(
             f"{out} holds a run that stopped before generation 1 was recorded; pass --resume "
             "to start it again there, or choose another output directory"
         )
+    sweep(out)
     if resume:
         logger.warning("%s holds no finished generation; starting the run from generation 1", out)
     save_model(model, out / "gen_001.onnx")
