@@ -28,6 +28,7 @@ from evonnx.plan import PrunePlan, branch_plan, magnitude_plan
 from evonnx.runtimes import make_runtime
 from evonnx.surgery import apply_plan
 from evonnx.task import Task
+from evonnx.validate import check_finite_weights, check_round_to
 
 logger = logging.getLogger(__name__)
 
@@ -184,8 +185,10 @@ def prune(
     """
     if branches and round_to is not None:
         raise ConfigError("round_to has no effect when removing whole branches")
+    check_finite_weights(model)
     graph = to_graph(apply_input_shapes(model, input_shapes or {}))
     analysis = analyze_graph(graph)
+    check_round_to(analysis, None if branches else round_to)
     weights = constant_values(graph)
     before = metrics_of_graph(graph, analysis)
     if branches and not before.macs_known:
@@ -218,8 +221,10 @@ def synthesize(
         seed: Seed of the ``numpy.random.Generator`` that samples the offspring.
         input_shapes: Static shapes for symbolic inputs (needed for MAC budgets).
     """
+    check_finite_weights(model)
     graph = to_graph(apply_input_shapes(model, input_shapes or {}))
     analysis = analyze_graph(graph)
+    check_round_to(analysis, config.round_to if config is not None else None)
     offspring = sample_offspring(model, analysis, config, np.random.default_rng(seed))
     out = apply_plan(model, analysis, offspring.plan, offspring.masks)
     before = metrics_of_graph(graph, analysis)
@@ -274,6 +279,7 @@ def synthesize_latency(
     """
     if not speedup > 1.0:
         raise ConfigError(f"speedup must be above 1, got {speedup}")
+    check_finite_weights(model)
     shaped = apply_input_shapes(model, input_shapes or {})
     graph = to_graph(shaped)
     analysis = analyze_graph(graph)

@@ -119,7 +119,16 @@ def rank_results(job: OffspringJob, payload: bytes, ranks: int) -> list[JobResul
     with tempfile.TemporaryDirectory(prefix="evonnx-ddp-") as tmp:
         folder = Path(tmp)
         try:
-            mp.spawn(_rank_main, args=(ranks, job, payload, str(folder)), nprocs=ranks)
+            context = mp.spawn(
+                _rank_main, args=(ranks, job, payload, str(folder)), nprocs=ranks, join=False
+            )
+            try:
+                while not context.join():
+                    pass
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the ranks ignore it; stop them
+                for process in context.processes:
+                    process.terminate()
+                raise
         except Exception as exc:  # torch wraps a rank's exception; ours is saved on disk
             for k in range(ranks):
                 error = folder / f"error{k}.pkl"
@@ -134,6 +143,9 @@ def _rank_main(index: int, world: int, job: OffspringJob, payload: bytes, folder
     import torch
     import torch.distributed as dist
 
+    from evonnx.signals import ignore_interrupts
+
+    ignore_interrupts()  # the launching process handles Ctrl-C and stops the ranks
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(index)

@@ -65,3 +65,11 @@ class ExecutorError(EvonnxError):
 
 class RankDiedError(ExecutorError):
     """A data-parallel rank's worker died (not a data or model error): the job may be rerun."""
+
+
+class NonFiniteError(EvonnxError):
+    """A model's weights, a training loss or a score is NaN or infinite."""
+
+
+class NonFiniteScoreError(NonFiniteError, TaskError):
+    """A task scored a model as NaN or infinite (that offspring fails)."""

@@ -30,22 +30,27 @@ from evonnx.data import Dataset
 from evonnx.deploy.shapes import batch_info, dynamic_batch
 from evonnx.errors import (
     LatencyBudgetError,
+    NonFiniteError,
     RunDirectoryError,
+    TaskError,
     UnsupportedModelError,
 )
 from evonnx.executors import Executor, make_executor
 from evonnx.genetic import efficiency, synthesize
 from evonnx.graph import load_model, save_model
 from evonnx.groups import Analysis
+from evonnx.guard import user_code
 from evonnx.inputs import fill_symbolic_dims, sample_shapes
 from evonnx.jobs import OffspringJob
 from evonnx.latency import RunLatency, Target
 from evonnx.lineage import RESUMABLE, EvolveConfig, GenerationRecord, Lineage
 from evonnx.metrics import ModelMetrics, compute_metrics
 from evonnx.rundir import leftovers, run_folder, sweep
+from evonnx.signals import InterruptWatch, watch_interrupts
 from evonnx.surgery import apply_plan
 from evonnx.task import Split, Task, split_data
 from evonnx.textio import write_bytes_atomic, write_text_atomic
+from evonnx.validate import check_finite_weights, check_resources, check_round_to
 
 logger = logging.getLogger(__name__)
 
@@ -95,48 +100,68 @@ def evolve(
         UnsupportedModelError: Nothing in the model can be pruned.
     """
     model = ancestor if isinstance(ancestor, onnx.ModelProto) else load_model(ancestor)
+    check_finite_weights(model, "the ancestor")
     out = Path(out_dir)
     sha = model_sha256(model)
     model = _trainable(model)
-    split = split_data(data, config)
-    model = fill_symbolic_dims(model, sample_shapes(split.task.train_batches()))
-    _check_fit(model, split.task)
-    with run_folder(out, resume):
-        lineage = _start(model, sha, split, out, config, resume)
-        parent = load_model(out / lineage.records[-1].file)
-        first_model = load_model(out / lineage.records[0].file)
-        gen1 = compute_metrics(first_model)
-        # the executor first: on Ray, latency is measured by jobs of its own
-        executor = make_executor(config, progress) if _should_continue(lineage) else None
+    name = data.name if isinstance(data, (Task, Dataset)) else "task"
+    with user_code(name, "has_validation"):
+        split = split_data(data, config)
+    with user_code(name, "train_batches()"):
+        model = fill_symbolic_dims(model, sample_shapes(split.task.train_batches()))
+    _check_fit(model, split.task, config)
+    check_resources(config)
+    # every resource before the first write: a Ray cluster is reached (or started) here
+    executor = make_executor(config, progress)
+    try:
+        with watch_interrupts() as watch, run_folder(out, resume):
+            return _run(model, sha, split, out, config, resume, executor, watch, on_generation)
+    finally:
+        executor.close()
+
+
+def _run(
+    model: onnx.ModelProto,
+    sha: str,
+    split: Split,
+    out: Path,
+    config: EvolveConfig,
+    resume: bool,
+    executor: Executor,
+    watch: InterruptWatch,
+    on_generation: ProgressFn | None,
+) -> Lineage:
+    """The generations of a run, in its locked folder."""
+    lineage = _start(model, sha, split, out, config, resume)
+    first_model = load_model(out / lineage.records[0].file)
+    gen1 = compute_metrics(first_model)
+    hw = _run_latency(config, first_model, executor)  # on Ray, measured by jobs of its own
+    if hw is not None and lineage.records[0].latency_ms is None:
+        first = _measured(hw, lineage.records[0], first_model)
+        lineage = replace(lineage, records=(first, *lineage.records[1:]))
+        _write_lineage(out, lineage)
+    if on_generation is not None:
+        for done in lineage.records:
+            on_generation(done)
+    parent, parent_gen = None, 0
+    while _should_continue(lineage):
+        watch.check()  # a Ctrl-C some library swallowed still stops the run here
+        gen = lineage.records[-1].generation + 1
+        base = lineage.best  # breed from the latest generation within the budget
+        if parent is None or base.generation != parent_gen:
+            parent = load_model(out / base.file)
         try:
-            hw = _run_latency(config, first_model, executor)
-            if hw is not None and lineage.records[0].latency_ms is None:
-                first = _measured(hw, lineage.records[0], first_model)
-                lineage = replace(lineage, records=(first, *lineage.records[1:]))
-                _write_lineage(out, lineage)
-            if on_generation is not None:
-                for done in lineage.records:
-                    on_generation(done)
-            while _should_continue(lineage):
-                gen = lineage.records[-1].generation + 1
-                base = lineage.best  # breed from the latest generation within the budget
-                if base is not lineage.records[-1]:
-                    parent = load_model(out / base.file)
-                executor = executor or make_executor(config, progress)
-                try:
-                    record, parent = _generation(
-                        parent, gen, split, config, gen1, out, executor, hw, base.generation
-                    )
-                except LatencyBudgetError as exc:  # no faster offspring exists: evolution ends
-                    logger.warning("stopping before generation %d: %s", gen, exc)
-                    break
-                lineage = replace(lineage, records=(*lineage.records, record))
-                _write_lineage(out, lineage)
-                if on_generation is not None:
-                    on_generation(record)
-        finally:
-            if executor is not None:
-                executor.close()
+            record, parent = _generation(
+                parent, gen, split, config, gen1, out, executor, hw, base.generation
+            )
+        except LatencyBudgetError as exc:  # no faster offspring exists: evolution ends
+            logger.warning("stopping before generation %d: %s", gen, exc)
+            break
+        parent_gen = gen
+        lineage = replace(lineage, records=(*lineage.records, record))
+        _write_lineage(out, lineage)
+        if on_generation is not None:
+            on_generation(record)
     return lineage
 
 
@@ -148,9 +173,12 @@ def _trainable(model: onnx.ModelProto) -> onnx.ModelProto:
     return dynamic_batch(model)
 
 
-def _check_fit(model: onnx.ModelProto, task: Task) -> None:
-    task.check(model)
-    if not analyze(model).prunable_groups:
+def _check_fit(model: onnx.ModelProto, task: Task, config: EvolveConfig) -> None:
+    with user_code(task.name, "check()"):
+        task.check(model)
+    analysis = analyze(model)
+    check_round_to(analysis, config.round_to)
+    if not analysis.prunable_groups:
         raise UnsupportedModelError(
             "nothing in this model can be pruned (run `evonnx inspect` to see why each "
             "channel group is frozen)"
@@ -206,11 +234,13 @@ def _start(
     sweep(out)
     if resume:
         logger.warning("%s holds no finished generation; starting the run from generation 1", out)
+    acc, val = data.score_model(model)  # the task's errors come before the first write
+    digest = _fingerprint(data.task)
     save_model(model, out / "gen_001.onnx")
-    acc, val = data.score(out / "gen_001.onnx")
     metrics = compute_metrics(model)
     first = _record(1, None, None, "gen_001.onnx", (acc, val), metrics, metrics, 0.0, ())
-    lineage = Lineage(sha, data.task.name, config, (first,), data.task.fingerprint(),
+    first = replace(first, sha256=file_sha256(out / first.file))
+    lineage = Lineage(sha, data.task.name, config, (first,), digest,
                       data.task.score_percent)  # fmt: skip
     _write_lineage(out, lineage)
     logger.info("generation 1 (ancestor): accuracy %.4f", acc)
@@ -219,7 +249,7 @@ def _start(
 
 def _resumed(path: Path, sha: str, data: Task, config: EvolveConfig) -> Lineage:
     try:
-        old = Lineage.from_dict(json.loads(path.read_text()))
+        old = Lineage.from_dict(json.loads(path.read_text(), parse_constant=_no_constant))
     except (OSError, ValueError, RunDirectoryError) as exc:
         raise RunDirectoryError(
             f"{path} is not a readable evonnx lineage ({exc}); move the folder aside and "
@@ -228,6 +258,17 @@ def _resumed(path: Path, sha: str, data: Task, config: EvolveConfig) -> Lineage:
     missing = [r.file for r in old.records if not (path.parent / r.file).is_file()]
     if missing:
         raise RunDirectoryError(f"{path.parent} lacks {', '.join(missing)}, listed in {path.name}")
+    changed_files = [
+        r.file
+        for r in old.records
+        if r.sha256 is not None and file_sha256(path.parent / r.file) != r.sha256
+    ]
+    if changed_files:
+        raise RunDirectoryError(
+            f"{', '.join(changed_files)} in {path.parent} changed since the run wrote "
+            f"{'it' if len(changed_files) == 1 else 'them'} (sha256 differs from {path.name}): "
+            "restore the files or start a new run"
+        )
     if old.ancestor_sha256 != sha:
         raise RunDirectoryError(f"{path.parent} holds a run of a different ancestor model")
     _check_same_data(old, data, path.parent)
@@ -243,9 +284,30 @@ def _resumed(path: Path, sha: str, data: Task, config: EvolveConfig) -> Lineage:
     return replace(old, config=config, score_percent=data.score_percent)
 
 
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number a lineage may hold")
+
+
+def _fingerprint(task: Task) -> str | None:
+    with user_code(task.name, "fingerprint()"):
+        digest = task.fingerprint()
+    if digest is not None and not isinstance(digest, str):
+        raise TaskError(f"task {task.name!r}: fingerprint() returned a {type(digest).__name__}")
+    return digest
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes (a generation file, as written)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _check_same_data(old: Lineage, task: Task, folder: Path) -> None:
     """Refuse to resume on other data: by content when both runs have a fingerprint."""
-    digest = task.fingerprint()
+    digest = _fingerprint(task)
     if old.data_sha256 is None or digest is None:
         if old.data != task.name:
             raise RunDirectoryError(f"{folder} was evolved on {old.data!r}, not {task.name!r}")
@@ -279,8 +341,17 @@ def _generation(
     teacher = parent.SerializeToString() if config.distill is not None else None
     jobs = [_offspring(parent, analysis, config, s, hw, target, teacher) for s in seeds]
     candidates = executor.run(jobs, data)
-    fitness = [s[0] if s[1] is None else s[1] for s in (c.scores for c in candidates)]
-    best = max(range(len(candidates)), key=lambda k: fitness[k])
+    fitness = [
+        None if c.failed is not None else c.scores[0] if c.scores[1] is None else c.scores[1]
+        for c in candidates
+    ]
+    alive = {k: f for k, f in enumerate(fitness) if f is not None}
+    if not alive:
+        raise NonFiniteError(
+            f"generation {gen}: every offspring failed ({candidates[0].failed}); lower --lr or "
+            f"check the task's loss; the finished generations are kept in {out}"
+        )
+    best = max(alive, key=alive.__getitem__)
     child = onnx.load_from_string(candidates[best].model)
     scores, seed = candidates[best].scores, candidates[best].seed
     record = _record(
@@ -297,6 +368,7 @@ def _generation(
     if hw is not None:
         record = _measured(hw, record, child)
     save_model(child, out / record.file)
+    record = replace(record, sha256=file_sha256(out / record.file))
     logger.info("generation %d: accuracy %.4f, A-E %.2fx", gen, scores[0], record.ae)
     return record, child
 
@@ -342,9 +414,7 @@ def _run_latency(
     )
 
 
-def _measured(
-    hw: RunLatency, record: GenerationRecord, model: onnx.ModelProto
-) -> GenerationRecord:
+def _measured(hw: RunLatency, record: GenerationRecord, model: onnx.ModelProto) -> GenerationRecord:
     """``record`` with the model's measured latency and speed-up over the ancestor."""
     ms, speedup = hw.measure(model)
     return replace(record, latency_ms=ms, speedup=speedup)
@@ -359,7 +429,7 @@ def _record(
     gen1: ModelMetrics,
     now: ModelMetrics,
     seconds: float,
-    candidates: tuple[float, ...],
+    candidates: tuple[float | None, ...],
 ) -> GenerationRecord:
     eff = efficiency(gen1, now)
     return GenerationRecord(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -117,11 +118,18 @@ class EvolveConfig:
     def __post_init__(self) -> None:
         checks = [
             (self.generations >= 1, "generations must be at least 1"),
-            (0.0 <= self.max_drop <= 1.0, "max_drop must be in [0, 1]"),
+            (
+                0.0 <= self.max_drop < math.inf,
+                "max_drop must be a number >= 0 (in the score's units)",
+            ),
+            (0.0 < self.lr < math.inf, "lr must be a positive number (not NaN or infinite)"),
             (0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)"),
             (self.select_on in ("val", "test"), "select_on must be 'val' or 'test'"),
             (self.patience >= 1, "patience must be at least 1"),
-            (self.distill is None or self.distill > 0, "distill temperature must be > 0"),
+            (
+                self.distill is None or 0.0 < self.distill < math.inf,
+                "distill temperature must be a number > 0 (not NaN or infinite), or off",
+            ),
             (0.0 < self.keep <= 1.0, "keep must be in (0, 1]"),
             (
                 self.env in ("synapses", "macs", "latency"),
@@ -159,6 +167,7 @@ class EvolveConfig:
                 "ray_address needs --executor ray",
             ),
             (self.population >= 1, "population must be at least 1"),
+            (self.seed >= 0, "seed must be >= 0"),
             (self.gpus_per_offspring >= 1, "gpus_per_offspring must be at least 1"),
             (self.init in ("inherit", "random"), "init must be 'inherit' or 'random'"),
             (self.round_to is None or self.round_to >= 1, "round_to must be positive"),
@@ -226,10 +235,11 @@ class GenerationRecord:
     live_clusters: int
     macs: int
     train_seconds: float
-    candidates: tuple[float, ...] = ()
+    candidates: tuple[float | None, ...] = ()
     val_accuracy: float | None = None
     latency_ms: float | None = None
     speedup: float | None = None
+    sha256: str | None = None
 
     @property
     def fitness(self) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -16,9 +17,13 @@ from evonnx.cli.shape_options import input_shape_option, normalize_option
 from evonnx.data import Dataset, load_builtin
 from evonnx.errors import ConfigError, RunDirectoryError
 from evonnx.graph import load_model
+from evonnx.guard import user_code
 from evonnx.inputs import apply_input_shapes
 from evonnx.lineage import EvolveConfig, GenerationRecord, Lineage, show_score
+from evonnx.rundir import locked
+from evonnx.signals import describe, exit_code
 from evonnx.task import Task, load_task, validation_indices
+from evonnx.validate import check_resources
 
 # Demo defaults: tuned on the built-in MNIST subset (see docs/benchmarks.md), ~2 minutes.
 DEMO_EVOLUTION = EvolveConfig(
@@ -74,6 +79,10 @@ def _summary(lineage: Lineage, out: Path) -> None:
     )
 
 
+DEFAULT_TEMPERATURE = 4.0
+"""``--distill`` alone."""
+
+
 class DistillTemperature(click.ParamType):
     """``--distill``: a temperature above 0, or ``off`` (no distillation)."""
 
@@ -89,8 +98,8 @@ class DistillTemperature(click.ParamType):
             t = float(value)
         except ValueError:
             self.fail(f"{value!r} is neither a temperature nor 'off'", param, ctx)
-        if not t > 0:
-            self.fail(f"temperature must be > 0 (or 'off'), got {value}", param, ctx)
+        if not 0 < t < math.inf:
+            self.fail(f"temperature must be a number > 0 (or 'off'), got {value}", param, ctx)
         return t
 
 
@@ -105,9 +114,11 @@ def _with_options(fn: click.decorators.FC, d: EvolveConfig) -> click.decorators.
     options = [
         click.option("--generations", type=click.IntRange(1), default=d.generations,
                      show_default=True, help="Last generation (the ancestor is generation 1)."),
-        click.option("--max-drop", type=click.FloatRange(0, 1), default=d.max_drop,
+        click.option("--max-drop", type=click.FloatRange(0), default=d.max_drop,
                      show_default=True,
-                     help="Stop when accuracy falls more than this below generation 1."),
+                     help="Budget: how far the deciding score (validation, else test) may "
+                          "fall below generation 1, in the score's units (0.02: 2 points of "
+                          "accuracy)."),
         click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True),
                      default=d.val_fraction, show_default=True,
                      help="Fraction of the training data --data holds out (stratified) as "
@@ -120,7 +131,8 @@ def _with_options(fn: click.decorators.FC, d: EvolveConfig) -> click.decorators.
                      show_default=True,
                      help="Stop after this many generations in a row over the budget."),
         click.option("--distill", type=DistillTemperature(), is_flag=False,
-                     flag_value=4.0, default=d.distill, show_default=True, metavar="T|off",
+                     flag_value=DEFAULT_TEMPERATURE, default=d.distill, show_default=True,
+                     metavar="T|off",
                      help="Distill from the parent while retraining, at temperature T "
                           "(--distill alone: T=4); 'off' retrains on the task's loss alone."),
         click.option("--deterministic", is_flag=True, default=d.deterministic,
@@ -159,7 +171,7 @@ def _with_options(fn: click.decorators.FC, d: EvolveConfig) -> click.decorators.
                      show_default=True),
         click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default=d.optimizer,
                      show_default=True),
-        click.option("--seed", type=int, default=d.seed, show_default=True),
+        click.option("--seed", type=click.IntRange(0), default=d.seed, show_default=True),
         click.option("--threads", type=click.IntRange(1), default=d.threads,
                      help="CPU threads for training (default: torch's choice)."),
         click.option("--executor", type=click.Choice(["local", "process", "ray"]),
@@ -201,13 +213,13 @@ def run(
     try:
         percent = dataset.score_percent if isinstance(dataset, Task) else True
         lineage = evolve(model, dataset, out, config, resume, True, _row_printer(percent))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if out.is_dir():
-            click.echo(f"\ninterrupted; finished generations are kept in {out}; "
+            click.echo(f"\n{describe(exc)}; finished generations are kept in {out}; "
                        "rerun with --resume to continue", err=True)  # fmt: skip
         else:
-            click.echo("\ninterrupted before the run folder was created", err=True)
-        raise SystemExit(130) from None
+            click.echo(f"\n{describe(exc)} before the run folder was created", err=True)
+        raise SystemExit(exit_code(exc)) from None
     _summary(lineage, out)
     return lineage
 
@@ -255,6 +267,8 @@ def evolve(
         proto = load_model(model, normalize=normalize)
         ancestor = apply_input_shapes(proto, input_shapes, keep_batch=True)
     task = load_task(task_spec) if task_spec is not None else str(data)
+    if isinstance(task, Task):
+        _refuse_idle_task_options(task, config)
     run(ancestor, task, out, config, resume)
 
 
@@ -269,8 +283,6 @@ def evolve(
 @evolution_options(DEMO_EVOLUTION)
 def demo(out: Path, ancestor_epochs: int, arch: str, resume: bool, **options: Any) -> None:
     """Train LeNet-5 on the built-in MNIST subset, then evolve it (offline, a few minutes)."""
-    from evonnx.demo import train_demo_ancestor
-
     config = make_config(**options)
     _refuse_idle_options(config, task=False)
     ancestor = out / "ancestor.onnx"
@@ -278,16 +290,26 @@ def demo(out: Path, ancestor_epochs: int, arch: str, resume: bool, **options: An
         refuse_unused(["arch"], f"--resume continues with the ancestor already in {out}")
     if out.exists() and not out.is_dir():
         raise RunDirectoryError(f"--out {out} is a file, not a folder")
+    check_resources(config)
+    out.mkdir(parents=True, exist_ok=True)
+    with locked(out):  # before the first write: a second demo in the same folder is refused
+        _demo_in(out, ancestor_epochs, arch, resume, config)
+
+
+def _demo_in(out: Path, epochs: int, arch: str, resume: bool, config: EvolveConfig) -> None:
+    """The demo in its locked folder: the ancestor (unless resumed), then the run."""
+    from evonnx.demo import train_demo_ancestor
+
+    ancestor = out / "ancestor.onnx"
     if not resume and (out / "run" / "lineage.json").exists():
         raise RunDirectoryError(
-            f"{out} already holds a demo run; pass --resume to continue it or choose another "
-            "--out"
+            f"{out} already holds a demo run; pass --resume to continue it or choose another --out"
         )
     if not (resume and ancestor.exists()):
         click.echo(f"training the {arch} ancestor on the built-in MNIST subset -> {ancestor}")
         result = train_demo_ancestor(
             ancestor,
-            epochs=ancestor_epochs,
+            epochs=epochs,
             seed=config.seed,
             dataset=_ancestor_data(config),
             arch=arch,
@@ -303,6 +325,26 @@ def _refuse_idle_options(config: EvolveConfig, task: bool) -> None:
         refuse_unused(["val_fraction"], "a --task brings its own validation split")
     if config.select_on == "test":
         refuse_unused(["val_fraction"], "--select-on test holds out no validation split")
+
+
+def _refuse_idle_task_options(task: Task, config: EvolveConfig) -> None:
+    """Refuse ``--batch-size`` for a task with its own batches, and a distillation
+    temperature for a task whose ``distill_loss`` ignores it (the default mean squared error)."""
+    with user_code(task.name, "train_batches()"):
+        batches = task.train_batches()
+    if not isinstance(batches, Dataset):
+        refuse_unused(
+            ["batch_size"],
+            f"task {task.name!r} brings its own batches (train_batches() gives a "
+            f"{type(batches).__name__}, not a Dataset); set the batch size there",
+        )
+    flag = DEFAULT_TEMPERATURE
+    if config.distill not in (None, flag) and type(task).distill_loss is Task.distill_loss:
+        raise click.UsageError(
+            f"--distill {config.distill:g}: task {task.name!r} distills with the default "
+            "distill_loss (mean squared error), which has no temperature; use --distill "
+            "alone, or 'off'"
+        )
 
 
 def _ancestor_data(config: EvolveConfig) -> Dataset:

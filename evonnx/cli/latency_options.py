@@ -13,6 +13,7 @@ import click
 
 from evonnx.latency import LatencySettings
 from evonnx.runtimes import RUNTIMES, RuntimeSettings
+from evonnx.validate import check_runtime_settings
 
 LATENCY_OPTIONS: list[Callable[[Any], Any]] = [
     click.option(
@@ -41,9 +42,7 @@ LATENCY_OPTIONS: list[Callable[[Any], Any]] = [
         show_default=True,
         help="ort-cpu intra-op threads (0: onnxruntime's default).",
     ),
-    click.option(
-        "--fp16", "fp16", is_flag=True, help="Measure in fp16 (torch-cuda, tensorrt)."
-    ),
+    click.option("--fp16", "fp16", is_flag=True, help="Measure in fp16 (torch-cuda, tensorrt)."),
     click.option(
         "--latency-statistic",
         type=click.Choice(["median", "min"]),
@@ -83,4 +82,5 @@ def latency_settings(
         return None
     name = runtime or "ort-cpu"
     rt = RuntimeSettings(name, threads=threads, fp16=fp16, statistic=statistic)  # type: ignore[arg-type]
+    check_runtime_settings(rt)
     return LatencySettings(rt, batch=batch)
