@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from evonnx.graph import constant_values, load_model, save_model, to_graph
 from evonnx.groups import Analysis
 from evonnx.inputs import InputShapes, apply_input_shapes
 from evonnx.latency import LatencySettings, latency_offspring, latency_target
-from evonnx.lineage import EvolveConfig, Lineage
+from evonnx.lineage import EvolveConfig, GenerationRecord, Lineage
 from evonnx.metrics import ModelMetrics, metrics_of_graph
 from evonnx.normalize import NormalizeReport
 from evonnx.normalize import normalize as normalize_model
@@ -312,6 +313,7 @@ def evolve(
     built-in classification task. Symbolic input dimensions default to the data's sample
     shape; ``input_shapes`` overrides them (the batch dimension stays symbolic). See
     :func:`evonnx.evolution.evolve`; returns the lineage of every finished generation.
+    ``progress`` shows progress bars on a terminal and one line per generation on stderr.
     """
     from evonnx.evolution import evolve as run_evolution  # imports torch
 
@@ -319,4 +321,18 @@ def evolve(
     if input_shapes:
         proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
         model = apply_input_shapes(proto, input_shapes, keep_batch=True)
-    return run_evolution(model, dataset, out_dir, config or EvolveConfig(), resume, progress)
+    report = _print_generation if progress else None
+    return run_evolution(
+        model, dataset, out_dir, config or EvolveConfig(), resume, progress, report
+    )
+
+
+def _print_generation(record: GenerationRecord) -> None:
+    """``progress=True``: one line per finished generation on stderr."""
+    val = "" if record.val_accuracy is None else f", validation {record.val_accuracy:.4g}"
+    print(
+        f"evonnx: generation {record.generation}: test {record.accuracy:.4g}{val}, "
+        f"A-E {record.ae:.2f}x, MACs {record.mac_ratio:.2f}x fewer",
+        file=sys.stderr,
+        flush=True,
+    )

@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import asdict, fields, replace
 from pathlib import Path
@@ -477,6 +478,7 @@ def _write_lineage(out: Path, lineage: Lineage) -> None:
 def render_report(lineage: Lineage) -> str:
     """Markdown report with the paper-style tables (Gen, A-E, ACC and Gen, C-E, ACC)."""
     show = lineage.show_score
+    acc = _acc(lineage)
     rows_ae = "\n".join(
         f"| {r.generation} | {r.ae:.2f}x | {show(r.accuracy)} |" for r in lineage.records
     )
@@ -493,7 +495,7 @@ def render_report(lineage: Lineage) -> str:
     best = lineage.best
     return f"""# Evolution report
 
-Ancestor sha256 `{lineage.ancestor_sha256[:16]}…`, task `{lineage.data}`; ACC. is the task's score
+Ancestor sha256 `{lineage.ancestor_sha256[:16]}…`, task `{lineage.data}`; {acc} is the task's score
 (top-1 for classification) on the test split, computed with onnxruntime on each written
 `gen_NNN.onnx`{"" if lineage.score_percent else ", shown as a plain number"}. {_selection(lineage)}
 
@@ -501,17 +503,17 @@ Best generation within the {_budget(lineage)}:
 **{best.generation}** ({best.file}): A-E {best.ae:.2f}x, C-E {best.ce:.2f}x,
 MACs {best.mac_ratio:.2f}x fewer, {_score_word(lineage)} {show(best.accuracy, unit=True)}.
 
-| Gen. | A-E | ACC. |
+| Gen. | A-E | {acc} |
 | --- | --- | --- |
 {rows_ae}
 
-| Gen. | C-E | ACC. |
+| Gen. | C-E | {acc} |
 | --- | --- | --- |
 {rows_ce}
 {_latency_table(lineage)}
 ## All metrics
 
-| Gen. | ACC. | VAL. | A-E | C-E | MACs ratio | nonzero syn. | live clusters | params | MACs | s |
+| Gen. | {acc} | VAL. | A-E | C-E | MACs ratio | nonzero syn. | live clusters | params | MACs | s |
 | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
 {rows}
 
@@ -534,10 +536,15 @@ def _latency_table(lineage: Lineage) -> str:
 Measured on `{c.runtime or "ort-cpu"}` at batch {c.latency_batch}, each generation side by side
 with the ancestor:
 
-| Gen. | speed-up | latency (ms) | MACs ratio | ACC. |
+| Gen. | speed-up | latency (ms) | MACs ratio | {_acc(lineage)} |
 | --- | --- | --- | --- | --- |
 {rows}
 """
+
+
+def _acc(lineage: Lineage) -> str:
+    """Column label of the test score: ``ACC.`` for an accuracy, else ``SCORE``."""
+    return "ACC." if lineage.score_percent else "SCORE"
 
 
 def _score_word(lineage: Lineage) -> str:
@@ -579,21 +586,27 @@ def _plot(path: Path, lineage: Lineage) -> None:
     except ImportError:
         logger.warning("matplotlib is not installed; skipping %s", path.name)
         return
-    gens = [r.generation for r in lineage.records]
     scale = 100 if lineage.score_percent else 1
-    acc = [scale * r.accuracy for r in lineage.records]
+    floor = lineage.records[0].fitness - lineage.config.max_drop - 1e-12
+    rows = [r for r in lineage.records if math.isfinite(scale * r.accuracy)]
+    acc = [scale * r.accuracy for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.plot([r.ae for r in lineage.records], acc, "o-", label="A-E")
-    ax.plot([r.ce for r in lineage.records], acc, "s--", label="C-E")
-    speed = [(r.speedup, scale * r.accuracy) for r in lineage.records if r.speedup is not None]
+    ax.plot([r.ae for r in rows], acc, "o-", label="A-E")
+    ax.plot([r.ce for r in rows], acc, "s--", label="C-E")
+    speed = [(r.speedup, scale * r.accuracy) for r in rows if r.speedup is not None]
     if speed:
         ax.plot(*zip(*speed, strict=True), "^:", label="measured speed-up")
-    for g, x, y in zip(gens, [r.ae for r in lineage.records], acc, strict=True):
-        ax.annotate(str(g), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    over = [(r.ae, scale * r.accuracy) for r in rows if r.fitness < floor]
+    if over:
+        ax.plot(*zip(*over, strict=True), "rx", markersize=9, label="over budget")
+    for r, y in zip(rows, acc, strict=True):
+        ax.annotate(str(r.generation), (r.ae, y), textcoords="offset points", xytext=(3, 3),
+                    fontsize=7)  # fmt: skip
     ax.set_xscale("log")
     ax.set_xlabel("efficiency vs generation 1 (x, log scale)")
-    ax.set_ylabel("top-1 accuracy (%)" if lineage.score_percent else "score (test split)")
-    ax.set_title("evonnx: efficiency vs accuracy per generation")
+    ax.set_ylabel("top-1 accuracy (%), test" if lineage.score_percent else "score (test split)")
+    word = "accuracy" if lineage.score_percent else "score"
+    ax.set_title(f"evonnx: efficiency vs {word} per generation")
     ax.legend()
     fig.tight_layout()
     buf = io.BytesIO()

@@ -285,7 +285,11 @@ class Lineage:
             "data_sha256": self.data_sha256,
             "score_percent": self.score_percent,
             "config": asdict(self.config),
-            "generations": [asdict(r) for r in self.records],
+            # test_score/val_score name what accuracy/val_accuracy hold for any task's score
+            "generations": [
+                {**asdict(r), "test_score": r.accuracy, "val_score": r.val_accuracy}
+                for r in self.records
+            ],
         }
 
     @classmethod
@@ -306,7 +310,9 @@ class Lineage:
             raise RunDirectoryError("'config' must be an object")
         try:
             records = tuple(
-                GenerationRecord(**{**r, "candidates": tuple(r.get("candidates", ()))})
+                GenerationRecord(
+                    **{**_record_fields(r), "candidates": tuple(r.get("candidates", ()))}
+                )
                 for r in gens
             )
             config = EvolveConfig(**data["config"])
@@ -322,6 +328,16 @@ class Lineage:
         if odd:
             raise RunDirectoryError(f"unexpected model file names {odd}")
         return lineage
+
+
+def _record_fields(r: dict[str, Any]) -> dict[str, Any]:
+    """A stored generation's fields (``test_score``/``val_score`` are aliases, and a lineage
+    may hold only them)."""
+    fields = {k: v for k, v in r.items() if k not in ("test_score", "val_score")}
+    fields["candidates"] = tuple(r.get("candidates", ()))
+    fields.setdefault("accuracy", r.get("test_score"))
+    fields.setdefault("val_accuracy", r.get("val_score"))
+    return fields
 
 
 def show_score(value: float | None, percent: bool, unit: bool = False) -> str:

@@ -249,6 +249,11 @@ class Split:
             raise NonFiniteScoreError(
                 f"task {self.task.name!r} scored {split} as {value}, not a finite number"
             )
+        if self.task.score_percent and not 0.0 <= value <= 1.0:
+            raise TaskError(
+                f"task {self.task.name!r} scored {split} as {value}; its score_percent says "
+                "scores are fractions in [0, 1] (set score_percent = False for other scores)"
+            )
         return float(value)
 
     def score_model(self, model: onnx.ModelProto) -> tuple[float, float | None]:

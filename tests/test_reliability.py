@@ -23,7 +23,7 @@ import evonnx
 from evonnx import evolution, textio
 from evonnx.cli.main import cli
 from evonnx.data import Dataset
-from evonnx.errors import ConfigError, NonFiniteError, RunDirectoryError
+from evonnx.errors import ConfigError, NonFiniteError, RunDirectoryError, TaskError
 from evonnx.graph import save_model
 from evonnx.lineage import EvolveConfig
 from evonnx.rundir import LOCK_NAME
@@ -209,12 +209,12 @@ def test_max_drop_is_in_the_scores_units_not_capped_at_one() -> None:
 
 # --------------------------------------------------------------------------- user code (4)
 
-TASK_FILE = '''
+TASK_FILE = """
 import os, signal, sys, time
 import numpy as np
 import torch
 from evonnx.data import load_npz
-from evonnx.task import ClassificationTask
+from evonnx.task import ClassificationTask, Task as BaseTask
 from helper_beside import WHAT  # a module beside the task file
 
 if WHAT == "interrupt-import":
@@ -226,6 +226,9 @@ class Task(ClassificationTask):
     def __init__(self):
         super().__init__(load_npz(os.environ["TASK_DATA"]), 0.25, 0)
         self.name = "mytask"
+
+    if WHAT == "list":  # the default distillation: mean squared error, no temperature
+        distill_loss = BaseTask.distill_loss
 
     def train_batches(self):
         if WHAT == "batches":
@@ -260,7 +263,7 @@ class Task(ClassificationTask):
 
 
 TASK = Task
-'''
+"""
 
 
 def _task_files(tmp_path: Path, what: str) -> tuple[Path, str, dict[str, str]]:
@@ -280,8 +283,22 @@ def _cli(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.Co
 
 def _evolve_task(tmp_path: Path, what: str, *extra: str) -> subprocess.CompletedProcess:
     model, spec, env = _task_files(tmp_path, what)
-    return _cli("evolve", str(model), "--task", spec, "--out", str(tmp_path / "run"),
-                "--generations", "2", "--epochs", "1", "--threads", "1", *extra, env=env)
+    return _cli(
+        "evolve",
+        str(model),
+        "--task",
+        spec,
+        "--out",
+        str(tmp_path / "run"),
+        "--generations",
+        "2",
+        "--epochs",
+        "1",
+        "--threads",
+        "1",
+        *extra,
+        env=env,
+    )
 
 
 @pytest.mark.parametrize(
@@ -333,7 +350,7 @@ def test_a_swallowed_ctrl_c_still_stops_the_run(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [(["--threads", "100000"], "more than the"),
-     (["--runtime", "ort-cuda"], "ort-cuda"),
+     (["--runtime", "ort-cuda"], "not available"),
      (["--runtime", "torch-cuda", "--runtime-threads", "2"], "ignores it"),
      (["--round-to", "1000"], "larger than every prunable channel group"),
      (["--seed", "-1"], "seed")],
@@ -423,3 +440,127 @@ def test_nan_in_the_lineage_is_a_one_line_error(tmp_path: Path) -> None:
                            "--resume", "--epochs", "1", "--batch-size", "16", "--seed", "3",
                            "--threads", "1", "--lr", "0.05")  # fmt: skip
     assert code == 1 and "NaN is not a number a lineage may hold" in _one_error_line(output)
+
+
+# --------------------------------------------------------------------------- latency cache (8)
+
+
+def _queries() -> list[tuple[Any, int, int]]:
+    from evonnx.analysis import analyze
+    from evonnx.latency import layer_shapes
+
+    model = helper_convnet()
+    return [(s, s.cin, s.cout) for s in layer_shapes(model, analyze(model), batch=2).values()]
+
+
+@pytest.mark.parametrize("bad", ["[1, 2, 3]", '{"entries": [1]}', "CORRUPT"])
+def test_a_latency_cache_of_the_wrong_shape_is_rebuilt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad: str
+) -> None:
+    from fake_runtime import MacRuntime
+
+    from evonnx.latency import LatencyTable
+
+    monkeypatch.setenv("EVONNX_CACHE_DIR", str(tmp_path))
+    path = LatencyTable(MacRuntime(pad=4), 2).path
+    path.write_text(bad)
+    table = LatencyTable(MacRuntime(pad=4), 2)
+    assert table.entries == {} and len(table.lookup(_queries())) == 3
+    assert len(json.loads(path.read_text())["entries"]) == 3
+
+
+def test_nan_and_negative_latency_entries_are_remeasured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fake_runtime import MacRuntime
+
+    from evonnx.latency import LatencyTable
+
+    monkeypatch.setenv("EVONNX_CACHE_DIR", str(tmp_path))
+    first = LatencyTable(MacRuntime(pad=4), 2)
+    good = first.lookup(_queries())
+    data = json.loads(first.path.read_text())
+    keys = sorted(data["entries"])
+    data["entries"][keys[0]], data["entries"][keys[1]] = -5.0, float("nan")
+    first.path.write_text(json.dumps(data))
+    again = LatencyTable(MacRuntime(pad=4), 2)
+    assert len(again.entries) == len(keys) - 2
+    assert again.lookup(_queries()) == good and again.misses == 2
+
+
+def test_an_unwritable_latency_cache_falls_back_to_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fake_runtime import MacRuntime
+
+    from evonnx.latency import LatencyTable
+
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache folder would be")
+    monkeypatch.setenv("EVONNX_CACHE_DIR", str(blocker / "cache"))
+    table = LatencyTable(MacRuntime(pad=4), 2)
+    assert len(table.lookup(_queries())) == 3 and table.lookup(_queries()[:1])
+    assert table.hits == 1
+
+
+# --------------------------------------------------------------------------- reports (Low)
+
+
+def test_cli_summary_shows_the_deciding_score_and_marks_over_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vals = iter([0.9, 0.5])  # generation 2 falls 0.4 below generation 1: over the budget
+    monkeypatch.setattr(
+        evolution.Split, "_score", lambda _s, _p, split: 0.75 if split == "test" else next(vals)
+    )
+    model, data = _files(tmp_path)
+    code, output = _invoke("evolve", str(model), "--data", str(data), "--out",
+                           str(tmp_path / "run"), "--generations", "2", "--epochs", "1",
+                           "--threads", "1", "--distill", "off")  # fmt: skip
+    assert code == 0, output
+    header, row1, row2 = (line for line in output.splitlines() if line[:4].strip())[:3]
+    assert "test acc." in header and "val acc." in header
+    assert "90.00%" in row1 and "over budget" not in row1
+    assert "50.00%" in row2 and row2.endswith("over budget")
+    assert "validation accuracy 90.00% (generation 1: 90.00%) decided" in output
+    assert "over budget (not bred from): generation(s) 2" in output
+    lineage = json.loads((tmp_path / "run" / "lineage.json").read_text())
+    assert [g["val_score"] for g in lineage["generations"]] == [0.9, 0.5]
+    assert evonnx.Lineage.from_dict(lineage).records[1].val_accuracy == 0.5
+
+
+def test_huge_scores_plot_and_plain_scores_are_not_called_accuracy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(evolution.Split, "_score", lambda _s, _p, _split: 1e308)
+    task = ClassificationTask(_data(), 0.25, 0)
+    task.score_percent = False
+    out = tmp_path / "run"
+    evonnx.evolve(helper_convnet(), task, out, replace(CONFIG, generations=1))
+    assert (out / "efficiency.png").stat().st_size > 1000
+    report = (out / "report.md").read_text()
+    assert "| Gen. | A-E | SCORE |" in report and "ACC." not in report
+
+
+def test_scores_numpy_integers_and_percent_range() -> None:
+    class Fixed(ClassificationTask):
+        value: Any = 0
+
+        def score(self, onnx_path: Path, split: Any) -> float:
+            return self.value  # type: ignore[no-any-return]
+
+    task = Fixed(_data(), 0.25, 0)
+    split = evolution.Split(task, "val")
+    task.value = np.int64(1)
+    assert split._score(Path("x.onnx"), "test") == 1.0
+    task.value = 1.5
+    with pytest.raises(TaskError, match=r"scored test as 1.5; its score_percent"):
+        split._score(Path("x.onnx"), "test")
+
+
+def test_api_progress_prints_one_line_per_generation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    evonnx.evolve(helper_convnet(), _data(), tmp_path / "run", CONFIG, progress=True)
+    err = capsys.readouterr().err
+    assert "evonnx: generation 1: test" in err and "evonnx: generation 2: test" in err

@@ -39,28 +39,37 @@ DEMO_EVOLUTION = EvolveConfig(
 )
 
 
-def _header(percent: bool) -> str:
-    score = "accuracy" if percent else "score"
-    return f"{'gen':>4}  {score:>8}  {'A-E':>8}  {'C-E':>7}  {'MACs':>7}  {'train s':>7}"
-
-
-def _row(r: GenerationRecord, percent: bool) -> str:
+def _header(percent: bool, val: bool) -> str:
+    word = "acc." if percent else "score"
+    val_col = f"  {'val ' + word:>10}" if val else ""
     return (
-        f"{r.generation:>4}  {show_score(r.accuracy, percent, unit=True):>8}  {r.ae:>7.2f}x  "
-        f"{r.ce:>6.2f}x  {r.mac_ratio:>6.2f}x  {r.train_seconds:>7.1f}"
+        f"{'gen':>4}  {'test ' + word:>10}{val_col}  {'A-E':>8}  {'C-E':>7}  {'MACs':>7}  "
+        f"{'train s':>7}"
     )
 
 
-def _row_printer(percent: bool) -> Callable[[GenerationRecord], None]:
+def _row(r: GenerationRecord, percent: bool, val: bool, over: bool) -> str:
+    val_col = f"  {show_score(r.val_accuracy, percent, unit=True):>10}" if val else ""
+    return (
+        f"{r.generation:>4}  {show_score(r.accuracy, percent, unit=True):>10}{val_col}  "
+        f"{r.ae:>7.2f}x  {r.ce:>6.2f}x  {r.mac_ratio:>6.2f}x  {r.train_seconds:>7.1f}"
+        + ("  over budget" if over else "")
+    )
+
+
+def _row_printer(percent: bool, config: EvolveConfig) -> Callable[[GenerationRecord], None]:
     """Callback printing the table header before the first row (none if the run fails early);
-    scores as percentages (accuracy) or plain numbers (other task scores)."""
-    shown: list[bool] = []
+    scores as percentages (accuracy) or plain numbers (other task scores), the validation
+    score that decides beside the test score, and generations over the budget marked."""
+    first: list[GenerationRecord] = []
+    val = config.select_on == "val"
 
     def echo(r: GenerationRecord) -> None:
-        if not shown:
-            click.echo(_header(percent))
-            shown.append(True)
-        click.echo(_row(r, percent))
+        if not first:
+            click.echo(_header(percent, val))
+            first.append(r)
+        over = r.fitness < first[0].fitness - config.max_drop - 1e-12
+        click.echo(_row(r, percent, val, over))
 
     return echo
 
@@ -68,15 +77,33 @@ def _row_printer(percent: bool) -> Callable[[GenerationRecord], None]:
 def _summary(lineage: Lineage, out: Path) -> None:
     best = lineage.best
     split = "validation" if lineage.config.select_on == "val" else "test"
+    word = "accuracy" if lineage.score_percent else "score"
+    show = lineage.show_score
+    decided = (
+        f"; validation {word} {show(best.val_accuracy, unit=True)} (generation 1: "
+        f"{show(lineage.records[0].val_accuracy, unit=True)}) decided"
+        if best.val_accuracy is not None
+        else ""
+    )
+    over = [r.generation for r in lineage.records if r.fitness < best_floor(lineage)]
     click.echo(
         f"\nbest within budget ({split} protocol: selected and budget checked on the {split} "
         f"split): generation {best.generation} ({out / best.file}): "
         f"A-E {best.ae:.2f}x, C-E {best.ce:.2f}x, MACs {best.mac_ratio:.2f}x fewer, "
-        f"{'accuracy' if lineage.score_percent else 'score'} "
-        f"{lineage.show_score(best.accuracy, unit=True)} (generation 1: "
-        f"{lineage.show_score(lineage.records[0].accuracy, unit=True)})\n"
-        f"report: {out / 'report.md'}"
+        f"test {word} {show(best.accuracy, unit=True)} (generation 1: "
+        f"{show(lineage.records[0].accuracy, unit=True)}){decided}\n"
+        + (
+            f"over budget (not bred from): generation(s) {', '.join(map(str, over))}\n"
+            if over
+            else ""
+        )
+        + f"report: {out / 'report.md'}"
     )
+
+
+def best_floor(lineage: Lineage) -> float:
+    """The lowest fitness within the budget (generation 1's minus ``max_drop``)."""
+    return lineage.records[0].fitness - lineage.config.max_drop - 1e-12
 
 
 DEFAULT_TEMPERATURE = 4.0
@@ -212,7 +239,7 @@ def run(
     dataset = data if isinstance(data, Task) else load_dataset(data)
     try:
         percent = dataset.score_percent if isinstance(dataset, Task) else True
-        lineage = evolve(model, dataset, out, config, resume, True, _row_printer(percent))
+        lineage = evolve(model, dataset, out, config, resume, True, _row_printer(percent, config))
     except KeyboardInterrupt as exc:
         if out.is_dir():
             click.echo(f"\n{describe(exc)}; finished generations are kept in {out}; "
