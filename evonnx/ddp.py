@@ -13,8 +13,11 @@ and process executors), :mod:`evonnx.ray_train` runs them as a Ray Train ``Torch
 
 from __future__ import annotations
 
+import datetime
 import hashlib
+import os
 import pickle
+import socket
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +33,9 @@ if TYPE_CHECKING:
 
 Rank = tuple[int, int]
 """(rank, world size)."""
+
+RENDEZVOUS_TIMEOUT = 1800
+"""Seconds a rank waits for the others (joining, and in every collective) before failing."""
 
 
 def shard(value: Any, rank: Rank) -> Any:
@@ -146,11 +152,16 @@ def _rank_main(index: int, world: int, job: OffspringJob, payload: bytes, folder
     from evonnx.signals import ignore_interrupts
 
     ignore_interrupts()  # the launching process handles Ctrl-C and stops the ranks
+    local_rank_setup(job.config.threads, world)
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(index)
     dist.init_process_group(
-        backend, init_method=f"file://{folder}/rendezvous", rank=index, world_size=world
+        backend,
+        init_method=f"file://{folder}/rendezvous",
+        rank=index,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=RENDEZVOUS_TIMEOUT),
     )
     out = Path(folder)
     try:
@@ -161,6 +172,19 @@ def _rank_main(index: int, world: int, job: OffspringJob, payload: bytes, folder
         raise
     finally:
         dist.destroy_process_group()
+
+
+def local_rank_setup(threads: int | None, world: int) -> None:
+    """Settings of a rank on this machine: gloo talks over the loopback interface (no lookup
+    of the host's name, which can stall or fail on a busy or offline machine), and torch
+    uses the job's threads (else the CPUs shared out among the ranks), so ranks do not
+    oversubscribe the cores before training sets its own."""
+    import torch
+
+    loopback = next((name for _, name in socket.if_nameindex() if name.startswith("lo")), None)
+    if loopback is not None:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback)
+    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // world))
 
 
 def run_data_parallel(job: OffspringJob, data: Split, ranks: int) -> JobResult:

@@ -18,7 +18,6 @@ import hashlib
 import io
 import json
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import asdict, fields, replace
 from pathlib import Path
@@ -576,6 +575,10 @@ def _selection(lineage: Lineage) -> str:
     )
 
 
+PLOT_LIMIT = 1e100
+"""Scores beyond this magnitude are left out of ``efficiency.png`` (no axis holds them)."""
+
+
 def _plot(path: Path, lineage: Lineage) -> None:
     """Efficiency vs accuracy per generation (skipped with a warning without matplotlib)."""
     try:
@@ -588,7 +591,7 @@ def _plot(path: Path, lineage: Lineage) -> None:
         return
     scale = 100 if lineage.score_percent else 1
     floor = lineage.records[0].fitness - lineage.config.max_drop - 1e-12
-    rows = [r for r in lineage.records if math.isfinite(scale * r.accuracy)]
+    rows = [r for r in lineage.records if abs(scale * r.accuracy) < PLOT_LIMIT]
     acc = [scale * r.accuracy for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     ax.plot([r.ae for r in rows], acc, "o-", label="A-E")
@@ -608,8 +611,13 @@ def _plot(path: Path, lineage: Lineage) -> None:
     word = "accuracy" if lineage.score_percent else "score"
     ax.set_title(f"evonnx: efficiency vs {word} per generation")
     ax.legend()
-    fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
+    try:
+        fig.tight_layout()
+        fig.savefig(buf, format="png")
+    except (ValueError, OverflowError) as exc:  # scores no axis can hold
+        logger.warning("cannot plot %s (%s); skipping it", path.name, exc)
+        return
+    finally:
+        plt.close(fig)
     write_bytes_atomic(path, buf.getvalue())

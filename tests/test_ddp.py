@@ -18,7 +18,7 @@ from test_evolve import tiny_data, tiny_model  # noqa: F401  (fixtures)
 from evonnx.analysis import analyze
 from evonnx.cli.main import cli
 from evonnx.data import Dataset
-from evonnx.ddp import check_same_weights, rank_results, shard
+from evonnx.ddp import check_same_weights, local_rank_setup, rank_results, shard
 from evonnx.errors import ConfigError, ExecutorError
 from evonnx.evolution import _offspring
 from evonnx.graph import save_model
@@ -60,6 +60,7 @@ def _compare_rank(index: int, folder: str) -> None:
     """A rank of a 2-rank gloo group whose "trained model" differs from the other rank's."""
     import torch.distributed as dist
 
+    local_rank_setup(1, 2)  # loopback, one thread: as evonnx's own ranks
     dist.init_process_group(
         "gloo", init_method=f"file://{folder}/rendezvous", rank=index, world_size=2
     )

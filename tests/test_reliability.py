@@ -518,7 +518,7 @@ def test_cli_summary_shows_the_deciding_score_and_marks_over_budget(
                            str(tmp_path / "run"), "--generations", "2", "--epochs", "1",
                            "--threads", "1", "--distill", "off")  # fmt: skip
     assert code == 0, output
-    header, row1, row2 = (line for line in output.splitlines() if line[:4].strip())[:3]
+    header, row1, row2 = [line for line in output.splitlines() if line[:4].strip()][:3]
     assert "test acc." in header and "val acc." in header
     assert "90.00%" in row1 and "over budget" not in row1
     assert "50.00%" in row2 and row2.endswith("over budget")
