@@ -17,13 +17,17 @@ from evonnx.api import (
     synthesize,
     synthesize_latency,
 )
+from evonnx.data.unlabelled import ImagePreprocess
 from evonnx.errors import EvonnxError
+from evonnx.fidelity import FidelityTask
 from evonnx.task import ClassificationTask, Task, load_task
 
 __all__ = [
     "ClassificationTask",
     "EvolveConfig",
     "EvonnxError",
+    "FidelityTask",
+    "ImagePreprocess",
     "InspectReport",
     "Lineage",
     "MeasuredLatency",

@@ -15,6 +15,7 @@ import onnx
 from evonnx.analysis import analyze_graph
 from evonnx.data import Dataset, load_dataset
 from evonnx.errors import ConfigError
+from evonnx.fold import FoldPlan
 from evonnx.genetic import EncodingConfig, Offspring
 from evonnx.genetic import synthesize as sample_offspring
 from evonnx.graph import constant_values, load_model, save_model, to_graph
@@ -27,7 +28,7 @@ from evonnx.normalize import NormalizeReport
 from evonnx.normalize import normalize as normalize_model
 from evonnx.plan import PrunePlan, branch_plan, magnitude_plan
 from evonnx.runtimes import make_runtime
-from evonnx.surgery import apply_plan
+from evonnx.surgery import apply_plan_report
 from evonnx.task import Task
 from evonnx.validate import check_finite_weights, check_round_to
 
@@ -159,6 +160,7 @@ class PruneResult:
     after: ModelMetrics
     offspring: Offspring | None = None
     latency: MeasuredLatency | None = None
+    folds: FoldPlan | None = None
 
 
 def prune(
@@ -203,9 +205,9 @@ def prune(
         plan = magnitude_plan(analysis, weights, keep, min_channels, round_to)
     del graph, weights  # the surgery reads the weights again: one copy at a time (> 2 GB
     gc.collect()  # models); the graph's node/tensor cycles would keep this copy alive
-    out = apply_plan(model, analysis, plan)
+    out, folds = apply_plan_report(model, analysis, plan)
     after = inspect(out, input_shapes, normalize=False).metrics
-    return PruneResult(out, plan, before, after)
+    return PruneResult(out, plan, before, after, folds=folds)
 
 
 def synthesize(
@@ -227,10 +229,10 @@ def synthesize(
     analysis = analyze_graph(graph)
     check_round_to(analysis, config.round_to if config is not None else None)
     offspring = sample_offspring(model, analysis, config, np.random.default_rng(seed))
-    out = apply_plan(model, analysis, offspring.plan, offspring.masks)
+    out, folds = apply_plan_report(model, analysis, offspring.plan, offspring.masks)
     before = metrics_of_graph(graph, analysis)
     after = inspect(out, input_shapes, normalize=False).metrics
-    return PruneResult(out, offspring.plan, before, after, offspring)
+    return PruneResult(out, offspring.plan, before, after, offspring, folds=folds)
 
 
 def measure(
@@ -289,13 +291,13 @@ def synthesize_latency(
     off, fit = latency_offspring(
         shaped, analysis, cfg, target, 1.0 / speedup, np.random.default_rng(seed)
     )
-    out = apply_plan(model, analysis, fit.plan, off.masks)
+    out, folds = apply_plan_report(model, analysis, fit.plan, off.masks)
     before = metrics_of_graph(graph, analysis)
     after = inspect(out, input_shapes, normalize=False).metrics
     measured = MeasuredLatency(
         target.runtime.name, latency.batch, fit.parent_ms, fit.child_ms, fit.predicted_ms
     )
-    return PruneResult(out, fit.plan, before, after, off, measured)
+    return PruneResult(out, fit.plan, before, after, off, measured, folds)
 
 
 def evolve(

@@ -47,6 +47,13 @@ from evonnx.lineage import RESUMABLE, EvolveConfig, GenerationRecord, Lineage
 from evonnx.metrics import ModelMetrics, compute_metrics
 from evonnx.rundir import leftovers, run_folder, sweep
 from evonnx.signals import InterruptWatch, watch_interrupts
+from evonnx.speed import (
+    Measures,
+    SpeedProbe,
+    describe_probe,
+    slower_despite_fewer_macs,
+    warn_if_slower,
+)
 from evonnx.surgery import apply_plan
 from evonnx.task import Split, Task, split_data
 from evonnx.textio import write_bytes_atomic, write_text_atomic
@@ -136,8 +143,9 @@ def _run(
     first_model = load_model(out / lineage.records[0].file)
     gen1 = compute_metrics(first_model)
     hw = _run_latency(config, first_model, executor)  # on Ray, measured by jobs of its own
-    if hw is not None and lineage.records[0].latency_ms is None:
-        first = _measured(hw, lineage.records[0], first_model)
+    probe = hw if hw is not None else _speed_probe(config, first_model)
+    if probe is not None and lineage.records[0].latency_ms is None:
+        first = _measured(probe, lineage.records[0], first_model)
         lineage = replace(lineage, records=(first, *lineage.records[1:]))
         _write_lineage(out, lineage)
     if on_generation is not None:
@@ -152,7 +160,7 @@ def _run(
             parent = load_model(out / base.file)
         try:
             record, parent = _generation(
-                parent, gen, split, config, gen1, out, executor, hw, base.generation
+                parent, gen, split, config, gen1, out, executor, hw, base.generation, probe
             )
         except LatencyBudgetError as exc:  # no faster offspring exists: evolution ends
             logger.warning("stopping before generation %d: %s", gen, exc)
@@ -334,6 +342,7 @@ def _generation(
     executor: Executor,
     hw: RunLatency | None = None,
     parent_gen: int | None = None,
+    probe: Measures | None = None,
 ) -> tuple[GenerationRecord, onnx.ModelProto]:
     analysis = analyze(parent)
     target = hw.target(parent, analysis) if hw is not None else None
@@ -365,8 +374,10 @@ def _generation(
         sum(c.train_seconds for c in candidates),
         tuple(fitness),
     )
-    if hw is not None:
-        record = _measured(hw, record, child)
+    probe = probe or hw
+    if probe is not None:
+        record = _measured(probe, record, child)
+        warn_if_slower(record)
     save_model(child, out / record.file)
     record = replace(record, sha256=file_sha256(out / record.file))
     logger.info("generation %d: accuracy %.4f, A-E %.2fx", gen, scores[0], record.ae)
@@ -414,10 +425,17 @@ def _run_latency(
     )
 
 
-def _measured(hw: RunLatency, record: GenerationRecord, model: onnx.ModelProto) -> GenerationRecord:
+def _speed_probe(config: EvolveConfig, first: onnx.ModelProto) -> SpeedProbe | None:
+    """The default ``ort-cpu`` measurement (``config.measure``) of a run without a runtime."""
+    return SpeedProbe(first) if config.measure else None
+
+
+def _measured(hw: Measures, record: GenerationRecord, model: onnx.ModelProto) -> GenerationRecord:
     """``record`` with the model's measured latency and speed-up over the ancestor."""
-    ms, speedup = hw.measure(model)
-    return replace(record, latency_ms=ms, speedup=speedup)
+    timing = hw.measure(model)
+    if timing is None:
+        return record
+    return replace(record, latency_ms=timing[0], speedup=timing[1])
 
 
 def _record(
@@ -495,12 +513,13 @@ def render_report(lineage: Lineage) -> str:
     return f"""# Evolution report
 
 Ancestor sha256 `{lineage.ancestor_sha256[:16]}…`, task `{lineage.data}`; {acc} is the task's score
-(top-1 for classification) on the test split, computed with onnxruntime on each written
+({_score_kind(lineage)}) on the test split, computed with onnxruntime on each written
 `gen_NNN.onnx`{"" if lineage.score_percent else ", shown as a plain number"}. {_selection(lineage)}
 
 Best generation within the {_budget(lineage)}:
 **{best.generation}** ({best.file}): A-E {best.ae:.2f}x, C-E {best.ce:.2f}x,
-MACs {best.mac_ratio:.2f}x fewer, {_score_word(lineage)} {show(best.accuracy, unit=True)}.
+MACs {best.mac_ratio:.2f}x fewer,{_speed_words(best)}
+{_score_word(lineage)} {show(best.accuracy, unit=True)}.
 
 | Gen. | A-E | {acc} |
 | --- | --- | --- |
@@ -531,14 +550,38 @@ def _latency_table(lineage: Lineage) -> str:
         f"{lineage.show_score(r.accuracy)} |"
         for r in measured
     )
+    where = (
+        f"`{c.runtime or 'ort-cpu'}` at batch {c.latency_batch}"
+        if c.runtime is not None or c.env == "latency"
+        else describe_probe()
+    )
+    slow = [r.generation for r in measured if slower_despite_fewer_macs(r)]
+    warning = (
+        f"\n**Warning:** generation(s) {', '.join(map(str, slow))} have fewer MACs than "
+        "generation 1 but were not measured faster.\n"
+        if slow
+        else ""
+    )
     return f"""
-Measured on `{c.runtime or "ort-cpu"}` at batch {c.latency_batch}, each generation side by side
-with the ancestor:
+Measured on {where}, each generation side by side with generation 1 (timings vary from run
+to run; the model files do not):
 
 | Gen. | speed-up | latency (ms) | MACs ratio | {_acc(lineage)} |
 | --- | --- | --- | --- | --- |
 {rows}
-"""
+{warning}"""
+
+
+def _speed_words(record: GenerationRecord) -> str:
+    """`` measured 1.23x faster,`` (nothing when not measured)."""
+    return "" if record.speedup is None else f" measured {record.speedup:.2f}x faster,"
+
+
+def _score_kind(lineage: Lineage) -> str:
+    """What the score measures, in words."""
+    if lineage.data.startswith("fidelity:"):
+        return "fidelity to generation 1: top-1 agreement with it, see docs/tasks.md"
+    return "top-1 for classification"
 
 
 def _acc(lineage: Lineage) -> str:
@@ -596,6 +639,7 @@ def _plot(path: Path, lineage: Lineage) -> None:
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     ax.plot([r.ae for r in rows], acc, "o-", label="A-E")
     ax.plot([r.ce for r in rows], acc, "s--", label="C-E")
+    ax.plot([r.mac_ratio for r in rows], acc, "d-.", label="MACs ratio")
     speed = [(r.speedup, scale * r.accuracy) for r in rows if r.speedup is not None]
     if speed:
         ax.plot(*zip(*speed, strict=True), "^:", label="measured speed-up")

@@ -120,11 +120,51 @@ class Layer:
 
 
 @dataclass(frozen=True)
+class Geometry:
+    """A conv's window along its spatial axes and its input's spatial sizes."""
+
+    pads: tuple[int, ...]  # begins then ends, as ONNX ``pads`` (``auto_pad`` resolved)
+    strides: tuple[int, ...]
+    dilations: tuple[int, ...]
+    spatial: tuple[int | None, ...]  # input sizes (None: symbolic)
+
+
+@dataclass(frozen=True)
+class ChannelConstant:
+    """The constant each channel position of a layer's input carries when its producers are
+    zeroed (None: not exactly evaluable), with what folding it needs to know of the layer.
+
+    Attributes:
+        node: The reading layer (Conv, ConvTranspose, Gemm or MatMul).
+        values: One value per position along the input's channel (feature) axis.
+        geometry: Conv and ConvTranspose: the window.
+        alpha: Gemm's ``alpha`` (1 for the others).
+    """
+
+    node: str
+    values: tuple[float | None, ...]
+    geometry: Geometry | None = None
+    alpha: float = 1.0
+
+    def array(self) -> np.ndarray:
+        """The values as a float64 array (``nan`` where unknown)."""
+        return np.array([np.nan if v is None else v for v in self.values], dtype=np.float64)
+
+
+@dataclass(frozen=True)
 class Analysis:
     """Channel groups and prunable layers of one graph."""
 
     groups: tuple[ChannelGroup, ...]
     layers: tuple[Layer, ...]
+    constants: tuple[ChannelConstant, ...] = ()
+
+    def constant(self, node: str) -> ChannelConstant | None:
+        """What the channels read by layer ``node`` carry once their producers are zeroed."""
+        for c in self.constants:
+            if c.node == node:
+                return c
+        return None
 
     def group(self, gid: int) -> ChannelGroup:
         """The group with id ``gid``."""

@@ -21,7 +21,7 @@ from typing import Any
 import onnx
 
 from evonnx.errors import EvonnxError, NonFiniteError, TaskError
-from evonnx.guard import guarded_loss, user_code
+from evonnx.guard import guarded, guarded_loss, user_code
 from evonnx.lineage import EvolveConfig
 from evonnx.retrain import LossFn, TrainConfig
 from evonnx.task import Split, add_import_path
@@ -105,16 +105,17 @@ def run_job(
     start = time.perf_counter()
     config = job.config
     child = onnx.load_from_string(job.child)
-    module = to_torch(child, freeze_zeros=True)
+    task = data.task
+    view = guarded(task.training_graph, task.name, "training_graph()")
+    module = to_torch(view(child), freeze_zeros=True)
     if config.init == "random":
         reinitialize(module, job.seed)
-    task = data.task
     trainee: torch.nn.Module = module
     loss: LossFn = guarded_loss(task.loss, task.name, "loss()")
     if config.distill is not None:
         if job.parent is None:
             raise ValueError("a distilling job needs the parent model")
-        trainee = Distiller(module, to_torch(onnx.load_from_string(job.parent)))
+        trainee = Distiller(module, to_torch(view(onnx.load_from_string(job.parent))))
         soft = guarded_loss(task.distill_loss, task.name, "distill_loss()")
         loss = distillation_loss(loss, soft, config.distill)
     if rank is not None:

@@ -15,7 +15,8 @@ from evonnx.runtimes import RuntimeSettings
 LINEAGE_VERSION = 1
 # Fields a resumed run may change; every other config field must match the original run.
 # Where offspring jobs run does not change the lineage, so it may change on resume too.
-RESUMABLE = frozenset({"generations", "max_drop", "patience", "executor", "ray_address"})
+# Whether speed-ups are measured (``measure``) changes no model file either.
+RESUMABLE = frozenset({"generations", "max_drop", "patience", "executor", "ray_address", "measure"})
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ class EvolveConfig:
     executor: Literal["local", "process", "ray"] = "local"
     ray_address: str | None = None
     gpus_per_offspring: int = 1
+    measure: bool = True
 
     def __post_init__(self) -> None:
         checks = [

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +19,7 @@ import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
 from evonnx.errors import PlanError
+from evonnx.fold import FoldKind, FoldPlan, LayerFold, constant_map, plan_folds
 from evonnx.graph import (
     LARGE_CONSTANT_BYTES,
     check_model,
@@ -29,6 +30,7 @@ from evonnx.graph import (
 )
 from evonnx.groups import Analysis, ChannelGroup, Member, Role
 from evonnx.plan import PrunePlan
+from evonnx.surgery_branches import add_into, drop_branches, dtype_of, own_input
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +51,28 @@ def apply_plan(
     analysis: Analysis,
     plan: PrunePlan,
     masks: Mapping[str, np.ndarray] | None = None,
+    exact_border: bool = False,
 ) -> onnx.ModelProto:
     """Write the offspring of ``model`` that keeps only the planned channels.
+
+    See :func:`apply_plan_report`, which also returns how the removed channels' constants
+    were folded.
+    """
+    return apply_plan_report(model, analysis, plan, masks, exact_border)[0]
+
+
+def apply_plan_report(
+    model: onnx.ModelProto,
+    analysis: Analysis,
+    plan: PrunePlan,
+    masks: Mapping[str, np.ndarray] | None = None,
+    exact_border: bool = False,
+) -> tuple[onnx.ModelProto, FoldPlan]:
+    """Write the offspring of ``model`` that keeps only the planned channels.
+
+    The constant every removed channel still emitted (its bias through BatchNorm and
+    activations) is folded into the layers that read it (:mod:`evonnx.fold`), and an emptied
+    branch becomes the constant it contributes to its residual join.
 
     Args:
         model: The ancestor (not modified).
@@ -58,9 +80,12 @@ def apply_plan(
         plan: Kept channels per group; unlisted groups keep everything.
         masks: Optional 0/1 arrays in the original weight shapes, multiplied into the weights
             before channels are removed (synapses that die inside surviving clusters).
+        exact_border: Also correct the border of zero-padded convs that read removed
+            channels, exactly, with a constant map added to their output (one ``Add`` each;
+            static input sizes needed). Off: the border error is measured and reported.
 
     Returns:
-        A new model that passes the ONNX checker, with stale shapes re-inferred.
+        A new model that passes the ONNX checker, with stale shapes re-inferred, and the folds.
 
     Raises:
         PlanError: The plan or masks do not fit the analysis or the model.
@@ -69,16 +94,56 @@ def apply_plan(
     consts = {n: t for n, t in graph.tensors().items() if isinstance(t, gs.Constant)}
     _apply_masks(consts, masks or {})
     edits = _collect(analysis, plan)
+    folds = plan_folds(analysis, plan, _LazyValues(consts), exact_border)
     _slice_constants(consts, edits.slices)
     _edit_shapes(consts, edits.shape_deltas)
     _edit_groups(graph, edits.group_deltas)
-    _drop_branches(graph, analysis, plan)
+    _apply_folds(graph, folds, edits.slices)
+    drop_branches(graph, analysis, plan, folds, edits.slices)
+    graph.toposort()  # a fold may have appended an Add
     out = _export(graph, model)
     del graph, consts  # the sliced weights now live in ``out`` only (models over 2 GB):
     gc.collect()  # the graph's node/tensor cycles would keep its copy alive until then
     set_inferred_shapes(out)
     check_model(out, "pruned model")
-    return out
+    return out, folds
+
+
+class _LazyValues(Mapping[str, np.ndarray]):
+    """The graph's constants as arrays, read only when a fold needs them."""
+
+    def __init__(self, consts: dict[str, gs.Constant]) -> None:
+        self._consts = consts
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return np.asarray(self._consts[name].values)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._consts)
+
+    def __len__(self) -> int:
+        return len(self._consts)
+
+
+def _apply_folds(
+    graph: gs.Graph, folds: FoldPlan, slices: dict[tuple[str, int], np.ndarray]
+) -> None:
+    """Add every layer's fold (its removed outputs dropped like the weight's) to its bias."""
+    by_name = {node_name(n): n for n in graph.nodes}
+    for f in folds.layers:
+        removed = slices.get((f.weight, f.out_axis))
+        delta = f.delta if removed is None else np.delete(f.delta, removed)
+        if not delta.size or not np.any(delta):
+            continue
+        node = by_name[f.node]
+        if f.kind is FoldKind.BORDER_MAP:
+            _add_border_map(graph, node, f, removed)
+        if f.op in ("Conv", "ConvTranspose"):
+            add_into(node, delta)
+        elif f.op == "Gemm":
+            _add_gemm(node, delta)
+        else:
+            _add_after(graph, node, delta)
 
 
 def _apply_masks(consts: dict[str, gs.Constant], masks: Mapping[str, np.ndarray]) -> None:
@@ -190,164 +255,53 @@ def _edit_groups(graph: gs.Graph, deltas: dict[str, int]) -> None:
         node.attrs["group"] = int(node.attrs.get("group", 1)) - delta
 
 
-def _drop_branches(graph: gs.Graph, analysis: Analysis, plan: PrunePlan) -> None:
-    """Replace the exit layer of every emptied group by its (already sliced) bias.
-
-    With no input channel left, a conv's output is its bias and a Gemm's is ``beta * C``; the
-    constant broadcasts in the ``Add``/``Sub`` the layer fed, and the rest of the branch is
-    dead code that the export's cleanup removes.
-    """
-    by_name = {node_name(n): n for n in graph.nodes}
-    for group in analysis.groups:
-        if group.id not in plan.keep or plan.keep[group.id]:
-            continue
-        for name in {m.node for m in group.by_role(Role.CONSUMER)}:
-            layer = by_name[name]
-            out = layer.outputs[0]
-            const = gs.Constant(f"{out.name}__bias", _exit_value(layer))
-            _rewire(out, const)
-            layer.outputs.clear()
-            if not np.any(const.values):
-                _bypass_zero_adds(graph, const)
-            else:
-                _fold_bias_adds(graph, const)
+def _add_gemm(node: gs.Node, delta: np.ndarray) -> None:
+    """``Gemm``: ``C`` becomes ``beta * C + delta`` and ``beta`` 1 (``delta`` has ``alpha``)."""
+    dtype = dtype_of(node)
+    beta = float(node.attrs.get("beta", 1.0))
+    own_input(node, 2, np.zeros(delta.size, dtype))
+    c = node.inputs[2]
+    if not isinstance(c, gs.Constant):
+        raise PlanError(f"{node_name(node)}: C is not a constant; cannot fold the removed inputs")
+    c.values = (beta * np.asarray(c.values, np.float64) + delta).astype(dtype)
+    node.attrs["beta"] = 1.0
 
 
-def _rewire(old: gs.Tensor, new: gs.Tensor) -> None:
-    """Every node reading ``old`` reads ``new`` instead."""
-    for reader in list(old.outputs):
-        _rewire_node(reader, old, new)
+def _add_border_map(
+    graph: gs.Graph, node: gs.Node, fold: LayerFold, removed: np.ndarray | None
+) -> None:
+    """Add the exact border correction of a padded conv (the constant map less its interior
+    value, which goes into the bias) after it."""
+    keep = np.delete(np.arange(fold.delta.size), removed if removed is not None else [])
+    cmap = constant_map(fold, keep)
+    assert cmap is not None
+    corr = cmap - fold.delta[keep].reshape((-1,) + (1,) * (cmap.ndim - 1))
+    if np.any(corr):
+        _add_after(graph, node, corr[None], "border")
 
 
-def _rewire_node(node: gs.Node, old: gs.Tensor, new: gs.Tensor) -> None:
-    for i, t in enumerate(list(node.inputs)):
-        if t is old:
-            node.inputs[i] = new
-
-
-_IDEMPOTENT = frozenset({"Relu"})
-
-
-def _bypass_zero_adds(graph: gs.Graph, zero: gs.Constant) -> None:
-    """Drop the ``Add`` of an all-zero constant left by a removed branch (exact: ``x + 0 = x``),
-    then an idempotent activation applied twice in a row (``Relu(Relu(x)) = Relu(x)``)."""
+def _add_after(graph: gs.Graph, node: gs.Node, delta: np.ndarray, what: str = "folded") -> None:
+    """Add ``delta`` after ``node`` (``MatMul``: per feature), into the constant of an ``Add``
+    that only it feeds when there is one and ``delta`` is per feature, else with a new
+    ``Add``."""
+    out = node.outputs[0]
+    readers = list(out.outputs)
     outputs = {id(t) for t in graph.outputs}
-    for add in [n for n in zero.outputs if n.op == "Add" and len(n.inputs) == 2]:
-        # The other operand has the full shape (what makes a branch removable), so it is the sum.
-        other = add.inputs[1] if add.inputs[0] is zero else add.inputs[0]
-        out = add.outputs[0]
-        if id(out) in outputs or other is zero:
-            continue
-        for reader in list(out.outputs):
-            _rewire_node(reader, out, other)
-            if (
-                reader.op in _IDEMPOTENT
-                and other.inputs
-                and other.inputs[0].op == reader.op
-                and id(reader.outputs[0]) not in outputs
-            ):
-                _rewire(reader.outputs[0], other)
-                reader.outputs.clear()
-        add.outputs.clear()
-
-
-def _fold_bias_adds(graph: gs.Graph, bias: gs.Constant) -> None:
-    """Drop the ``Add`` of a removed branch's constant bias ``b`` when every reader of the sum
-    takes ``b`` in exactly: a conv without padding (``conv(x + b) = conv(x) + W b``, into its
-    bias), or an ``Add`` of a constant or of a conv output read only there (``(x + b) + y =
-    x + (y + b)``, into that constant or conv bias), as after a MobileNetV2 block whose next
-    block or head starts with a 1x1 conv. Otherwise the ``Add`` stays."""
-    outputs = {id(t) for t in graph.outputs}
-    for add in [n for n in bias.outputs if n.op == "Add" and len(n.inputs) == 2]:
-        other = add.inputs[1] if add.inputs[0] is bias else add.inputs[0]
-        out = add.outputs[0]
-        if id(out) in outputs or other is bias or not out.outputs:
-            continue
-        b = np.asarray(bias.values)
-        folds = [_bias_fold(reader, out, b, outputs) for reader in out.outputs]
-        if any(f is None for f in folds):
-            continue
-        for reader, fold in zip(list(out.outputs), folds, strict=True):
-            assert fold is not None
-            _add_into(*fold)
-            _rewire_node(reader, out, other)
-        add.outputs.clear()
-
-
-def _bias_fold(
-    reader: gs.Node, x: gs.Tensor, shaped: np.ndarray, outputs: set[int]
-) -> tuple[gs.Node | gs.Constant, np.ndarray] | None:
-    """Where ``reader`` (which reads ``x + b``; it will read ``x``) takes the per-channel
-    constant ``b`` (``shaped``, as broadcast) in: a conv (its bias) or a constant, and what is
-    added there; None when that is not exact (``outputs``: ids of the graph outputs)."""
-    b = shaped.reshape(-1)
-    if reader.op == "Conv" and reader.inputs[0] is x and x not in reader.inputs[1:]:
-        pads = reader.attrs.get("pads", [0])
-        if any(pads) or reader.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-            return None
-        if not _bias_free(reader):
-            return None
-        wv = np.asarray(reader.inputs[1].values)
-        groups = int(reader.attrs.get("group", 1))
-        cout, cin_g = wv.shape[:2]
-        if cin_g * groups != b.size:
-            return None
-        rows = (np.arange(cout) // (cout // groups))[:, None] * cin_g + np.arange(cin_g)
-        taps = wv.reshape(cout, cin_g, int(np.prod(wv.shape[2:]))).sum(axis=2)
-        return reader, (taps * b[rows]).sum(axis=1)
-    if reader.op != "Add" or len(reader.inputs) != 2 or list(reader.inputs).count(x) != 1:
-        return None
-    y = reader.inputs[1] if reader.inputs[0] is x else reader.inputs[0]
-    if isinstance(y, gs.Constant):
-        return (y, b) if len(y.outputs) == 1 and np.shape(y.values) == shaped.shape else None
-    conv = y.inputs[0] if len(y.inputs) == 1 else None
-    if conv is None or conv.op != "Conv" or len(y.outputs) != 1 or id(y) in outputs:
-        return None
-    if not _bias_free(conv):
-        return None
-    return (conv, b) if np.shape(conv.inputs[1].values)[0] == b.size else None
-
-
-def _bias_free(conv: gs.Node) -> bool:
-    """The conv's weight is a constant and its bias absent or a constant only it reads."""
-    if not isinstance(conv.inputs[1], gs.Constant):
-        return False
-    if len(conv.inputs) < 3 or conv.inputs[2].name == "":
-        return True
-    bias = conv.inputs[2]
-    return isinstance(bias, gs.Constant) and len(bias.outputs) == 1
-
-
-def _add_into(target: gs.Node | gs.Constant, delta: np.ndarray) -> None:
-    """Add ``delta`` (per channel) to a constant or to a conv's bias (created if absent)."""
-    if isinstance(target, gs.Node):
-        w = target.inputs[1]
-        if len(target.inputs) < 3 or target.inputs[2].name == "":
-            zero = np.zeros(delta.size, np.asarray(w.values).dtype)
-            new_bias = gs.Constant(f"{node_name(target)}__bias", zero)
-            if len(target.inputs) < 3:
-                target.inputs.append(new_bias)
-            else:
-                target.inputs[2] = new_bias
-        target = target.inputs[2]
-    assert isinstance(target, gs.Constant)
-    values = np.asarray(target.values)
-    target.values = (values + delta.reshape(values.shape)).astype(values.dtype)
-
-
-def _exit_value(layer: gs.Node) -> np.ndarray:
-    """Output of a conv/Gemm whose input has no channels, shaped to broadcast like it."""
-    w = np.asarray(layer.inputs[1].values)
-    rank = w.ndim if layer.op == "Conv" else 2
-    out_axis = 0 if layer.op == "Conv" or layer.attrs.get("transB", 0) else 1
-    cout = int(w.shape[out_axis])
-    bias = np.zeros(cout, dtype=w.dtype)
-    if len(layer.inputs) > 2 and isinstance(layer.inputs[2], gs.Constant):
-        b = np.asarray(layer.inputs[2].values, dtype=w.dtype).reshape(-1)
-        bias = bias + (b * float(layer.attrs.get("beta", 1.0)) if layer.op == "Gemm" else b)
-    shape = [1] * rank
-    shape[1 if layer.op == "Conv" else rank - 1] = cout
-    return bias.reshape(shape)
+    if delta.ndim == 1 and len(readers) == 1 and readers[0].op == "Add" and id(out) not in outputs:
+        other = next((t for t in readers[0].inputs if t is not out), None)
+        if (
+            isinstance(other, gs.Constant)
+            and len(other.outputs) == 1
+            and np.shape(other.values)[-1:] == delta.shape
+        ):
+            add_into(other, np.broadcast_to(delta, np.shape(other.values)).copy())
+            return
+    const = gs.Constant(f"{node_name(node)}__folded", delta.astype(dtype_of(node)))
+    inner = gs.Variable(f"{out.name}__unfolded", dtype=out.dtype)
+    node.outputs[0] = inner
+    graph.nodes.append(
+        gs.Node("Add", f"{node_name(node)}__fold", inputs=[inner, const], outputs=[out])
+    )
 
 
 def _export(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:

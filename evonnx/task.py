@@ -113,6 +113,15 @@ class Task(abc.ABC):
         """Raise an :class:`~evonnx.errors.EvonnxError` if the task cannot use ``model``."""
         del model
 
+    def training_graph(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        """The graph offspring (and the parent, when distilling) train as; default ``model``.
+
+        It must keep every initializer of ``model`` (trained weights are written back into
+        ``model`` by name), e.g. :func:`evonnx.heads.logits_view` to train on the logits
+        before a terminal Softmax. :meth:`loss` receives this graph's outputs.
+        """
+        return model
+
     def fingerprint(self) -> str | None:
         """Content hash of the task's data, stored in ``lineage.json``; a resumed run must
         match it. ``None`` (the default) checks only the task's name on resume."""

@@ -10,6 +10,7 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from evonnx.data import Dataset
+from evonnx.fold import FoldPlan
 from evonnx.groups import Analysis, Role
 from evonnx.plan import PrunePlan
 from evonnx.surgery import removed_channels
@@ -45,6 +46,103 @@ def zero_consumers(
     for t in out.graph.initializer:
         t.CopyFrom(numpy_helper.from_array(values[t.name], t.name))
     return out
+
+
+def zero_producers(
+    model: onnx.ModelProto,
+    analysis: Analysis,
+    plan: PrunePlan,
+    masks: dict[str, np.ndarray] | None = None,
+) -> onnx.ModelProto:
+    """Copy of ``model`` with the producer filter *weights* of every removed channel set to
+    zero (their biases, BatchNorm and activations stay): what a pruned graph must equal
+    wherever the removed channels' constants fold exactly."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    values = {t.name: numpy_helper.to_array(t).copy() for t in out.graph.initializer}
+    for name, mask in (masks or {}).items():
+        values[name] = values[name] * mask.astype(values[name].dtype)
+    for g in analysis.groups:
+        removed = removed_channels(g, plan)
+        if not removed.size:
+            continue
+        for m in g.by_role(Role.PRODUCER):
+            arr = np.moveaxis(values[m.name], m.axis, 0)
+            arr[m.indices(removed)] = 0
+    for t in out.graph.initializer:
+        t.CopyFrom(numpy_helper.from_array(values[t.name], t.name))
+    return out
+
+
+def folded_reference(
+    model: onnx.ModelProto,
+    analysis: Analysis,
+    plan: PrunePlan,
+    folds: FoldPlan,
+    masks: dict[str, np.ndarray] | None = None,
+) -> onnx.ModelProto:
+    """``model`` with the removed channels' consumer slices zeroed and each fold's delta added
+    to its layer's output: what the surgery computes where a fold is not exact (the border of
+    a padded conv, ConvTranspose, unknown constants). No emptied branches."""
+    out = zero_consumers(model, analysis, plan, masks)
+    nodes = {n.name or f"{n.op_type}:{n.output[0]}": n for n in out.graph.node}
+    inits = {t.name: t for t in out.graph.initializer}
+    for f in folds.layers:
+        node = nodes[f.node]
+        rank = len(numpy_helper.to_array(inits[node.input[1]]).shape)
+        shape = [1] * rank if f.op in ("Conv", "ConvTranspose") else [1, -1]
+        if f.op in ("Conv", "ConvTranspose"):
+            shape[1] = -1
+        delta = f.delta.astype(np.float32).reshape(shape)
+        if f.op == "MatMul":
+            delta = f.delta.astype(np.float32)
+        name = f"{f.node}__ref_delta"
+        out.graph.initializer.append(numpy_helper.from_array(delta, name))
+        old = node.output[0]
+        node.output[0] = f"{old}__ref"
+        out.graph.node.append(helper.make_node("Add", [node.output[0], name], [old]))
+    from onnx import shape_inference
+
+    del out.graph.value_info[:]
+    return shape_inference.infer_shapes(_toposorted(out))
+
+
+def _toposorted(model: onnx.ModelProto) -> onnx.ModelProto:
+    known = {i.name for i in model.graph.input} | {t.name for t in model.graph.initializer} | {""}
+    pending, ordered = list(model.graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in known for i in n.input)]
+        assert ready, "cycle"
+        for n in ready:
+            ordered.append(n)
+            known.update(n.output)
+            pending.remove(n)
+    del model.graph.node[:]
+    model.graph.node.extend(ordered)
+    return model
+
+
+def check_function_kept(
+    model: onnx.ModelProto,
+    analysis: Analysis,
+    plan: PrunePlan,
+    feed: dict[str, np.ndarray],
+    masks: dict[str, np.ndarray] | None = None,
+) -> onnx.ModelProto:
+    """Prune with exact border maps; where every fold is exact the offspring equals the
+    ancestor with the removed filters' weights zeroed (:func:`zero_producers`), else the
+    default surgery equals :func:`folded_reference`. Returns the (exact-border) offspring."""
+    from evonnx.surgery import apply_plan_report
+
+    pruned, folds = apply_plan_report(model, analysis, plan, masks, exact_border=True)
+    onnx.checker.check_model(pruned, full_check=True)
+    if folds.exact:
+        assert_same(run(zero_producers(model, analysis, plan, masks), feed), run(pruned, feed))
+    else:
+        default, dfolds = apply_plan_report(model, analysis, plan, masks)
+        ref = folded_reference(model, analysis, plan, dfolds, masks)
+        assert_same(run(ref, feed), run(default, feed))
+    return pruned
 
 
 def random_plan(analysis: Analysis, keep: float, rng: np.random.Generator) -> PrunePlan:

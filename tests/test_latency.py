@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 from fake_runtime import MacRuntime
-from helpers import assert_same, run, zero_consumers
+from helpers import assert_same, check_function_kept, run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from zoo import cached_case, helper_convnet, input_feed
@@ -34,6 +34,7 @@ from evonnx.latency import (
 from evonnx.latency.calibrate import Point, calibration_widths, solve
 from evonnx.plan import PrunePlan
 from evonnx.runtimes import RuntimeSettings
+from evonnx.surgery import apply_plan
 
 
 @pytest.fixture(autouse=True)
@@ -151,8 +152,8 @@ def test_measured_budget_is_never_exceeded(keep: float, seed: int) -> None:
     assert fit.child_ms <= fit.budget_ms == pytest.approx(keep * fit.parent_ms)
     assert fit.child_ms == rt.latencies([fit.model], 1)[0]
     feed = input_feed(model)
-    expect = run(zero_consumers(model, analysis, fit.plan, off.masks), feed)
-    assert_same(expect, run(fit.model, feed))
+    check_function_kept(model, analysis, fit.plan, feed, off.masks)
+    assert_same(run(apply_plan(model, analysis, fit.plan, off.masks), feed), run(fit.model, feed))
 
 
 def test_fit_trims_until_the_measurement_fits() -> None:
@@ -198,8 +199,8 @@ def test_depth_removal_reaches_budget_on_resnet(zoo_dir: Path) -> None:
     assert fit.child_ms <= fit.budget_ms
     onnx.checker.check_model(fit.model, full_check=True)
     feed = input_feed(model)
-    expect = run(zero_consumers(model, analysis, fit.plan, off.masks), feed)
-    assert_same(expect, run(fit.model, feed))
+    check_function_kept(model, analysis, fit.plan, feed, off.masks)
+    assert_same(run(apply_plan(model, analysis, fit.plan, off.masks), feed), run(fit.model, feed))
 
 
 def test_real_runtime_predicts_its_own_model() -> None:

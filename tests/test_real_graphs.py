@@ -10,7 +10,7 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import assert_same, make_model, random_plan, run, zero_consumers
+from helpers import assert_same, check_function_kept, make_model, random_plan, run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import helper, numpy_helper
@@ -26,7 +26,6 @@ from evonnx.groups import Analysis, Role
 from evonnx.inputs import apply_input_shapes, parse_input_shapes
 from evonnx.lineage import EvolveConfig
 from evonnx.normalize import normalize
-from evonnx.surgery import apply_plan
 from evonnx.task import Task
 
 
@@ -157,10 +156,7 @@ def _prune_and_check(
 ) -> onnx.ModelProto:
     """A random plan's offspring: checker, and the dead-channel invariant on onnxruntime."""
     plan = random_plan(analysis, keep, np.random.default_rng(seed))
-    pruned = apply_plan(model, analysis, plan)
-    onnx.checker.check_model(pruned, full_check=True)
-    assert_same(run(zero_consumers(model, analysis, plan), feed), run(pruned, feed))
-    return pruned
+    return check_function_kept(model, analysis, plan, feed)
 
 
 def _assert_converter_matches(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> None:

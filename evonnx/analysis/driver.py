@@ -5,6 +5,7 @@ from __future__ import annotations
 import onnx
 import onnx_graphsurgeon as gs
 
+from evonnx.analysis.constants import ELEMENTWISE, LAYERS, channel_constants
 from evonnx.analysis.core import (
     RULES,
     Builder,
@@ -14,10 +15,9 @@ from evonnx.analysis.core import (
     freeze_inputs,
     inputs_with_layout,
     rank,
-    static_shape,
 )
 from evonnx.graph import node_name, to_graph
-from evonnx.groups import Analysis, ChannelGroup, Layer, Role
+from evonnx.groups import Analysis, ChannelConstant, ChannelGroup, Layer, Role
 
 
 def analyze(model: onnx.ModelProto) -> Analysis:
@@ -51,7 +51,7 @@ def analyze_graph(graph: gs.Graph) -> Analysis:
     for t in graph.outputs:
         b.freeze_layout(b.layout(t), f"channels reach the graph output {t.name}")
     _check_shared(b, graph)
-    return _finish(b, _removable_roots(b, graph))
+    return _finish(b, _removable_roots(b, graph), channel_constants(b, graph))
 
 
 def _check_shared(b: Builder, graph: gs.Graph) -> None:
@@ -78,16 +78,18 @@ def _removable_roots(b: Builder, graph: gs.Graph) -> set[int]:
     """Prunable groups that may be emptied: see :attr:`ChannelGroup.removable`."""
     tensors = graph.tensors()
     nodes = {node_name(n): n for n in graph.nodes}
+    outputs = {t.name for t in graph.outputs}
     out = set()
     for r in {b.root(g) for g in range(len(b.parent))}:
         if r in b.frozen or not b.members[r]:
             continue
         consumers = _whole_consumers(b, r, tensors)
-        names = set(b.tensors[r])
+        producers = {m.node for m in b.members[r] if m.role is Role.PRODUCER}
+        exits = {c for c in consumers if not _internal(nodes[c], producers, outputs)}
         if (
-            consumers
-            and _closed_branch(names, consumers, tensors)
-            and all(_exits_into_add(nodes[c]) for c in consumers)
+            exits
+            and _closed_branch(set(b.tensors[r]), consumers, tensors)
+            and all(_exits_into_add(nodes[c], outputs) for c in exits)
         ):
             out.add(r)
     return out
@@ -127,22 +129,107 @@ def _closed_branch(names: set[str], consumers: set[str], tensors: dict[str, gs.T
     return True
 
 
-def _exits_into_add(layer: gs.Node) -> bool:
-    """The layer's output only feeds Add/Sub nodes whose other operand has its full shape."""
-    out = layer.outputs[0]
-    shape = static_shape(out)
-    if shape is None or not out.outputs or layer.op not in ("Conv", "Gemm"):
+def _exits_into_add(layer: gs.Node, outputs: set[str]) -> bool:
+    """The layer's output reaches only ``Add``/``Sub`` nodes whose other operand has the full
+    shape, directly or through per-channel elementwise ops (BatchNorm, activations, SiLU's
+    ``x * Sigmoid(x)``, constant scales) read nowhere else (:func:`exit_chain`): emptied, the
+    branch is a constant there. Shapes match when every dimension is the same number or the
+    same symbol (a dynamic batch axis)."""
+    if layer.op not in ("Conv", "Gemm"):
         return False
-    for reader in out.outputs:
-        others = [t for t in reader.inputs if t is not out]
-        if reader.op not in ("Add", "Sub") or len(others) != 1:
+    chain = exit_chain(layer, outputs)
+    if chain is None:
+        return False
+    tail = chain[0]
+    return all(
+        _same_shape(next(i for i in r.inputs if i is not tail).shape, tail.shape)
+        for r in tail.outputs
+    )
+
+
+def exit_chain(layer: gs.Node, outputs: set[str]) -> tuple[gs.Tensor, list[gs.Node]] | None:
+    """The elementwise region after ``layer`` and the one tensor it hands to the residual join.
+
+    The region holds every :data:`~evonnx.analysis.constants.ELEMENTWISE` node whose
+    activation inputs all come from ``layer`` or the region (in an evaluable order); its one
+    *tail* tensor is read only by ``Add``/``Sub`` nodes with one other, non-constant operand,
+    and every other region tensor only inside the region. None when there is no such tail or
+    a region tensor is a graph output (``outputs``: their names).
+    """
+    start = layer.outputs[0]
+    region: dict[int, gs.Tensor] = {id(start): start}
+    nodes: list[gs.Node] = []
+    seen: set[int] = set()
+    work = [start]
+    while work and len(nodes) <= _MAX_CHAIN:
+        t = work.pop()
+        if t.name in outputs or not t.outputs:
+            return None
+        for r in t.outputs:
+            live = [i for i in r.inputs if i.name and not isinstance(i, gs.Constant)]
+            if id(r) in seen or r.op not in ELEMENTWISE or _is_join(r, t, region):
+                continue
+            if all(id(i) in region for i in live):
+                seen.add(id(r))
+                nodes.append(r)
+                for o in r.outputs:
+                    region[id(o)] = o
+                    work.append(o)
+    tails = []
+    for t in region.values():
+        outer = [r for r in t.outputs if id(r) not in seen]
+        if not outer:
+            continue
+        if len(outer) < len(t.outputs) or not all(_is_join(r, t, region) for r in outer):
+            return None
+        tails.append(t)
+    return (tails[0], nodes) if len(tails) == 1 and len(nodes) <= _MAX_CHAIN else None
+
+
+_MAX_CHAIN = 16
+
+
+def _is_join(node: gs.Node, t: gs.Tensor, region: dict[int, gs.Tensor]) -> bool:
+    """``node`` is an ``Add``/``Sub`` of ``t`` and one activation from outside the region."""
+    if node.op not in ("Add", "Sub") or len(node.inputs) != 2:
+        return False
+    others = [i for i in node.inputs if i is not t]
+    return (
+        len(others) == 1 and not isinstance(others[0], gs.Constant) and id(others[0]) not in region
+    )
+
+
+def _internal(layer: gs.Node, producers: set[str], outputs: set[str]) -> bool:
+    """Whether ``layer``'s output flows only back into the group's own producers (the
+    squeeze of a squeeze-excite block inside a branch), never to another layer or output."""
+    work, seen = [layer.outputs[0]], 0
+    while work:
+        t = work.pop()
+        seen += 1
+        if t.name in outputs or seen > 64:
             return False
-        if static_shape(others[0]) != shape:
+        for r in t.outputs:
+            if node_name(r) in producers:
+                continue
+            if r.op in LAYERS:
+                return False
+            work.extend(r.outputs)
+    return True
+
+
+def _same_shape(a: object, b: object) -> bool:
+    """Shapes with equal ranks whose dims are equal numbers or the same symbol."""
+    if not isinstance(a, (list, tuple)) or not isinstance(b, (list, tuple)) or len(a) != len(b):
+        return False
+    for x, y in zip(a, b, strict=True):
+        if x is None or y is None or x != y:
+            return False
+        if isinstance(x, int) and x < 0:
             return False
     return True
 
 
-def _finish(b: Builder, removable: set[int]) -> Analysis:
+def _finish(b: Builder, removable: set[int], constants: tuple[ChannelConstant, ...]) -> Analysis:
     roots = sorted({b.root(g) for g in range(len(b.parent))} - set(b.halves))
     groups = []
     for r in roots:
@@ -162,7 +249,7 @@ def _finish(b: Builder, removable: set[int]) -> Analysis:
         )
         for lay in b.layers
     )
-    return Analysis(tuple(groups), layers)
+    return Analysis(tuple(groups), layers, constants)
 
 
 def _single(b: Builder, gid: int | None) -> int | None:

@@ -10,7 +10,14 @@ from typing import Any
 
 import click
 import onnx
+from click.core import ParameterSource
 
+from evonnx.cli.fidelity_options import (
+    FIDELITY_OPTIONS,
+    build_fidelity_task,
+    fidelity_options,
+    refuse_without_inputs,
+)
 from evonnx.cli.latency_options import LATENCY_OPTIONS
 from evonnx.cli.paths import refuse_unused
 from evonnx.cli.shape_options import input_shape_option, normalize_option
@@ -22,6 +29,7 @@ from evonnx.inputs import apply_input_shapes
 from evonnx.lineage import EvolveConfig, GenerationRecord, Lineage, show_score
 from evonnx.rundir import locked
 from evonnx.signals import describe, exit_code
+from evonnx.speed import slower_despite_fewer_macs
 from evonnx.task import Task, load_task, validation_indices
 from evonnx.validate import check_resources
 
@@ -44,16 +52,18 @@ def _header(percent: bool, val: bool) -> str:
     val_col = f"  {'val ' + word:>10}" if val else ""
     return (
         f"{'gen':>4}  {'test ' + word:>10}{val_col}  {'A-E':>8}  {'C-E':>7}  {'MACs':>7}  "
-        f"{'train s':>7}"
+        f"{'speed-up':>8}  {'train s':>7}"
     )
 
 
 def _row(r: GenerationRecord, percent: bool, val: bool, over: bool) -> str:
     val_col = f"  {show_score(r.val_accuracy, percent, unit=True):>10}" if val else ""
+    speed = "-" if r.speedup is None else f"{r.speedup:.2f}x"
     return (
         f"{r.generation:>4}  {show_score(r.accuracy, percent, unit=True):>10}{val_col}  "
-        f"{r.ae:>7.2f}x  {r.ce:>6.2f}x  {r.mac_ratio:>6.2f}x  {r.train_seconds:>7.1f}"
+        f"{r.ae:>7.2f}x  {r.ce:>6.2f}x  {r.mac_ratio:>6.2f}x  {speed:>8}  {r.train_seconds:>7.1f}"
         + ("  over budget" if over else "")
+        + ("  (fewer MACs, not faster)" if slower_despite_fewer_macs(r) else "")
     )
 
 
@@ -90,6 +100,7 @@ def _summary(lineage: Lineage, out: Path) -> None:
         f"\nbest within budget ({split} protocol: selected and budget checked on the {split} "
         f"split): generation {best.generation} ({out / best.file}): "
         f"A-E {best.ae:.2f}x, C-E {best.ce:.2f}x, MACs {best.mac_ratio:.2f}x fewer, "
+        f"{'' if best.speedup is None else f'measured {best.speedup:.2f}x faster, '}"
         f"test {word} {show(best.accuracy, unit=True)} (generation 1: "
         f"{show(lineage.records[0].accuracy, unit=True)}){decided}\n"
         + (
@@ -212,6 +223,11 @@ def _with_options(fn: click.decorators.FC, d: EvolveConfig) -> click.decorators.
                      default=d.gpus_per_offspring, show_default=True,
                      help="Retrain each offspring data-parallel (torch DDP) on N GPUs, or "
                           "on CPU in N processes (a Ray Train job with --executor ray)."),
+        click.option("--no-measure", "measure", is_flag=True, flag_value=False,
+                     default=d.measure,
+                     help="Do not measure each generation's speed-up over generation 1 on "
+                          "ort-cpu at batch 1 (measured by default when no --runtime is "
+                          "given)."),
         click.option("--resume", is_flag=True, help="Continue the run in the output folder."),
     ]  # fmt: skip
     for option in reversed(options):
@@ -268,12 +284,14 @@ def run(
     help="Run folder: gen_NNN.onnx, lineage.json/.csv, report.md, efficiency.png.",
 )
 @evolution_options(EvolveConfig())
+@fidelity_options
 @input_shape_option
 @normalize_option
 def evolve(
     model: Path,
     data: str | None,
     task_spec: str | None,
+    inputs: Path | None,
     out: Path,
     resume: bool,
     input_shapes: dict[str, tuple[int, ...]],
@@ -282,21 +300,43 @@ def evolve(
 ) -> None:
     """Evolve MODEL: synthesize, prune, retrain and score offspring generation by generation.
 
-    Symbolic input dimensions default to the data's sample shape; --input-shape overrides
-    them (the batch dimension stays symbolic).
+    Give labelled data (--data), a task (--task), or only the model's own inputs (--inputs:
+    label-free, the ancestor is the teacher). Symbolic input dimensions default to the data's
+    sample shape; --input-shape overrides them (the batch dimension stays symbolic).
     """
-    if (data is None) == (task_spec is None):
-        raise ConfigError("give either --data or --task (FILE.py:NAME)")
+    if sum(x is not None for x in (data, task_spec, inputs)) != 1:
+        raise ConfigError(
+            "give either --data or --task (FILE.py:NAME), or --inputs (DIR|FILE.npz) for "
+            "label-free evolution"
+        )
+    fidelity = {k: options.pop(k) for k in FIDELITY_OPTIONS}
+    refuse_without_inputs(inputs)
+    if inputs is not None:
+        _no_distill_by_default(options)
     config = make_config(**options)
     _refuse_idle_options(config, task=task_spec is not None)
     ancestor: Path | onnx.ModelProto = model
-    if input_shapes or not normalize:
+    if input_shapes or not normalize or inputs is not None:
         proto = load_model(model, normalize=normalize)
         ancestor = apply_input_shapes(proto, input_shapes, keep_batch=True)
-    task = load_task(task_spec) if task_spec is not None else str(data)
-    if isinstance(task, Task):
+    task: str | Task = str(data)
+    if task_spec is not None:
+        task = load_task(task_spec)
         _refuse_idle_task_options(task, config)
+    elif inputs is not None:
+        assert isinstance(ancestor, onnx.ModelProto)
+        task = build_fidelity_task(ancestor, inputs, config, fidelity)
     run(ancestor, task, out, config, resume)
+
+
+def _no_distill_by_default(options: dict[str, Any]) -> None:
+    """--inputs: the ancestor already is the teacher; distill from the parent only if asked."""
+    ctx = click.get_current_context()
+    if ctx.get_parameter_source("distill") not in (
+        ParameterSource.COMMANDLINE,
+        ParameterSource.ENVIRONMENT,
+    ):
+        options["distill"] = None
 
 
 @click.command()

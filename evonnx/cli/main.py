@@ -372,6 +372,7 @@ def _report_prune(
         },
         "zeroed": {"synapses": _zeros(a) - _zeros(b)},
         "latency": _latency_summary(result.latency),
+        "folds": result.folds.summary() if result.folds is not None else None,
     }
     if as_json:
         emit_json(summary)
@@ -390,6 +391,14 @@ def _report_prune(
         + (f" and {_human(b.macs - a.macs)} MACs" if summary["mac_ratio"] else "")
         + f"; zeroed {_human(_zeros(a) - _zeros(b))} synapses inside kept filters"
     )
+    f = result.folds
+    if f is not None and not f.exact:
+        s = f.summary()
+        kinds = ", ".join(f"{v} {k}" for k, v in s["layers"].items() if v)
+        click.echo(
+            f"folded the removed channels' constants into their readers ({kinds}); largest "
+            f"border error {s['max_border_error']:.3g}, {s['unknown_channels']} channels unknown"
+        )
     m = result.latency
     if m is not None:
         click.echo(
