@@ -280,8 +280,8 @@ def synthesize_latency(
         PlanError: The speed-up cannot be reached.
         RuntimeUnavailableError, ProviderError: The runtime cannot run here.
     """
-    if not speedup > 1.0:
-        raise ConfigError(f"speedup must be above 1, got {speedup}")
+    if not 1.0 < speedup < float("inf"):
+        raise ConfigError(f"speedup must be a number above 1 (not infinite), got {speedup}")
     check_finite_weights(model)
     shaped = apply_input_shapes(model, input_shapes or {})
     graph = to_graph(shaped)

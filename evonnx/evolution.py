@@ -57,7 +57,12 @@ from evonnx.speed import (
 from evonnx.surgery import apply_plan
 from evonnx.task import Split, Task, split_data
 from evonnx.textio import write_bytes_atomic, write_text_atomic
-from evonnx.validate import check_finite_weights, check_resources, check_round_to
+from evonnx.validate import (
+    check_finite_weights,
+    check_float32,
+    check_resources,
+    check_round_to,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +113,7 @@ def evolve(
     """
     model = ancestor if isinstance(ancestor, onnx.ModelProto) else load_model(ancestor)
     check_finite_weights(model, "the ancestor")
+    check_float32(model)
     out = Path(out_dir)
     sha = model_sha256(model)
     model = _trainable(model)

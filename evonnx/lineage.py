@@ -142,8 +142,8 @@ class EvolveConfig:
                 "target_speedup needs --env latency",
             ),
             (
-                self.target_speedup is None or self.target_speedup > 1.0,
-                "target_speedup must be above 1",
+                self.target_speedup is None or 1.0 < self.target_speedup < math.inf,
+                "target_speedup must be a number above 1 (not infinite)",
             ),
             (self.latency_batch >= 1, "latency_batch must be at least 1"),
             (self.runtime_threads >= 0, "runtime_threads must be >= 0"),

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from evonnx.errors import ConfigError, NonFiniteError
+from evonnx.errors import ConfigError, NonFiniteError, UnsupportedModelError
 from evonnx.groups import Analysis
 from evonnx.lineage import EvolveConfig
 from evonnx.runtimes import RuntimeSettings
@@ -52,6 +52,22 @@ def check_finite_weights(model: onnx.ModelProto, what: str = "the model") -> Non
         raise NonFiniteError(
             f"{what} has NaN or infinite weights in {', '.join(bad[:3])}"
             f"{', ...' if len(bad) > 3 else ''}; nothing can be learned from it"
+        )
+
+
+def check_float32(model: onnx.ModelProto) -> None:
+    """Refuse a half-precision model for evolution (offspring retrain in float32).
+
+    Raises:
+        UnsupportedModelError: Some weight is float16 or bfloat16.
+    """
+    half = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+    names = [t.name for t in model.graph.initializer if t.data_type in half]
+    if names:
+        raise UnsupportedModelError(
+            f"the ancestor has half-precision weights ({', '.join(names[:3])}"
+            f"{', ...' if len(names) > 3 else ''}); evolve a float32 model and convert the "
+            "result with `evonnx export --fp16`"
         )
 
 

@@ -564,3 +564,52 @@ def test_api_progress_prints_one_line_per_generation(
     evonnx.evolve(helper_convnet(), _data(), tmp_path / "run", CONFIG, progress=True)
     err = capsys.readouterr().err
     assert "evonnx: generation 1: test" in err and "evonnx: generation 2: test" in err
+
+
+# --------------------------------------------------------------------------- bounds (10)
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [("x=1x2x100000000x100000000", "GiB of memory; this machine has"),
+     ("x=1x2x99999999999999999999x8", "dimensions must be below")],
+)  # fmt: skip
+def test_huge_input_shapes_are_refused_with_the_figure(
+    tmp_path: Path, shape: str, message: str
+) -> None:
+    model, _ = _files(tmp_path)
+    code, output = _invoke("inspect", str(model), "--input-shape", shape)
+    assert code == 1 and message in _one_error_line(output)
+
+
+def test_an_npz_inflating_past_memory_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from evonnx import memory
+    from evonnx.data import load_npz
+    from evonnx.errors import DataError
+
+    _, data = _files(tmp_path)
+    monkeypatch.setattr(memory, "available_bytes", lambda: 1000)
+    with pytest.raises(DataError, match=r"tiny.npz \(uncompressed\) needs .* GiB of memory"):
+        load_npz(data)
+
+
+def test_a_half_precision_ancestor_is_refused_up_front(tmp_path: Path) -> None:
+    from onnxconverter_common import float16
+
+    from evonnx.errors import UnsupportedModelError
+
+    half = float16.convert_float_to_float16(helper_convnet(), keep_io_types=True)
+    with pytest.raises(UnsupportedModelError, match="half-precision weights"):
+        evonnx.evolve(half, _data(), tmp_path / "run", CONFIG)
+    assert not (tmp_path / "run").exists()
+
+
+def test_infinite_speedups_are_refused(tmp_path: Path) -> None:
+    model, _ = _files(tmp_path)
+    code, output = _invoke("prune", str(model), "--env", "latency", "--speedup", "inf",
+                           "-o", str(tmp_path / "o.onnx"))  # fmt: skip
+    assert code == 1 and "speedup" in _one_error_line(output)
+    with pytest.raises(ConfigError):
+        EvolveConfig(env="latency", target_speedup=float("inf"))
