@@ -13,12 +13,14 @@ and process executors), :mod:`evonnx.ray_train` runs them as a Ray Train ``Torch
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import os
 import pickle
 import socket
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -125,9 +127,10 @@ def rank_results(job: OffspringJob, payload: bytes, ranks: int) -> list[JobResul
     with tempfile.TemporaryDirectory(prefix="evonnx-ddp-") as tmp:
         folder = Path(tmp)
         try:
-            context = mp.spawn(
-                _rank_main, args=(ranks, job, payload, str(folder)), nprocs=ranks, join=False
-            )
+            with _rank_threads(job.config.threads, ranks):
+                context = mp.spawn(
+                    _rank_main, args=(ranks, job, payload, str(folder)), nprocs=ranks, join=False
+                )
             try:
                 while not context.join():
                     pass
@@ -142,6 +145,22 @@ def rank_results(job: OffspringJob, payload: bytes, ranks: int) -> list[JobResul
                     raise pickle.loads(error.read_bytes()) from None
             raise ExecutorError(f"data-parallel retraining failed: {exc}") from exc
         return [pickle.loads((folder / f"rank{k}.pkl").read_bytes()) for k in range(ranks)]
+
+
+@contextlib.contextmanager
+def _rank_threads(threads: int | None, world: int) -> Iterator[None]:
+    """``OMP_NUM_THREADS`` for the ranks being started (read when they start): the job's
+    threads, else the CPUs shared out, so that no rank's OpenMP pool oversubscribes the
+    cores (spinning OpenMP threads on a busy machine slow every rank down many times)."""
+    saved = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = str(threads or max(1, (os.cpu_count() or 1) // world))
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved
 
 
 def _rank_main(index: int, world: int, job: OffspringJob, payload: bytes, folder: str) -> None:
