@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from evonnx.groups import Analysis
 from evonnx.inputs import InputShapes, apply_input_shapes
 from evonnx.latency import LatencySettings, check_reachable, latency_offspring, latency_target
 from evonnx.latency.inputs import check_inputs
-from evonnx.lineage import EvolveConfig, Lineage
+from evonnx.lineage import EvolveConfig, GenerationRecord, Lineage
 from evonnx.metrics import ModelMetrics, metrics_of_graph
 from evonnx.normalize import NormalizeReport
 from evonnx.normalize import normalize as normalize_model
@@ -31,6 +32,7 @@ from evonnx.runtimes import make_runtime
 from evonnx.shapes import shaped_graph
 from evonnx.surgery import apply_plan_report
 from evonnx.task import Task
+from evonnx.validate import check_finite_weights, check_round_to
 
 logger = logging.getLogger(__name__)
 
@@ -202,8 +204,10 @@ def prune(
             f"{min_fraction:g} of its channels; keep {min_fraction:g} or more, or lower the "
             "floor (--min-fraction)"
         )
+    check_finite_weights(model)
     graph, resolved = shaped_graph(model, input_shapes)
     analysis = analyze_graph(graph, resolved.hint())
+    check_round_to(analysis, None if branches else round_to)
     weights = constant_values(graph)
     before = metrics_of_graph(graph, analysis)
     if branches and not before.macs_known:
@@ -236,8 +240,10 @@ def synthesize(
         seed: Seed of the ``numpy.random.Generator`` that samples the offspring.
         input_shapes: Static shapes for symbolic inputs (needed for MAC budgets).
     """
+    check_finite_weights(model)
     graph, resolved = shaped_graph(model, input_shapes)
     analysis = analyze_graph(graph, resolved.hint())
+    check_round_to(analysis, config.round_to if config is not None else None)
     offspring = sample_offspring(model, analysis, config, np.random.default_rng(seed))
     out, folds = apply_plan_report(model, analysis, offspring.plan, offspring.masks)
     before = metrics_of_graph(graph, analysis)
@@ -290,8 +296,9 @@ def synthesize_latency(
         PlanError: The speed-up cannot be reached.
         RuntimeUnavailableError, ProviderError: The runtime cannot run here.
     """
-    if not speedup > 1.0:
-        raise ConfigError(f"speedup must be above 1, got {speedup}")
+    if not 1.0 < speedup < float("inf"):
+        raise ConfigError(f"speedup must be a number above 1 (not infinite), got {speedup}")
+    check_finite_weights(model)
     shaped = apply_input_shapes(model, input_shapes or {})
     check_inputs(shaped, latency.batch)
     graph, resolved = shaped_graph(shaped)
@@ -327,6 +334,7 @@ def evolve(
     built-in classification task. Symbolic input dimensions default to the data's sample
     shape; ``input_shapes`` overrides them (the batch dimension stays symbolic). See
     :func:`evonnx.evolution.evolve`; returns the lineage of every finished generation.
+    ``progress`` shows progress bars on a terminal and one line per generation on stderr.
     """
     from evonnx.evolution import evolve as run_evolution  # imports torch
 
@@ -334,4 +342,18 @@ def evolve(
     if input_shapes:
         proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
         model = apply_input_shapes(proto, input_shapes, keep_batch=True)
-    return run_evolution(model, dataset, out_dir, config or EvolveConfig(), resume, progress)
+    report = _print_generation if progress else None
+    return run_evolution(
+        model, dataset, out_dir, config or EvolveConfig(), resume, progress, report
+    )
+
+
+def _print_generation(record: GenerationRecord) -> None:
+    """``progress=True``: one line per finished generation on stderr."""
+    val = "" if record.val_accuracy is None else f", validation {record.val_accuracy:.4g}"
+    print(
+        f"evonnx: generation {record.generation}: test {record.accuracy:.4g}{val}, "
+        f"A-E {record.ae:.2f}x, MACs {record.mac_ratio:.2f}x fewer",
+        file=sys.stderr,
+        flush=True,
+    )

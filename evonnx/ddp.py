@@ -13,9 +13,14 @@ and process executors), :mod:`evonnx.ray_train` runs them as a Ray Train ``Torch
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import hashlib
+import os
 import pickle
+import socket
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +35,9 @@ if TYPE_CHECKING:
 
 Rank = tuple[int, int]
 """(rank, world size)."""
+
+RENDEZVOUS_TIMEOUT = 1800
+"""Seconds a rank waits for the others (joining, and in every collective) before failing."""
 
 
 def shard(value: Any, rank: Rank) -> Any:
@@ -119,7 +127,17 @@ def rank_results(job: OffspringJob, payload: bytes, ranks: int) -> list[JobResul
     with tempfile.TemporaryDirectory(prefix="evonnx-ddp-") as tmp:
         folder = Path(tmp)
         try:
-            mp.spawn(_rank_main, args=(ranks, job, payload, str(folder)), nprocs=ranks)
+            with _rank_threads(job.config.threads, ranks):
+                context = mp.spawn(
+                    _rank_main, args=(ranks, job, payload, str(folder)), nprocs=ranks, join=False
+                )
+            try:
+                while not context.join():
+                    pass
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the ranks ignore it; stop them
+                for process in context.processes:
+                    process.terminate()
+                raise
         except Exception as exc:  # torch wraps a rank's exception; ours is saved on disk
             for k in range(ranks):
                 error = folder / f"error{k}.pkl"
@@ -129,16 +147,40 @@ def rank_results(job: OffspringJob, payload: bytes, ranks: int) -> list[JobResul
         return [pickle.loads((folder / f"rank{k}.pkl").read_bytes()) for k in range(ranks)]
 
 
+@contextlib.contextmanager
+def _rank_threads(threads: int | None, world: int) -> Iterator[None]:
+    """``OMP_NUM_THREADS`` for the ranks being started (read when they start): the job's
+    threads, else the CPUs shared out, so that no rank's OpenMP pool oversubscribes the
+    cores (spinning OpenMP threads on a busy machine slow every rank down many times)."""
+    saved = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = str(threads or max(1, (os.cpu_count() or 1) // world))
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved
+
+
 def _rank_main(index: int, world: int, job: OffspringJob, payload: bytes, folder: str) -> None:
     """One rank: join the process group, train, save the result (or the error)."""
     import torch
     import torch.distributed as dist
 
+    from evonnx.signals import ignore_interrupts
+
+    ignore_interrupts()  # the launching process handles Ctrl-C and stops the ranks
+    local_rank_setup(job.config.threads, world)
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(index)
     dist.init_process_group(
-        backend, init_method=f"file://{folder}/rendezvous", rank=index, world_size=world
+        backend,
+        init_method=f"file://{folder}/rendezvous",
+        rank=index,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=RENDEZVOUS_TIMEOUT),
     )
     out = Path(folder)
     try:
@@ -149,6 +191,19 @@ def _rank_main(index: int, world: int, job: OffspringJob, payload: bytes, folder
         raise
     finally:
         dist.destroy_process_group()
+
+
+def local_rank_setup(threads: int | None, world: int) -> None:
+    """Settings of a rank on this machine: gloo talks over the loopback interface (no lookup
+    of the host's name, which can stall or fail on a busy or offline machine), and torch
+    uses the job's threads (else the CPUs shared out among the ranks), so ranks do not
+    oversubscribe the cores before training sets its own."""
+    import torch
+
+    loopback = next((name for _, name in socket.if_nameindex() if name.startswith("lo")), None)
+    if loopback is not None:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback)
+    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // world))
 
 
 def run_data_parallel(job: OffspringJob, data: Split, ranks: int) -> JobResult:

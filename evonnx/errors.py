@@ -69,3 +69,11 @@ class RankDiedError(ExecutorError):
 
 class OutputMismatchError(EvonnxError):
     """A rewritten graph's outputs differ from its input's: nothing is written."""
+
+
+class NonFiniteError(EvonnxError):
+    """A model's weights, a training loss or a score is NaN or infinite."""
+
+
+class NonFiniteScoreError(NonFiniteError, TaskError):
+    """A task scored a model as NaN or infinite (that offspring fails)."""

@@ -30,19 +30,23 @@ from evonnx.data import Dataset
 from evonnx.deploy.shapes import batch_info, dynamic_batch
 from evonnx.errors import (
     LatencyBudgetError,
+    NonFiniteError,
     RunDirectoryError,
+    TaskError,
     UnsupportedModelError,
 )
 from evonnx.executors import Executor, make_executor
 from evonnx.genetic import efficiency, synthesize
 from evonnx.graph import load_model, save_model
 from evonnx.groups import Analysis
+from evonnx.guard import user_code
 from evonnx.inputs import fill_symbolic_dims, sample_shapes
 from evonnx.jobs import OffspringJob
 from evonnx.latency import RunLatency, Target
 from evonnx.lineage import RESUMABLE, EvolveConfig, GenerationRecord, Lineage
 from evonnx.metrics import ModelMetrics, compute_metrics
-from evonnx.rundir import leftovers, run_folder
+from evonnx.rundir import leftovers, run_folder, sweep
+from evonnx.signals import InterruptWatch, watch_interrupts
 from evonnx.speed import (
     Measures,
     SpeedProbe,
@@ -53,6 +57,12 @@ from evonnx.speed import (
 from evonnx.surgery import apply_plan
 from evonnx.task import Split, Task, split_data
 from evonnx.textio import write_bytes_atomic, write_text_atomic
+from evonnx.validate import (
+    check_finite_weights,
+    check_float32,
+    check_resources,
+    check_round_to,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -102,51 +112,71 @@ def evolve(
         UnsupportedModelError: Nothing in the model can be pruned.
     """
     model = ancestor if isinstance(ancestor, onnx.ModelProto) else load_model(ancestor)
+    check_finite_weights(model, "the ancestor")
+    check_float32(model)
     out = Path(out_dir)
     sha = model_sha256(model)
     model = _trainable(model)
-    split = split_data(data, config)
-    model = fill_symbolic_dims(model, sample_shapes(split.task.train_batches()))
-    _check_fit(model, split.task)
-    with run_folder(out, resume):
-        lineage = _start(model, sha, split, out, config, resume)
-        parent = load_model(out / lineage.records[-1].file)
-        first_model = load_model(out / lineage.records[0].file)
-        gen1 = compute_metrics(first_model)
-        # the executor first: on Ray, latency is measured by jobs of its own
-        executor = make_executor(config, progress) if _should_continue(lineage) else None
+    name = data.name if isinstance(data, (Task, Dataset)) else "task"
+    with user_code(name, "has_validation"):
+        split = split_data(data, config)
+    with user_code(name, "train_batches()"):
+        model = fill_symbolic_dims(model, sample_shapes(split.task.train_batches()))
+    _check_fit(model, split.task, config)
+    check_resources(config)
+    # every resource before the first write: a Ray cluster is reached (or started) here
+    executor = make_executor(config, progress)
+    try:
+        with watch_interrupts() as watch, run_folder(out, resume):
+            return _run(model, sha, split, out, config, resume, executor, watch, on_generation)
+    finally:
+        executor.close()
+
+
+def _run(
+    model: onnx.ModelProto,
+    sha: str,
+    split: Split,
+    out: Path,
+    config: EvolveConfig,
+    resume: bool,
+    executor: Executor,
+    watch: InterruptWatch,
+    on_generation: ProgressFn | None,
+) -> Lineage:
+    """The generations of a run, in its locked folder."""
+    lineage = _start(model, sha, split, out, config, resume)
+    first_model = load_model(out / lineage.records[0].file)
+    gen1 = compute_metrics(first_model)
+    hw = _run_latency(config, first_model, executor)  # on Ray, measured by jobs of its own
+    probe = hw if hw is not None else _speed_probe(config, first_model)
+    if probe is not None and lineage.records[0].latency_ms is None:
+        first = _measured(probe, lineage.records[0], first_model)
+        lineage = replace(lineage, records=(first, *lineage.records[1:]))
+        if hw is not None or not _should_continue(lineage):  # else with generation 2
+            _write_lineage(out, lineage)
+    if on_generation is not None:
+        for done in lineage.records:
+            on_generation(done)
+    parent, parent_gen = None, 0
+    while _should_continue(lineage):
+        watch.check()  # a Ctrl-C some library swallowed still stops the run here
+        gen = lineage.records[-1].generation + 1
+        base = lineage.best  # breed from the latest generation within the budget
+        if parent is None or base.generation != parent_gen:
+            parent = load_model(out / base.file)
         try:
-            hw = _run_latency(config, first_model, executor)
-            probe = hw if hw is not None else _speed_probe(config, first_model)
-            if probe is not None and lineage.records[0].latency_ms is None:
-                first = _measured(probe, lineage.records[0], first_model)
-                lineage = replace(lineage, records=(first, *lineage.records[1:]))
-                if hw is not None or not _should_continue(lineage):  # else with generation 2
-                    _write_lineage(out, lineage)
-            if on_generation is not None:
-                for done in lineage.records:
-                    on_generation(done)
-            while _should_continue(lineage):
-                gen = lineage.records[-1].generation + 1
-                base = lineage.best  # breed from the latest generation within the budget
-                if base is not lineage.records[-1]:
-                    parent = load_model(out / base.file)
-                executor = executor or make_executor(config, progress)
-                try:
-                    record, parent = _generation(
-                        parent, gen, split, config, gen1, out, executor, hw, base.generation,
-                        probe,
-                    )  # fmt: skip
-                except LatencyBudgetError as exc:  # no faster offspring exists: evolution ends
-                    logger.warning("stopping before generation %d: %s", gen, exc)
-                    break
-                lineage = replace(lineage, records=(*lineage.records, record))
-                _write_lineage(out, lineage)
-                if on_generation is not None:
-                    on_generation(record)
-        finally:
-            if executor is not None:
-                executor.close()
+            record, parent = _generation(
+                parent, gen, split, config, gen1, out, executor, hw, base.generation, probe
+            )
+        except LatencyBudgetError as exc:  # no faster offspring exists: evolution ends
+            logger.warning("stopping before generation %d: %s", gen, exc)
+            break
+        parent_gen = gen
+        lineage = replace(lineage, records=(*lineage.records, record))
+        _write_lineage(out, lineage)
+        if on_generation is not None:
+            on_generation(record)
     return lineage
 
 
@@ -158,9 +188,12 @@ def _trainable(model: onnx.ModelProto) -> onnx.ModelProto:
     return dynamic_batch(model)
 
 
-def _check_fit(model: onnx.ModelProto, task: Task) -> None:
-    task.check(model)
-    if not analyze(model).prunable_groups:
+def _check_fit(model: onnx.ModelProto, task: Task, config: EvolveConfig) -> None:
+    with user_code(task.name, "check()"):
+        task.check(model)
+    analysis = analyze(model)
+    check_round_to(analysis, config.round_to)
+    if not analysis.prunable_groups:
         raise UnsupportedModelError(
             "nothing in this model can be pruned (run `evonnx inspect` to see why each "
             "channel group is frozen)"
@@ -199,6 +232,7 @@ def _start(
                 "choose another output directory"
             )
         lineage = _resumed(path, sha, data.task, config)
+        sweep(out)  # the folder holds our run: its killed writes' temporaries go
         _write_lineage(out, lineage)  # a kill may have left the csv, report or plot behind
         return lineage
     ours, others = leftovers(out)
@@ -212,13 +246,16 @@ def _start(
             f"{out} holds a run that stopped before generation 1 was recorded; pass --resume "
             "to start it again there, or choose another output directory"
         )
+    sweep(out)
     if resume:
         logger.warning("%s holds no finished generation; starting the run from generation 1", out)
+    acc, val = data.score_model(model)  # the task's errors come before the first write
+    digest = _fingerprint(data.task)
     save_model(model, out / "gen_001.onnx")
-    acc, val = data.score(out / "gen_001.onnx")
     metrics = compute_metrics(model)
     first = _record(1, None, None, "gen_001.onnx", (acc, val), metrics, metrics, 0.0, ())
-    lineage = Lineage(sha, data.task.name, config, (first,), data.task.fingerprint(),
+    first = replace(first, sha256=file_sha256(out / first.file))
+    lineage = Lineage(sha, data.task.name, config, (first,), digest,
                       data.task.score_percent)  # fmt: skip
     _write_lineage(out, lineage)
     logger.info("generation 1 (ancestor): accuracy %.4f", acc)
@@ -227,7 +264,7 @@ def _start(
 
 def _resumed(path: Path, sha: str, data: Task, config: EvolveConfig) -> Lineage:
     try:
-        old = Lineage.from_dict(json.loads(path.read_text()))
+        old = Lineage.from_dict(json.loads(path.read_text(), parse_constant=_no_constant))
     except (OSError, ValueError, RunDirectoryError) as exc:
         raise RunDirectoryError(
             f"{path} is not a readable evonnx lineage ({exc}); move the folder aside and "
@@ -236,6 +273,17 @@ def _resumed(path: Path, sha: str, data: Task, config: EvolveConfig) -> Lineage:
     missing = [r.file for r in old.records if not (path.parent / r.file).is_file()]
     if missing:
         raise RunDirectoryError(f"{path.parent} lacks {', '.join(missing)}, listed in {path.name}")
+    changed_files = [
+        r.file
+        for r in old.records
+        if r.sha256 is not None and file_sha256(path.parent / r.file) != r.sha256
+    ]
+    if changed_files:
+        raise RunDirectoryError(
+            f"{', '.join(changed_files)} in {path.parent} changed since the run wrote "
+            f"{'it' if len(changed_files) == 1 else 'them'} (sha256 differs from {path.name}): "
+            "restore the files or start a new run"
+        )
     if old.ancestor_sha256 != sha:
         raise RunDirectoryError(f"{path.parent} holds a run of a different ancestor model")
     _check_same_data(old, data, path.parent)
@@ -251,9 +299,30 @@ def _resumed(path: Path, sha: str, data: Task, config: EvolveConfig) -> Lineage:
     return replace(old, config=config, score_percent=data.score_percent)
 
 
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number a lineage may hold")
+
+
+def _fingerprint(task: Task) -> str | None:
+    with user_code(task.name, "fingerprint()"):
+        digest = task.fingerprint()
+    if digest is not None and not isinstance(digest, str):
+        raise TaskError(f"task {task.name!r}: fingerprint() returned a {type(digest).__name__}")
+    return digest
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes (a generation file, as written)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _check_same_data(old: Lineage, task: Task, folder: Path) -> None:
     """Refuse to resume on other data: by content when both runs have a fingerprint."""
-    digest = task.fingerprint()
+    digest = _fingerprint(task)
     if old.data_sha256 is None or digest is None:
         if old.data != task.name:
             raise RunDirectoryError(f"{folder} was evolved on {old.data!r}, not {task.name!r}")
@@ -288,8 +357,17 @@ def _generation(
     teacher = parent.SerializeToString() if config.distill is not None else None
     jobs = [_offspring(parent, analysis, config, s, hw, target, teacher) for s in seeds]
     candidates = executor.run(jobs, data)
-    fitness = [s[0] if s[1] is None else s[1] for s in (c.scores for c in candidates)]
-    best = max(range(len(candidates)), key=lambda k: fitness[k])
+    fitness = [
+        None if c.failed is not None else c.scores[0] if c.scores[1] is None else c.scores[1]
+        for c in candidates
+    ]
+    alive = {k: f for k, f in enumerate(fitness) if f is not None}
+    if not alive:
+        raise NonFiniteError(
+            f"generation {gen}: every offspring failed ({candidates[0].failed}); lower --lr or "
+            f"check the task's loss; the finished generations are kept in {out}"
+        )
+    best = max(alive, key=alive.__getitem__)
     child = onnx.load_from_string(candidates[best].model)
     scores, seed = candidates[best].scores, candidates[best].seed
     record = _record(
@@ -308,6 +386,7 @@ def _generation(
         record = _measured(probe, record, child)
         warn_if_slower(record)
     save_model(child, out / record.file)
+    record = replace(record, sha256=file_sha256(out / record.file))
     logger.info("generation %d: accuracy %.4f, A-E %.2fx", gen, scores[0], record.ae)
     return record, child
 
@@ -375,7 +454,7 @@ def _record(
     gen1: ModelMetrics,
     now: ModelMetrics,
     seconds: float,
-    candidates: tuple[float, ...],
+    candidates: tuple[float | None, ...],
 ) -> GenerationRecord:
     eff = efficiency(gen1, now)
     return GenerationRecord(
@@ -423,6 +502,7 @@ def _write_lineage(out: Path, lineage: Lineage) -> None:
 def render_report(lineage: Lineage) -> str:
     """Markdown report with the paper-style tables (Gen, A-E, ACC and Gen, C-E, ACC)."""
     show = lineage.show_score
+    acc = _acc(lineage)
     rows_ae = "\n".join(
         f"| {r.generation} | {r.ae:.2f}x | {show(r.accuracy)} |" for r in lineage.records
     )
@@ -439,7 +519,7 @@ def render_report(lineage: Lineage) -> str:
     best = lineage.best
     return f"""# Evolution report
 
-Ancestor sha256 `{lineage.ancestor_sha256[:16]}…`, task `{lineage.data}`; ACC. is the task's score
+Ancestor sha256 `{lineage.ancestor_sha256[:16]}…`, task `{lineage.data}`; {acc} is the task's score
 ({_score_kind(lineage)}) on the test split, computed with onnxruntime on each written
 `gen_NNN.onnx`{"" if lineage.score_percent else ", shown as a plain number"}. {_selection(lineage)}
 
@@ -448,17 +528,17 @@ Best generation within the {_budget(lineage)}:
 MACs {best.mac_ratio:.2f}x fewer,{_speed_words(best)}
 {_score_word(lineage)} {show(best.accuracy, unit=True)}.
 
-| Gen. | A-E | ACC. |
+| Gen. | A-E | {acc} |
 | --- | --- | --- |
 {rows_ae}
 
-| Gen. | C-E | ACC. |
+| Gen. | C-E | {acc} |
 | --- | --- | --- |
 {rows_ce}
 {_latency_table(lineage)}
 ## All metrics
 
-| Gen. | ACC. | VAL. | A-E | C-E | MACs ratio | nonzero syn. | live clusters | params | MACs | s |
+| Gen. | {acc} | VAL. | A-E | C-E | MACs ratio | nonzero syn. | live clusters | params | MACs | s |
 | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
 {rows}
 
@@ -493,7 +573,7 @@ def _latency_table(lineage: Lineage) -> str:
 Measured on {where}, each generation side by side with generation 1 (timings vary from run
 to run; the model files do not):
 
-| Gen. | speed-up | latency (ms) | MACs ratio | ACC. |
+| Gen. | speed-up | latency (ms) | MACs ratio | {_acc(lineage)} |
 | --- | --- | --- | --- | --- |
 {rows}
 {warning}"""
@@ -509,6 +589,11 @@ def _score_kind(lineage: Lineage) -> str:
     if lineage.data.startswith("fidelity:"):
         return "fidelity to generation 1: top-1 agreement with it, see docs/tasks.md"
     return "top-1 for classification"
+
+
+def _acc(lineage: Lineage) -> str:
+    """Column label of the test score: ``ACC.`` for an accuracy, else ``SCORE``."""
+    return "ACC." if lineage.score_percent else "SCORE"
 
 
 def _score_word(lineage: Lineage) -> str:
@@ -540,6 +625,10 @@ def _selection(lineage: Lineage) -> str:
     )
 
 
+PLOT_LIMIT = 1e100
+"""Scores beyond this magnitude are left out of ``efficiency.png`` (no axis holds them)."""
+
+
 def _plot(path: Path, lineage: Lineage) -> None:
     """Efficiency vs accuracy per generation (skipped with a warning without matplotlib)."""
     try:
@@ -550,25 +639,36 @@ def _plot(path: Path, lineage: Lineage) -> None:
     except ImportError:
         logger.warning("matplotlib is not installed; skipping %s", path.name)
         return
-    gens = [r.generation for r in lineage.records]
     scale = 100 if lineage.score_percent else 1
-    acc = [scale * r.accuracy for r in lineage.records]
+    floor = lineage.records[0].fitness - lineage.config.max_drop - 1e-12
+    rows = [r for r in lineage.records if abs(scale * r.accuracy) < PLOT_LIMIT]
+    acc = [scale * r.accuracy for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.plot([r.ae for r in lineage.records], acc, "o-", label="A-E")
-    ax.plot([r.ce for r in lineage.records], acc, "s--", label="C-E")
-    ax.plot([r.mac_ratio for r in lineage.records], acc, "d-.", label="MACs ratio")
-    speed = [(r.speedup, scale * r.accuracy) for r in lineage.records if r.speedup is not None]
+    ax.plot([r.ae for r in rows], acc, "o-", label="A-E")
+    ax.plot([r.ce for r in rows], acc, "s--", label="C-E")
+    ax.plot([r.mac_ratio for r in rows], acc, "d-.", label="MACs ratio")
+    speed = [(r.speedup, scale * r.accuracy) for r in rows if r.speedup is not None]
     if speed:
         ax.plot(*zip(*speed, strict=True), "^:", label="measured speed-up")
-    for g, x, y in zip(gens, [r.ae for r in lineage.records], acc, strict=True):
-        ax.annotate(str(g), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    over = [(r.ae, scale * r.accuracy) for r in rows if r.fitness < floor]
+    if over:
+        ax.plot(*zip(*over, strict=True), "rx", markersize=9, label="over budget")
+    for r, y in zip(rows, acc, strict=True):
+        ax.annotate(str(r.generation), (r.ae, y), textcoords="offset points", xytext=(3, 3),
+                    fontsize=7)  # fmt: skip
     ax.set_xscale("log")
     ax.set_xlabel("efficiency vs generation 1 (x, log scale)")
-    ax.set_ylabel("top-1 accuracy (%)" if lineage.score_percent else "score (test split)")
-    ax.set_title("evonnx: efficiency vs accuracy per generation")
+    ax.set_ylabel("top-1 accuracy (%), test" if lineage.score_percent else "score (test split)")
+    word = "accuracy" if lineage.score_percent else "score"
+    ax.set_title(f"evonnx: efficiency vs {word} per generation")
     ax.legend()
-    fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
+    try:
+        fig.tight_layout()
+        fig.savefig(buf, format="png")
+    except (ValueError, OverflowError) as exc:  # scores no axis can hold
+        logger.warning("cannot plot %s (%s); skipping it", path.name, exc)
+        return
+    finally:
+        plt.close(fig)
     write_bytes_atomic(path, buf.getvalue())

@@ -35,6 +35,7 @@ from evonnx.errors import (
 from evonnx.jobs import JobResult, OffspringJob, execute, pack_split, unpack_split
 from evonnx.lineage import EvolveConfig
 from evonnx.runtimes import Runtime, RuntimeSettings
+from evonnx.signals import ignore_interrupts
 from evonnx.task import Split
 
 logger = logging.getLogger(__name__)
@@ -138,6 +139,7 @@ def _timed(fn: Callable[..., T], *args: Any) -> tuple[T, float, float]:
 def _init_worker(threads: int) -> None:
     import torch
 
+    ignore_interrupts()  # the driver handles Ctrl-C and stops the pool: no worker tracebacks
     torch.set_num_threads(threads)
 
 
@@ -184,6 +186,9 @@ class ProcessExecutor(Executor):
                 for k, future in futures.items():
                     results[k] = future.result()
                 return [results[k] for k in range(len(jobs))]
+            except KeyboardInterrupt:
+                self._terminate()
+                raise
             except BrokenProcessPool:
                 self.close()
                 done = {k: f for k, f in futures.items() if f.done() and not f.exception()}
@@ -204,6 +209,15 @@ class ProcessExecutor(Executor):
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
+
+    def _terminate(self) -> None:
+        """Stop the workers now (interrupted: their jobs are not waited for)."""
+        if self._pool is None:
+            return
+        for process in list(getattr(self._pool, "_processes", {}).values()):
+            process.terminate()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = None
 
 
 class RayExecutor(Executor):
@@ -237,8 +251,8 @@ class RayExecutor(Executor):
         if not ray.is_initialized():
             try:
                 ray.init(address=address, include_dashboard=False, log_to_driver=False)
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise ExecutorError(f"cannot start or reach a Ray cluster: {exc}") from exc
+            except Exception as exc:  # Ray raises many kinds while connecting
+                raise ExecutorError(_ray_failure(address, exc)) from exc
             self._owned = True
         cpus = config.threads or 1
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
@@ -344,6 +358,19 @@ class RayExecutor(Executor):
         if self._owned:
             self._ray.shutdown()
             self._owned = False
+
+
+def _ray_failure(address: str | None, exc: Exception) -> str:
+    """One line on a failed ``ray.init``, naming the likely fix."""
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    reason = f"{type(exc).__name__}: {first}"[:300]
+    if address is None:
+        return f"cannot start a local Ray cluster ({reason})"
+    return (
+        f"cannot reach the Ray cluster at {address} ({reason}); check the address, and for a "
+        "cluster started with `ray start --head` (Ray >= 2.60 turns on token authentication) "
+        "run with RAY_AUTH_MODE=token set, as the README's Ray section shows"
+    )
 
 
 def make_executor(config: EvolveConfig, progress: bool = True) -> Executor:

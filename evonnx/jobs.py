@@ -20,10 +20,12 @@ from typing import Any
 
 import onnx
 
-from evonnx.errors import EvonnxError, TaskError
+from evonnx.errors import EvonnxError, NonFiniteError, TaskError
+from evonnx.guard import guarded, guarded_loss, user_code
 from evonnx.lineage import EvolveConfig
 from evonnx.retrain import LossFn, TrainConfig
-from evonnx.task import Split, guarded
+from evonnx.task import Split, add_import_path
+from evonnx.validate import non_finite_weights
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,8 @@ class JobResult:
         train_seconds: Seconds spent training.
         job_seconds: Seconds the whole job took inside the worker (load, train, score).
         seed: The job's seed.
+        failed: Why the offspring failed (a NaN or infinite loss, weight or score), else
+            ``None``; a failed offspring is recorded but never selected.
     """
 
     model: bytes
@@ -65,6 +69,7 @@ class JobResult:
     train_seconds: float
     job_seconds: float
     seed: int
+    failed: str | None = None
 
 
 def execute(job: OffspringJob, data: Split, progress: bool = False) -> JobResult:
@@ -101,41 +106,62 @@ def run_job(
     config = job.config
     child = onnx.load_from_string(job.child)
     task = data.task
-    view = guarded(task.training_graph, f"task {task.name!r} training graph")
+    view = guarded(task.training_graph, task.name, "training_graph()")
     module = to_torch(view(child), freeze_zeros=True)
     if config.init == "random":
         reinitialize(module, job.seed)
     trainee: torch.nn.Module = module
-    loss: LossFn = guarded(task.loss, f"task {task.name!r} loss")
+    loss: LossFn = guarded_loss(task.loss, task.name, "loss()")
     if config.distill is not None:
         if job.parent is None:
             raise ValueError("a distilling job needs the parent model")
         trainee = Distiller(module, to_torch(view(onnx.load_from_string(job.parent))))
-        loss = guarded(
-            distillation_loss(task.loss, task.distill_loss, config.distill),
-            f"task {task.name!r} distillation loss",
-        )
+        soft = guarded_loss(task.distill_loss, task.name, "distill_loss()")
+        loss = distillation_loss(loss, soft, config.distill)
     if rank is not None:
         from evonnx.ddp import data_parallel
 
         trainee, loss = data_parallel(trainee, loss, rank)
-    result = train(
-        trainee,
-        task.train_batches(),
-        training_config(config, job.seed % (2**31)),
-        loss_fn=loss,
-        after_step=lambda _m: module.apply_masks(),
-        progress=progress,
-    )
+    with user_code(task.name, "train_batches()"):
+        batches = task.train_batches()
+    with user_code(task.name, "training on the batches of train_batches()"):
+        result = train(
+            trainee,
+            batches,
+            training_config(config, job.seed % (2**31)),
+            loss_fn=loss,
+            after_step=lambda _m: module.apply_masks(),
+            progress=progress,
+        )
     trained = write_back(child, module)
-    scores = data.score_model(trained) if rank is None or rank[0] == 0 else (math.nan, None)
+    failed = _diverged(result.losses, trained)
+    scores: tuple[float, float | None] = (math.nan, None)
+    if failed is None and (rank is None or rank[0] == 0):
+        try:
+            scores = data.score_model(trained)
+        except NonFiniteError as exc:
+            failed = str(exc)
+    if failed is not None:
+        logger.warning("offspring %d failed: %s", job.seed, failed)
     return JobResult(
         trained.SerializeToString(),
         scores,
         result.seconds,
         time.perf_counter() - start,
         job.seed,
+        failed,
     )
+
+
+def _diverged(losses: tuple[float, ...], trained: onnx.ModelProto) -> str | None:
+    """Why a trained offspring is unusable (a non-finite loss or weight), else ``None``."""
+    bad = [k + 1 for k, value in enumerate(losses) if not math.isfinite(value)]
+    if bad:
+        return f"training loss is {losses[bad[0] - 1]} in epoch {bad[0]}"
+    weights = non_finite_weights(trained)
+    if weights:
+        return f"training left NaN or infinite weights in {', '.join(weights[:3])}"
+    return None
 
 
 def training_config(config: EvolveConfig, seed: int) -> TrainConfig:
@@ -227,4 +253,5 @@ def _import_file(name: str, path: str) -> None:
         raise TaskError(f"a worker cannot import the task file {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
+    add_import_path(Path(path))
     spec.loader.exec_module(module)

@@ -145,11 +145,18 @@ class EvolveConfig:
     def __post_init__(self) -> None:
         checks = [
             (self.generations >= 1, "generations must be at least 1"),
-            (0.0 <= self.max_drop <= 1.0, "max_drop must be in [0, 1]"),
+            (
+                0.0 <= self.max_drop < math.inf,
+                "max_drop must be a number >= 0 (in the score's units)",
+            ),
+            (0.0 < self.lr < math.inf, "lr must be a positive number (not NaN or infinite)"),
             (0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)"),
             (self.select_on in ("val", "test"), "select_on must be 'val' or 'test'"),
             (self.patience >= 1, "patience must be at least 1"),
-            (self.distill is None or self.distill > 0, "distill temperature must be > 0"),
+            (
+                self.distill is None or 0.0 < self.distill < math.inf,
+                "distill temperature must be a number > 0 (not NaN or infinite), or off",
+            ),
             (0.0 < self.keep <= 1.0, "keep must be in (0, 1]"),
             (
                 self.env in ("synapses", "macs", "latency"),
@@ -160,8 +167,8 @@ class EvolveConfig:
                 "target_speedup needs --env latency",
             ),
             (
-                self.target_speedup is None or self.target_speedup > 1.0,
-                "target_speedup must be above 1",
+                self.target_speedup is None or 1.0 < self.target_speedup < math.inf,
+                "target_speedup must be a number above 1 (not infinite)",
             ),
             (self.latency_batch >= 1, "latency_batch must be at least 1"),
             (self.runtime_threads >= 0, "runtime_threads must be >= 0"),
@@ -188,6 +195,7 @@ class EvolveConfig:
             ),
             (self.population >= 1, "population must be at least 1"),
             (0.0 <= self.min_fraction <= 1.0, "min_fraction must be in [0, 1]"),
+            (self.seed >= 0, "seed must be >= 0"),
             (self.gpus_per_offspring >= 1, "gpus_per_offspring must be at least 1"),
             (self.init in ("inherit", "random"), "init must be 'inherit' or 'random'"),
             (self.round_to is None or self.round_to >= 1, "round_to must be positive"),
@@ -272,10 +280,11 @@ class GenerationRecord:
     live_clusters: int
     macs: int
     train_seconds: float
-    candidates: tuple[float, ...] = ()
+    candidates: tuple[float | None, ...] = ()
     val_accuracy: float | None = None
     latency_ms: float | None = None
     speedup: float | None = None
+    sha256: str | None = None
 
     @property
     def fitness(self) -> float:
@@ -321,7 +330,11 @@ class Lineage:
             "data_sha256": self.data_sha256,
             "score_percent": self.score_percent,
             "config": asdict(self.config),
-            "generations": [asdict(r) for r in self.records],
+            # test_score/val_score name what accuracy/val_accuracy hold for any task's score
+            "generations": [
+                {**asdict(r), "test_score": r.accuracy, "val_score": r.val_accuracy}
+                for r in self.records
+            ],
         }
 
     @classmethod
@@ -342,7 +355,9 @@ class Lineage:
             raise RunDirectoryError("'config' must be an object")
         try:
             records = tuple(
-                GenerationRecord(**{**r, "candidates": tuple(r.get("candidates", ()))})
+                GenerationRecord(
+                    **{**_record_fields(r), "candidates": tuple(r.get("candidates", ()))}
+                )
                 for r in gens
             )
             config = EvolveConfig(**data["config"])
@@ -358,6 +373,16 @@ class Lineage:
         if odd:
             raise RunDirectoryError(f"unexpected model file names {odd}")
         return lineage
+
+
+def _record_fields(r: dict[str, Any]) -> dict[str, Any]:
+    """A stored generation's fields (``test_score``/``val_score`` are aliases, and a lineage
+    may hold only them)."""
+    fields = {k: v for k, v in r.items() if k not in ("test_score", "val_score")}
+    fields["candidates"] = tuple(r.get("candidates", ()))
+    fields.setdefault("accuracy", r.get("test_score"))
+    fields.setdefault("val_accuracy", r.get("val_score"))
+    return fields
 
 
 def show_score(value: float | None, percent: bool, unit: bool = False) -> str:

@@ -25,8 +25,15 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import numpy as np
 import onnx
 
+from evonnx import guard
 from evonnx.data import Dataset, check_labels, check_matches, stratified_split
-from evonnx.errors import ConfigError, EvonnxError, TaskError, UnsupportedModelError
+from evonnx.errors import (
+    ConfigError,
+    EvonnxError,
+    NonFiniteScoreError,
+    TaskError,
+    UnsupportedModelError,
+)
 from evonnx.graph import save_model
 from evonnx.lineage import EvolveConfig
 
@@ -249,9 +256,20 @@ class Split:
         return test, None if self.select_on == "test" else self._score(path, "val")
 
     def _score(self, path: Path, split: SplitName) -> float:
-        value = guarded(self.task.score, f"task {self.task.name!r} scoring")(path, split)
-        if not isinstance(value, (int, float, np.floating)) or not math.isfinite(value):
+        value = guard.guarded(self.task.score, self.task.name, f"score(..., {split!r})")(
+            path, split
+        )
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
             raise TaskError(f"task {self.task.name!r} scored {split} as {value!r}, not a number")
+        if not math.isfinite(value):
+            raise NonFiniteScoreError(
+                f"task {self.task.name!r} scored {split} as {value}, not a finite number"
+            )
+        if self.task.score_percent and not 0.0 <= value <= 1.0:
+            raise TaskError(
+                f"task {self.task.name!r} scored {split} as {value}; its score_percent says "
+                "scores are fractions in [0, 1] (set score_percent = False for other scores)"
+            )
         return float(value)
 
     def score_model(self, model: onnx.ModelProto) -> tuple[float, float | None]:
@@ -282,14 +300,15 @@ def split_data(data: Dataset | Task, config: EvolveConfig) -> Split:
 
 
 def guarded(fn: Callable[..., T], what: str) -> Callable[..., T]:
-    """``fn`` with any non-evonnx exception (user task code) turned into a :class:`TaskError`."""
+    """``fn`` with any non-evonnx exception (user task code) turned into a :class:`TaskError`
+    ``"<what> failed: ..."`` (see :mod:`evonnx.guard`, which names the task and the step)."""
 
     def call(*args: Any) -> T:
         try:
             return fn(*args)
         except EvonnxError:
             raise
-        except Exception as exc:  # user code may raise anything
+        except (Exception, SystemExit) as exc:  # user code may raise anything
             raise TaskError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
 
     return call
@@ -325,9 +344,10 @@ def load_task(spec: str) -> Task:
         raise ConfigError(f"cannot import {path} as a Python module")
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[module_name] = module
+    add_import_path(path)
     try:
         module_spec.loader.exec_module(module)
-    except Exception as exc:  # user code: report any failure as one line
+    except (Exception, SystemExit) as exc:  # user code: report any failure as one line
         sys.modules.pop(module_name, None)
         raise TaskError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
     if not hasattr(module, name):
@@ -344,6 +364,14 @@ def load_task(spec: str) -> Task:
         raise TaskError(f"{spec} gave a {type(obj).__name__}, not an evonnx.Task")
     logger.info("loaded task %r from %s", obj.name, path)
     return obj
+
+
+def add_import_path(task_file: Path) -> None:
+    """Put the folder of a task file on the import path, as Python does for a script, so
+    the task can import the modules beside it."""
+    folder = str(task_file.resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
 
 
 def _tensors(value: Any) -> Sequence[Any]:

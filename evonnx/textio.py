@@ -2,9 +2,11 @@
 
 The temporary file is created with mode ``0o666`` filtered by the process umask (what a
 plain ``open(path, "w")`` gives a new file); when it replaces an existing file, it takes that
-file's permission bits, as rewriting the file in place would keep them. Temporaries are named
-``.<name>.<random>.tmp``; a killed process may leave them behind, and
-:func:`remove_temporaries` deletes them (call it only while no other process writes there).
+file's permission bits, as rewriting the file in place would keep them. A target that is a
+symbolic link is replaced by the file (``os.replace`` never follows it): the link's target is
+left unchanged. Temporaries are named ``.<name>.<random>.evonnx.tmp`` (marked as ours); a
+killed process may leave them behind, and :func:`remove_temporaries` deletes those of the
+targets it is given (call it only while you hold the folder: no other process writes there).
 """
 
 from __future__ import annotations
@@ -15,14 +17,16 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-TMP_SUFFIX = ".tmp"
-# ``.<name>.<8 random characters>.tmp`` (also matches ``tempfile.mkstemp`` names).
-_TMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+TMP_SUFFIX = ".evonnx.tmp"
+# ``.<target name>.<8 random hex digits>.evonnx.tmp``: only evonnx names its files so.
+_TMP_NAME = re.compile(r"^\.(?P<target>.+)\.[0-9a-f]{8}\.evonnx\.tmp$")
 
 
 def _create_temporary(target: Path) -> Path:
@@ -30,7 +34,7 @@ def _create_temporary(target: Path) -> Path:
     while True:
         tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}{TMP_SUFFIX}"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o666)
         except FileExistsError:
             continue
         os.close(fd)
@@ -53,7 +57,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = _create_temporary(target)
     try:
-        mode = stat.S_IMODE(os.stat(target).st_mode)
+        old = os.lstat(target)  # a symbolic link is replaced, its target never read
+        mode = stat.S_IMODE(old.st_mode if stat.S_ISREG(old.st_mode) else os.stat(tmp).st_mode)
     except FileNotFoundError:
         mode = stat.S_IMODE(os.stat(tmp).st_mode)
     try:
@@ -65,11 +70,21 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
-def remove_temporaries(folder: str | Path) -> list[Path]:
-    """Delete the temporaries that :func:`atomic_path` left in ``folder``; returns them."""
+def temporary_target(name: str) -> str | None:
+    """The file name an :func:`atomic_path` temporary named ``name`` was for, else ``None``."""
+    match = _TMP_NAME.match(name)
+    return match.group("target") if match else None
+
+
+def remove_temporaries(
+    folder: str | Path, targets: Callable[[str], bool] = lambda _name: True
+) -> list[Path]:
+    """Delete the temporaries :func:`atomic_path` left in ``folder`` for file names that
+    ``targets`` accepts (regular files only, never a link); returns them."""
     removed = []
     for tmp in sorted(Path(folder).glob(f".*{TMP_SUFFIX}")):
-        if _TMP_NAME.match(tmp.name) and tmp.is_file() and not tmp.is_symlink():
+        target = temporary_target(tmp.name)
+        if target is not None and targets(target) and stat.S_ISREG(os.lstat(tmp).st_mode):
             tmp.unlink()
             removed.append(tmp)
     if removed:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from test_evolve import tiny_data, tiny_model  # noqa: F401  (fixtures)
 from evonnx.analysis import analyze
 from evonnx.cli.main import cli
 from evonnx.data import Dataset
-from evonnx.ddp import check_same_weights, rank_results, shard
+from evonnx.ddp import check_same_weights, local_rank_setup, rank_results, shard
 from evonnx.errors import ConfigError, ExecutorError
 from evonnx.evolution import _offspring
 from evonnx.graph import save_model
@@ -31,6 +32,21 @@ from evonnx.task import split_data
 CONFIG = EvolveConfig(
     epochs=1, lr=0.05, batch_size=32, max_batches=5, seed=5, threads=1, distill=None
 )
+
+
+@pytest.fixture(autouse=True)
+def _one_ddp_test_at_a_time(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Data-parallel tests hold a lock shared by every xdist worker, so no two groups of
+    ranks compete for the cores (4 ranks on 2 busy cores made the test flaky)."""
+    import fcntl
+
+    lock = tmp_path_factory.getbasetemp().parent / "evonnx-ddp-tests.lock"
+    with lock.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _weights(model: bytes) -> dict[str, np.ndarray]:
@@ -60,6 +76,7 @@ def _compare_rank(index: int, folder: str) -> None:
     """A rank of a 2-rank gloo group whose "trained model" differs from the other rank's."""
     import torch.distributed as dist
 
+    local_rank_setup(1, 2)  # loopback, one thread: as evonnx's own ranks
     dist.init_process_group(
         "gloo", init_method=f"file://{folder}/rendezvous", rank=index, world_size=2
     )

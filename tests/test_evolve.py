@@ -180,7 +180,7 @@ def test_cli_evolve(tiny_model: onnx.ModelProto, tiny_data: Dataset, tmp_path: P
             "--seed", "7", "--threads", "1"]  # fmt: skip
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
-    assert re.search(r"^\s+1\s+\d+\.\d\d%\s+1\.00x", res.output, re.M)
+    assert re.search(r"^\s+1\s+\d+\.\d\d%\s+\d+\.\d\d%\s+1\.00x", res.output, re.M)  # test, val
     assert re.search(r"^\s+3\s+\d+\.\d\d%", res.output, re.M)
     assert "best within budget" in res.output
     res = CliRunner().invoke(cli, args)

@@ -99,7 +99,7 @@ def test_label_free_evolve_from_a_folder_of_pngs(
     assert gens[0]["speedup"] == 1.0 and all(g["latency_ms"] > 0 for g in gens)
     assert all(g["speedup"] > 0 for g in gens)
     lines = res.output.splitlines()
-    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["gen", "accuracy"])
+    header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["gen", "test", "acc."])
     assert "speed-up" in lines[header]
     for g, line in zip(gens, lines[header + 1 :], strict=False):
         if line.split() and line.split()[0] == str(g["generation"]):

@@ -93,11 +93,14 @@ def test_failed_write_leaves_nothing_and_stale_temporaries_are_removed(tmp_path:
         tmp.write_text("half")
         raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
-    (tmp_path / ".gen_002.onnx.ab12cd34.tmp").write_bytes(b"left by a kill")
-    (tmp_path / ".gen_002.onnx.x_9lkq0z.tmp").write_bytes(b"left by mkstemp")
+    (tmp_path / ".gen_002.onnx.ab12cd34.evonnx.tmp").write_bytes(b"left by a kill")
+    (tmp_path / ".report.md.0123abcd.evonnx.tmp").write_bytes(b"left by a kill")
+    (tmp_path / ".gen_002.onnx.x_9lkq0z.tmp").write_bytes(b"not evonnx's")
     (tmp_path / "notes.tmp").write_text("the user's")
-    removed = textio.remove_temporaries(tmp_path)
-    assert len(removed) == 2 and [p.name for p in tmp_path.iterdir()] == ["notes.tmp"]
+    removed = textio.remove_temporaries(tmp_path, lambda name: name.endswith(".onnx"))
+    assert [p.name for p in removed] == [".gen_002.onnx.ab12cd34.evonnx.tmp"]
+    assert len(textio.remove_temporaries(tmp_path)) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".gen_002.onnx.x_9lkq0z.tmp", "notes.tmp"]
 
 
 def test_run_files_are_readable(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -24,10 +25,14 @@ from evonnx.cli.shape_options import input_shape_option, normalize_option
 from evonnx.data import Dataset, load_builtin
 from evonnx.errors import ConfigError, RunDirectoryError
 from evonnx.graph import load_model
+from evonnx.guard import user_code
 from evonnx.inputs import apply_input_shapes
 from evonnx.lineage import EvolveConfig, GenerationRecord, Lineage, show_score
+from evonnx.rundir import locked
+from evonnx.signals import describe, exit_code
 from evonnx.speed import slower_despite_fewer_macs
 from evonnx.task import Task, load_task, validation_indices
+from evonnx.validate import check_resources
 
 # Demo defaults: tuned on the built-in MNIST subset (see docs/benchmarks.md), ~2 minutes.
 DEMO_EVOLUTION = EvolveConfig(
@@ -45,33 +50,39 @@ DEMO_EVOLUTION = EvolveConfig(
 )
 
 
-def _header(percent: bool) -> str:
-    score = "accuracy" if percent else "score"
+def _header(percent: bool, val: bool) -> str:
+    word = "acc." if percent else "score"
+    val_col = f"  {'val ' + word:>10}" if val else ""
     return (
-        f"{'gen':>4}  {score:>8}  {'A-E':>8}  {'C-E':>7}  {'MACs':>7}  {'speed-up':>8}  "
-        f"{'train s':>7}"
+        f"{'gen':>4}  {'test ' + word:>10}{val_col}  {'A-E':>8}  {'C-E':>7}  {'MACs':>7}  "
+        f"{'speed-up':>8}  {'train s':>7}"
     )
 
 
-def _row(r: GenerationRecord, percent: bool) -> str:
+def _row(r: GenerationRecord, percent: bool, val: bool, over: bool) -> str:
+    val_col = f"  {show_score(r.val_accuracy, percent, unit=True):>10}" if val else ""
     speed = "-" if r.speedup is None else f"{r.speedup:.2f}x"
-    flag = "  (fewer MACs, not faster)" if slower_despite_fewer_macs(r) else ""
     return (
-        f"{r.generation:>4}  {show_score(r.accuracy, percent, unit=True):>8}  {r.ae:>7.2f}x  "
-        f"{r.ce:>6.2f}x  {r.mac_ratio:>6.2f}x  {speed:>8}  {r.train_seconds:>7.1f}{flag}"
+        f"{r.generation:>4}  {show_score(r.accuracy, percent, unit=True):>10}{val_col}  "
+        f"{r.ae:>7.2f}x  {r.ce:>6.2f}x  {r.mac_ratio:>6.2f}x  {speed:>8}  {r.train_seconds:>7.1f}"
+        + ("  over budget" if over else "")
+        + ("  (fewer MACs, not faster)" if slower_despite_fewer_macs(r) else "")
     )
 
 
-def _row_printer(percent: bool) -> Callable[[GenerationRecord], None]:
+def _row_printer(percent: bool, config: EvolveConfig) -> Callable[[GenerationRecord], None]:
     """Callback printing the table header before the first row (none if the run fails early);
-    scores as percentages (accuracy) or plain numbers (other task scores)."""
-    shown: list[bool] = []
+    scores as percentages (accuracy) or plain numbers (other task scores), the validation
+    score that decides beside the test score, and generations over the budget marked."""
+    first: list[GenerationRecord] = []
+    val = config.select_on == "val"
 
     def echo(r: GenerationRecord) -> None:
-        if not shown:
-            click.echo(_header(percent))
-            shown.append(True)
-        click.echo(_row(r, percent))
+        if not first:
+            click.echo(_header(percent, val))
+            first.append(r)
+        over = r.fitness < first[0].fitness - config.max_drop - 1e-12
+        click.echo(_row(r, percent, val, over))
 
     return echo
 
@@ -79,16 +90,38 @@ def _row_printer(percent: bool) -> Callable[[GenerationRecord], None]:
 def _summary(lineage: Lineage, out: Path) -> None:
     best = lineage.best
     split = "validation" if lineage.config.select_on == "val" else "test"
+    word = "accuracy" if lineage.score_percent else "score"
+    show = lineage.show_score
+    decided = (
+        f"; validation {word} {show(best.val_accuracy, unit=True)} (generation 1: "
+        f"{show(lineage.records[0].val_accuracy, unit=True)}) decided"
+        if best.val_accuracy is not None
+        else ""
+    )
+    over = [r.generation for r in lineage.records if r.fitness < best_floor(lineage)]
     click.echo(
         f"\nbest within budget ({split} protocol: selected and budget checked on the {split} "
         f"split): generation {best.generation} ({out / best.file}): "
         f"A-E {best.ae:.2f}x, C-E {best.ce:.2f}x, MACs {best.mac_ratio:.2f}x fewer, "
         f"{'' if best.speedup is None else f'measured {best.speedup:.2f}x faster, '}"
-        f"{'accuracy' if lineage.score_percent else 'score'} "
-        f"{lineage.show_score(best.accuracy, unit=True)} (generation 1: "
-        f"{lineage.show_score(lineage.records[0].accuracy, unit=True)})\n"
-        f"report: {out / 'report.md'}"
+        f"test {word} {show(best.accuracy, unit=True)} (generation 1: "
+        f"{show(lineage.records[0].accuracy, unit=True)}){decided}\n"
+        + (
+            f"over budget (not bred from): generation(s) {', '.join(map(str, over))}\n"
+            if over
+            else ""
+        )
+        + f"report: {out / 'report.md'}"
     )
+
+
+def best_floor(lineage: Lineage) -> float:
+    """The lowest fitness within the budget (generation 1's minus ``max_drop``)."""
+    return lineage.records[0].fitness - lineage.config.max_drop - 1e-12
+
+
+DEFAULT_TEMPERATURE = 4.0
+"""``--distill`` alone."""
 
 
 class DistillTemperature(click.ParamType):
@@ -106,8 +139,8 @@ class DistillTemperature(click.ParamType):
             t = float(value)
         except ValueError:
             self.fail(f"{value!r} is neither a temperature nor 'off'", param, ctx)
-        if not t > 0:
-            self.fail(f"temperature must be > 0 (or 'off'), got {value}", param, ctx)
+        if not 0 < t < math.inf:
+            self.fail(f"temperature must be a number > 0 (or 'off'), got {value}", param, ctx)
         return t
 
 
@@ -122,9 +155,11 @@ def _with_options(fn: click.decorators.FC, d: EvolveConfig) -> click.decorators.
     options = [
         click.option("--generations", type=click.IntRange(1), default=d.generations,
                      show_default=True, help="Last generation (the ancestor is generation 1)."),
-        click.option("--max-drop", type=click.FloatRange(0, 1), default=d.max_drop,
+        click.option("--max-drop", type=click.FloatRange(0), default=d.max_drop,
                      show_default=True,
-                     help="Stop when accuracy falls more than this below generation 1."),
+                     help="Budget: how far the deciding score (validation, else test) may "
+                          "fall below generation 1, in the score's units (0.02: 2 points of "
+                          "accuracy)."),
         click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True),
                      default=d.val_fraction, show_default=True,
                      help="Fraction of the training data --data holds out (stratified) as "
@@ -137,7 +172,8 @@ def _with_options(fn: click.decorators.FC, d: EvolveConfig) -> click.decorators.
                      show_default=True,
                      help="Stop after this many generations in a row over the budget."),
         click.option("--distill", type=DistillTemperature(), is_flag=False,
-                     flag_value=4.0, default=d.distill, show_default=True, metavar="T|off",
+                     flag_value=DEFAULT_TEMPERATURE, default=d.distill, show_default=True,
+                     metavar="T|off",
                      help="Distill from the parent while retraining, at temperature T "
                           "(--distill alone: T=4); 'off' retrains on the task's loss alone."),
         click.option("--deterministic", is_flag=True, default=d.deterministic,
@@ -175,7 +211,7 @@ def _with_options(fn: click.decorators.FC, d: EvolveConfig) -> click.decorators.
         click.option("--init", type=click.Choice(["inherit", "random"]), default=d.init,
                      show_default=True, help="Start offspring from inherited or random weights."),
         *retrain_options(d),
-        click.option("--seed", type=int, default=d.seed, show_default=True),
+        click.option("--seed", type=click.IntRange(0), default=d.seed, show_default=True),
         click.option("--threads", type=click.IntRange(1), default=d.threads,
                      help="CPU threads for training (default: torch's choice)."),
         click.option("--executor", type=click.Choice(["local", "process", "ray"]),
@@ -221,14 +257,14 @@ def run(
     dataset = data if isinstance(data, Task) else load_dataset(data)
     try:
         percent = dataset.score_percent if isinstance(dataset, Task) else True
-        lineage = evolve(model, dataset, out, config, resume, True, _row_printer(percent))
-    except KeyboardInterrupt:
+        lineage = evolve(model, dataset, out, config, resume, True, _row_printer(percent, config))
+    except KeyboardInterrupt as exc:
         if out.is_dir():
-            click.echo(f"\ninterrupted; finished generations are kept in {out}; "
+            click.echo(f"\n{describe(exc)}; finished generations are kept in {out}; "
                        "rerun with --resume to continue", err=True)  # fmt: skip
         else:
-            click.echo("\ninterrupted before the run folder was created", err=True)
-        raise SystemExit(130) from None
+            click.echo(f"\n{describe(exc)} before the run folder was created", err=True)
+        raise SystemExit(exit_code(exc)) from None
     _summary(lineage, out)
     return lineage
 
@@ -288,6 +324,7 @@ def evolve(
     task: str | Task = str(data)
     if task_spec is not None:
         task = load_task(task_spec)
+        _refuse_idle_task_options(task, config)
     elif inputs is not None:
         assert isinstance(ancestor, onnx.ModelProto)
         task = build_fidelity_task(ancestor, inputs, config, fidelity)
@@ -315,8 +352,6 @@ def _no_distill_by_default(options: dict[str, Any]) -> None:
 @evolution_options(DEMO_EVOLUTION)
 def demo(out: Path, ancestor_epochs: int, arch: str, resume: bool, **options: Any) -> None:
     """Train LeNet-5 on the built-in MNIST subset, then evolve it (offline, a few minutes)."""
-    from evonnx.demo import train_demo_ancestor
-
     config = make_config(**options)
     _refuse_idle_options(config, task=False)
     ancestor = out / "ancestor.onnx"
@@ -324,6 +359,17 @@ def demo(out: Path, ancestor_epochs: int, arch: str, resume: bool, **options: An
         refuse_unused(["arch"], f"--resume continues with the ancestor already in {out}")
     if out.exists() and not out.is_dir():
         raise RunDirectoryError(f"--out {out} is a file, not a folder")
+    check_resources(config)
+    out.mkdir(parents=True, exist_ok=True)
+    with locked(out):  # before the first write: a second demo in the same folder is refused
+        _demo_in(out, ancestor_epochs, arch, resume, config)
+
+
+def _demo_in(out: Path, epochs: int, arch: str, resume: bool, config: EvolveConfig) -> None:
+    """The demo in its locked folder: the ancestor (unless resumed), then the run."""
+    from evonnx.demo import train_demo_ancestor
+
+    ancestor = out / "ancestor.onnx"
     if not resume and (out / "run" / "lineage.json").exists():
         raise RunDirectoryError(
             f"{out} already holds a demo run; pass --resume to continue it or choose another --out"
@@ -332,7 +378,7 @@ def demo(out: Path, ancestor_epochs: int, arch: str, resume: bool, **options: An
         click.echo(f"training the {arch} ancestor on the built-in MNIST subset -> {ancestor}")
         result = train_demo_ancestor(
             ancestor,
-            epochs=ancestor_epochs,
+            epochs=epochs,
             seed=config.seed,
             dataset=_ancestor_data(config),
             arch=arch,
@@ -349,6 +395,26 @@ def _refuse_idle_options(config: EvolveConfig, task: bool) -> None:
         refuse_unused(["val_fraction"], "a --task brings its own validation split")
     if config.select_on == "test":
         refuse_unused(["val_fraction"], "--select-on test holds out no validation split")
+
+
+def _refuse_idle_task_options(task: Task, config: EvolveConfig) -> None:
+    """Refuse ``--batch-size`` for a task with its own batches, and a distillation
+    temperature for a task whose ``distill_loss`` ignores it (the default mean squared error)."""
+    with user_code(task.name, "train_batches()"):
+        batches = task.train_batches()
+    if not isinstance(batches, Dataset):
+        refuse_unused(
+            ["batch_size"],
+            f"task {task.name!r} brings its own batches (train_batches() gives a "
+            f"{type(batches).__name__}, not a Dataset); set the batch size there",
+        )
+    flag = DEFAULT_TEMPERATURE
+    if config.distill not in (None, flag) and type(task).distill_loss is Task.distill_loss:
+        raise click.UsageError(
+            f"--distill {config.distill:g}: task {task.name!r} distills with the default "
+            "distill_loss (mean squared error), which has no temperature; use --distill "
+            "alone, or 'off'"
+        )
 
 
 def _ancestor_data(config: EvolveConfig) -> Dataset:

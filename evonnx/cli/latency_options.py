@@ -13,6 +13,7 @@ import click
 
 from evonnx.latency import LatencySettings
 from evonnx.runtimes import RUNTIMES, RuntimeSettings
+from evonnx.validate import check_runtime_settings
 
 LATENCY_OPTIONS: list[Callable[[Any], Any]] = [
     click.option(
@@ -81,4 +82,5 @@ def latency_settings(
         return None
     name = runtime or "ort-cpu"
     rt = RuntimeSettings(name, threads=threads, fp16=fp16, statistic=statistic)  # type: ignore[arg-type]
+    check_runtime_settings(rt)
     return LatencySettings(rt, batch=batch)

@@ -23,6 +23,7 @@ from evonnx.graph import keeps_external_data
 from evonnx.lineage import EvolveConfig
 from evonnx.metrics import ModelMetrics, shrunk_layers
 from evonnx.outputs import require_same_outputs
+from evonnx.signals import describe, exit_code, handle_signals
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +50,22 @@ class EvonnxGroup(click.Group):
         except (EvonnxError, OSError) as exc:
             if ctx.meta.get("evonnx.verbose"):
                 raise
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {_one_line(exc)}", err=True)
             sys.exit(1)
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM anywhere: one line, not "Aborted!"
+            click.echo(f"\n{describe(exc)}", err=True)
+            sys.exit(exit_code(exc))
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error's message on one line; an OS error names its file."""
+    if isinstance(exc, OSError) and not isinstance(exc, EvonnxError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    return (
+        " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        or type(exc).__name__
+    )
 
 
 def _usage_error(exc: click.UsageError) -> NoReturn:
@@ -191,7 +206,7 @@ def inspect(
     help="genetic: most of the synapses (--env synapses) or MACs (--env macs) kept; "
     "magnitude: fraction of channels each group keeps.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Sampling seed.")
 @click.option(
     "--cluster",
     type=click.Choice(["filter", "kernel"]),
@@ -510,4 +525,5 @@ cli.add_command(export)
 
 def main() -> None:
     """Console-script entry point."""
+    handle_signals()
     cli(prog_name="evonnx")

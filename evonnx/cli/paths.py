@@ -12,12 +12,21 @@ from evonnx.errors import ConfigError
 
 
 def check_output_file(path: Path, option: str = "-o") -> None:
-    """Refuse an output file path that cannot be written.
+    """Refuse an output file path that cannot be written; say so when it is a link.
+
+    A symbolic link at ``path`` is replaced by the written file (never followed): a note on
+    stderr says so, naming the link's target, which is left unchanged.
 
     Raises:
         ConfigError: ``path`` is a folder, lies under a file, or its nearest existing folder
             is not writable.
     """
+    if path.is_symlink() and not path.is_dir():
+        click.echo(
+            f"note: {option} {path} is a symbolic link (to {os.readlink(path)}); the link is "
+            "replaced by the written file and its target is left unchanged",
+            err=True,
+        )
     if path.is_dir():
         raise ConfigError(f"{option} {path} is a folder; give a file name such as {path}/out.onnx")
     parent = path.absolute().parent

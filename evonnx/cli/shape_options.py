@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 
+from evonnx.errors import ConfigError
 from evonnx.inputs import parse_input_shapes
+from evonnx.memory import check_fits
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+MAX_DIM = 1 << 31
+"""Largest dimension an ``--input-shape`` may give (ONNX stores dimensions as int64)."""
+
+
 def _parse(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict:
-    return parse_input_shapes(value)
+    """The shapes, each refused when a dimension is absurd or one float32 tensor of that
+    shape would not fit in the memory available."""
+    shapes = parse_input_shapes(value)
+    for name, shape in shapes.items():
+        text = "x".join(map(str, shape))
+        if max(shape) >= MAX_DIM:
+            raise ConfigError(f"--input-shape {name}={text}: dimensions must be below {MAX_DIM}")
+        check_fits(4 * math.prod(shape), f"--input-shape {name}={text} (one float32 tensor)")
+    return shapes
 
 
 def input_shape_option(fn: F) -> F:

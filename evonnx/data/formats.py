@@ -36,6 +36,7 @@ from evonnx.data.dataset import (
     stratified_split,
 )
 from evonnx.errors import DataError
+from evonnx.memory import check_fits
 
 logger = logging.getLogger(__name__)
 _IDX_DTYPES: dict[int, np.dtype[Any]] = {
@@ -124,6 +125,9 @@ def load_npz(path: str | Path, normalization: Normalization | None = None) -> Da
             "path, x_train=..., y_train=..., x_test=..., y_test=...)"
         )
     try:
+        with zipfile.ZipFile(path) as zf:  # refuse an archive that inflates past memory
+            inflated = sum(info.file_size for info in zf.infolist())
+        check_fits(inflated, f"{path} (uncompressed)", DataError)
         with np.load(path, allow_pickle=False) as archive:
             missing = [
                 k for k in ("x_train", "y_train", "x_test", "y_test") if k not in archive.files

@@ -58,11 +58,14 @@ class LatencyTable:
         self.batch = batch
         self.fingerprint = runtime.fingerprint()
         self.path = path or cache_dir() / f"latency-{runtime.name}-{self.fingerprint}.json"
+        self._memory_only = False
         self.entries: dict[str, float] = self._load()
         self.hits = 0
         self.misses = 0
 
     def _load(self) -> dict[str, float]:
+        """The cached entries; a table that cannot be read or has the wrong shape is ignored
+        (and rebuilt) with a warning, and NaN, infinite or negative entries are dropped."""
         try:
             data = json.loads(self.path.read_text())
         except FileNotFoundError:
@@ -70,10 +73,22 @@ class LatencyTable:
         except (OSError, ValueError) as exc:
             logger.warning("ignoring unreadable latency table %s: %s", self.path, exc)
             return {}
+        if not isinstance(data, dict) or not isinstance(data.get("entries", {}), dict):
+            logger.warning("ignoring latency table %s: not a table; remeasuring", self.path)
+            return {}
         if data.get("version") != TABLE_VERSION or data.get("fingerprint") != self.fingerprint:
             logger.info("latency table %s is for another device or version; remeasuring", self.path)
             return {}
-        return {str(k): float(v) for k, v in data.get("entries", {}).items()}
+        entries = {str(k): _milliseconds(v) for k, v in data.get("entries", {}).items()}
+        good = {k: v for k, v in entries.items() if v is not None}
+        if len(good) < len(entries):
+            logger.warning(
+                "ignoring %d invalid entries (not a latency >= 0) of latency table %s; "
+                "remeasuring them",
+                len(entries) - len(good),
+                self.path,
+            )
+        return good
 
     def lookup(self, queries: Sequence[Query]) -> list[float]:
         """Latency (ms) of each queried layer; missing entries are measured interleaved, in
@@ -134,4 +149,23 @@ class LatencyTable:
             "device": self.runtime.device(),
             "entries": self.entries,
         }
-        write_text_atomic(self.path, json.dumps(data, indent=0, sort_keys=True))
+        if self._memory_only:
+            return
+        try:
+            write_text_atomic(self.path, json.dumps(data, indent=0, sort_keys=True))
+        except OSError as exc:
+            self._memory_only = True
+            logger.warning(
+                "cannot write the latency table %s (%s); keeping it in memory for this run "
+                "(set EVONNX_CACHE_DIR to a writable folder to keep it)",
+                self.path,
+                exc.strerror or exc,
+            )
+
+
+def _milliseconds(value: object) -> float | None:
+    """A cached latency, or ``None`` unless it is a finite number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    ms = float(value)
+    return ms if math.isfinite(ms) and ms >= 0 else None
