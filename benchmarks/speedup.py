@@ -149,10 +149,7 @@ def build(key: str, seed: int = 0, dynamic: bool = True) -> Net:
         sys.path.insert(0, str(TESTS))
         import importlib
 
-        try:
-            source = importlib.import_module(module_name)
-        except ModuleNotFoundError:  # not on this branch yet: the local copy in benchmarks/
-            source = importlib.import_module("lookalikes_local")
+        source = importlib.import_module(module_name)
         raw = getattr(source, fn)()
         inp = raw.graph.input[0].name
         return Net(name, None, apply_input_shapes(raw, {inp: shape}), shape[-1], key)

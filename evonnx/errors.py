@@ -77,3 +77,7 @@ class NonFiniteError(EvonnxError):
 
 class NonFiniteScoreError(NonFiniteError, TaskError):
     """A task scored a model as NaN or infinite (that offspring fails)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """The process received SIGTERM (a ``KeyboardInterrupt``, so it stops work the same way)."""

@@ -133,7 +133,7 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def set_inferred_shapes(model: onnx.ModelProto) -> None:
     """Replace ``model``'s value_info by inferred shapes, in place (no copy of the weights)."""
-    inferred = _inferred_skeleton(model)
+    inferred = inferred_skeleton(model)
     del model.graph.value_info[:]
     model.graph.value_info.extend(inferred.graph.value_info)
 
@@ -141,11 +141,11 @@ def set_inferred_shapes(model: onnx.ModelProto) -> None:
 def import_graph(model: onnx.ModelProto) -> gs.Graph:
     """``model`` in onnx-graphsurgeon with inferred shapes; weights are read lazily."""
     graph = gs.import_onnx(model)
-    _annotate(graph, _inferred_skeleton(model))
+    _annotate(graph, inferred_skeleton(model))
     return graph
 
 
-def _inferred_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+def inferred_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     """Shape inference on a copy whose large float weights carry dims but no data.
 
     Shapes never depend on the values of float weights, and skipping them makes inference on

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from evonnx.graph import infer_shapes, to_graph
+from evonnx.graph import infer_shapes, inferred_skeleton, to_graph
 from evonnx.inputs import InputShapes, apply_input_shapes
 
 logger = logging.getLogger(__name__)
@@ -68,10 +68,14 @@ def static_inputs(
     ``batch``. Inputs left with a symbolic dimension are returned as blocked.
     """
     shaped = apply_input_shapes(model, input_shapes or {})
+    inits = {t.name for t in shaped.graph.initializer}
+    if not shaped.graph.value_info and not any(
+        _open_batch(vi) for vi in shaped.graph.input if vi.name not in inits
+    ):  # nothing to set or clear: no copy of the weights (a > 2 GB model held once)
+        return shaped, _blocked(shaped, inits)
     out = onnx.ModelProto()
     out.CopyFrom(shaped)
     blocked = []
-    inits = {t.name for t in out.graph.initializer}
     for vi in out.graph.input:
         if vi.name in inits or not vi.type.HasField("tensor_type"):
             continue
@@ -83,6 +87,24 @@ def static_inputs(
             blocked.append(f"{vi.name} ({', '.join(open_dims)})")
     del out.graph.value_info[:]
     return out, tuple(blocked)
+
+
+def _open_batch(vi: onnx.ValueInfoProto) -> bool:
+    dims = vi.type.tensor_type.shape.dim if vi.type.HasField("tensor_type") else []
+    return bool(len(dims)) and not dims[0].HasField("dim_value")
+
+
+def _blocked(model: onnx.ModelProto, inits: set[str]) -> tuple[str, ...]:
+    out = []
+    for vi in model.graph.input:
+        if vi.name in inits or not vi.type.HasField("tensor_type"):
+            continue
+        open_dims = [
+            d.dim_param or "?" for d in vi.type.tensor_type.shape.dim if not d.HasField("dim_value")
+        ]
+        if open_dims:
+            out.append(f"{vi.name} ({', '.join(open_dims)})")
+    return tuple(out)
 
 
 def resolve_shapes(
@@ -103,7 +125,7 @@ def resolve_shapes(
         ConfigError: ``input_shapes`` names an unknown input or disagrees with the model.
     """
     shaped, blocked = static_inputs(model, input_shapes, batch)
-    inferred = infer_shapes(shaped)
+    inferred = _inferred_light(shaped)
     shapes = _static_of(inferred)
     inputs = {k: v for k, v in shapes.items() if k in _input_names(shaped)}
     missing = [o for n in shaped.graph.node for o in n.output if o and o not in shapes]
@@ -117,6 +139,19 @@ def resolve_shapes(
     if missing:
         logger.debug("%d tensors keep unknown shapes: %s", len(missing), missing[:5])
     return ResolvedShapes(shapes, inputs, blocked, ran, tuple(missing))
+
+
+def _inferred_light(model: onnx.ModelProto) -> onnx.ModelProto:
+    """What :func:`~evonnx.graph.infer_shapes` gives for shapes and types, without copying the
+    weights: inputs and outputs as they are, inferred value_info, initializers' dims only."""
+    light = onnx.ModelProto()
+    g = light.graph
+    g.input.extend(model.graph.input)
+    g.output.extend(model.graph.output)
+    g.value_info.extend(inferred_skeleton(model).graph.value_info)
+    for t in model.graph.initializer:
+        g.initializer.add(name=t.name, dims=t.dims, data_type=t.data_type)
+    return light
 
 
 def _input_names(model: onnx.ModelProto) -> set[str]:

@@ -16,9 +16,7 @@ import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
 
-
-class Terminated(KeyboardInterrupt):
-    """The process received SIGTERM."""
+from evonnx.errors import Terminated
 
 
 def exit_code(exc: KeyboardInterrupt) -> int:

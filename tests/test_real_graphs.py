@@ -331,15 +331,25 @@ class _Regression(Task):
     name = "regress"
 
     def __init__(self, model: onnx.ModelProto, shape: tuple[int, ...]) -> None:
-        from evonnx.retrain.evaluate import predict_onnx
-
         rng = np.random.default_rng(0)
         self.x = rng.normal(size=(8, *shape[1:])).astype(np.float32)
-        self.y = np.concatenate([predict_onnx(model, self.x[i : i + 1])[0] for i in range(8)])
+        one, two = (self._predict(model, n).shape for n in (1, 2))
+        # the output's batch axis: the one that grows with the batch (a CRNN's is axis 1)
+        self.axis = next(a for a, (p, q) in enumerate(zip(one, two, strict=True)) if p != q)
+        self.y = self._predict(model)
+
+    def _predict(self, model: onnx.ModelProto | Path, n: int = 8) -> np.ndarray:
+        # onnxruntime directly: predict_onnx concatenates along axis 0 (batch-first outputs)
+        import onnxruntime as ort
+
+        data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        return np.asarray(session.run(None, {session.get_inputs()[0].name: self.x[:n]})[0])
 
     def train_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        y = torch.from_numpy(self.y)
         return [
-            (torch.from_numpy(self.x[i : i + 4]), torch.from_numpy(self.y[i : i + 4]))
+            (torch.from_numpy(self.x[i : i + 4]), y.narrow(self.axis, i, 4).contiguous())
             for i in (0, 4)
         ]
 
@@ -347,10 +357,7 @@ class _Regression(Task):
         return torch.nn.functional.mse_loss(outputs, targets)
 
     def score(self, onnx_path: Path, split: str) -> float:
-        from evonnx.retrain.evaluate import predict_onnx
-
-        pred = np.concatenate([predict_onnx(onnx_path, self.x[i : i + 1])[0] for i in range(8)])
-        return -float(np.mean((pred - self.y) ** 2))
+        return -float(np.mean((self._predict(onnx_path) - self.y) ** 2))
 
 
 def _classes(model: onnx.ModelProto, shape: tuple[int, ...]) -> Dataset:

@@ -272,8 +272,10 @@ def test_resume_recovers_from_a_kill_at_every_write(
     full = evonnx.evolve(model, data, tmp_path / "full", CONFIG, progress=False)
     monkeypatch.setattr(textio, "_commit", real)
     assert commits.count("lineage.json") == 3 and len(commits) == 15
-    config = json.dumps({"generations": 3, "epochs": 1, "lr": 0.05, "batch_size": 16,
-                         "seed": 3, "threads": 1})  # fmt: skip
+    config = json.dumps({"generations": 3, "epochs": 1, "lr": 0.05, "optimizer": "sgd",
+                         "warmup": 0.0, "freeze_bn": False, "batch_size": 16, "seed": 3,
+                         "threads": 1})  # fmt: skip
+    assert EvolveConfig(**json.loads(config)) == CONFIG  # the subprocess runs CONFIG's recipe
     steps = [str(k) for k in range(1, len(commits) + 1)]
     killer = subprocess.run([sys.executable, "-c", KILLER, str(model), str(data_file),
                              str(tmp_path), config, *steps],
