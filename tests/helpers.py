@@ -30,22 +30,7 @@ def zero_consumers(
     masks: dict[str, np.ndarray] | None = None,
 ) -> onnx.ModelProto:
     """Copy of ``model`` with the consumer slices of every removed channel set to zero."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    values = {t.name: numpy_helper.to_array(t).copy() for t in out.graph.initializer}
-    for name, mask in (masks or {}).items():
-        values[name] = values[name] * mask.astype(values[name].dtype)
-    for g in analysis.groups:
-        removed = removed_channels(g, plan)
-        if not removed.size:
-            continue
-        for m in g.by_role(Role.CONSUMER):
-            idx = m.indices(removed)
-            arr = np.moveaxis(values[m.name], m.axis, 0)
-            arr[idx] = 0
-    for t in out.graph.initializer:
-        t.CopyFrom(numpy_helper.from_array(values[t.name], t.name))
-    return out
+    return _zero_removed(model, analysis, plan, masks, Role.CONSUMER)
 
 
 def zero_producers(
@@ -57,6 +42,18 @@ def zero_producers(
     """Copy of ``model`` with the producer filter *weights* of every removed channel set to
     zero (their biases, BatchNorm and activations stay): what a pruned graph must equal
     wherever the removed channels' constants fold exactly."""
+    return _zero_removed(model, analysis, plan, masks, Role.PRODUCER)
+
+
+def _zero_removed(
+    model: onnx.ModelProto,
+    analysis: Analysis,
+    plan: PrunePlan,
+    masks: dict[str, np.ndarray] | None,
+    role: Role,
+) -> onnx.ModelProto:
+    """Copy of ``model`` with the ``role`` members' slices of every removed channel zeroed
+    (after applying the synapse ``masks``)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     values = {t.name: numpy_helper.to_array(t).copy() for t in out.graph.initializer}
@@ -66,7 +63,7 @@ def zero_producers(
         removed = removed_channels(g, plan)
         if not removed.size:
             continue
-        for m in g.by_role(Role.PRODUCER):
+        for m in g.by_role(role):
             arr = np.moveaxis(values[m.name], m.axis, 0)
             arr[m.indices(removed)] = 0
     for t in out.graph.initializer:
