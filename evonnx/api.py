@@ -305,7 +305,9 @@ def synthesize_latency(
     analysis = analyze_graph(graph, resolved.hint())
     target = latency_target(shaped, analysis, latency)
     cfg = config or EncodingConfig(synapse_level=False)
-    check_reachable(shaped, analysis, target, speedup, cfg.min_channels)
+    check_reachable(
+        shaped, analysis, target, speedup, cfg.min_channels, min_fraction=cfg.min_fraction
+    )
     off, fit = latency_offspring(
         shaped, analysis, cfg, target, 1.0 / speedup, np.random.default_rng(seed)
     )

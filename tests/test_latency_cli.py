@@ -103,6 +103,20 @@ def test_impossible_target_is_refused_up_front(files: dict[str, Path], tmp_path:
     assert not out.exists()
 
 
+def test_reach_honours_the_per_layer_floor(files: dict[str, Path], tmp_path: Path) -> None:
+    """The smallest offspring keeps every group at its floor: a higher --min-fraction
+    reaches less, and the refusal names the floor."""
+    reach = {}
+    for fraction in ("0", "0.5"):
+        code, text = invoke(
+            "prune", str(files["plain"]), "--env", "latency", "--speedup", "1000", "-o",
+            str(tmp_path / "x.onnx"), "--min-fraction", fraction,
+        )  # fmt: skip
+        assert code == 1 and f"--min-fraction {fraction}" in text, text
+        reach[fraction] = float(text.split("measures ")[1].split("x")[0])
+    assert 1.0 < reach["0.5"] < reach["0"]
+
+
 def _reshaping_model() -> onnx.ModelProto:
     """Convs on a symbolic height and width, flattened into a fixed-size MatMul (runs only
     at 8x8)."""

@@ -17,7 +17,7 @@ from evonnx.latency.fit import MeasuredFit, fit_measured
 from evonnx.latency.measure import compare
 from evonnx.latency.model import LatencyModel, build_latency_model, group_census
 from evonnx.latency.table import LatencyTable
-from evonnx.plan import PrunePlan
+from evonnx.plan import PrunePlan, floor_channels
 from evonnx.runtimes import Runtime, RuntimeSettings, make_runtime
 from evonnx.surgery import apply_plan
 
@@ -115,16 +115,21 @@ def check_reachable(
     speedup: float,
     min_channels: int = 1,
     margin: float = 1.5,
+    min_fraction: float = 0.0,
 ) -> float | None:
     """Refuse a speed-up past what the smallest offspring (every removable branch gone,
-    every other group at ``min_channels``) gives; returns its measured speed-up (``None``:
+    every other group at its floor: ``min_channels``, at least ``min_fraction`` of its
+    channels) gives; returns its measured speed-up (``None``:
     the prediction puts it past ``margin`` times ``speedup``, nothing was measured).
 
     Raises:
         LatencyBudgetError: ``speedup`` is out of reach.
     """
     groups = analysis.prunable_groups
-    smallest = {g.id: 0 if g.removable else min(g.size, min_channels) for g in groups}
+    smallest = {
+        g.id: 0 if g.removable else floor_channels(g.size, min_channels, min_fraction)
+        for g in groups
+    }
     lm = target.model
     predicted = lm.predict(group_census(analysis, {})) / max(
         lm.predict(group_census(analysis, smallest)), 1e-12
@@ -139,7 +144,8 @@ def check_reachable(
         raise LatencyBudgetError(
             f"a {speedup:g}x speed-up is out of reach on {target.runtime.name} at batch "
             f"{target.settings.batch}: removing every removable cluster (every channel group at "
-            f"--min-channels {min_channels}, every removable branch) measures {reach:.2f}x; ask "
-            f"for at most that, or a larger batch (less per-run overhead)"
+            f"its floor, --min-channels {min_channels} and --min-fraction {min_fraction:g}, "
+            f"every removable branch) measures {reach:.2f}x; ask for at most that, a lower "
+            f"--min-fraction, or a larger batch (less per-run overhead)"
         )
     return reach
