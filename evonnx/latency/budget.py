@@ -114,7 +114,7 @@ def check_reachable(
     target: Target,
     speedup: float,
     min_channels: int = 1,
-    margin: float = 1.5,
+    margin: float = 3.0,
     min_fraction: float = 0.0,
 ) -> float | None:
     """Refuse a speed-up past what the smallest offspring (every removable branch gone,

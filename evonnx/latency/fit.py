@@ -174,7 +174,9 @@ def fit_measured(
         except PlanError as exc:
             if spare is not None:
                 return _done(spare, rounds, trimmed, grown)
-            raise _nothing_left(m.child_ms, m.parent_ms, budget, min_channels) from exc
+            raise _nothing_left(
+                m.child_ms, m.parent_ms, budget, min_channels, min_fraction
+            ) from exc
     if spare is not None:
         return _done(spare, max_rounds, trimmed, grown)
     raise LatencyBudgetError(
@@ -227,12 +229,15 @@ def _done(fit: MeasuredFit, rounds: int, trimmed: int, grown: int) -> MeasuredFi
     )  # fmt: skip
 
 
-def _nothing_left(child_ms: float, parent_ms: float, budget: float, floor: int) -> Exception:
+def _nothing_left(
+    child_ms: float, parent_ms: float, budget: float, least: int, fraction: float
+) -> Exception:
     return LatencyBudgetError(
-        f"every channel group is at --min-channels {floor} and no branch is left to remove: "
-        f"the offspring reached {parent_ms / child_ms:.2f}x ({child_ms:.4g} ms, parent "
-        f"{parent_ms:.4g} ms) against a budget of {budget:.4g} ms; a smaller speed-up, a "
-        "lower --min-channels or a larger batch (less per-run overhead) may fit"
+        f"every channel group is at its floor (--min-channels {least}, --min-fraction "
+        f"{fraction:g}) and no branch is left to remove: the offspring reached "
+        f"{parent_ms / child_ms:.2f}x ({child_ms:.4g} ms, parent {parent_ms:.4g} ms) against a "
+        f"budget of {budget:.4g} ms; a smaller speed-up, a lower --min-fraction or "
+        "--min-channels, or a larger batch (less per-run overhead) may fit"
     )
 
 
