@@ -56,20 +56,17 @@ def load_model(path: str | Path, normalize: bool = True) -> onnx.ModelProto:
 def _load_external(model: onnx.ModelProto, base: Path) -> None:
     from onnx.external_data_helper import load_external_data_for_model, uses_external_data
 
-    missing = []
+    from evonnx.external import check_location
+
     for t in model.graph.initializer:
         if uses_external_data(t):
-            loc = next((e.value for e in t.external_data if e.key == "location"), "")
-            if not (base / loc).is_file():
-                missing.append(loc)
-    if missing:
-        raise ModelLoadError(
-            f"external data file(s) missing next to the model: {sorted(set(missing))}"
-        )
+            loc = next((e.value for e in t.external_data if e.key == "location"), None)
+            check_location(loc, t.name, base)
     try:
         load_external_data_for_model(model, str(base))
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot read external data: {exc}") from exc
+    except (OSError, ValueError, onnx.checker.ValidationError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"cannot read external data: {first}") from exc
 
 
 def opset_of(model: onnx.ModelProto) -> int:
