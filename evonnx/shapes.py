@@ -197,6 +197,8 @@ def _run_shapes(
     feeds_at, rescale = _run_inputs(model, inputs, len(names))
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
+    if rescale is not None:
+        _at_run_batch(probe, feeds_at)
     have = {o.name for o in probe.graph.output}
     for name in names:
         if name not in have:
@@ -233,6 +235,23 @@ def _run_inputs(
         return dict(inputs), None
     logger.info("shape run at batch 1 instead of %d to bound its memory", n)
     return {k: (1, *s[1:]) if s else s for k, s in inputs.items()}, (1, n)
+
+
+def _at_run_batch(probe: onnx.ModelProto, feeds_at: Mapping[str, tuple[int, ...]]) -> None:
+    """Declare ``probe``'s inputs at the run's (batch 1) shapes and drop the shapes noted at
+    the real batch, which onnxruntime would reject (every layer's shape then comes back
+    from the run, rescaled, not only the conv layers' that static inference gave)."""
+    for vi in probe.graph.input:
+        shape = feeds_at.get(vi.name)
+        if shape is not None and vi.type.HasField("tensor_type"):
+            dims = vi.type.tensor_type.shape.dim
+            for d, value in zip(dims, shape, strict=False):
+                d.Clear()
+                d.dim_value = value
+    del probe.graph.value_info[:]
+    for vi in probe.graph.output:
+        if vi.type.HasField("tensor_type"):
+            vi.type.tensor_type.ClearField("shape")
 
 
 def _scaled(shape: tuple[int, ...], rescale: tuple[int, int] | None) -> tuple[int, ...]:
