@@ -577,7 +577,7 @@ def _session(model: onnx.ModelProto | str | Path) -> ort.InferenceSession:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # errors come back as exceptions
     source: str | bytes
     if isinstance(model, onnx.ModelProto):
         source = model.SerializeToString()

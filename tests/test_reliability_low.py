@@ -232,3 +232,56 @@ def test_every_layer_kind_scales_its_macs_with_the_batch(
         b: evonnx.inspect(model, {"x": (b, 3, 8, 8)}).metrics.macs for b in (1, 4)
     }
     assert inspected[4] == 4 * inspected[1] == 4 * sum(one.values())
+
+
+# --------------------------------------------------------------------------- unrunnable shapes
+
+
+def _flatten_gemm_any_size() -> onnx.ModelProto:
+    """Conv -> Reshape [N, -1] -> Gemm of 8·6·6 inputs: it runs only at 8×8 images, though
+    its input declares symbolic height and width."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(8, 3, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.normal(size=(8 * 6 * 6, 10)).astype(np.float32), "g"),
+        numpy_helper.from_array(np.array([0, -1], np.int64), "flat"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node("Reshape", ["c", "flat"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "g"], ["y"], name="fc"),
+    ]
+    graph = helper.make_graph(
+        nodes, "any_size",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
+        inits,
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["inspect"],
+        ["prune", "--keep", "0.5", "-o", "OUT"],
+        ["prune", "--env", "latency", "--speedup", "1.5", "-o", "OUT"],
+        ["export", "-o", "OUT"],
+        ["bench", "MODEL", "--runs", "2", "--warmup", "0"],
+    ],
+)
+def test_an_unrunnable_input_shape_is_one_line_naming_it(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    model = tmp_path / "m.onnx"
+    onnx.save(_flatten_gemm_any_size(), str(model))
+    out = tmp_path / "out.onnx"
+    args = [str(out) if a == "OUT" else str(model) if a == "MODEL" else a for a in command]
+    code, output = _invoke(args[0], str(model), *args[1:], "--input-shape", "x=1x3x7x7")
+    assert code == 1, output
+    line = _one_error_line(output)
+    assert "cannot run the model with input x=1x3x7x7" in line and "Gemm" in line
+    assert "onnxruntime:" not in capfd.readouterr().err  # no onnxruntime log dump
+    assert not out.exists()
+    code, output = _invoke("inspect", str(model), "--input-shape", "x=1x3x8x8")
+    assert code == 0, output

@@ -399,7 +399,7 @@ def _session_options(pool: str, threads: int) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # errors come back as exceptions
     if pool == "global":
         so.use_per_session_threads = False
     else:

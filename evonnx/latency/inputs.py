@@ -42,7 +42,7 @@ def check_inputs(model: onnx.ModelProto, batch: int) -> None:
         )
     try:
         opts = ort.SessionOptions()
-        opts.log_severity_level = 3
+        opts.log_severity_level = 4  # errors come back as exceptions
         sess = ort.InferenceSession(
             batched.SerializeToString(), opts, providers=["CPUExecutionProvider"]
         )

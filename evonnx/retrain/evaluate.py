@@ -184,7 +184,7 @@ def make_session(
         ModelLoadError: If the file is missing or onnxruntime rejects the model.
     """
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # errors come back as exceptions
     chosen = list(providers) if providers is not None else list(DEFAULT_PROVIDERS)
     if isinstance(model, onnx.ModelProto):
         source: str | bytes = model.SerializeToString()
