@@ -62,6 +62,7 @@ from evonnx.validate import (
     check_float32,
     check_resources,
     check_round_to,
+    warn_zero_layers,
 )
 
 logger = logging.getLogger(__name__)
@@ -148,6 +149,7 @@ def _run(
     lineage = _start(model, sha, split, out, config, resume)
     first_model = load_model(out / lineage.records[0].file)
     gen1 = compute_metrics(first_model)
+    warn_zero_layers(gen1)
     hw = _run_latency(config, first_model, executor)  # on Ray, measured by jobs of its own
     probe = hw if hw is not None else _speed_probe(config, first_model)
     if probe is not None and lineage.records[0].latency_ms is None:

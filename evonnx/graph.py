@@ -12,7 +12,7 @@ from google.protobuf.message import DecodeError
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from evonnx.errors import ModelLoadError, UnsupportedModelError
-from evonnx.textio import atomic_path
+from evonnx.textio import atomic_path, dangling_link
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def load_model(path: str | Path, normalize: bool = True) -> onnx.ModelProto:
     if p.is_dir():
         raise ModelLoadError(f"{p} is a folder; give the path of an .onnx model file")
     if not p.is_file():
-        raise ModelLoadError(f"model file not found: {p}")
+        raise ModelLoadError(dangling_link(p) or f"model file not found: {p}")
     if p.stat().st_size == 0:
         raise ModelLoadError(f"{p} is empty (0 bytes), not an ONNX model")
     try:

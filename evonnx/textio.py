@@ -65,9 +65,23 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, mode)
         _commit(tmp, target)
+    except OSError as exc:
+        raise _naming(exc, target, tmp) from exc
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def _naming(exc: OSError, target: Path, tmp: Path) -> OSError:
+    """``exc`` naming ``target`` where it names no file or only our temporary (a full disk
+    raises from ``write`` with no file name); other errors are returned as they are."""
+    from evonnx.errors import EvonnxError
+
+    if isinstance(exc, EvonnxError) or exc.errno is None:
+        return exc
+    if exc.filename is not None and Path(exc.filename) != tmp:
+        return exc
+    return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(target))
 
 
 def temporary_target(name: str) -> str | None:
@@ -90,6 +104,18 @@ def remove_temporaries(
     if removed:
         logger.info("removed %d stale temporary file(s) in %s", len(removed), folder)
     return removed
+
+
+def dangling_link(path: str | Path) -> str | None:
+    """``"P is a dangling symlink to T"`` when ``path`` is a symbolic link to nothing (its
+    target, or a link further on, does not exist), else ``None``."""
+    p = Path(path)
+    try:
+        if not p.is_symlink() or p.exists():
+            return None
+        return f"{p} is a dangling symlink to {os.readlink(p)}"
+    except OSError:
+        return None
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:

@@ -3,6 +3,8 @@ unrunnable shapes, accurate messages, temporaries of killed writes, memory at --
 
 from __future__ import annotations
 
+import errno
+import hashlib
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,9 +19,11 @@ from onnx import TensorProto, helper, numpy_helper
 from zoo import helper_convnet
 
 import evonnx
-from evonnx.data import Dataset
-from evonnx.errors import ModelLoadError, TaskError
+from evonnx import textio
 from evonnx.cli.main import cli
+from evonnx.data import Dataset
+from evonnx.errors import ConfigError, DataError, ModelLoadError, TaskError
+from evonnx.fidelity import split_indices
 from evonnx.graph import load_model
 from evonnx.guard import batch_mismatch
 from evonnx.lineage import EvolveConfig
@@ -285,3 +289,141 @@ def test_an_unrunnable_input_shape_is_one_line_naming_it(
     assert not out.exists()
     code, output = _invoke("inspect", str(model), "--input-shape", "x=1x3x8x8")
     assert code == 0, output
+
+
+# --------------------------------------------------------------------------- accurate messages
+
+
+def _zeroed(name: str) -> onnx.ModelProto:
+    model = helper_convnet()
+    for t in model.graph.initializer:
+        if t.name == name:
+            t.CopyFrom(numpy_helper.from_array(np.zeros_like(numpy_helper.to_array(t)), name))
+    return model
+
+
+def test_an_all_zero_layer_is_named_as_all_zeros(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = tmp_path / "m.onnx"
+    onnx.save(_zeroed("w2"), str(model))
+    for method in ("genetic", "magnitude"):
+        code, output = _invoke("prune", str(model), "--method", method, "--keep", "0.5",
+                               "-o", str(tmp_path / "o.onnx"))  # fmt: skip
+        line = _one_error_line(output)
+        assert code == 1 and "conv2 (weight w2) is all zeros in the input model" in line
+        assert "--keep" not in line  # not blamed on the budget
+    with caplog.at_level("WARNING"):
+        evonnx.evolve(_zeroed("w2"), _data(), tmp_path / "run", replace(CONFIG, generations=1))
+    assert "layer conv2 (weight w2) is all zeros" in caplog.text
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "0", "-2", "1", "abc"])
+def test_speedups_outside_what_is_allowed_say_what_is(tmp_path: Path, value: str) -> None:
+    model = tmp_path / "m.onnx"
+    onnx.save(helper_convnet(), str(model))
+    for args in (
+        ["prune", str(model), "--env", "latency", f"--speedup={value}", "-o", str(tmp_path / "o")],
+        ["evolve", str(model), "--data", "digits", "--env", "latency",
+         f"--target-speedup={value}", "--out", str(tmp_path / "run")],
+    ):  # fmt: skip
+        code, output = _invoke(*args)
+        line = _one_error_line(output)
+        assert code == 1 and f"'{value}' is not allowed" in line
+        assert "a speed-up is a finite number above 1" in line
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match="a speed-up is a finite number above 1"):
+        EvolveConfig(env="latency", target_speedup=float("nan"))
+
+
+def test_an_empty_split_is_named_with_the_counts() -> None:
+    x, y = _data().x_train, _data().y_train
+    with pytest.raises(DataError, match=r"the test split is empty \(x_test: 0 samples, y_test: "
+                       r"0 labels; x_train: 64 samples\)"):  # fmt: skip
+        Dataset(x, y, x[:0], y[:0], name="d")
+    with pytest.raises(DataError, match="the training split is empty"):
+        Dataset(x[:0], y[:0], x, y, name="d")
+    says = r"test split takes 1 and the validation split 1, leaving 0 to train on; give at least 3"
+    with pytest.raises(DataError, match=r"2 input sample\(s\) .*" + says):
+        split_indices(2, 0.1, 0.1, 0)
+
+
+def test_uint64_labels_are_accepted_when_they_fit_and_named_when_not() -> None:
+    x, y = _data().x_train, _data().y_train
+    data = Dataset(x, y.astype(np.uint64), x, y.astype(np.uint64), name="u")
+    assert data.y_train.dtype == np.int64 and (data.y_train == y).all()
+    huge = y.astype(np.uint64) + np.uint64(2**63)
+    with pytest.raises(DataError, match=f"label {int(huge.max())} \\(uint64\\) is out of range"):
+        Dataset(x, huge, x, y, name="u")
+
+
+def test_a_dangling_symlink_is_called_one(tmp_path: Path) -> None:
+    link, target = tmp_path / "m.onnx", tmp_path / "gone.onnx"
+    link.symlink_to(target)
+    code, output = _invoke("inspect", str(link))
+    assert code == 1 and f"{link} is a dangling symlink to {target}" in _one_error_line(output)
+    model = tmp_path / "real.onnx"
+    onnx.save(helper_convnet(), str(model))
+    inputs = tmp_path / "x.npz"
+    inputs.symlink_to(tmp_path / "gone.npz")
+    code, output = _invoke("evolve", str(model), "--inputs", str(inputs),
+                           "--out", str(tmp_path / "run"))  # fmt: skip
+    line = _one_error_line(output)
+    assert code == 1 and f"{inputs} is a dangling symlink to {tmp_path / 'gone.npz'}" in line
+
+
+def test_a_full_disk_names_the_file_being_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, out = tmp_path / "m.onnx", tmp_path / "out" / "pruned.onnx"
+    onnx.save(helper_convnet(), str(model))
+
+    def full(*_args: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(textio.os, "replace", full)
+    code, output = _invoke("prune", str(model), "--keep", "0.5", "-o", str(out))
+    assert code == 1
+    assert _one_error_line(output) == f"error: No space left on device: {out}"
+    assert not out.exists() and not list(out.parent.iterdir())  # no temporary left
+
+
+def _weights(scale: float) -> bytes:
+    model = helper_convnet()
+    for t in model.graph.initializer:
+        values = numpy_helper.to_array(t)
+        t.CopyFrom(numpy_helper.from_array((values * scale).astype(values.dtype), t.name))
+    return model.SerializeToString()
+
+
+def test_ranks_differing_by_float_rounding_are_not_called_divergent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import torch.distributed as dist
+
+    from evonnx import ddp
+    from evonnx.errors import ExecutorError
+
+    same, rounding, diverged = _weights(1.0), _weights(1.0 + 1e-7), _weights(1.01)
+    assert ddp.weight_difference(same, rounding)[0] < ddp.WEIGHT_RTOL
+    for other, fails in ((rounding, False), (diverged, True)):
+        models = [same, other]  # two ranks, simulated: rank 1 runs the collective calls
+
+        def gather(out: list[Any], mine: Any, models: list[bytes] = models) -> None:
+            out[:] = [
+                hashlib.sha256(models[0]).hexdigest() if isinstance(mine, str) else
+                ddp.weight_difference(models[0], models[0]),
+                mine,
+            ]  # fmt: skip
+
+        def broadcast(objects: list[Any], src: int, models: list[bytes] = models) -> None:
+            objects[0] = models[src]
+
+        monkeypatch.setattr(dist, "all_gather_object", gather)
+        monkeypatch.setattr(dist, "broadcast_object_list", broadcast)
+        if fails:
+            with pytest.raises(ExecutorError, match=r"rank\(s\) \[1\] differ from rank 0 by up "
+                               r"to [0-9.e-]+ in \w+ \(0\.01 of its largest"):  # fmt: skip
+                ddp.check_same_weights(other, (1, 2))
+        else:
+            ddp.check_same_weights(other, (1, 2))

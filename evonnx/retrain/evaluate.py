@@ -15,6 +15,7 @@ from torch import nn
 
 from evonnx.data import check_sample_shape
 from evonnx.errors import ConfigError, DataError, ModelLoadError, UnsupportedModelError
+from evonnx.textio import dangling_link
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +193,7 @@ def make_session(
     else:
         path = Path(model)
         if not path.is_file():
-            raise ModelLoadError(f"ONNX model {path} does not exist")
+            raise ModelLoadError(dangling_link(path) or f"ONNX model {path} does not exist")
         source, label = str(path), str(path)
     try:
         return ort.InferenceSession(source, options, providers=chosen)
