@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import os
+import signal
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -427,3 +431,67 @@ def test_ranks_differing_by_float_rounding_are_not_called_divergent(
                 ddp.check_same_weights(other, (1, 2))
         else:
             ddp.check_same_weights(other, (1, 2))
+
+
+# --------------------------------------------------------------------------- killed writes
+
+_WRITER = """
+import sys, time
+from evonnx.signals import handle_signals
+from evonnx.textio import atomic_path
+handle_signals()
+with atomic_path(sys.argv[1]) as tmp:
+    tmp.write_bytes(b"half a model")
+    print("writing", flush=True)
+    time.sleep(60)
+"""
+
+
+def _killed_writer(target: Path, sig: int) -> subprocess.CompletedProcess[str]:
+    """A process writing ``target`` atomically, sent ``sig`` mid-write."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(target)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout is not None and proc.stdout.readline() == "writing\n"
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _temporaries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(textio.TMP_SUFFIX))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_write_stopped_by_a_signal_leaves_no_temporary(tmp_path: Path, sig: int) -> None:
+    done = _killed_writer(tmp_path / "out.onnx", sig)
+    assert done.returncode != 0 and not (tmp_path / "out.onnx").exists()
+    assert _temporaries(tmp_path) == []
+
+
+def test_ctrl_c_inside_the_writer_removes_its_temporary(tmp_path: Path) -> None:
+    with pytest.raises(KeyboardInterrupt), textio.atomic_path(tmp_path / "o.onnx") as tmp:
+        tmp.write_bytes(b"partial")
+        raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["prune", "export"])
+def test_temporaries_of_a_killed_write_are_swept_by_the_next_write_of_that_output(
+    tmp_path: Path, command: str
+) -> None:
+    model, out = tmp_path / "m.onnx", tmp_path / "o" / "pruned.onnx"
+    onnx.save(helper_convnet(), str(model))
+    out.parent.mkdir()
+    _killed_writer(out, signal.SIGKILL)
+    (stale,) = _temporaries(out.parent)
+    others = [f".other.onnx.0123abcd{textio.TMP_SUFFIX}", ".pruned.onnx.tmp", "pruned.onnx.bak"]
+    for name in others:
+        (out.parent / name).write_bytes(b"not ours to remove")
+    with textio.atomic_path(out.parent / "pruned.onnx.data") as live:  # a write in progress
+        live.write_bytes(b"being written")
+        args = ["--keep", "0.5"] if command == "prune" else []
+        code, output = _invoke(command, str(model), *args, "-o", str(out))
+        assert code == 0, output
+        assert not (out.parent / stale).exists() and live.exists()
+    assert out.exists() and all((out.parent / name).exists() for name in others)

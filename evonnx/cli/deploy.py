@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from evonnx.cli.output import emit_json, table
-from evonnx.cli.paths import check_output_file
+from evonnx.cli.paths import check_output_file, sweep_temporaries
 from evonnx.cli.shape_options import input_shape_option, normalize_option
 from evonnx.deploy.bench import PROVIDERS, BenchResult, benchmark
 from evonnx.deploy.export import TARGETS, ExportResult
@@ -202,6 +202,7 @@ def export(
     export's outputs are checked against MODEL's on onnxruntime; a difference is refused.
     """
     check_output_file(output)
+    sweep_temporaries(output)
     proto = apply_input_shapes(
         load_model(model, normalize=normalize), input_shapes, keep_batch=True
     )

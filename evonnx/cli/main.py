@@ -15,7 +15,7 @@ from evonnx import api
 from evonnx.cli import evolve as evolve_cmd
 from evonnx.cli.latency_options import SPEEDUP, latency_options, latency_settings
 from evonnx.cli.output import emit_json, table
-from evonnx.cli.paths import check_output_file, refuse_unused
+from evonnx.cli.paths import check_output_file, refuse_unused, sweep_temporaries
 from evonnx.cli.shape_options import input_shape_option, normalize_option
 from evonnx.errors import ConfigError, EvonnxError, PlanError
 from evonnx.genetic import DEFAULT_MIN_FRACTION, efficiency
@@ -333,6 +333,7 @@ def prune(
     if method == "branches":
         refuse_unused(["min_channels", "min_fraction"], "not with --method branches")
     check_output_file(output)
+    sweep_temporaries(output)
     ancestor = api.load(model, normalize=normalize)
     external = keeps_external_data(model)  # read now: the copy is gone before pruning peaks
     if method in ("magnitude", "branches"):
