@@ -24,6 +24,7 @@ from evonnx.inputs import InputShapes, apply_input_shapes
 from evonnx.latency import LatencySettings, check_reachable, latency_offspring, latency_target
 from evonnx.latency.inputs import check_inputs
 from evonnx.lineage import SPEEDUP_RULE, EvolveConfig, GenerationRecord, Lineage
+from evonnx.memory import check_batch_fits
 from evonnx.metrics import ModelMetrics, metrics_of_graph
 from evonnx.normalize import NormalizeReport
 from evonnx.normalize import normalize as normalize_model
@@ -265,6 +266,7 @@ def measure(
     runtime = make_runtime(latency.runtime)
     shapes = input_shapes or {}
     pair = [apply_input_shapes(m, shapes) for m in (ancestor, offspring)]
+    check_batch_fits(pair[0], latency.batch)
     before, after = runtime.latencies(pair, latency.batch)
     return MeasuredLatency(runtime.name, latency.batch, before, after)
 

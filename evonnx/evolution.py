@@ -44,6 +44,7 @@ from evonnx.inputs import fill_symbolic_dims, sample_shapes
 from evonnx.jobs import OffspringJob
 from evonnx.latency import RunLatency, Target
 from evonnx.lineage import RESUMABLE, EvolveConfig, GenerationRecord, Lineage
+from evonnx.memory import check_batch_fits
 from evonnx.metrics import ModelMetrics, compute_metrics
 from evonnx.rundir import leftovers, run_folder, sweep
 from evonnx.signals import InterruptWatch, watch_interrupts
@@ -125,6 +126,8 @@ def evolve(
         model = fill_symbolic_dims(model, sample_shapes(split.task.train_batches()))
     _check_fit(model, split.task, config)
     check_resources(config)
+    if config.runtime is not None or config.env == "latency":
+        check_batch_fits(model, config.latency_batch)
     # every resource before the first write: a Ray cluster is reached (or started) here
     executor = make_executor(config, progress)
     try:

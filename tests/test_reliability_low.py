@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
+from helpers import save_npz
 from onnx import TensorProto, helper, numpy_helper
 from zoo import helper_convnet
 
@@ -495,3 +496,35 @@ def test_temporaries_of_a_killed_write_are_swept_by_the_next_write_of_that_outpu
         assert code == 0, output
         assert not (out.parent / stale).exists() and live.exists()
     assert out.exists() and all((out.parent / name).exists() for name in others)
+
+
+# --------------------------------------------------------------------------- memory at --batch
+
+
+def test_a_latency_batch_past_the_memory_is_refused_with_the_figure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from evonnx import memory
+
+    model, data = tmp_path / "m.onnx", tmp_path / "tiny.npz"
+    onnx.save(helper_convnet(), str(model))
+    save_npz(_data(), data)
+    per_sample = memory.batch_bytes(helper_convnet(), 1)
+    inputs = 2 * 8 * 8  # x: 1x2x8x8, drawn as float64 then float32
+    assert per_sample >= inputs * 12 and memory.batch_bytes(helper_convnet(), 7) == 7 * per_sample
+    available = 100_000 * per_sample // 2  # half of what batch 100000 needs
+    monkeypatch.setattr(memory, "available_bytes", lambda: available)
+    need = f"needs {100_000 * per_sample / memory.GIB:.3g} GiB of memory"
+    for args in (
+        ["prune", str(model), "--env", "latency", "--speedup", "2", "--batch", "100000",
+         "-o", str(tmp_path / "o.onnx")],
+        ["prune", str(model), "--keep", "0.5", "--runtime", "ort-cpu", "--batch", "100000",
+         "-o", str(tmp_path / "o.onnx")],
+        ["bench", str(model), str(model), "--batch", "1,100000"],
+        ["evolve", str(model), "--data", str(data), "--env", "latency", "--batch", "100000",
+         "--out", str(tmp_path / "run")],
+    ):  # fmt: skip
+        code, output = _invoke(*args)
+        line = _one_error_line(output)
+        assert code == 1 and line.startswith("error: --batch 100000 (") and need in line, line
+    assert not (tmp_path / "o.onnx").exists() and not (tmp_path / "run").exists()
