@@ -156,11 +156,18 @@ def weight_difference(reference: bytes, model: bytes) -> Difference:
     missing tensor or another shape counts as an infinite difference."""
     import numpy as np
     import onnx
+    from google.protobuf.message import DecodeError
     from onnx import numpy_helper
 
-    ref = {t.name: t for t in onnx.load_from_string(reference).graph.initializer}
+    if model == reference:
+        return (0.0, 0.0, "")
+    try:
+        ref = {t.name: t for t in onnx.load_from_string(reference).graph.initializer}
+        mine = onnx.load_from_string(model).graph.initializer
+    except (DecodeError, ValueError):
+        return (math.inf, math.inf, "(a model that cannot be read)")
     worst: Difference = (0.0, 0.0, "")
-    for t in onnx.load_from_string(model).graph.initializer:
+    for t in mine:
         a = numpy_helper.to_array(t)
         if a.dtype.kind != "f":
             continue
