@@ -71,7 +71,7 @@ def guarded_loss(fn: Callable[..., Any], task: str, step: str) -> Callable[..., 
     return call
 
 
-def checked_batches(batches: Iterable[Any], task: str) -> Iterable[Any]:
+def checked_batches(batches: Any, task: str) -> Any:
     """``batches`` (a task's ``train_batches()``), each checked as it is drawn: its inputs
     and targets must hold the same number of samples.
 
@@ -118,11 +118,11 @@ def batch_mismatch(inputs: Any, targets: Any) -> str | None:
     ``None``. Judged only where it is certain: all inputs share one leading size ``N`` and
     no target has ``N`` anywhere in its shape (time-major targets ``[T, N, ...]`` pass), nor
     is a list of ``N`` items."""
-    sizes = {_shape(t)[0] for t in _arrays(inputs) if _shape(t)}
+    sizes = {shape[0] for shape in map(_shape, _arrays(inputs)) if shape}
     if len(sizes) != 1:
         return None
     (n,) = sizes
-    shaped = [_shape(t) for t in _arrays(targets) if _shape(t)]
+    shaped = [shape for shape in map(_shape, _arrays(targets)) if shape]
     if not shaped or any(n in shape for shape in shaped):
         return None
     if isinstance(targets, (tuple, list)) and len(targets) == n:
