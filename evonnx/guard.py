@@ -85,11 +85,13 @@ def checked_batches(batches: Any, task: str) -> Any:
         return batches
     if isinstance(batches, Iterator):
         return _checked(batches, task)
+    if isinstance(batches, Sized):
+        return _SizedCheckedBatches(batches, task)  # type: ignore[arg-type]
     return _CheckedBatches(batches, task)
 
 
 class _CheckedBatches:
-    """A re-iterable of checked batches (``len`` is the source's)."""
+    """A re-iterable of checked batches."""
 
     def __init__(self, source: Iterable[Any], task: str) -> None:
         self.source = source
@@ -98,10 +100,12 @@ class _CheckedBatches:
     def __iter__(self) -> Iterator[Any]:
         return _checked(iter(self.source), self.task)
 
+
+class _SizedCheckedBatches(_CheckedBatches):
+    """A re-iterable of checked batches with its source's ``len``."""
+
     def __len__(self) -> int:
-        if not isinstance(self.source, Sized):
-            raise TypeError(f"{type(self.source).__name__} has no len()")
-        return len(self.source)
+        return len(self.source)  # type: ignore[arg-type]
 
 
 def _checked(batches: Iterator[Any], task: str) -> Iterator[Any]:

@@ -528,3 +528,22 @@ def test_a_latency_batch_past_the_memory_is_refused_with_the_figure(
         line = _one_error_line(output)
         assert code == 1 and line.startswith("error: --batch 100000 (") and need in line, line
     assert not (tmp_path / "o.onnx").exists() and not (tmp_path / "run").exists()
+
+
+def test_checked_batches_keep_the_kind_of_iterable() -> None:
+    from collections.abc import Iterator, Sized
+
+    from evonnx.guard import checked_batches
+
+    batch = (torch.zeros(2, 3), torch.zeros(2))
+
+    class Unsized:
+        def __iter__(self) -> Iterator[Any]:
+            return iter([batch, batch])
+
+    sized = checked_batches([batch] * 3, "t")
+    assert isinstance(sized, Sized) and len(sized) == 3 and len(list(sized)) == 3
+    unsized = checked_batches(Unsized(), "t")
+    assert not isinstance(unsized, Sized) and len(list(unsized)) == len(list(unsized)) == 2
+    once = checked_batches(iter([batch]), "t")
+    assert iter(once) is once and len(list(once)) == 1 and list(once) == []
