@@ -23,7 +23,8 @@ from evonnx.groups import Analysis
 from evonnx.inputs import InputShapes, apply_input_shapes
 from evonnx.latency import LatencySettings, check_reachable, latency_offspring, latency_target
 from evonnx.latency.inputs import check_inputs
-from evonnx.lineage import EvolveConfig, GenerationRecord, Lineage
+from evonnx.lineage import SPEEDUP_RULE, EvolveConfig, GenerationRecord, Lineage
+from evonnx.memory import check_batch_fits
 from evonnx.metrics import ModelMetrics, metrics_of_graph
 from evonnx.normalize import NormalizeReport
 from evonnx.normalize import normalize as normalize_model
@@ -265,6 +266,7 @@ def measure(
     runtime = make_runtime(latency.runtime)
     shapes = input_shapes or {}
     pair = [apply_input_shapes(m, shapes) for m in (ancestor, offspring)]
+    check_batch_fits(pair[0], latency.batch)
     before, after = runtime.latencies(pair, latency.batch)
     return MeasuredLatency(runtime.name, latency.batch, before, after)
 
@@ -297,7 +299,7 @@ def synthesize_latency(
         RuntimeUnavailableError, ProviderError: The runtime cannot run here.
     """
     if not 1.0 < speedup < float("inf"):
-        raise ConfigError(f"speedup must be a number above 1 (not infinite), got {speedup}")
+        raise ConfigError(f"speedup {speedup} is not allowed: {SPEEDUP_RULE}")
     check_finite_weights(model)
     shaped = apply_input_shapes(model, input_shapes or {})
     check_inputs(shaped, latency.batch)

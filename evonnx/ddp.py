@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
+import logging
+import math
 import os
 import pickle
 import socket
@@ -26,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 from evonnx.errors import EvonnxError, ExecutorError
 
+logger = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     import torch
 
@@ -35,6 +39,10 @@ if TYPE_CHECKING:
 
 Rank = tuple[int, int]
 """(rank, world size)."""
+
+WEIGHT_RTOL = 1e-4
+"""Largest difference between two ranks' weights, relative to each tensor's largest weight,
+still counted as equal: float rounding (all-reduce order, kernels) is no divergence."""
 
 RENDEZVOUS_TIMEOUT = 1800
 """Seconds a rank waits for the others (joining, and in every collective) before failing."""
@@ -92,19 +100,87 @@ def train_rank(job: OffspringJob, payload: bytes, rank: Rank) -> JobResult:
 def check_same_weights(model: bytes, rank: Rank) -> None:
     """Compare this rank's trained model with every other rank's (a collective call).
 
+    Bit-identical models (the usual case) are compared by digest alone; otherwise rank 0's
+    model is sent to every rank, which measures its largest weight difference
+    (:func:`weight_difference`); differences within :data:`WEIGHT_RTOL` are float rounding.
+
     Raises:
-        ExecutorError: Some rank's model differs from rank 0's (raised on every rank).
+        ExecutorError: Some rank's weights differ from rank 0's beyond the tolerance, with the
+            largest difference (raised on every rank).
     """
     import torch.distributed as dist
 
-    digests: list[object] = [None] * rank[1]
+    world = rank[1]
+    digests: list[object] = [None] * world
     dist.all_gather_object(digests, hashlib.sha256(model).hexdigest())
-    differ = [k for k, d in enumerate(digests) if d != digests[0]]
-    if differ:
-        raise ExecutorError(
-            f"data-parallel ranks ended with different weights (rank(s) {differ} differ "
-            "from rank 0)"
-        )
+    if all(d == digests[0] for d in digests):
+        return
+    reference: list[object] = [model if rank[0] == 0 else None]
+    dist.broadcast_object_list(reference, src=0)
+    mine = weight_difference(reference[0], model) if isinstance(reference[0], bytes) else None
+    gathered: list[object] = [None] * world
+    dist.all_gather_object(gathered, mine or (math.inf, math.inf, "(no model from rank 0)"))
+    problem = divergence([d for d in gathered if isinstance(d, tuple)])
+    if problem is not None:
+        raise ExecutorError(problem)
+
+
+Difference = tuple[float, float, str]
+"""(largest difference relative to the tensor's largest weight, absolute difference, tensor)."""
+
+
+def divergence(differences: list[Difference]) -> str | None:
+    """The message for ranks whose :func:`weight_difference` from rank 0 is past
+    :data:`WEIGHT_RTOL`, else ``None`` (a difference within it is logged)."""
+    over = [k for k, d in enumerate(differences) if not d[0] <= WEIGHT_RTOL]
+    worst = max(range(len(differences)), key=lambda k: _order(differences[k][0]))
+    rel, diff, name = differences[worst]
+    if not over:
+        logger.info("data-parallel ranks differ by at most %.3g (relative %.3g, in %s): "
+                    "float rounding", diff, rel, name)  # fmt: skip
+        return None
+    return (
+        f"data-parallel ranks ended with different weights: rank(s) {over} differ from rank 0 "
+        f"by up to {diff:.6g} in {name} ({rel:.3g} of its largest weight; the tolerance is "
+        f"{WEIGHT_RTOL:g})"
+    )
+
+
+def _order(value: float) -> float:
+    return math.inf if math.isnan(value) else value
+
+
+def weight_difference(reference: bytes, model: bytes) -> Difference:
+    """Largest difference of ``model``'s float weights from ``reference``'s (both serialized
+    ONNX models): relative to the tensor's largest weight, absolute, and the tensor's name. A
+    missing tensor or another shape counts as an infinite difference."""
+    import numpy as np
+    import onnx
+    from google.protobuf.message import DecodeError
+    from onnx import numpy_helper
+
+    if model == reference:
+        return (0.0, 0.0, "")
+    try:
+        ref = {t.name: t for t in onnx.load_from_string(reference).graph.initializer}
+        mine = onnx.load_from_string(model).graph.initializer
+    except (DecodeError, ValueError):
+        return (math.inf, math.inf, "(a model that cannot be read)")
+    worst: Difference = (0.0, 0.0, "")
+    for t in mine:
+        a = numpy_helper.to_array(t)
+        if a.dtype.kind != "f":
+            continue
+        other = ref.get(t.name)
+        b = numpy_helper.to_array(other) if other is not None else None
+        if b is None or b.shape != a.shape:
+            return (math.inf, math.inf, t.name)
+        diff = float(np.max(np.abs(a.astype(np.float64) - b), initial=0.0))
+        scale = max(float(np.max(np.abs(b), initial=0.0)), 1e-12)
+        rel = math.inf if math.isnan(diff) else diff / scale
+        if _order(rel) > _order(worst[0]):
+            worst = (rel, diff, t.name)
+    return worst
 
 
 def train_parallel(job: OffspringJob, payload: bytes, ranks: int) -> JobResult:

@@ -44,6 +44,7 @@ from evonnx.inputs import fill_symbolic_dims, sample_shapes
 from evonnx.jobs import OffspringJob
 from evonnx.latency import RunLatency, Target
 from evonnx.lineage import RESUMABLE, EvolveConfig, GenerationRecord, Lineage
+from evonnx.memory import check_batch_fits
 from evonnx.metrics import ModelMetrics, compute_metrics
 from evonnx.rundir import leftovers, run_folder, sweep
 from evonnx.signals import InterruptWatch, watch_interrupts
@@ -62,6 +63,7 @@ from evonnx.validate import (
     check_float32,
     check_resources,
     check_round_to,
+    warn_zero_layers,
 )
 
 logger = logging.getLogger(__name__)
@@ -124,6 +126,8 @@ def evolve(
         model = fill_symbolic_dims(model, sample_shapes(split.task.train_batches()))
     _check_fit(model, split.task, config)
     check_resources(config)
+    if config.runtime is not None or config.env == "latency":
+        check_batch_fits(model, config.latency_batch)
     # every resource before the first write: a Ray cluster is reached (or started) here
     executor = make_executor(config, progress)
     try:
@@ -148,6 +152,7 @@ def _run(
     lineage = _start(model, sha, split, out, config, resume)
     first_model = load_model(out / lineage.records[0].file)
     gen1 = compute_metrics(first_model)
+    warn_zero_layers(gen1)
     hw = _run_latency(config, first_model, executor)  # on Ray, measured by jobs of its own
     probe = hw if hw is not None else _speed_probe(config, first_model)
     if probe is not None and lineage.records[0].latency_ms is None:

@@ -9,12 +9,15 @@ the caller's model).
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+import os
+import posixpath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import onnx
 from google.protobuf.message import Message
 from onnx import numpy_helper
 
+from evonnx.errors import ModelLoadError
 from evonnx.textio import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -44,6 +47,43 @@ def initializer_bytes(model: onnx.ModelProto) -> int:
 def needs_external(model: onnx.ModelProto) -> bool:
     """True when ``model`` is too large for one protobuf message."""
     return initializer_bytes(model) > EXTERNAL_THRESHOLD
+
+
+def check_location(location: str | None, tensor: str, base: Path) -> Path:
+    """The file an external-data ``location`` names inside the model's folder ``base``.
+
+    The location is judged by its text alone before any file is looked at, so the message
+    for a location outside the folder is the same whether or not that outside path exists.
+
+    Raises:
+        ModelLoadError: The location is missing, empty, absolute, escapes the folder (also
+            through a symbolic link in it), or names no file.
+    """
+    where = f"external data of tensor {tensor!r}"
+    if location is None or not location.strip():
+        raise ModelLoadError(f"{where} has no location (a file name beside the model)")
+    if "\x00" in location or len(location) > 4096:
+        raise ModelLoadError(f"{where} has a malformed location {location[:80]!r}")
+    outside = ModelLoadError(
+        f"{where} has location {location!r}, outside the model's folder; it must be a file "
+        "name relative to the folder that holds the .onnx file"
+    )
+    if PurePosixPath(location).is_absolute() or PureWindowsPath(location).anchor:
+        raise outside
+    normal = posixpath.normpath(location.replace("\\", "/"))
+    if normal == "." or normal == ".." or normal.startswith("../"):
+        raise outside
+    path = base / normal
+    try:
+        real = Path(os.path.realpath(path))
+        inside = real.is_relative_to(Path(os.path.realpath(base)))
+    except (OSError, ValueError):
+        inside = False
+    if not inside:  # a link inside the folder: same message as a path outside it
+        raise outside
+    if not path.is_file():
+        raise ModelLoadError(f"{where}: file {location!r} is missing next to the model")
+    return path
 
 
 def save_external(model: onnx.ModelProto, path: str | Path) -> Path:

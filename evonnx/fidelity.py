@@ -52,6 +52,7 @@ from evonnx.errors import (
 from evonnx.graph import load_model
 from evonnx.heads import logits_view, softmax_heads
 from evonnx.task import SplitName, Task, TrainData
+from evonnx.textio import dangling_link
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -366,12 +367,18 @@ def split_indices(
     Raises:
         DataError: Too few samples to leave at least one to train on.
     """
-    n_test = max(1, round(test_fraction * n))
-    n_val = max(1, round(val_fraction * n)) if val_fraction > 0 else 0
+    n_test, n_val = _held_out(n, val_fraction, test_fraction)
     if n - n_test - n_val < 1:
+        need = next(
+            (k for k in range(n + 1, n + 10_000) if k > sum(_held_out(k, val_fraction,
+                                                                     test_fraction))),
+            None,
+        )  # fmt: skip
         raise DataError(
-            f"{n} input sample(s) cannot be split into training, validation and test parts; "
-            "give more inputs"
+            f"{n} input sample(s) cannot be split into training, validation and test parts: "
+            f"the test split takes {n_test} and the validation split {n_val}, leaving "
+            f"{max(0, n - n_test - n_val)} to train on; "
+            + (f"give at least {need} inputs" if need else "lower the held-out fractions")
         )
     order = np.random.default_rng(seed).permutation(n)
     return {
@@ -379,6 +386,12 @@ def split_indices(
         "val": np.sort(order[n_test : n_test + n_val]),
         "train": np.sort(order[n_test + n_val :]),
     }
+
+
+def _held_out(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
+    """Samples of the test and validation splits of ``n`` (each at least one if asked)."""
+    n_test = max(1, round(test_fraction * n))
+    return n_test, (max(1, round(val_fraction * n)) if val_fraction > 0 else 0)
 
 
 def run_outputs(
@@ -577,13 +590,13 @@ def _session(model: onnx.ModelProto | str | Path) -> ort.InferenceSession:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # errors come back as exceptions
     source: str | bytes
     if isinstance(model, onnx.ModelProto):
         source = model.SerializeToString()
     else:
         if not Path(model).is_file():
-            raise ModelLoadError(f"ONNX model {model} does not exist")
+            raise ModelLoadError(dangling_link(model) or f"ONNX model {model} does not exist")
         source = str(model)
     try:
         return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])

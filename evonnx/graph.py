@@ -12,7 +12,7 @@ from google.protobuf.message import DecodeError
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from evonnx.errors import ModelLoadError, UnsupportedModelError
-from evonnx.textio import atomic_path
+from evonnx.textio import atomic_path, dangling_link
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def load_model(path: str | Path, normalize: bool = True) -> onnx.ModelProto:
     if p.is_dir():
         raise ModelLoadError(f"{p} is a folder; give the path of an .onnx model file")
     if not p.is_file():
-        raise ModelLoadError(f"model file not found: {p}")
+        raise ModelLoadError(dangling_link(p) or f"model file not found: {p}")
     if p.stat().st_size == 0:
         raise ModelLoadError(f"{p} is empty (0 bytes), not an ONNX model")
     try:
@@ -56,20 +56,17 @@ def load_model(path: str | Path, normalize: bool = True) -> onnx.ModelProto:
 def _load_external(model: onnx.ModelProto, base: Path) -> None:
     from onnx.external_data_helper import load_external_data_for_model, uses_external_data
 
-    missing = []
+    from evonnx.external import check_location
+
     for t in model.graph.initializer:
         if uses_external_data(t):
-            loc = next((e.value for e in t.external_data if e.key == "location"), "")
-            if not (base / loc).is_file():
-                missing.append(loc)
-    if missing:
-        raise ModelLoadError(
-            f"external data file(s) missing next to the model: {sorted(set(missing))}"
-        )
+            loc = next((e.value for e in t.external_data if e.key == "location"), None)
+            check_location(loc, t.name, base)
     try:
         load_external_data_for_model(model, str(base))
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot read external data: {exc}") from exc
+    except (OSError, ValueError, onnx.checker.ValidationError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"cannot read external data: {first}") from exc
 
 
 def opset_of(model: onnx.ModelProto) -> int:

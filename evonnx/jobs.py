@@ -21,7 +21,7 @@ from typing import Any
 import onnx
 
 from evonnx.errors import EvonnxError, NonFiniteError, TaskError
-from evonnx.guard import guarded, guarded_loss, user_code
+from evonnx.guard import checked_batches, guarded, guarded_loss, user_code
 from evonnx.lineage import EvolveConfig
 from evonnx.retrain import LossFn, TrainConfig
 from evonnx.task import Split, add_import_path
@@ -123,7 +123,7 @@ def run_job(
 
         trainee, loss = data_parallel(trainee, loss, rank)
     with user_code(task.name, "train_batches()"):
-        batches = task.train_batches()
+        batches = checked_batches(task.train_batches(), task.name)
     with user_code(task.name, "training on the batches of train_batches()"):
         result = train(
             trainee,

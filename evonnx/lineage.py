@@ -17,6 +17,9 @@ LINEAGE_VERSION = 1
 # Fields a resumed run may change; every other config field must match the original run.
 # Where offspring jobs run does not change the lineage, so it may change on resume too.
 # Whether speed-ups are measured (``measure``) changes no model file either.
+SPEEDUP_RULE = "a speed-up is a finite number above 1 (1.5: 1.5 times as fast as the ancestor)"
+"""What a speed-up target (``--speedup``, ``--target-speedup``) may be."""
+
 RESUMABLE = frozenset({"generations", "max_drop", "patience", "executor", "ray_address", "measure"})
 
 
@@ -168,7 +171,7 @@ class EvolveConfig:
             ),
             (
                 self.target_speedup is None or 1.0 < self.target_speedup < math.inf,
-                "target_speedup must be a number above 1 (not infinite)",
+                f"target_speedup {self.target_speedup} is not allowed: {SPEEDUP_RULE}",
             ),
             (self.latency_batch >= 1, "latency_batch must be at least 1"),
             (self.runtime_threads >= 0, "runtime_threads must be >= 0"),

@@ -126,7 +126,7 @@ def run(model: onnx.ModelProto, feed: Mapping[str, np.ndarray]) -> dict[str, np.
     """Outputs of ``model`` by name, from one onnxruntime CPU run without graph optimization."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # errors come back as exceptions
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, (np.asarray(v) for v in sess.run(None, dict(feed))), strict=True))

@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from evonnx.errors import ConfigError
 from evonnx.graph import infer_shapes, inferred_skeleton, to_graph
 from evonnx.inputs import InputShapes, apply_input_shapes
 
@@ -132,7 +133,14 @@ def resolve_shapes(
     missing = [m for m in missing if m not in _constant_outputs(shaped)]
     ran = False
     if missing and run and not blocked:
-        found = _run_shapes(shaped, missing, inputs, _value_types(inferred))
+        found, error = _run_shapes(shaped, missing, inputs, _value_types(inferred))
+        if error is not None:
+            if input_shapes and not _unsupported(error):
+                raise ConfigError(
+                    f"onnxruntime cannot run the model with input {shape_text(inputs)} (give "
+                    f"another shape with --input-shape): {error}"
+                )
+            logger.warning("shape run with onnxruntime failed: %s", error)
         ran = found is not None
         shapes.update(found or {})
         missing = [m for m in missing if m not in shapes]
@@ -192,11 +200,14 @@ def _run_shapes(
     names: Sequence[str],
     inputs: Mapping[str, tuple[int, ...]],
     types: Mapping[str, onnx.TypeProto],
-) -> dict[str, tuple[int, ...]] | None:
-    """Shapes of ``names`` from one onnxruntime run on random inputs; None when it fails."""
+) -> tuple[dict[str, tuple[int, ...]] | None, str | None]:
+    """Shapes of ``names`` from one onnxruntime run on random inputs, or ``None`` and the
+    first line of onnxruntime's error."""
     feeds_at, rescale = _run_inputs(model, inputs, len(names))
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
+    if rescale is not None:
+        _at_run_batch(probe, feeds_at)
     have = {o.name for o in probe.graph.output}
     for name in names:
         if name not in have:
@@ -206,14 +217,55 @@ def _run_shapes(
     try:
         values = _ort_run(probe, _feeds(model, feeds_at))
     except Exception as exc:  # onnxruntime raises its own unrelated types
-        logger.warning("shape run with onnxruntime failed: %s", str(exc).splitlines()[0])
-        return None
+        return None, (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     out = {}
     for vi, value in zip(probe.graph.output, values, strict=True):
         if isinstance(value, np.ndarray) and vi.name in names:
             out[vi.name] = _scaled(tuple(int(d) for d in value.shape), rescale)
     logger.debug("onnxruntime gave %d shapes static inference left open", len(out))
-    return out
+    return out, None
+
+
+def require_runs(model: onnx.ModelProto, input_shapes: InputShapes | None, batch: int = 1) -> None:
+    """Refuse ``input_shapes`` the model cannot run at (one onnxruntime run, only when shapes
+    are given and fix every input; a model onnxruntime cannot run at all is let through).
+
+    Raises:
+        ConfigError: One line naming the inputs and their shapes, and onnxruntime's reason.
+    """
+    if not input_shapes:
+        return
+    shaped, blocked = static_inputs(model, input_shapes, batch)
+    if blocked:
+        return
+    names = _input_names(shaped)
+    inputs = {
+        vi.name: tuple(int(d.dim_value) for d in vi.type.tensor_type.shape.dim)
+        for vi in shaped.graph.input
+        if vi.name in names
+    }
+    try:
+        _ort_run(shaped, _feeds(shaped, inputs))
+    except Exception as exc:  # onnxruntime raises its own unrelated types
+        error = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if not _unsupported(error):
+            raise ConfigError(
+                f"onnxruntime cannot run the model with input {shape_text(inputs)} (give "
+                f"another shape with --input-shape): {error}"
+            ) from exc
+
+
+_UNSUPPORTED = ("NOT_IMPLEMENTED", "not a registered function/op", "No Op registered")
+"""onnxruntime errors that say the model cannot run here at any shape (an op it lacks)."""
+
+
+def _unsupported(error: str) -> bool:
+    return any(word in error for word in _UNSUPPORTED)
+
+
+def shape_text(inputs: Mapping[str, tuple[int, ...]]) -> str:
+    """``x=1x3x224x224, mask=1x224`` (inputs and their static shapes)."""
+    return ", ".join(f"{name}={'x'.join(map(str, shape))}" for name, shape in inputs.items())
 
 
 def _run_inputs(
@@ -233,6 +285,23 @@ def _run_inputs(
         return dict(inputs), None
     logger.info("shape run at batch 1 instead of %d to bound its memory", n)
     return {k: (1, *s[1:]) if s else s for k, s in inputs.items()}, (1, n)
+
+
+def _at_run_batch(probe: onnx.ModelProto, feeds_at: Mapping[str, tuple[int, ...]]) -> None:
+    """Declare ``probe``'s inputs at the run's (batch 1) shapes and drop the shapes noted at
+    the real batch, which onnxruntime would reject (every layer's shape then comes back
+    from the run, rescaled, not only the conv layers' that static inference gave)."""
+    for vi in probe.graph.input:
+        shape = feeds_at.get(vi.name)
+        if shape is not None and vi.type.HasField("tensor_type"):
+            dims = vi.type.tensor_type.shape.dim
+            for d, value in zip(dims, shape, strict=False):
+                d.Clear()
+                d.dim_value = value
+    del probe.graph.value_info[:]
+    for vi in probe.graph.output:
+        if vi.type.HasField("tensor_type"):
+            vi.type.tensor_type.ClearField("shape")
 
 
 def _scaled(shape: tuple[int, ...], rescale: tuple[int, int] | None) -> tuple[int, ...]:
@@ -261,7 +330,7 @@ def _ort_run(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> list[ob
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # errors come back as exceptions
     opts.intra_op_num_threads = 1
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     return list(sess.run(None, dict(feeds)))

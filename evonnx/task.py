@@ -36,6 +36,7 @@ from evonnx.errors import (
 )
 from evonnx.graph import save_model
 from evonnx.lineage import EvolveConfig
+from evonnx.textio import dangling_link
 
 if TYPE_CHECKING:  # torch and onnxruntime load lazily: `import evonnx` stays light
     import torch
@@ -337,7 +338,8 @@ def load_task(spec: str) -> Task:
         raise ConfigError(f"--task must look like path/to/task.py:NAME, got {spec!r}")
     path = Path(path_text)
     if not path.is_file():
-        raise ConfigError(f"task file {path} does not exist")
+        link = dangling_link(path)
+        raise ConfigError(f"task file {link}" if link else f"task file {path} does not exist")
     module_name = f"evonnx_user_task_{abs(hash(str(path.resolve())))}"
     module_spec = importlib.util.spec_from_file_location(module_name, path)
     if module_spec is None or module_spec.loader is None:

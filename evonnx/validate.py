@@ -17,6 +17,7 @@ from onnx import numpy_helper
 from evonnx.errors import ConfigError, NonFiniteError, UnsupportedModelError
 from evonnx.groups import Analysis
 from evonnx.lineage import EvolveConfig
+from evonnx.metrics import LayerMetrics, ModelMetrics
 from evonnx.runtimes import RuntimeSettings
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,31 @@ def check_finite_weights(model: onnx.ModelProto, what: str = "the model") -> Non
             f"{what} has NaN or infinite weights in {', '.join(bad[:3])}"
             f"{', ...' if len(bad) > 3 else ''}; nothing can be learned from it"
         )
+
+
+def zero_layers(metrics: ModelMetrics) -> list[LayerMetrics]:
+    """The conv/FC layers of ``metrics`` whose every weight is zero."""
+    return [m for m in metrics.layers if m.synapses and m.nonzero_synapses == 0]
+
+
+def zero_layers_text(layers: list[LayerMetrics]) -> str:
+    """``layer conv2 (weight w2) is all zeros`` for the first three of ``layers``."""
+    names = ", ".join(f"{m.node} (weight {m.weight})" for m in layers[:3])
+    more = ", ..." if len(layers) > 3 else ""
+    verb = "is" if len(layers) == 1 else "are"
+    return f"layer{'s' if len(layers) > 1 else ''} {names}{more} {verb} all zeros"
+
+
+def warn_zero_layers(metrics: ModelMetrics, what: str = "the ancestor") -> None:
+    """Log a warning naming the all-zero layers of ``what`` (their zeros stay zero while
+    offspring retrain, so the network computes a constant past them)."""
+    zero = zero_layers(metrics)
+    if zero:
+        logger.warning(
+            "%s: %s; past %s the network computes a constant, and zero weights stay "
+            "zero while offspring retrain",
+            what, zero_layers_text(zero), "it" if len(zero) == 1 else "them",
+        )  # fmt: skip
 
 
 def check_float32(model: onnx.ModelProto) -> None:

@@ -49,6 +49,38 @@ def _one_ddp_test_at_a_time(tmp_path_factory: pytest.TempPathFactory) -> Iterato
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+DDP_TEST_TIMEOUT = 600
+"""Seconds a data-parallel test may take (about 20 s on 2 busy cores) before its ranks are
+stopped and it fails: a hung rank waits 30 minutes in a collective (``RENDEZVOUS_TIMEOUT``),
+and forever outside one."""
+
+
+@pytest.fixture(autouse=True)
+def _ranks_cannot_hang(_one_ddp_test_at_a_time: None) -> Iterator[None]:
+    """Stop the ranks (this process's children) of a test still running after
+    :data:`DDP_TEST_TIMEOUT`, and fail it saying so."""
+    import multiprocessing
+    import threading
+
+    fired = threading.Event()
+
+    def stop() -> None:
+        fired.set()
+        for child in multiprocessing.active_children():
+            child.kill()
+
+    watchdog = threading.Timer(DDP_TEST_TIMEOUT, stop)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        yield
+    finally:
+        watchdog.cancel()
+    if fired.is_set():
+        pytest.fail(f"the data-parallel ranks were still running after {DDP_TEST_TIMEOUT} s: "
+                    "stopped (a hung rank)")  # fmt: skip
+
+
 def _weights(model: bytes) -> dict[str, np.ndarray]:
     graph = onnx.load_from_string(model).graph
     return {t.name: numpy_helper.to_array(t) for t in graph.initializer}

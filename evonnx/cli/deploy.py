@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from evonnx.cli.output import emit_json, table
-from evonnx.cli.paths import check_output_file
+from evonnx.cli.paths import check_output_file, sweep_temporaries
 from evonnx.cli.shape_options import input_shape_option, normalize_option
 from evonnx.deploy.bench import PROVIDERS, BenchResult, benchmark
 from evonnx.deploy.export import TARGETS, ExportResult
@@ -20,6 +20,7 @@ from evonnx.deploy.export import export as export_model
 from evonnx.errors import DeployError
 from evonnx.graph import keeps_external_data, load_model, save_model
 from evonnx.inputs import apply_input_shapes
+from evonnx.shapes import require_runs
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +124,8 @@ def bench(
         apply_input_shapes(load_model(p, normalize=False), input_shapes, keep_batch=True)
         for p in models
     ]
+    for proto in protos:
+        require_runs(proto, input_shapes, min(parse_batches(batches)))
     names = _unique_names(models)
     result = benchmark(
         protos,
@@ -199,9 +202,11 @@ def export(
     export's outputs are checked against MODEL's on onnxruntime; a difference is refused.
     """
     check_output_file(output)
+    sweep_temporaries(output)
     proto = apply_input_shapes(
         load_model(model, normalize=normalize), input_shapes, keep_batch=True
     )
+    require_runs(proto, input_shapes, batch or 1)
     external = keeps_external_data(model)  # read now: the copy is gone before export peaks
     result = export_model(
         proto, target=target, fp16=fp16, batch=batch, opset=opset, input_shapes=input_shapes

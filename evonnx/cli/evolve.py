@@ -18,7 +18,7 @@ from evonnx.cli.fidelity_options import (
     fidelity_options,
     refuse_without_inputs,
 )
-from evonnx.cli.latency_options import LATENCY_OPTIONS
+from evonnx.cli.latency_options import LATENCY_OPTIONS, SPEEDUP
 from evonnx.cli.paths import refuse_unused
 from evonnx.cli.retrain_options import refuse_idle_retrain_options, retrain_options
 from evonnx.cli.shape_options import input_shape_option, normalize_option
@@ -186,7 +186,7 @@ def _with_options(fn: click.decorators.FC, d: EvolveConfig) -> click.decorators.
         click.option("--env", type=click.Choice(["synapses", "macs", "latency"]),
                      default=d.env, show_default=True,
                      help="Environment: synapse, MAC or measured-latency budget (--runtime)."),
-        click.option("--target-speedup", type=click.FloatRange(1, min_open=True),
+        click.option("--target-speedup", type=SPEEDUP,
                      default=d.target_speedup,
                      help="--env latency: stop shrinking at this measured speed-up over the "
                           "ancestor."),

@@ -6,12 +6,14 @@ Their parameter names are :class:`~evonnx.lineage.EvolveConfig` fields (``runtim
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 import click
 
 from evonnx.latency import LatencySettings
+from evonnx.lineage import SPEEDUP_RULE
 from evonnx.runtimes import RUNTIMES, RuntimeSettings
 from evonnx.validate import check_runtime_settings
 
@@ -84,3 +86,25 @@ def latency_settings(
     rt = RuntimeSettings(name, threads=threads, fp16=fp16, statistic=statistic)  # type: ignore[arg-type]
     check_runtime_settings(rt)
     return LatencySettings(rt, batch=batch)
+
+
+class SpeedupType(click.ParamType):
+    """A speed-up target: a finite number above 1 (``inf``, ``nan``, 0 and below refused)."""
+
+    name = "FLOAT>1"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        """``value`` as a float, or a usage error saying what values are allowed."""
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not 1.0 < number < math.inf:
+            self.fail(f"{value!r} is not allowed: {SPEEDUP_RULE}", param, ctx)
+        return number
+
+
+SPEEDUP = SpeedupType()
+"""The click type of ``--speedup`` and ``--target-speedup``."""

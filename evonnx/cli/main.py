@@ -13,9 +13,9 @@ import onnx
 
 from evonnx import api
 from evonnx.cli import evolve as evolve_cmd
-from evonnx.cli.latency_options import latency_options, latency_settings
+from evonnx.cli.latency_options import SPEEDUP, latency_options, latency_settings
 from evonnx.cli.output import emit_json, table
-from evonnx.cli.paths import check_output_file, refuse_unused
+from evonnx.cli.paths import check_output_file, refuse_unused, sweep_temporaries
 from evonnx.cli.shape_options import input_shape_option, normalize_option
 from evonnx.errors import ConfigError, EvonnxError, PlanError
 from evonnx.genetic import DEFAULT_MIN_FRACTION, efficiency
@@ -24,6 +24,7 @@ from evonnx.lineage import EvolveConfig
 from evonnx.metrics import ModelMetrics, shrunk_layers
 from evonnx.outputs import require_same_outputs
 from evonnx.signals import describe, exit_code, handle_signals
+from evonnx.validate import zero_layers, zero_layers_text
 
 logger = logging.getLogger(__name__)
 
@@ -233,7 +234,7 @@ def inspect(
 )
 @click.option(
     "--speedup",
-    type=click.FloatRange(1.0, min_open=True),
+    type=SPEEDUP,
     default=None,
     help="--env latency: measured speed-up over the ancestor to reach (required there).",
 )
@@ -332,6 +333,7 @@ def prune(
     if method == "branches":
         refuse_unused(["min_channels", "min_fraction"], "not with --method branches")
     check_output_file(output)
+    sweep_temporaries(output)
     ancestor = api.load(model, normalize=normalize)
     external = keeps_external_data(model)  # read now: the copy is gone before pruning peaks
     if method in ("magnitude", "branches"):
@@ -404,6 +406,12 @@ def _check_pruned(result: api.PruneResult, method: str, keep: float, sparse: boo
     inside kept clusters count, no synapse was zeroed either).
     """
     b, a = result.before, result.after
+    zero = zero_layers(b)
+    if zero:
+        raise PlanError(
+            f"{zero_layers_text(zero)} in the input model: it computes a constant from there "
+            "on, whatever is pruned; give a model whose layers have weights"
+        )
     dead = [m.node for m in a.layers if m.nonzero_synapses == 0]
     if dead:
         raise PlanError(

@@ -9,6 +9,7 @@ import click
 from click.core import ParameterSource
 
 from evonnx.errors import ConfigError
+from evonnx.textio import remove_temporaries
 
 
 def check_output_file(path: Path, option: str = "-o") -> None:
@@ -36,6 +37,14 @@ def check_output_file(path: Path, option: str = "-o") -> None:
         raise ConfigError(f"{option} {path} lies under {parent}, which is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"{option} {path}: cannot write in {parent} (permission denied)")
+
+
+def sweep_temporaries(path: Path) -> list[Path]:
+    """Delete the temporaries a killed earlier write of ``path`` left beside it (only
+    evonnx's marked ones for exactly this file and its ``.data`` file, never one in use)."""
+    names = {path.name, f"{path.name}.data"}
+    folder = path.absolute().parent
+    return remove_temporaries(folder, names.__contains__) if folder.is_dir() else []
 
 
 def refuse_unused(names: list[str], why: str) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from evonnx.errors import DataError
+from evonnx.textio import dangling_link
 
 logger = logging.getLogger(__name__)
 
@@ -120,8 +121,14 @@ class Dataset:
                 f"{self.name}: train samples have shape {self.x_train.shape[1:]} but test "
                 f"samples have shape {self.x_test.shape[1:]}"
             )
-        if len(self.x_train) == 0:
-            raise DataError(f"{self.name}: the training split is empty")
+        for split in ("train", "test"):
+            if len(getattr(self, f"x_{split}")) == 0:
+                other = "test" if split == "train" else "train"
+                raise DataError(
+                    f"{self.name}: the {'training' if split == 'train' else split} split is "
+                    f"empty (x_{split}: 0 samples, y_{split}: 0 labels; x_{other}: "
+                    f"{len(getattr(self, f'x_{other}'))} samples); it needs at least one"
+                )
         if self.class_names is not None:
             object.__setattr__(self, "class_names", tuple(self.class_names))
             _check_label_range(self.y_train, len(self.class_names), f"{self.name} y_train")
@@ -256,7 +263,7 @@ _LAYOUT_HELP = (
 def _existing(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
-        raise DataError(f"{path} does not exist")
+        raise DataError(dangling_link(path) or f"{path} does not exist")
     return path
 
 
@@ -286,10 +293,24 @@ def _as_labels(y: Any, what: str) -> np.ndarray:
             raise DataError(f"{what} holds non-integer labels; expected integer class ids")
     elif arr.dtype.kind not in "iub":
         raise DataError(f"{what} has dtype {arr.dtype}; expected integer class ids")
-    out = arr.astype(np.int64)
-    if len(out) and out.min() < 0:
-        raise DataError(f"{what}: label {int(out.min())} is out of range; labels must be >= 0")
-    return out
+    if len(arr) and arr.dtype.kind != "b":
+        low, high = arr.min(), arr.max()  # in the labels' own dtype: no wrap-around
+        if low < 0:
+            raise DataError(
+                f"{what}: label {_label_text(low)} is out of range; labels must be >= 0"
+            )
+        if high > np.iinfo(np.int64).max:
+            raise DataError(
+                f"{what}: label {_label_text(high)} ({arr.dtype}) is out of range; class ids "
+                f"must be below 2**63 (int64)"
+            )
+    return arr.astype(np.int64)
+
+
+def _label_text(value: Any) -> str:
+    """A label as it is written (an integral float without its ``.0``)."""
+    number = float(value) if np.asarray(value).dtype.kind == "f" else int(value)
+    return str(int(number)) if isinstance(number, float) and number.is_integer() else str(number)
 
 
 def _check_label_range(labels: np.ndarray, num_classes: int, what: str) -> None:

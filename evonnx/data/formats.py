@@ -37,6 +37,7 @@ from evonnx.data.dataset import (
 )
 from evonnx.errors import DataError
 from evonnx.memory import check_fits
+from evonnx.textio import dangling_link
 
 logger = logging.getLogger(__name__)
 _IDX_DTYPES: dict[int, np.dtype[Any]] = {
@@ -99,6 +100,9 @@ def load_dataset(spec: str | Path, normalization: Normalization | None = None) -
     if not path.exists():
         if str(spec) in BUILTIN_NAMES:
             return load_builtin(str(spec), norm)
+        link = dangling_link(path)
+        if link is not None:
+            raise DataError(f"data set {link}")
         raise DataError(f"data set {str(spec)!r} does not exist; {_LAYOUT_HELP}")
     if path.is_file():
         if path.suffix.lower() == ".npz":

@@ -25,6 +25,7 @@ import onnx
 
 from evonnx.data.dataset import IMAGE_SUFFIXES
 from evonnx.errors import ConfigError, DataError
+from evonnx.textio import dangling_link
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,8 @@ def load_inputs(
     if path.is_dir():
         return load_image_folder_inputs(path, model, preprocess or ImagePreprocess())
     if not path.is_file():
-        raise DataError(f"inputs {path} do not exist")
+        link = dangling_link(path)
+        raise DataError(f"inputs {link}" if link else f"inputs {path} do not exist")
     if path.suffix.lower() != ".npz":
         raise DataError(f"inputs {path} must be a folder of images or an .npz file")
     _no_preprocess(preprocess, "an .npz file")

@@ -45,6 +45,7 @@ import onnxruntime as ort
 from evonnx.deploy.shapes import batch_info, graph_inputs, rebatch
 from evonnx.deploy.worker import call_in_fresh_process
 from evonnx.errors import DeployError, EvonnxError, ProviderError
+from evonnx.memory import check_batch_fits
 from evonnx.metrics import compute_metrics
 
 logger = logging.getLogger(__name__)
@@ -203,6 +204,8 @@ def benchmark(
     labels = _labels(models, names)
     _check_same_inputs(models, labels)
     _check_counts(batches, warmup, runs, threads)
+    for model in models:
+        check_batch_fits(model, max(batches))
     ep = resolve_provider(provider)
     n_threads = threads or 0
     pool = "global" if isolate and ep == PROVIDERS["cpu"] else "per-session"
@@ -399,7 +402,7 @@ def _session_options(pool: str, threads: int) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # errors come back as exceptions
     if pool == "global":
         so.use_per_session_threads = False
     else:

@@ -8,6 +8,7 @@ import onnxruntime as ort
 
 from evonnx.deploy.shapes import graph_inputs, rebatch
 from evonnx.errors import ConfigError
+from evonnx.memory import check_batch_fits
 
 
 def check_inputs(model: onnx.ModelProto, batch: int) -> None:
@@ -28,6 +29,7 @@ def check_inputs(model: onnx.ModelProto, batch: int) -> None:
                 f"input {vi.name} has symbolic dimensions ({shown}); latency is measured at "
                 f"one shape: give it with --input-shape {vi.name}=..."
             )
+    check_batch_fits(model, batch)
     batched = rebatch(model, batch)
     rng = np.random.default_rng(0)
     feed = {}
@@ -42,7 +44,7 @@ def check_inputs(model: onnx.ModelProto, batch: int) -> None:
         )
     try:
         opts = ort.SessionOptions()
-        opts.log_severity_level = 3
+        opts.log_severity_level = 4  # errors come back as exceptions
         sess = ort.InferenceSession(
             batched.SerializeToString(), opts, providers=["CPUExecutionProvider"]
         )

@@ -15,6 +15,7 @@ from torch import nn
 
 from evonnx.data import check_sample_shape
 from evonnx.errors import ConfigError, DataError, ModelLoadError, UnsupportedModelError
+from evonnx.textio import dangling_link
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +185,7 @@ def make_session(
         ModelLoadError: If the file is missing or onnxruntime rejects the model.
     """
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # errors come back as exceptions
     chosen = list(providers) if providers is not None else list(DEFAULT_PROVIDERS)
     if isinstance(model, onnx.ModelProto):
         source: str | bytes = model.SerializeToString()
@@ -192,7 +193,7 @@ def make_session(
     else:
         path = Path(model)
         if not path.is_file():
-            raise ModelLoadError(f"ONNX model {path} does not exist")
+            raise ModelLoadError(dangling_link(path) or f"ONNX model {path} does not exist")
         source, label = str(path), str(path)
     try:
         return ort.InferenceSession(source, options, providers=chosen)
