@@ -69,7 +69,7 @@ def measure(name: str, folder: Path) -> dict[str, object]:
         "graph": name,
         "cnn": name in CNNS,
         "input_shape": list(shape),
-        "channels": sum(g.size for g in after.analysis.groups),
+        "channels": after.analysis.channels,
         "coverage_raw": before.analysis.coverage,
         "coverage": after.analysis.coverage,
         "coverage_without_input_shape": symbolic.analysis.coverage,

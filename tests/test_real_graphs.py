@@ -266,13 +266,32 @@ def test_split_group_cut_at_boundary() -> None:
 # --------------------------------------------------------------------------- transformer
 
 
-def test_vit_mlp_prunable_attention_frozen(real_dir: Path) -> None:
-    a = analyze(evonnx.load(_raw("vit_block", real_dir)))
+def test_vit_mlp_and_attention_head_dims_prunable(real_dir: Path) -> None:
+    """Separate q, k, v projections reshaped to [N, S, heads, head_dim]: q and k share one
+    group of head dims (their dot product), v another read by proj; the LayerNorm stream stays
+    whole. Pruning keeps the function (folds exact: v's constants pass the Softmax)."""
+    from evonnx.surgery import apply_plan_report
+
+    model = evonnx.load(_raw("vit_block", real_dir))
+    a = analyze(model)
     sizes = [g.size for g in a.prunable_groups]
     assert 128 in sizes  # the MLP's hidden layer
     frozen = [g.frozen or "" for g in a.groups if not g.prunable]
-    assert any("attention" in f or "reshapes the channel axis" in f for f in frozen)
     assert any("normalizes over the channel axis" in f for f in frozen)
+    assert not any("attention" in f or "reshapes the channel axis" in f for f in frozen)
+    heads = {}
+    for lay in a.layers:
+        for name in ("/q/", "/k/", "/v/"):
+            if name in lay.node and lay.out_group is not None:
+                heads[name] = a.group(lay.out_group)
+    assert heads["/q/"].id == heads["/k/"].id != heads["/v/"].id
+    assert all(g.prunable and g.size == 16 and g.filters == 32 for g in heads.values())
+    assert any("proj" in m.node for m in heads["/v/"].by_role(Role.CONSUMER))
+    feed = {"x": np.random.default_rng(0).normal(size=(1, 3, 16, 16)).astype(np.float32)}
+    plan = random_plan(a, 0.5, np.random.default_rng(2))
+    assert apply_plan_report(model, a, plan, exact_border=True)[1].exact
+    for keep, seed in ((0.5, 0), (0.25, 1)):
+        _prune_and_check(model, a, keep, seed, feed)
 
 
 # --------------------------------------------------------------------------- input shapes

@@ -297,5 +297,5 @@ def _single(b: Builder, gid: int | None) -> int | None:
     """The one live group ``gid`` became, or None when it was split."""
     if gid is None:
         return None
-    leaves = b.leaves(gid)
-    return leaves[0] if len(leaves) == 1 else None
+    leaves = set(b.leaves(gid))
+    return leaves.pop() if len(leaves) == 1 else None
