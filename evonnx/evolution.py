@@ -412,7 +412,8 @@ def _offspring(
     else:
         offspring = synthesize(parent, analysis, config.encoding(), rng)
         child = apply_plan(parent, analysis, offspring.plan, offspring.masks)
-    return OffspringJob(child.SerializeToString(), seed, config, teacher)
+    frozen = tuple(sorted(analysis.frozen_initializers()))
+    return OffspringJob(child.SerializeToString(), seed, config, teacher, frozen)
 
 
 def _run_latency(

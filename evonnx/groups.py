@@ -188,6 +188,31 @@ class Analysis:
         raise KeyError(gid)
 
     @property
+    def frozen_layers(self) -> tuple[Layer, ...]:
+        """Layers whose weight touches no prunable group (neither its outputs nor its inputs):
+        evonnx cannot prune them, so an offspring keeps them byte-identical, through
+        retraining too."""
+        touched = {
+            m.name
+            for g in self.prunable_groups
+            for m in g.members
+            if m.role in (Role.PRODUCER, Role.CONSUMER)
+        }
+        return tuple(lay for lay in self.layers if lay.weight not in touched)
+
+    def frozen_initializers(self) -> frozenset[str]:
+        """Weights and biases of the :attr:`frozen_layers` (initializer names)."""
+        nodes = {lay.node for lay in self.frozen_layers}
+        biases = {
+            m.name
+            for g in self.groups
+            if not g.prunable
+            for m in g.by_role(Role.BIAS)
+            if m.node in nodes
+        }
+        return frozenset({lay.weight for lay in self.frozen_layers} | biases)
+
+    @property
     def prunable_groups(self) -> tuple[ChannelGroup, ...]:
         """Groups whose channels may be removed and that have at least one producer."""
         return tuple(g for g in self.groups if g.prunable and g.producers)

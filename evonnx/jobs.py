@@ -42,12 +42,16 @@ class OffspringJob:
         seed: The offspring's seed (initialization and training).
         config: Run settings.
         parent: The parent (serialized ONNX) when retraining distills from it, else ``None``.
+        frozen: Initializers of the layers evonnx cannot prune
+            (:meth:`~evonnx.groups.Analysis.frozen_initializers`): not trained, not
+            re-initialized, and written back byte-identical.
     """
 
     child: bytes
     seed: int
     config: EvolveConfig
     parent: bytes | None = None
+    frozen: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,8 @@ def run_job(
     view = guarded(task.training_graph, task.name, "training_graph()")
     module = to_torch(view(child), freeze_zeros=True)
     if config.init == "random":
-        reinitialize(module, job.seed)
+        reinitialize(module, job.seed, set(job.frozen))
+    hold(module, job.frozen)
     trainee: torch.nn.Module = module
     loss: LossFn = guarded_loss(task.loss, task.name, "loss()")
     if config.distill is not None:
@@ -133,7 +138,7 @@ def run_job(
             after_step=lambda _m: module.apply_masks(),
             progress=progress,
         )
-    trained = write_back(child, module)
+    trained = keep_initializers(write_back(child, module), child, job.frozen)
     failed = _diverged(result.losses, trained)
     scores: tuple[float, float | None] = (math.nan, None)
     if failed is None and (rank is None or rank[0] == 0):
@@ -185,14 +190,40 @@ def training_config(config: EvolveConfig, seed: int) -> TrainConfig:
     )
 
 
-def reinitialize(module: Any, seed: int) -> None:
-    """Fresh Kaiming-uniform weights (zeros kept) and zero biases for conv/FC layers."""
+def hold(module: Any, names: tuple[str, ...]) -> None:
+    """Stop training the parameters ``names`` (frozen layers): the other layers adapt to
+    their real values."""
+    params = module.onnx_parameters()
+    for name in names:
+        if name in params:
+            params[name].requires_grad_(False)
+
+
+def keep_initializers(
+    trained: onnx.ModelProto, child: onnx.ModelProto, names: tuple[str, ...]
+) -> onnx.ModelProto:
+    """``trained`` with the initializers ``names`` copied from ``child`` byte for byte."""
+    if not names:
+        return trained
+    keep = set(names)
+    original = {t.name: t for t in child.graph.initializer if t.name in keep}
+    for init in trained.graph.initializer:
+        if init.name in original:
+            init.CopyFrom(original[init.name])
+    return trained
+
+
+def reinitialize(module: Any, seed: int, keep: set[str] | None = None) -> None:
+    """Fresh Kaiming-uniform weights (zeros kept) and zero biases for conv/FC layers, except
+    the weights named in ``keep`` (frozen layers)."""
     import torch
 
     gen = torch.Generator().manual_seed(seed % (2**31))
     params = module.onnx_parameters()
     with torch.no_grad():
         for name in module.weight_names():
+            if keep and name in keep:
+                continue
             w = params[name]
             fan_in = max(1, w[0].numel()) if w.dim() > 2 else max(1, w.shape[-1])
             bound = math.sqrt(6.0 / fan_in)
