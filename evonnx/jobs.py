@@ -14,9 +14,9 @@ import math
 import pickle
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
@@ -27,7 +27,13 @@ from evonnx.retrain import LossFn, TrainConfig
 from evonnx.task import Split, add_import_path
 from evonnx.validate import non_finite_weights
 
+if TYPE_CHECKING:
+    from evonnx.executors import Executor
+
 logger = logging.getLogger(__name__)
+
+OUTPUTS_CHANGED = "the offspring changes the outputs"
+"""How the reason of an offspring refused by :func:`run_checked` begins."""
 
 USER_TASK_PREFIX = "evonnx_user_task_"
 """Module-name prefix :func:`evonnx.task.load_task` gives user task files."""
@@ -156,6 +162,42 @@ def run_job(
         job.seed,
         failed,
     )
+
+
+def run_checked(
+    executor: Executor, jobs: list[OffspringJob], data: Split, reference: onnx.ModelProto
+) -> list[JobResult]:
+    """Run ``jobs`` on ``executor``, refusing every offspring whose outputs' names or shapes
+    differ from ``reference``'s (the ancestor, at its input shapes; values change by design):
+    checked once synthesized (such an offspring is not trained) and once trained, before the
+    driver may write it. A refused offspring fails with the difference as its reason."""
+    before = [output_change(reference, onnx.load_from_string(job.child)) for job in jobs]
+    runnable = [j for j, bad in zip(jobs, before, strict=True) if bad is None]
+    ran = iter(executor.run(runnable, data) if runnable else [])
+    out = []
+    for job, bad in zip(jobs, before, strict=True):
+        if bad is not None:
+            out.append(JobResult(job.child, (math.nan, None), 0.0, 0.0, job.seed, bad))
+            continue
+        result = next(ran)
+        if result.failed is None:
+            after = output_change(reference, onnx.load_from_string(result.model))
+            result = result if after is None else replace(result, failed=after)
+        out.append(result)
+    return out
+
+
+def output_change(reference: onnx.ModelProto, candidate: onnx.ModelProto) -> str | None:
+    """Why ``candidate`` may not stand for ``reference`` (outputs' names or shapes differ on one
+    onnxruntime run at the reference's input shapes), or ``None``."""
+    from evonnx.outputs import compare_outputs
+
+    check = compare_outputs(reference, candidate, values=False)
+    if check.difference is None:
+        return None
+    reason = f"{OUTPUTS_CHANGED} ({check.difference}); not written"
+    logger.warning("%s", reason)
+    return reason
 
 
 def _diverged(losses: tuple[float, ...], trained: onnx.ModelProto) -> str | None:
