@@ -28,21 +28,25 @@ def _ints(name: str, values: list[int]) -> onnx.TensorProto:
     return numpy_helper.from_array(np.array(values, np.int64), name)
 
 
-def fused_qkv(scores: str = "softmax", seed: int = 0) -> onnx.ModelProto:
+def fused_qkv(scores: str = "softmax", seed: int = 0, pad: int = 0) -> onnx.ModelProto:
     """x [1, L, D] -> fused QKV MatMul + bias -> Reshape [1, L, 3, heads, head_dim] ->
     Transpose -> Split -> q, k, v -> Softmax(q k^T * s + mask) v -> merge heads -> proj.
 
-    ``scores``: ``softmax`` (as above), ``sigmoid`` (scores not normalized over keys)."""
+    ``scores``: ``softmax`` (as above), ``sigmoid`` (scores not normalized over keys);
+    ``pad``: zero positions padded in front of the sequence after the QKV bias (there the
+    removed channels are 0, elsewhere their bias: not constant along the positions)."""
     rng = np.random.default_rng(seed)
+    n = L + pad
     inits = [
         _init(rng, "wqkv", (D, 3 * D)),
         _init(rng, "bqkv", (3 * D,)),
         _init(rng, "wp", (D, D)),
         _init(rng, "bp", (D,)),
-        _init(rng, "mask", (L, L)),
+        _init(rng, "mask", (n, n)),
         numpy_helper.from_array(np.array(0.5, np.float32), "scale"),
-        _ints("split_shape", [1, L, 3, HEADS, HD]),
-        _ints("merge_shape", [1, L, D]),
+        _ints("split_shape", [1, n, 3, HEADS, HD]),
+        _ints("merge_shape", [1, n, D]),
+        _ints("pads", [0, pad, 0, 0, 0, 0]),
         _ints("ones", [1, 1, 1]),
         _ints("ax0", [0]),
     ]
@@ -51,7 +55,8 @@ def fused_qkv(scores: str = "softmax", seed: int = 0) -> onnx.ModelProto:
         act = helper.make_node("Sigmoid", ["sm"], ["att"])
     nodes = [
         helper.make_node("MatMul", ["x", "wqkv"], ["qkv0"]),
-        helper.make_node("Add", ["bqkv", "qkv0"], ["qkv"]),  # bias first, as torch exports
+        helper.make_node("Add", ["bqkv", "qkv0"], ["qkv1"]),  # bias first, as torch exports
+        helper.make_node("Pad", ["qkv1", "pads"], ["qkv"]),
         helper.make_node("Reshape", ["qkv", "split_shape"], ["r"]),
         helper.make_node("Transpose", ["r"], ["t"], perm=[2, 0, 3, 1, 4]),
         helper.make_node("Split", ["t", "ones"], ["q5", "k5", "v5"], axis=0),
@@ -73,7 +78,7 @@ def fused_qkv(scores: str = "softmax", seed: int = 0) -> onnx.ModelProto:
         nodes,
         "fused_qkv",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, L, D])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, L, D])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n, D])],
         inits,
     )
     model = make_model(graph)
@@ -125,6 +130,14 @@ def test_scores_without_softmax_freeze_the_head_dims() -> None:
     a = analyze(fused_qkv("sigmoid"))
     (g,) = [g for g in a.groups if any(m.name == "wqkv" for m in g.producers)]
     assert g.frozen and "attention" in g.frozen
+
+
+def test_keys_not_constant_along_positions_freeze_the_head_dims() -> None:
+    """Zero-padded positions: a removed key channel is 0 there and its bias elsewhere, which
+    would shift the scores unevenly along the keys; the group freezes with that reason."""
+    a = analyze(fused_qkv(pad=1))
+    (g,) = [g for g in a.groups if any(m.name == "wqkv" for m in g.producers)]
+    assert g.frozen and "key positions" in g.frozen
 
 
 # --------------------------------------------------------------------------- LSTM, GRU, RNN

@@ -37,7 +37,7 @@ def activation_matmul(b: Builder, node: gs.Node) -> None:
             and dim(a, ra - 1) == dim(m, rm - 2)
             and _aligned(b, la.segments, lm.segments)
         )
-        if contracted and softmax_follows(node):
+        if contracted and softmax_follows(node, {t.name for t in b.graph.outputs}):
             assert la is not None and lm is not None
             for s, u in zip(la.segments, lm.segments, strict=True):
                 b.union(s.gid, u.gid)
@@ -54,14 +54,15 @@ def _aligned(b: Builder, x: tuple[Segment, ...], y: tuple[Segment, ...]) -> bool
     )
 
 
-def softmax_follows(node: gs.Node) -> bool:
+def softmax_follows(node: gs.Node, outputs: set[str]) -> bool:
     """Whether ``node``'s output reaches only a ``Softmax`` over its last axis, through scalar
     constant ``Mul``/``Div`` and ``Add``/``Sub`` of other tensors (masks, biases), each read
-    once: a constant added along the last axis leaves the result unchanged."""
+    once and none a graph output (``outputs``: their names): a constant added along the last
+    axis leaves the result unchanged."""
     t = node.outputs[0]
     r = rank(t)
     for _ in range(8):
-        if len(t.outputs) != 1 or r is None:
+        if len(t.outputs) != 1 or r is None or t.name in outputs:
             return False
         nxt = t.outputs[0]
         if nxt.op == "Softmax":

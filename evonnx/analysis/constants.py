@@ -17,7 +17,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from evonnx.analysis.core import Builder, const_value, dim, optional_input, rank
-from evonnx.analysis.fullvals import full_values, reshaped_values
+from evonnx.analysis.fullvals import check_keys, full_values, reshaped_values
 from evonnx.graph import node_name
 from evonnx.groups import ChannelConstant, Geometry
 
@@ -193,7 +193,8 @@ def _batchnorm(node: gs.Node, x: np.ndarray, inputs: list[np.ndarray | None]) ->
 
 
 def channel_constants(b: Builder, graph: gs.Graph) -> tuple[ChannelConstant, ...]:
-    """Per-position constants at the input of every layer that reads a channel layout.
+    """Per-position constants at the input of every layer that reads a channel layout (and
+    attention scores whose keys' constants are unknown frozen: :func:`check_keys`).
 
     ``vals`` holds one value per position along each tensor's channel axis; ``full`` holds
     the whole constant tensor where it varies along other axes too (after a Reshape cut the
@@ -203,6 +204,8 @@ def channel_constants(b: Builder, graph: gs.Graph) -> tuple[ChannelConstant, ...
     full: dict[str, np.ndarray] = {}
     out: list[ChannelConstant] = []
     for node in graph.nodes:
+        if node.op == "MatMul" and len(node.inputs) == 2 and const_value(node.inputs[1]) is None:
+            check_keys(b, node, vals, full)  # may freeze the scores' channels
         if node.op in READERS and node.inputs and node.inputs[0].name in vals:
             x = node.inputs[0]
             values = tuple(None if np.isnan(v) else float(v) for v in vals[x.name])

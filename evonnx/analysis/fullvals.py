@@ -16,6 +16,7 @@ import onnx_graphsurgeon as gs
 
 from evonnx.analysis.core import Builder, batch1, const_value, dim, prod, rank, static_shape
 from evonnx.analysis.reshape import ReshapeMap, map_reshape
+from evonnx.graph import node_name
 
 RESHAPES = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze"})
 _LIMIT = 1 << 22  # elements: larger tensors fall back to one value per position (or nan)
@@ -135,3 +136,25 @@ def reshaped_values(b: Builder, node: gs.Node, vals: dict[str, np.ndarray]) -> n
     if m.split:
         return None
     return np.tile(np.repeat(src, m.inner), m.outer)
+
+
+def check_keys(
+    b: Builder, node: gs.Node, vals: dict[str, np.ndarray], full: dict[str, np.ndarray]
+) -> None:
+    """Freeze the channels of attention scores ``q @ k^T`` unless ``k^T`` carries known values,
+    constant along the key positions (its last axis), once their producers are gone: only
+    then is what a removed channel leaves in the scores a shift the Softmax cancels
+    (:mod:`evonnx.analysis.attention`)."""
+    a, k = node.inputs
+    lay = b.layouts.get(k.name)
+    if b.layouts.get(a.name) is None or lay is None:
+        return
+    whole = materialize(b, k, vals, full)
+    known = whole is not None and whole.ndim >= 2 and not np.isnan(whole).any()
+    if known and whole is not None and bool(np.all(whole == whole[..., :1])):
+        return
+    b.freeze_layout(
+        lay,
+        f"{node_name(node)}: the keys' channels are not known constants along the key "
+        "positions once their producers are gone",
+    )

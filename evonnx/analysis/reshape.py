@@ -70,9 +70,14 @@ def _split_layout(b: Builder, lay: Layout, d: int) -> Layout | None:
     Position ``j`` there is channel ``q * d + j`` for every ``q``: each group is cut into
     pieces of ``d`` channels and all pieces are coupled into one group of ``d`` (channel
     ``j`` is kept or removed for every ``q`` at once, e.g. one head dimension in the query,
-    key and value of every head). None when a segment is not made of whole pieces.
+    key and value of every head). None when a segment is not made of whole pieces, or a group
+    already has a shape element or a depthwise ``group`` (they count channels once each).
     """
-    if len({b.root(s.gid) for s in lay.segments}) < len(lay.segments):
+    roots = [b.root(s.gid) for s in lay.segments]
+    if len(set(roots)) < len(roots):
+        return None
+    whole = (Role.SHAPE, Role.GROUP_ATTR)  # one element per group: not cut into pieces
+    if any(m.role in whole for r in roots for m in b.members[r]):
         return None
     if any(s.block != 1 or s.start % d or b.group_size(s.gid) % d for s in lay.segments):
         return None
