@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from evonnx.analysis.constants import RNNS
 from evonnx.groups import Analysis, ChannelConstant, ChannelGroup, Geometry, Layer, Role
 from evonnx.plan import PrunePlan, unique_members
 
@@ -148,7 +149,7 @@ def plan_folds(
     return folds
 
 
-RECURRENT = frozenset({"LSTM", "GRU", "RNN"})
+RECURRENT = RNNS
 
 
 def _recurrent_layers(analysis: Analysis) -> dict[str, Layer]:

@@ -6,7 +6,9 @@ squeeze-excite ``Mul``, depthwise convs, ...), the per-channel parameters they p
 (BatchNormalization, biases, broadcast constants) and the input slices of every layer that
 reads them. Channel ``i`` of a group maps, for each member, to the indices
 ``start + i * block + j`` for ``j in range(block)`` along ``axis`` of the member's tensor
-(``block > 1`` after a Flatten/Reshape into an FC layer, ``start > 0`` after a Concat).
+(``block > 1`` after a Flatten/Reshape into an FC layer, ``start > 0`` after a Concat; one
+member per piece, at several starts, where a Reshape cut the channel axis into several axes,
+as attention heads).
 """
 
 from __future__ import annotations
