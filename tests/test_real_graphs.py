@@ -403,6 +403,16 @@ def test_evolve_one_generation(name: str, real_dir: Path, tmp_path: Path) -> Non
     child = onnx.load(str(tmp_path / "run" / lineage.records[1].file))
     onnx.checker.check_model(child, full_check=True)
     assert lineage.records[1].nonzero_synapses < lineage.records[0].nonzero_synapses
+    gen1 = onnx.load(str(tmp_path / "run" / lineage.records[0].file))
+    frozen = analyze(gen1).frozen_initializers()  # retraining leaves them byte-identical
+    values = [
+        {t.name: numpy_helper.to_array(t) for t in m.graph.initializer if t.name in frozen}
+        for m in (gen1, child)
+    ]
+    assert values[0].keys() == values[1].keys() == frozen
+    for name, v in values[0].items():
+        w = values[1][name]
+        assert v.dtype == w.dtype and v.shape == w.shape and v.tobytes() == w.tobytes(), name
     if name in INPUT_SHAPES:  # symbolic H/W took the data's sample shape: MACs are known
         assert lineage.records[0].macs > 0 and lineage.records[1].mac_ratio > 1.0
 
