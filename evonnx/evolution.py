@@ -31,6 +31,7 @@ from evonnx.deploy.shapes import batch_info, dynamic_batch
 from evonnx.errors import (
     LatencyBudgetError,
     NonFiniteError,
+    OutputMismatchError,
     RunDirectoryError,
     TaskError,
     UnsupportedModelError,
@@ -41,7 +42,7 @@ from evonnx.graph import load_model, save_model
 from evonnx.groups import Analysis
 from evonnx.guard import user_code
 from evonnx.inputs import fill_symbolic_dims, sample_shapes
-from evonnx.jobs import OffspringJob
+from evonnx.jobs import OUTPUTS_CHANGED, OffspringJob, run_checked
 from evonnx.latency import RunLatency, Target
 from evonnx.lineage import RESUMABLE, EvolveConfig, GenerationRecord, Lineage
 from evonnx.memory import check_batch_fits
@@ -172,8 +173,9 @@ def _run(
             parent = load_model(out / base.file)
         try:
             record, parent = _generation(
-                parent, gen, split, config, gen1, out, executor, hw, base.generation, probe
-            )
+                parent, gen, split, config, gen1, out, executor, hw, base.generation, probe,
+                first_model,
+            )  # fmt: skip
         except LatencyBudgetError as exc:  # no faster offspring exists: evolution ends
             logger.warning("stopping before generation %d: %s", gen, exc)
             break
@@ -355,22 +357,28 @@ def _generation(
     hw: RunLatency | None = None,
     parent_gen: int | None = None,
     probe: Measures | None = None,
+    reference: onnx.ModelProto | None = None,
 ) -> tuple[GenerationRecord, onnx.ModelProto]:
+    """Breed, retrain and select one generation from ``parent``; every offspring's outputs
+    must keep ``reference``'s names and shapes (the ancestor's; default ``parent``'s)."""
     analysis = analyze(parent)
     target = hw.target(parent, analysis) if hw is not None else None
     seeds = [generation_seed(config.seed, gen, k) for k in range(config.population)]
     teacher = parent.SerializeToString() if config.distill is not None else None
     jobs = [_offspring(parent, analysis, config, s, hw, target, teacher) for s in seeds]
-    candidates = executor.run(jobs, data)
+    candidates = run_checked(executor, jobs, data, reference or parent)
     fitness = [
         None if c.failed is not None else c.scores[0] if c.scores[1] is None else c.scores[1]
         for c in candidates
     ]
     alive = {k: f for k, f in enumerate(fitness) if f is not None}
     if not alive:
-        raise NonFiniteError(
-            f"generation {gen}: every offspring failed ({candidates[0].failed}); lower --lr or "
-            f"check the task's loss; the finished generations are kept in {out}"
+        why = candidates[0].failed or ""
+        error = OutputMismatchError if why.startswith(OUTPUTS_CHANGED) else NonFiniteError
+        hint = "" if error is OutputMismatchError else "lower --lr or check the task's loss; "
+        raise error(
+            f"generation {gen}: every offspring failed ({why}); {hint}the finished "
+            f"generations are kept in {out}"
         )
     best = max(alive, key=alive.__getitem__)
     child = onnx.load_from_string(candidates[best].model)
@@ -386,6 +394,7 @@ def _generation(
         sum(c.train_seconds for c in candidates),
         tuple(fitness),
     )
+    record = replace(record, failures=tuple(c.failed for c in candidates))
     probe = probe or hw
     if probe is not None:
         record = _measured(probe, record, child)
@@ -417,7 +426,8 @@ def _offspring(
     else:
         offspring = synthesize(parent, analysis, config.encoding(), rng)
         child = apply_plan(parent, analysis, offspring.plan, offspring.masks)
-    return OffspringJob(child.SerializeToString(), seed, config, teacher)
+    frozen = tuple(sorted(analysis.frozen_initializers()))
+    return OffspringJob(child.SerializeToString(), seed, config, teacher, frozen)
 
 
 def _run_latency(

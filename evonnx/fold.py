@@ -5,9 +5,11 @@ it emits a constant (its bias through BatchNorm and activations; see
 :mod:`evonnx.analysis.constants`). :func:`plan_folds` computes, for every layer reading
 removed channels, what that constant added to each of its outputs, so the surgery can add it
 to the layer's bias. The result says how exact each fold is (:class:`FoldKind`): exact for
-Gemm, MatMul and unpadded convs; for a zero-padded conv exact away from the border, with the
-largest border error measured; approximate for ConvTranspose; unknown where an op on the path
-cannot be evaluated (the constant is dropped, as before folding existed).
+Gemm, MatMul, unpadded convs and recurrent layers (LSTM, GRU, RNN: the gates are linear in
+their input before the activation, so the constant joins ``Wb``); for a zero-padded conv
+exact away from the border, with the largest border error measured; approximate for
+ConvTranspose; unknown where an op on the path cannot be evaluated (the constant is dropped,
+as before folding existed).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from evonnx.analysis.constants import RNNS
 from evonnx.groups import Analysis, ChannelConstant, ChannelGroup, Geometry, Layer, Role
 from evonnx.plan import PrunePlan, unique_members
 
@@ -45,7 +48,8 @@ class LayerFold:
         op: Its op type.
         weight: Its weight initializer.
         out_axis: The weight axis of its outputs (to slice ``delta`` like the weight).
-        delta: Per output channel, over the ancestor's full output width.
+        delta: Per output channel, over the ancestor's full output width (LSTM, GRU, RNN:
+            ``[directions, gates * hidden]``, what ``Wb`` gains).
         kind: How exact folding ``delta`` into the bias is.
         border_error: Largest absolute error of the layer's output (``INTERIOR``: on the
             border; ``APPROXIMATE``: a bound), 0 when exact.
@@ -112,6 +116,7 @@ def plan_folds(
     """
     reads: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     layers = {lay.node: lay for lay in analysis.layers}
+    layers.update(_recurrent_layers(analysis))
     exits: set[str] = set()  # layers of emptied branches: they output an exact constant map
     for g in analysis.groups:
         removed = _removed(g, plan)
@@ -144,6 +149,21 @@ def plan_folds(
     return folds
 
 
+RECURRENT = RNNS
+
+
+def _recurrent_layers(analysis: Analysis) -> dict[str, Layer]:
+    """LSTM/GRU/RNN readers as layers for folding: ``W`` is ``[directions, gates * hidden,
+    input]``, read on axis 2; their outputs (axis 1) are never pruned."""
+    out = {}
+    for g in analysis.groups:
+        for m in g.by_role(Role.CONSUMER):
+            cc = analysis.constant(m.node)
+            if cc is not None and cc.op in RECURRENT and m.node not in out:
+                out[m.node] = Layer(m.node, cc.op, m.name, 1, m.axis, None, (), 0)
+    return out
+
+
 def _removed(group: ChannelGroup, plan: PrunePlan) -> np.ndarray:
     if group.id not in plan.keep:
         return np.zeros(0, dtype=np.int64)
@@ -167,7 +187,9 @@ def _layer_fold(
     geo = cc.geometry if cc is not None else None
     delta = alpha * kernel.reshape(kernel.shape[0], -1).sum(axis=1)
     kind, err = FoldKind.EXACT, 0.0
-    if lay.op_type == "Conv" and geo is not None and any(geo.pads):
+    if lay.op_type in RECURRENT:
+        delta = kernel  # [directions, gates * hidden]: added to the Wb half of B
+    elif lay.op_type == "Conv" and geo is not None and any(geo.pads):
         err = border_error(kernel, geo)
         kind = FoldKind.INTERIOR if err > 0 else FoldKind.EXACT
     elif lay.op_type == "ConvTranspose" and kernel.ndim > 1:

@@ -6,7 +6,9 @@ squeeze-excite ``Mul``, depthwise convs, ...), the per-channel parameters they p
 (BatchNormalization, biases, broadcast constants) and the input slices of every layer that
 reads them. Channel ``i`` of a group maps, for each member, to the indices
 ``start + i * block + j`` for ``j in range(block)`` along ``axis`` of the member's tensor
-(``block > 1`` after a Flatten/Reshape into an FC layer, ``start > 0`` after a Concat).
+(``block > 1`` after a Flatten/Reshape into an FC layer, ``start > 0`` after a Concat; one
+member per piece, at several starts, where a Reshape cut the channel axis into several axes,
+as attention heads).
 """
 
 from __future__ import annotations
@@ -92,6 +94,17 @@ class ChannelGroup:
         """Output filters/neurons writing this group's channels (its clusters)."""
         return self.by_role(Role.PRODUCER)
 
+    @property
+    def filters(self) -> int:
+        """Output filters/neurons the group's channels stand for: its size, or more where a
+        Reshape cut a producer's channel axis into several axes and each channel is one
+        position in every piece (a fused QKV projection's head dimension: ``3 * heads``
+        filters per channel)."""
+        per_weight: dict[str, int] = {}
+        for m in {(m.name, m.axis, m.start, m.block): m for m in self.producers}.values():
+            per_weight[m.name] = per_weight.get(m.name, 0) + self.size * m.block
+        return max([self.size, *per_weight.values()])
+
 
 @dataclass(frozen=True)
 class Layer:
@@ -139,12 +152,15 @@ class ChannelConstant:
         values: One value per position along the input's channel (feature) axis.
         geometry: Conv and ConvTranspose: the window.
         alpha: Gemm's ``alpha`` (1 for the others).
+        op: The reading layer's op type (``LSTM``, ``GRU``, ``RNN`` fold into their ``W``
+            bias).
     """
 
     node: str
     values: tuple[float | None, ...]
     geometry: Geometry | None = None
     alpha: float = 1.0
+    op: str = ""
 
     def array(self) -> np.ndarray:
         """The values as a float64 array (``nan`` where unknown)."""
@@ -174,12 +190,43 @@ class Analysis:
         raise KeyError(gid)
 
     @property
+    def frozen_layers(self) -> tuple[Layer, ...]:
+        """Layers whose weight touches no prunable group (neither its outputs nor its inputs):
+        evonnx cannot prune them, so an offspring keeps them byte-identical, through
+        retraining too."""
+        touched = {
+            m.name
+            for g in self.prunable_groups
+            for m in g.members
+            if m.role in (Role.PRODUCER, Role.CONSUMER)
+        }
+        return tuple(lay for lay in self.layers if lay.weight not in touched)
+
+    def frozen_initializers(self) -> frozenset[str]:
+        """Weights and biases of the :attr:`frozen_layers` (initializer names)."""
+        nodes = {lay.node for lay in self.frozen_layers}
+        biases = {
+            m.name
+            for g in self.groups
+            if not g.prunable
+            for m in g.by_role(Role.BIAS)
+            if m.node in nodes
+        }
+        return frozenset({lay.weight for lay in self.frozen_layers} | biases)
+
+    @property
     def prunable_groups(self) -> tuple[ChannelGroup, ...]:
         """Groups whose channels may be removed and that have at least one producer."""
         return tuple(g for g in self.groups if g.prunable and g.producers)
 
     @property
+    def channels(self) -> int:
+        """Channels in all groups, counted as output filters (:attr:`ChannelGroup.filters`)."""
+        return sum(g.filters for g in self.groups)
+
+    @property
     def coverage(self) -> float:
-        """Channels in prunable groups / all channels in groups (0 when there are none)."""
-        total = sum(g.size for g in self.groups)
-        return sum(g.size for g in self.prunable_groups) / total if total else 0.0
+        """Channels in prunable groups / all channels in groups (0 when there are none), each
+        group counted by the output filters it stands for (:attr:`ChannelGroup.filters`)."""
+        total = self.channels
+        return sum(g.filters for g in self.prunable_groups) / total if total else 0.0

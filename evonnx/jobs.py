@@ -14,9 +14,9 @@ import math
 import pickle
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
@@ -27,7 +27,13 @@ from evonnx.retrain import LossFn, TrainConfig
 from evonnx.task import Split, add_import_path
 from evonnx.validate import non_finite_weights
 
+if TYPE_CHECKING:
+    from evonnx.executors import Executor
+
 logger = logging.getLogger(__name__)
+
+OUTPUTS_CHANGED = "the offspring changes the outputs"
+"""How the reason of an offspring refused by :func:`run_checked` begins."""
 
 USER_TASK_PREFIX = "evonnx_user_task_"
 """Module-name prefix :func:`evonnx.task.load_task` gives user task files."""
@@ -42,12 +48,16 @@ class OffspringJob:
         seed: The offspring's seed (initialization and training).
         config: Run settings.
         parent: The parent (serialized ONNX) when retraining distills from it, else ``None``.
+        frozen: Initializers of the layers evonnx cannot prune
+            (:meth:`~evonnx.groups.Analysis.frozen_initializers`): not trained, not
+            re-initialized, and written back byte-identical.
     """
 
     child: bytes
     seed: int
     config: EvolveConfig
     parent: bytes | None = None
+    frozen: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -109,7 +119,8 @@ def run_job(
     view = guarded(task.training_graph, task.name, "training_graph()")
     module = to_torch(view(child), freeze_zeros=True)
     if config.init == "random":
-        reinitialize(module, job.seed)
+        reinitialize(module, job.seed, set(job.frozen))
+    hold(module, job.frozen)
     trainee: torch.nn.Module = module
     loss: LossFn = guarded_loss(task.loss, task.name, "loss()")
     if config.distill is not None:
@@ -133,7 +144,7 @@ def run_job(
             after_step=lambda _m: module.apply_masks(),
             progress=progress,
         )
-    trained = write_back(child, module)
+    trained = keep_initializers(write_back(child, module), child, job.frozen)
     failed = _diverged(result.losses, trained)
     scores: tuple[float, float | None] = (math.nan, None)
     if failed is None and (rank is None or rank[0] == 0):
@@ -151,6 +162,42 @@ def run_job(
         job.seed,
         failed,
     )
+
+
+def run_checked(
+    executor: Executor, jobs: list[OffspringJob], data: Split, reference: onnx.ModelProto
+) -> list[JobResult]:
+    """Run ``jobs`` on ``executor``, refusing every offspring whose outputs' names or shapes
+    differ from ``reference``'s (the ancestor, at its input shapes; values change by design):
+    checked once synthesized (such an offspring is not trained) and once trained, before the
+    driver may write it. A refused offspring fails with the difference as its reason."""
+    before = [output_change(reference, onnx.load_from_string(job.child)) for job in jobs]
+    runnable = [j for j, bad in zip(jobs, before, strict=True) if bad is None]
+    ran = iter(executor.run(runnable, data) if runnable else [])
+    out = []
+    for job, bad in zip(jobs, before, strict=True):
+        if bad is not None:
+            out.append(JobResult(job.child, (math.nan, None), 0.0, 0.0, job.seed, bad))
+            continue
+        result = next(ran)
+        if result.failed is None:
+            after = output_change(reference, onnx.load_from_string(result.model))
+            result = result if after is None else replace(result, failed=after)
+        out.append(result)
+    return out
+
+
+def output_change(reference: onnx.ModelProto, candidate: onnx.ModelProto) -> str | None:
+    """Why ``candidate`` may not stand for ``reference`` (outputs' names or shapes differ on one
+    onnxruntime run at the reference's input shapes), or ``None``."""
+    from evonnx.outputs import compare_outputs
+
+    check = compare_outputs(reference, candidate, values=False)
+    if check.difference is None:
+        return None
+    reason = f"{OUTPUTS_CHANGED} ({check.difference}); not written"
+    logger.warning("%s", reason)
+    return reason
 
 
 def _diverged(losses: tuple[float, ...], trained: onnx.ModelProto) -> str | None:
@@ -185,14 +232,40 @@ def training_config(config: EvolveConfig, seed: int) -> TrainConfig:
     )
 
 
-def reinitialize(module: Any, seed: int) -> None:
-    """Fresh Kaiming-uniform weights (zeros kept) and zero biases for conv/FC layers."""
+def hold(module: Any, names: tuple[str, ...]) -> None:
+    """Stop training the parameters ``names`` (frozen layers): the other layers adapt to
+    their real values."""
+    params = module.onnx_parameters()
+    for name in names:
+        if name in params:
+            params[name].requires_grad_(False)
+
+
+def keep_initializers(
+    trained: onnx.ModelProto, child: onnx.ModelProto, names: tuple[str, ...]
+) -> onnx.ModelProto:
+    """``trained`` with the initializers ``names`` copied from ``child`` byte for byte."""
+    if not names:
+        return trained
+    keep = set(names)
+    original = {t.name: t for t in child.graph.initializer if t.name in keep}
+    for init in trained.graph.initializer:
+        if init.name in original:
+            init.CopyFrom(original[init.name])
+    return trained
+
+
+def reinitialize(module: Any, seed: int, keep: set[str] | None = None) -> None:
+    """Fresh Kaiming-uniform weights (zeros kept) and zero biases for conv/FC layers, except
+    the weights named in ``keep`` (frozen layers)."""
     import torch
 
     gen = torch.Generator().manual_seed(seed % (2**31))
     params = module.onnx_parameters()
     with torch.no_grad():
         for name in module.weight_names():
+            if keep and name in keep:
+                continue
             w = params[name]
             fan_in = max(1, w[0].numel()) if w.dim() > 2 else max(1, w.shape[-1])
             bound = math.sqrt(6.0 / fan_in)

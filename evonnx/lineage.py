@@ -266,7 +266,11 @@ class EvolveConfig:
 
 @dataclass(frozen=True)
 class GenerationRecord:
-    """One row of the lineage: the surviving offspring of a generation."""
+    """One row of the lineage: the surviving offspring of a generation.
+
+    ``candidates`` holds every offspring's fitness (``None``: it failed) and ``failures``
+    why each failed (``None``: it did not), in the order they were sampled.
+    """
 
     generation: int
     parent: int | None
@@ -288,6 +292,7 @@ class GenerationRecord:
     latency_ms: float | None = None
     speedup: float | None = None
     sha256: str | None = None
+    failures: tuple[str | None, ...] = ()
 
     @property
     def fitness(self) -> float:
@@ -357,12 +362,7 @@ class Lineage:
         if not isinstance(data.get("config"), dict):
             raise RunDirectoryError("'config' must be an object")
         try:
-            records = tuple(
-                GenerationRecord(
-                    **{**_record_fields(r), "candidates": tuple(r.get("candidates", ()))}
-                )
-                for r in gens
-            )
+            records = tuple(GenerationRecord(**_record_fields(r)) for r in gens)
             config = EvolveConfig(**data["config"])
             lineage = cls(
                 data["ancestor_sha256"], data["data"], config, records, data.get("data_sha256"),
@@ -383,6 +383,7 @@ def _record_fields(r: dict[str, Any]) -> dict[str, Any]:
     may hold only them)."""
     fields = {k: v for k, v in r.items() if k not in ("test_score", "val_score")}
     fields["candidates"] = tuple(r.get("candidates", ()))
+    fields["failures"] = tuple(r.get("failures", ()))
     fields.setdefault("accuracy", r.get("test_score"))
     fields.setdefault("val_accuracy", r.get("val_score"))
     return fields

@@ -19,7 +19,7 @@ import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
 from evonnx.errors import PlanError
-from evonnx.fold import FoldKind, FoldPlan, LayerFold, constant_map, plan_folds
+from evonnx.fold import RECURRENT, FoldKind, FoldPlan, LayerFold, constant_map, plan_folds
 from evonnx.graph import (
     LARGE_CONSTANT_BYTES,
     check_model,
@@ -140,6 +140,8 @@ def _apply_folds(
             _add_border_map(graph, node, f, removed)
         if f.op in ("Conv", "ConvTranspose"):
             add_into(node, delta)
+        elif f.op in RECURRENT:
+            _add_recurrent(node, f.delta)
         elif f.op == "Gemm":
             _add_gemm(node, delta)
         else:
@@ -265,6 +267,19 @@ def _add_gemm(node: gs.Node, delta: np.ndarray) -> None:
         raise PlanError(f"{node_name(node)}: C is not a constant; cannot fold the removed inputs")
     c.values = (beta * np.asarray(c.values, np.float64) + delta).astype(dtype)
     node.attrs["beta"] = 1.0
+
+
+def _add_recurrent(node: gs.Node, delta: np.ndarray) -> None:
+    """LSTM/GRU/RNN: ``delta`` (``[directions, gates * hidden]``) joins the ``Wb`` half of ``B``
+    (created as zeros when absent, copied when shared)."""
+    dirs, width = delta.shape
+    own_input(node, 3, np.zeros((dirs, 2 * width), dtype_of(node)))
+    b = node.inputs[3]
+    if not isinstance(b, gs.Constant):
+        raise PlanError(f"{node_name(node)}: B is not a constant; cannot fold the removed inputs")
+    values = np.array(b.values, dtype=np.float64)
+    values[:, :width] += delta
+    b.values = values.astype(np.asarray(b.values).dtype)
 
 
 def _add_border_map(

@@ -86,6 +86,9 @@ def folded_reference(
     inits = {t.name: t for t in out.graph.initializer}
     for f in folds.layers:
         node = nodes[f.node]
+        if f.op in ("LSTM", "GRU", "RNN"):  # the gates' input bias Wb takes the delta
+            _add_to_wb(out, node, f.delta)
+            continue
         rank = len(numpy_helper.to_array(inits[node.input[1]]).shape)
         shape = [1] * rank if f.op in ("Conv", "ConvTranspose") else [1, -1]
         if f.op in ("Conv", "ConvTranspose"):
@@ -102,6 +105,21 @@ def folded_reference(
 
     del out.graph.value_info[:]
     return shape_inference.infer_shapes(_toposorted(out))
+
+
+def _add_to_wb(model: onnx.ModelProto, node: onnx.NodeProto, delta: np.ndarray) -> None:
+    inits = {t.name: t for t in model.graph.initializer}
+    dirs, width = delta.shape
+    if len(node.input) > 3 and node.input[3]:
+        b = numpy_helper.to_array(inits[node.input[3]]).astype(np.float64)
+        model.graph.initializer.remove(inits[node.input[3]])
+    else:
+        b = np.zeros((dirs, 2 * width))
+        while len(node.input) < 4:
+            node.input.append("")
+        node.input[3] = f"{node.name}__ref_b"
+    b[:, :width] += delta
+    model.graph.initializer.append(numpy_helper.from_array(b.astype(np.float32), node.input[3]))
 
 
 def _toposorted(model: onnx.ModelProto) -> onnx.ModelProto:

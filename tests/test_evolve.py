@@ -7,6 +7,7 @@ import io
 import json
 import re
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -304,3 +305,73 @@ def test_cli_distill_on_by_default_off_and_refusals(
         res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "bad"), "--distill", bad])
         assert res.exit_code == 1 and ("--distill" in res.output or bad == "-1"), res.output
         assert not (tmp_path / "bad").exists()
+
+
+# --------------------------------------------------------------------------- output checks
+
+
+def _drop_a_class(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` whose classifier lost its last output neuron: outputs [N, 2], not [N, 3]."""
+    from onnx import numpy_helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for t in out.graph.initializer:
+        if t.name in ("fc.weight", "fc.bias"):
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t)[:-1], t.name))
+    return out
+
+
+def test_offspring_that_change_output_shapes_are_refused(
+    tiny_model: onnx.ModelProto, tiny_data: Dataset, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """A surgery that breaks an output shape: that offspring fails with the difference as its
+    recorded reason (never trained nor written); its sibling is selected."""
+    from evonnx.jobs import OUTPUTS_CHANGED
+
+    real = evolve_module.apply_plan
+    calls: list[int] = []
+
+    def broken_first(*args: Any, **kwargs: Any) -> onnx.ModelProto:
+        calls.append(1)
+        child = real(*args, **kwargs)
+        return _drop_a_class(child) if len(calls) == 1 else child
+
+    monkeypatch.setattr(evolve_module, "apply_plan", broken_first)
+    config = replace(CONFIG, generations=2, population=2)
+    lineage = evonnx.evolve(tiny_model, tiny_data, tmp_path, config)
+    rec = lineage.records[1]
+    assert rec.candidates[0] is None and rec.candidates[1] is not None
+    assert rec.failures[0] is not None and rec.failures[0].startswith(OUTPUTS_CHANGED)
+    assert "output" in rec.failures[0] and rec.failures[1] is None
+    stored = _lineage(tmp_path)["generations"][1]["failures"]
+    assert stored == list(rec.failures)  # recorded in lineage.json, and read back on resume
+    from evonnx.lineage import Lineage
+
+    assert Lineage.from_dict(_lineage(tmp_path)).records[1].failures == rec.failures
+    child = onnx.load(str(tmp_path / "gen_002.onnx"))
+    assert [d.dim_value for d in child.graph.output[0].type.tensor_type.shape.dim][1:] == [3]
+
+
+@pytest.mark.parametrize("where", ["surgery", "write-back"])
+def test_a_changed_output_shape_is_never_written(
+    where: str, tiny_model: onnx.ModelProto, tiny_data: Dataset, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Every offspring changes an output shape (after surgery, or in the trained model the
+    worker writes back): the generation fails with OutputMismatchError and no gen_002."""
+    from evonnx import converters
+    from evonnx.errors import OutputMismatchError
+
+    if where == "surgery":
+        real = evolve_module.apply_plan
+        broken = lambda *a, **k: _drop_a_class(real(*a, **k))  # noqa: E731
+        monkeypatch.setattr(evolve_module, "apply_plan", broken)
+    else:
+        back = converters.write_back
+        monkeypatch.setattr(converters, "write_back", lambda m, mod: _drop_a_class(back(m, mod)))
+    config = replace(CONFIG, generations=2)
+    with pytest.raises(OutputMismatchError, match="changes the outputs"):
+        evonnx.evolve(tiny_model, tiny_data, tmp_path, config)
+    assert (tmp_path / "gen_001.onnx").exists() and not (tmp_path / "gen_002.onnx").exists()

@@ -18,6 +18,7 @@ from zoo import ALL_CASES, cached_case
 from evonnx import api
 from evonnx.analysis import analyze
 from evonnx.cli.main import cli
+from evonnx.data import Dataset
 from evonnx.environments import MacBudget
 from evonnx.errors import PlanError
 from evonnx.genetic import EncodingConfig, efficiency, model_weights
@@ -162,7 +163,10 @@ def test_floor_holds(keep: float, floor: float, how: str, seed: int) -> None:
 def test_zoo_frozen_layers_untouched(case: str, zoo_dir: Path) -> None:
     """In every zoo graph, a layer that touches no prunable group is byte-identical."""
     model = cached_case(case, zoo_dir)
-    frozen = frozen_layers(analyze(model))
+    analysis = analyze(model)
+    frozen = frozen_layers(analysis)
+    assert {lay.weight for lay in analysis.frozen_layers} == frozen  # what evolve holds
+    assert frozen <= analysis.frozen_initializers()
     for run in (
         lambda: api.synthesize(model, EncodingConfig(keep=0.6), seed=1),
         lambda: api.synthesize(model, EncodingConfig(keep=0.8, synapse_level=False), seed=1),
@@ -204,3 +208,96 @@ def test_one_ae_on_an_input_with_zero_weights(tmp_path: Path) -> None:
     assert eff.architectural == pytest.approx(before.nonzero_synapses / after.nonzero_synapses)
     assert data["synapses"] == [before.nonzero_synapses, after.nonzero_synapses]
     assert np.isclose(eff.architectural, 1 / 0.7, rtol=0.15)  # about what --keep asked
+
+
+# ----------------------------------------------------------------------------- evolve
+
+
+def _ln_classifier() -> onnx.ModelProto:
+    """conv -> pool -> fc1 -> LayerNorm -> fc2: the LayerNorm freezes fc1's outputs, so fc2
+    (input and output groups frozen) is a large frozen layer; the conv and fc1 are prunable."""
+    import io
+    import warnings
+
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 8, 3, padding=1)
+            self.fc1, self.ln = nn.Linear(8 * 4 * 4, 96), nn.LayerNorm(96)
+            self.fc2 = nn.Linear(96, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.max_pool2d(torch.relu(self.conv(x)), 2).flatten(1)
+            return self.fc2(torch.relu(self.ln(self.fc1(h))))
+
+    torch.manual_seed(0)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Net().eval(), (torch.zeros(1, 1, 8, 8),), buf, dynamo=False,
+                          input_names=["x"], dynamic_axes={"x": {0: "n"}})  # fmt: skip
+    return onnx.load_from_string(buf.getvalue())
+
+
+def _tiny_data() -> Dataset:
+    rng = np.random.default_rng(0)
+    templates = rng.normal(size=(3, 1, 8, 8)).astype(np.float32)
+    y_train, y_test = rng.integers(0, 3, 128), rng.integers(0, 3, 48)
+    noise = rng.normal(size=(176, 1, 8, 8)).astype(np.float32) * 0.5
+    return Dataset(templates[y_train] + noise[:128], y_train, templates[y_test] + noise[128:],
+                   y_test, name="tiny")  # fmt: skip
+
+
+@pytest.mark.parametrize("init", ["inherit", "random"])
+def test_evolve_keeps_frozen_layers_byte_identical(init: str, tmp_path: Path) -> None:
+    """Retraining does not touch a frozen layer: it is not trained (nor re-initialized) and
+    the first offspring (gen_002.onnx; gen_001 is the input) holds its initializers byte for
+    byte; the other layers did train."""
+    model = _ln_classifier()
+    analysis = analyze(model)
+    frozen = analysis.frozen_initializers()
+    weights = {lay.weight for lay in analysis.frozen_layers}
+    fc2 = [lay for lay in analysis.layers if "fc2" in lay.node]
+    assert len(fc2) == 1 and fc2[0].weight in weights and len(frozen) == 2  # weight and bias
+    config = EvolveConfig(
+        generations=2, epochs=1, lr=0.05, optimizer="sgd", warmup=0.0, freeze_bn=False,
+        batch_size=32, seed=3, threads=1, distill=None, init=init,  # type: ignore[arg-type]
+    )  # fmt: skip
+    lineage = api.evolve(model, _tiny_data(), tmp_path, config)
+    assert [r.file for r in lineage.records] == ["gen_001.onnx", "gen_002.onnx"]
+    child = onnx.load(str(tmp_path / "gen_002.onnx"))
+    assert_untouched(model, child, set(frozen))
+    before = {t.name: t.SerializeToString() for t in model.graph.initializer}
+    after = {t.name: t.SerializeToString() for t in child.graph.initializer}
+    trained = [n for n in after if n in before and n not in frozen and after[n] != before[n]]
+    assert trained  # the other layers did change
+
+
+def test_hold_and_reinitialize_leave_frozen_weights() -> None:
+    """The retraining side: held parameters take no gradient, re-initialization skips them."""
+    import torch
+
+    from evonnx.converters import to_torch
+    from evonnx.jobs import hold, keep_initializers, reinitialize
+
+    model = _ln_classifier()
+    frozen = tuple(sorted(analyze(model).frozen_initializers()))
+    module = to_torch(model, freeze_zeros=True)
+    params = module.onnx_parameters()
+    before = {n: p.detach().clone() for n, p in params.items()}
+    reinitialize(module, 1, set(frozen))
+    hold(module, frozen)
+    for name, p in params.items():
+        same = torch.equal(p.detach(), before[name])
+        assert (name in frozen) == (not p.requires_grad)
+        if name in module.weight_names():
+            assert same == (name in frozen), name
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for t in copy.graph.initializer:
+        t.raw_data = b"\0" * len(t.raw_data)
+    kept = keep_initializers(copy, model, frozen)
+    assert_untouched(model, kept, set(frozen))

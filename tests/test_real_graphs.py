@@ -266,13 +266,32 @@ def test_split_group_cut_at_boundary() -> None:
 # --------------------------------------------------------------------------- transformer
 
 
-def test_vit_mlp_prunable_attention_frozen(real_dir: Path) -> None:
-    a = analyze(evonnx.load(_raw("vit_block", real_dir)))
+def test_vit_mlp_and_attention_head_dims_prunable(real_dir: Path) -> None:
+    """Separate q, k, v projections reshaped to [N, S, heads, head_dim]: q and k share one
+    group of head dims (their dot product), v another read by proj; the LayerNorm stream stays
+    whole. Pruning keeps the function (folds exact: v's constants pass the Softmax)."""
+    from evonnx.surgery import apply_plan_report
+
+    model = evonnx.load(_raw("vit_block", real_dir))
+    a = analyze(model)
     sizes = [g.size for g in a.prunable_groups]
     assert 128 in sizes  # the MLP's hidden layer
     frozen = [g.frozen or "" for g in a.groups if not g.prunable]
-    assert any("attention" in f or "reshapes the channel axis" in f for f in frozen)
     assert any("normalizes over the channel axis" in f for f in frozen)
+    assert not any("attention" in f or "reshapes the channel axis" in f for f in frozen)
+    heads = {}
+    for lay in a.layers:
+        for name in ("/q/", "/k/", "/v/"):
+            if name in lay.node and lay.out_group is not None:
+                heads[name] = a.group(lay.out_group)
+    assert heads["/q/"].id == heads["/k/"].id != heads["/v/"].id
+    assert all(g.prunable and g.size == 16 and g.filters == 32 for g in heads.values())
+    assert any("proj" in m.node for m in heads["/v/"].by_role(Role.CONSUMER))
+    feed = {"x": np.random.default_rng(0).normal(size=(1, 3, 16, 16)).astype(np.float32)}
+    plan = random_plan(a, 0.5, np.random.default_rng(2))
+    assert apply_plan_report(model, a, plan, exact_border=True)[1].exact
+    for keep, seed in ((0.5, 0), (0.25, 1)):
+        _prune_and_check(model, a, keep, seed, feed)
 
 
 # --------------------------------------------------------------------------- input shapes
@@ -384,6 +403,16 @@ def test_evolve_one_generation(name: str, real_dir: Path, tmp_path: Path) -> Non
     child = onnx.load(str(tmp_path / "run" / lineage.records[1].file))
     onnx.checker.check_model(child, full_check=True)
     assert lineage.records[1].nonzero_synapses < lineage.records[0].nonzero_synapses
+    gen1 = onnx.load(str(tmp_path / "run" / lineage.records[0].file))
+    frozen = analyze(gen1).frozen_initializers()  # retraining leaves them byte-identical
+    values = [
+        {t.name: numpy_helper.to_array(t) for t in m.graph.initializer if t.name in frozen}
+        for m in (gen1, child)
+    ]
+    assert values[0].keys() == values[1].keys() == frozen
+    for name, v in values[0].items():
+        w = values[1][name]
+        assert v.dtype == w.dtype and v.shape == w.shape and v.tobytes() == w.tobytes(), name
     if name in INPUT_SHAPES:  # symbolic H/W took the data's sample shape: MACs are known
         assert lineage.records[0].macs > 0 and lineage.records[1].mac_ratio > 1.0
 

@@ -101,19 +101,56 @@ def test_attention_neck_groups_and_only_attention_frozen(zoo: dict[str, onnx.Mod
     assert not any("rank unknown" in (g.frozen or "") for g in a.groups)
     mlp = {lay.node: lay for lay in a.layers if "blocks" in lay.node and "fc1" in lay.node}
     assert len(mlp) == 2 and all(a.group(lay.out_group).prunable for lay in mlp.values())  # type: ignore[arg-type]
-    frozen = {g.frozen for g in a.groups if g.frozen}
-    assert any("attention" in f or "Reshape" in f for f in frozen)
+    frozen = [g.frozen for g in a.groups if g.frozen]
+    assert not any("Reshape" in f or "attention" in f for f in frozen)
+    assert a.coverage >= 0.9
     _prune_equal(model, a, _feed(INPUT_SHAPES["svtr"]))
 
 
-def test_lstm_reader_freezes_with_a_reason(zoo: dict[str, onnx.ModelProto]) -> None:
+def test_fused_qkv_prunes_head_dims_of_q_k_v_together(zoo: dict[str, onnx.ModelProto]) -> None:
+    """The [N, L, 3, heads, head_dim] Reshape of the fused QKV output: one group of head_dim
+    channels, each removing that dimension from q, k and v of every head; the plan's folds
+    are exact (the value constants pass the Softmax-weighted sum into proj's bias)."""
+    from evonnx.surgery import apply_plan_report
+
+    model = zoo["svtr"]
+    a = analyze(model, {"x": INPUT_SHAPES["svtr"]})
+    qkv = [lay for lay in a.layers if "qkv" in lay.node]
+    assert len(qkv) == 2
+    for lay in qkv:
+        assert lay.out_group is not None
+        g = a.group(lay.out_group)
+        starts = sorted(m.start for m in g.producers if m.name == lay.weight)
+        assert g.prunable and g.size == 16 and starts == [0, 16, 32, 48, 64, 80]
+        proj = {m.node for m in g.by_role(Role.CONSUMER)}
+        assert any("proj" in n for n in proj)
+    plan = random_plan(a, 0.5, np.random.default_rng(3))
+    _, folds = apply_plan_report(model, a, plan, exact_border=True)
+    proj_folds = [f for f in folds.layers if "proj" in f.node]
+    assert proj_folds and all(f.kind.value == "exact" for f in proj_folds)
+
+
+def test_lstm_reader_slices_w_columns(zoo: dict[str, onnx.ModelProto]) -> None:
+    """The backbone's last width is read by the bidirectional LSTM: prunable, with the LSTM's
+    ``W`` input columns as consumer and exact folds into ``B``; the hidden units stay whole."""
+    from evonnx.surgery import apply_plan_report
+
     model = zoo["crnn"]
     a = analyze(model, {"x": INPUT_SHAPES["crnn"]})
-    readers = [g for g in a.groups if "LSTM reads these channels" in (g.frozen or "")]
-    assert readers and readers[0].size == 128  # the backbone's last width
+    readers = [g for g in a.groups if any("LSTM" in m.node for m in g.by_role(Role.CONSUMER))]
+    assert len(readers) == 1 and readers[0].size == 128 and readers[0].prunable
+    (w,) = {(m.name, m.axis) for m in readers[0].by_role(Role.CONSUMER)}
+    assert w[1] == 2
     hidden = [g for g in a.groups if "LSTM hidden units" in (g.frozen or "")]
     assert hidden and hidden[0].size == 24
-    assert a.coverage >= 0.75
+    assert a.coverage >= 0.9
+    plan = random_plan(a, 0.5, np.random.default_rng(5))
+    pruned, folds = apply_plan_report(model, a, plan, exact_border=True)
+    lstm = [f for f in folds.layers if f.op == "LSTM"]
+    assert lstm and all(f.kind.value == "exact" and f.delta.shape == (2, 96) for f in lstm)
+    kept = len(plan.keep[readers[0].id])
+    inits = {t.name: numpy_helper.to_array(t) for t in pruned.graph.initializer}
+    assert inits[w[0]].shape == (2, 96, kept)
     _prune_equal(model, a, _feed(INPUT_SHAPES["crnn"]))
 
 

@@ -6,9 +6,12 @@ groups its channel axis carries (a *layout*: axis plus segments). Per-op rules l
 The result is a pure, frozen :class:`~evonnx.groups.Analysis`.
 
 Modules: :mod:`~evonnx.analysis.core` (layouts, builder, registry),
-:mod:`~evonnx.analysis.layers` (Conv/Gemm/MatMul), :mod:`~evonnx.analysis.passthrough`
+:mod:`~evonnx.analysis.layers` (Conv/Gemm/MatMul, LSTM/GRU/RNN readers),
+:mod:`~evonnx.analysis.attention` (MatMul of two activations), :mod:`~evonnx.analysis.passthrough`
 (activations, pooling, norms, layout ops), :mod:`~evonnx.analysis.elementwise` (broadcast ops,
-Concat, Split), :mod:`~evonnx.analysis.reshape` and :mod:`~evonnx.analysis.driver`.
+Concat, Split), :mod:`~evonnx.analysis.reshape` (including channel axes cut into several, as
+fused QKV heads), :mod:`~evonnx.analysis.constants` and :mod:`~evonnx.analysis.fullvals`
+(removed channels' constants) and :mod:`~evonnx.analysis.driver`.
 """
 
 from __future__ import annotations

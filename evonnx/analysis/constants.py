@@ -17,10 +17,13 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from evonnx.analysis.core import Builder, const_value, dim, optional_input, rank
+from evonnx.analysis.fullvals import check_keys, full_values, reshaped_values
 from evonnx.graph import node_name
 from evonnx.groups import ChannelConstant, Geometry
 
 LAYERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+RNNS = frozenset({"LSTM", "GRU", "RNN"})
+READERS = LAYERS | RNNS  # layers whose input constants are folded into their biases
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -190,21 +193,36 @@ def _batchnorm(node: gs.Node, x: np.ndarray, inputs: list[np.ndarray | None]) ->
 
 
 def channel_constants(b: Builder, graph: gs.Graph) -> tuple[ChannelConstant, ...]:
-    """Per-position constants at the input of every layer that reads a channel layout."""
+    """Per-position constants at the input of every layer that reads a channel layout (and
+    attention scores whose keys' constants are unknown frozen: :func:`check_keys`).
+
+    ``vals`` holds one value per position along each tensor's channel axis; ``full`` holds
+    the whole constant tensor where it varies along other axes too (after a Reshape cut the
+    channel axis into several, as attention heads do; :mod:`evonnx.analysis.fullvals`).
+    """
     vals: dict[str, np.ndarray] = {}
+    full: dict[str, np.ndarray] = {}
     out: list[ChannelConstant] = []
     for node in graph.nodes:
-        if node.op in LAYERS and node.inputs and node.inputs[0].name in vals:
+        if node.op == "MatMul" and len(node.inputs) == 2 and const_value(node.inputs[1]) is None:
+            check_keys(b, node, vals, full)  # may freeze the scores' channels
+        if node.op in READERS and node.inputs and node.inputs[0].name in vals:
             x = node.inputs[0]
             values = tuple(None if np.isnan(v) else float(v) for v in vals[x.name])
             alpha = float(node.attrs.get("alpha", 1.0)) if node.op == "Gemm" else 1.0
-            out.append(ChannelConstant(node_name(node), values, geometry(node), alpha))
+            out.append(ChannelConstant(node_name(node), values, geometry(node), alpha, node.op))
         for t in node.outputs:
             lay = b.layouts.get(t.name)
             n = dim(t, lay.axis) if lay is not None else None
             if lay is None or not n:
                 continue
-            v = _node_values(b, node, t, lay.axis, n, vals)
+            whole = full_values(b, node, t, vals, full)
+            r = rank(t)
+            if whole is not None and r is not None:
+                full[t.name] = whole
+                v = per_channel(whole, lay.axis, r, n)
+            else:
+                v = _node_values(b, node, t, lay.axis, n, vals)
             vals[t.name] = v if v is not None and v.shape == (n,) else np.full(n, np.nan)
     return tuple(out)
 
@@ -214,16 +232,19 @@ def _node_values(
 ) -> np.ndarray | None:
     """Per-position constants of output ``t`` (channel axis ``axis``, ``n`` positions)."""
     op = node.op
+    if op == "MatMul" and const_value(node.inputs[1]) is None:
+        return None  # attention-weighted values: see full_values
     if op in LAYERS:
         return _layer_output(node, n)
     if op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
-        src = vals.get(node.inputs[0].name)
-        return None if src is None or n % src.size else np.repeat(src, n // src.size)
+        return reshaped_values(b, node, vals)
     if op == "Concat":
         return _concat(node, axis, vals)
     if op == "Split":
         return _split(node, t, axis, n, vals)
     src = vals.get(node.inputs[0].name)
+    if op in ELEMENTWISE:
+        return _elementwise(node, t, axis, n, vals)  # the tracked operand may come second
     if op in _UNIFORM_PASS or src is None:
         return src
     if op == "Pad":
@@ -233,8 +254,6 @@ def _node_values(
     if op == "InstanceNormalization":
         bias = const_value(node.inputs[2])
         return None if bias is None else np.asarray(bias, np.float64).reshape(-1)
-    if op in ELEMENTWISE:
-        return _elementwise(node, t, axis, n, vals)
     return None
 
 

@@ -64,7 +64,8 @@ def analyze_graph(graph: gs.Graph, hint: str = "") -> Analysis:
     for t in graph.outputs:
         b.freeze_layout(b.layout(t), f"channels reach the graph output {t.name}")
     _check_shared(b, graph)
-    return _finish(b, _removable_roots(b, graph), channel_constants(b, graph))
+    constants = channel_constants(b, graph)  # may freeze attention scores' channels
+    return _finish(b, _removable_roots(b, graph), constants)
 
 
 def _freeze_captured(b: Builder, node: gs.Node) -> None:
@@ -297,5 +298,5 @@ def _single(b: Builder, gid: int | None) -> int | None:
     """The one live group ``gid`` became, or None when it was split."""
     if gid is None:
         return None
-    leaves = b.leaves(gid)
-    return leaves[0] if len(leaves) == 1 else None
+    leaves = set(b.leaves(gid))
+    return leaves.pop() if len(leaves) == 1 else None

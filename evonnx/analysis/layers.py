@@ -1,9 +1,10 @@
-"""Rules of the layers with constant weights: Conv, ConvTranspose, Gemm, MatMul."""
+"""Rules of the layers with constant weights: Conv, ConvTranspose, Gemm, MatMul, LSTM, GRU, RNN."""
 
 from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
+from evonnx.analysis.attention import activation_matmul
 from evonnx.analysis.core import (
     Builder,
     Layout,
@@ -185,10 +186,7 @@ def _matmul(b: Builder, node: gs.Node) -> None:
     r = rank(a)
     ok = wv is not None and wv.ndim == 2 and const_value(a) is None and r is not None and r >= 2
     if wv is None and const_value(a) is None:
-        # attention: the output's last axis is positions or head dims, not neurons
-        freeze_inputs(
-            b, node, f"{node_name(node)}: MatMul of two activations (attention) mixes channels"
-        )
+        activation_matmul(b, node)  # attention: scores and attention-weighted values
         return
     if not ok:
         reason = f"{node_name(node)}: MatMul needs an activation times a 2-D constant weight"
@@ -209,21 +207,38 @@ def _matmul(b: Builder, node: gs.Node) -> None:
     _record_layer(b, node, w, 1, 0, gid, lay)
 
 
-@rule("LSTM")
-def _lstm(b: Builder, node: gs.Node) -> None:
-    """LSTM: its input features freeze with a reason; its outputs carry frozen hidden units.
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+"""Gate blocks of a recurrent layer's ``W`` (``[directions, gates * hidden, input]``)."""
 
-    Slicing ``W``'s input columns would prune the channels it reads, but the removed channels'
-    constants (bias through BatchNorm and activation) are not folded into an LSTM reader, so
-    the groups stay whole rather than change the function.
+
+@rule("LSTM", "GRU", "RNN")
+def _recurrent(b: Builder, node: gs.Node) -> None:
+    """Recurrent layer: its input features are channels its ``W`` input columns slice.
+
+    A removed channel's constant ``c`` enters every gate linearly before the activation
+    (``x W^T + Wb``), so ``W[:, :, c] * c`` folds exactly into the ``Wb`` half of ``B``
+    (:mod:`evonnx.fold`). Its hidden units stay whole: its outputs carry frozen groups.
     """
-    b.freeze_layout(
-        b.layout(node.inputs[0]),
-        f"{node_name(node)}: LSTM reads these channels (its W input columns are not pruned)",
-    )
-    w = const_value(node.inputs[1])
-    hidden = int(node.attrs.get("hidden_size", 0)) or (int(w.shape[1]) // 4 if w is not None else 0)
-    reason = f"{node_name(node)}: LSTM hidden units are not pruned"
+    x, w = node.inputs[0], node.inputs[1]
+    lay = b.layout(x)
+    wv = const_value(w)
+    bias = optional_input(node, 3)
+    gates = GATES[node.op]
+    if lay is not None:
+        reason = None
+        if wv is None or wv.ndim != 3:
+            reason = f"{node_name(node)}: W is not a constant initializer"
+        elif bias is not None and const_value(bias) is None:
+            reason = f"{node_name(node)}: B is not a constant initializer"
+        elif lay.axis != 2:
+            reason = f"{node_name(node)} reads features on axis {lay.axis}, not the last"
+        if reason is None:
+            _consume(b, node, lay, w, 2)
+        else:
+            b.freeze_layout(lay, reason)
+    hidden = int(node.attrs.get("hidden_size", 0))
+    hidden = hidden or (int(wv.shape[1]) // gates if wv is not None else 0)
+    reason = f"{node_name(node)}: {node.op} hidden units are not pruned"
     for i, out in enumerate(node.outputs):
         if out.name and out.outputs:
             axis = 3 if i == 0 else 2

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import onnx_graphsurgeon as gs
 
 from evonnx.analysis.core import (
     Builder,
     Layout,
+    Segment,
     batch1,
     const_value,
     dim,
@@ -18,19 +21,76 @@ from evonnx.graph import node_name
 from evonnx.groups import Role
 
 
-def _map_reshape(ish: tuple[int, ...], osh: tuple[int, ...], axis: int) -> tuple[int, int] | None:
-    """(output axis, block factor) carrying input channel ``axis``, or None."""
+@dataclass(frozen=True)
+class ReshapeMap:
+    """Where a Reshape puts input channel axis ``C``.
+
+    ``outer > 1``: the output axis ``axis`` also holds the ``outer`` input positions of the
+    axes before the channel axis (e.g. attention heads merged back: ``[.., heads, C]`` to
+    ``[.., heads * C]``); ``inner``: each channel expands into ``inner`` consecutive positions
+    (the axes after it merged in, as a Flatten into an FC layer); ``split``: the channel axis
+    is cut into several output axes, the last one (``axis``) of ``split`` positions holding the
+    fastest-varying part (a fused QKV projection reshaped to ``[.., 3, heads, head_dim]``).
+    """
+
+    axis: int
+    inner: int = 1
+    outer: int = 1
+    split: int = 0
+
+
+def map_reshape(ish: tuple[int, ...], osh: tuple[int, ...], axis: int) -> ReshapeMap | None:
+    """How the output of a Reshape carries input channel ``axis``, or None."""
     lead = prod(list(ish[:axis]))
     inner = prod(list(ish[axis + 1 :]))
-    for oax in range(len(osh)):
-        if prod(list(osh[:oax])) != lead:
+    c = ish[axis]
+    for p in range(axis, -1, -1):  # output axis oax merges input axes p..axis (and on)
+        outer = prod(list(ish[p:axis]))
+        for oax in range(len(osh)):
+            if prod(list(osh[:oax])) != prod(list(ish[:p])):
+                continue
+            tail = prod(list(osh[oax + 1 :]))
+            if osh[oax] == outer * c and tail == inner:
+                return ReshapeMap(oax, 1, outer)
+            if osh[oax] == outer * c * inner and tail == 1:
+                return ReshapeMap(oax, inner, outer)
+    for first in range(len(osh)):  # the channel axis cut into output axes first..last
+        if prod(list(osh[:first])) != lead:
             continue
-        tail = prod(list(osh[oax + 1 :]))
-        if osh[oax] == ish[axis] and tail == inner:
-            return oax, 1
-        if osh[oax] == ish[axis] * inner and tail == 1:
-            return oax, inner
+        for last in range(first + 1, len(osh)):
+            cut = prod(list(osh[first : last + 1])) == c and osh[last] < c
+            if cut and prod(list(osh[last + 1 :])) == inner:
+                return ReshapeMap(last, split=osh[last])
     return None
+
+
+def _split_layout(b: Builder, lay: Layout, d: int) -> Layout | None:
+    """Layout on the last of the axes a channel axis is cut into (``d`` positions there).
+
+    Position ``j`` there is channel ``q * d + j`` for every ``q``: each group is cut into
+    pieces of ``d`` channels and all pieces are coupled into one group of ``d`` (channel
+    ``j`` is kept or removed for every ``q`` at once, e.g. one head dimension in the query,
+    key and value of every head). None when a segment is not made of whole pieces, or a group
+    already has a shape element or a depthwise ``group`` (they count channels once each).
+    """
+    roots = [b.root(s.gid) for s in lay.segments]
+    if len(set(roots)) < len(roots):
+        return None
+    whole = (Role.SHAPE, Role.GROUP_ATTR)  # one element per group: not cut into pieces
+    if any(m.role in whole for r in roots for m in b.members[r]):
+        return None
+    if any(s.block != 1 or s.start % d or b.group_size(s.gid) % d for s in lay.segments):
+        return None
+    pieces: list[int] = []
+    for s in lay.segments:
+        rest = s.gid
+        while b.group_size(rest) > d:
+            lo, rest = b.split(rest, d)
+            pieces.append(lo)
+        pieces.append(rest)
+    for g in pieces[1:]:
+        b.union(pieces[0], g)
+    return Layout(0, (Segment(pieces[0], 0, 1),))
 
 
 @rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
@@ -42,19 +102,38 @@ def _reshape(b: Builder, node: gs.Node) -> None:
     osh = static_shape(node.outputs[0]) or batch1(node.outputs[0])
     if osh is None and ish is not None and node.op == "Reshape":
         osh = _resolve_target(node, ish)
-    mapped = _map_reshape(ish, osh, lay.axis) if ish and osh else None
+    mapped = map_reshape(ish, osh, lay.axis) if ish and osh else None
+    reason = f"{node_name(node)} reshapes the channel axis in a way evonnx cannot map"
     if mapped is None:
-        reason = f"{node_name(node)} reshapes the channel axis in a way evonnx cannot map"
         b.freeze_layout(lay, reason if ish and osh else b.unknown(f"{reason} (shape unknown)"))
         return
-    oax, factor = mapped
-    out_lay = lay.scaled(factor, oax)
-    if node.op == "Reshape" and not _reshape_target(b, node, out_lay, factor):
+    if mapped.split:
+        cut = _split_layout(b, lay, mapped.split)
+        if cut is None:
+            b.freeze_layout(lay, f"{reason} (it cuts a channel block)")
+            return
+        out_lay = cut.with_axis(mapped.axis)
+    else:
+        assert ish is not None
+        width = ish[lay.axis] * mapped.inner
+        out_lay = _merged(lay.scaled(mapped.inner, mapped.axis), mapped.outer, width)
+    if node.op == "Reshape" and not _reshape_target(b, node, out_lay, mapped):
         return
     b.set_layout(node.outputs[0], out_lay)
 
 
-def _reshape_target(b: Builder, node: gs.Node, out_lay: Layout, factor: int) -> bool:
+def _merged(lay: Layout, outer: int, width: int) -> Layout:
+    """``lay`` repeated for each of ``outer`` positions (``width`` apart) merged in front of
+    the channel axis."""
+    if outer == 1:
+        return lay
+    segs = tuple(
+        Segment(s.gid, o * width + s.start, s.block) for o in range(outer) for s in lay.segments
+    )
+    return Layout(lay.axis, segs)
+
+
+def _reshape_target(b: Builder, node: gs.Node, out_lay: Layout, mapped: ReshapeMap) -> bool:
     """Record the element of a Reshape target that holds the channel extent.
 
     A constant target, or a computed one (``Concat`` of pieces, YOLO-head style), whose
@@ -62,6 +141,7 @@ def _reshape_target(b: Builder, node: gs.Node, out_lay: Layout, factor: int) -> 
     or the input's own channel dimension read through ``Shape`` (adapts at run time).
     """
     target = node.inputs[1]
+    same = mapped.inner == 1 and mapped.outer == 1 and not mapped.split  # width unchanged
     v = const_value(target)
     if v is not None:
         val = int(v.reshape(-1)[out_lay.axis])
@@ -69,7 +149,7 @@ def _reshape_target(b: Builder, node: gs.Node, out_lay: Layout, factor: int) -> 
             for s in out_lay.segments:
                 b.add(s, Role.SHAPE, target.name, node_name(node), out_lay.axis)
         return True
-    if factor == 1 and _reads_channels(b, target, out_lay.axis, node.inputs[0]):
+    if same and _reads_channels(b, target, out_lay.axis, node.inputs[0]):
         return True
     found = _concat_piece(target, out_lay.axis)
     if found is not None:
@@ -82,7 +162,7 @@ def _reshape_target(b: Builder, node: gs.Node, out_lay: Layout, factor: int) -> 
             for s in out_lay.segments:
                 b.add(s, Role.SHAPE, piece.name, node_name(target.inputs[0]), index)
             return True
-        if pv is None and factor == 1 and _reads_channels(b, piece, index, node.inputs[0]):
+        if pv is None and same and _reads_channels(b, piece, index, node.inputs[0]):
             return True
     b.freeze_layout(out_lay, f"{node_name(node)}: computed target shape evonnx cannot rewrite")
     return False

@@ -167,6 +167,8 @@ INFERENCE_ONLY: dict[str, str] = {
     "equivalent (torch's lp_pool has no padding)",
     "GroupNormalization": "scale and bias are per group in opsets 18-20 and per channel from "
     "opset 21 (the op was redefined); rare in exported networks",
+    "RNN": "the plain (Elman) recurrent layer is rare in exported networks, which use LSTM and "
+    "GRU (both converted); pruning the channels it reads needs no training",
 }
 
 CheckFn = Callable[[Node], str | None]
