@@ -223,6 +223,8 @@ def _node_values(
         return _concat(node, axis, vals)
     if op == "Split":
         return _split(node, t, axis, n, vals)
+    if op in ELEMENTWISE:  # any operand may be the tracked one (``Mul(scale, x)``)
+        return _elementwise(node, t, axis, n, vals)
     src = vals.get(node.inputs[0].name)
     if op in _UNIFORM_PASS or src is None:
         return src
@@ -233,8 +235,6 @@ def _node_values(
     if op == "InstanceNormalization":
         bias = const_value(node.inputs[2])
         return None if bias is None else np.asarray(bias, np.float64).reshape(-1)
-    if op in ELEMENTWISE:
-        return _elementwise(node, t, axis, n, vals)
     return None
 
 
