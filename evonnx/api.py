@@ -227,9 +227,7 @@ def prune(
     if branches:
         plan = branch_plan(analysis, weights, 1.0 / keep)
     else:
-        strength = (
-            _deviation(model, analysis, graph, weights) if criterion == "deviation" else None
-        )
+        strength = _deviation(model, analysis, graph, weights) if criterion == "deviation" else None
         plan = magnitude_plan(
             analysis, weights, keep, min_channels, round_to, min_fraction, strength
         )

@@ -123,9 +123,8 @@ def reader_deviation(
     counts: dict[str, int] = {}
     consts = {node: _constant(analysis, node) for node in readers}
     for i in range(n):
-        values = dict(
-            zip(tensors, session.run(tensors, {k: v[i : i + 1] for k, v in inputs.items()}))
-        )
+        outs = session.run(tensors, {k: v[i : i + 1] for k, v in inputs.items()})
+        values = dict(zip(tensors, outs, strict=True))
         for node, (t, axis) in readers.items():
             a = np.moveaxis(np.asarray(values[t], np.float64), axis, 0)
             a = a.reshape(a.shape[0], -1)

@@ -51,7 +51,12 @@ def _hardswish(x: str, out: str, tag: str, style: str) -> tuple[list, list]:
         helper.make_node("Mul", [x, f"{tag}_cl"], [f"{tag}_mx"]),
         helper.make_node("Div", [f"{tag}_mx", f"{tag}_d6"], [out]),
     ]
-    inits = [_t(f"{tag}_3", [3.0]), _t(f"{tag}_0", 0.0), _t(f"{tag}_6", 6.0), _t(f"{tag}_d6", [6.0])]
+    inits = [
+        _t(f"{tag}_3", [3.0]),
+        _t(f"{tag}_0", 0.0),
+        _t(f"{tag}_6", 6.0),
+        _t(f"{tag}_d6", [6.0]),
+    ]
     return nodes, inits
 
 

@@ -71,7 +71,9 @@ def test_deviation_ranks_by_what_removing_a_channel_changes() -> None:
     deviation = reader_deviation(model, analysis, graph, inputs)
     # by hand: conv3's input channels minus their fold constant (conv2's bias), rms
     c2 = np.concatenate([_c2(mis, inputs["x"][i : i + 1]) for i in range(8)])
-    expect = np.sqrt(((c2 - np.array([0.5, -0.5, 0.2, 0.1]).reshape(1, 4, 1, 1)) ** 2).mean((0, 2, 3)))
+    expect = np.sqrt(
+        ((c2 - np.array([0.5, -0.5, 0.2, 0.1]).reshape(1, 4, 1, 1)) ** 2).mean((0, 2, 3))
+    )
     np.testing.assert_allclose(deviation["conv3"], expect, rtol=1e-5)
     g = _group(analysis, "w2")
     strength = deviation_strength(analysis, weights, deviation)[g.id]

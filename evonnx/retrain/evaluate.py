@@ -177,7 +177,9 @@ def predict_onnx(
             axes = output_batch_axes(session, feeds, fixed)
         parts.append([np.take(o, np.arange(n), axis=a) for o, a in zip(outs, axes, strict=True)])
     assert axes is not None
-    return [np.concatenate(col, axis=a) for col, a in zip(zip(*parts, strict=True), axes, strict=True)]
+    return [
+        np.concatenate(col, axis=a) for col, a in zip(zip(*parts, strict=True), axes, strict=True)
+    ]
 
 
 def _run_feed(session: ort.InferenceSession, feed: dict[str, np.ndarray]) -> list[Any]:
@@ -196,7 +198,9 @@ def output_batch_axes(
     """
     infos = session.get_inputs()
     if fixed is not None:
-        outs = _run_feed(session, {i.name: _rows(a, fixed) for i, a in zip(infos, feeds, strict=True)})
+        outs = _run_feed(
+            session, {i.name: _rows(a, fixed) for i, a in zip(infos, feeds, strict=True)}
+        )
         return [next((k for k, d in enumerate(np.shape(o)) if d == fixed), 0) for o in outs]
     one = _run_feed(session, {i.name: _rows(a, 1) for i, a in zip(infos, feeds, strict=True)})
     two = _run_feed(session, {i.name: _rows(a, 2) for i, a in zip(infos, feeds, strict=True)})
