@@ -15,6 +15,7 @@ import onnx
 from evonnx.analysis import analyze_graph
 from evonnx.data import Dataset, load_dataset
 from evonnx.errors import ConfigError, PlanError
+from evonnx.external import EXTERNAL_THRESHOLD, needs_external
 from evonnx.fold import FoldPlan
 from evonnx.genetic import DEFAULT_MIN_FRACTION, EncodingConfig, Offspring
 from evonnx.genetic import synthesize as sample_offspring
@@ -247,6 +248,9 @@ def _deviation(
 ) -> dict[int, np.ndarray] | None:
     """:func:`evonnx.importance.deviation_strength` on synthetic inputs, or None (L1) where
     the inputs cannot be synthesized or onnxruntime cannot run the ancestor."""
+    if needs_external(model):  # onnxruntime would need a second, serialized copy
+        logger.info("weights over %.1f GB: ranking channels by L1", EXTERNAL_THRESHOLD / 1e9)
+        return None
     inputs = synthetic_inputs(graph)
     if not inputs:
         logger.info("no synthetic inputs for this graph (symbolic or non-float): ranking by L1")

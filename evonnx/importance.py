@@ -97,6 +97,7 @@ def reader_deviation(
 
     ``a`` is the layer's input as the ancestor computes it (onnxruntime, one sample at a
     time), ``k`` the channel's fold constant (0 where unknown: the surgery drops it).
+    ``model`` gets extra outputs while it is serialized and comes back unchanged.
 
     Raises:
         Exception: Whatever onnxruntime raises for a graph it cannot run.
@@ -106,18 +107,20 @@ def reader_deviation(
     readers = _readers(analysis, graph)
     tensors = sorted({t for t, _ in readers.values()})
     types = {t.name: _float_type(t) for t in graph.tensors().values()}
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    known = {o.name for o in probe.graph.output}
-    for t in tensors:
-        if t not in known:
-            probe.graph.output.append(onnx.helper.make_tensor_value_info(t, types[t] or 1, None))
+    outputs = model.graph.output
+    count = len(outputs)
+    known = {o.name for o in outputs}
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(
-        probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-    del probe
+    try:  # the readers' inputs as extra outputs, on the model itself (no copy of its weights)
+        for t in tensors:
+            if t not in known:
+                outputs.append(onnx.helper.make_tensor_value_info(t, types[t] or 1, None))
+        data = model.SerializeToString()
+    finally:
+        del outputs[count:]
+    session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    del data
     n = min(len(v) for v in inputs.values())
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
