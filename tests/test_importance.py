@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import pytest
+from click.testing import CliRunner
 from helpers import make_model, run
 from onnx import TensorProto, helper, numpy_helper
 
 from evonnx import api
 from evonnx.analysis import analyze
+from evonnx.cli.main import cli
 from evonnx.errors import ConfigError
 from evonnx.graph import constant_values
 from evonnx.importance import deviation_strength, reader_deviation, synthetic_inputs
@@ -125,3 +129,22 @@ def test_no_synthetic_inputs_for_symbolic_or_integer_inputs() -> None:
     assert synthetic_inputs(gs.Graph(inputs=[ids])) == {}
     ok = gs.Variable("x", dtype=np.float32, shape=["n", 3, 2, 4])
     assert synthetic_inputs(gs.Graph(inputs=[ok]), 2)["x"].shape == (2, 3, 2, 4)
+
+
+def test_cli_criterion_only_with_magnitude(tmp_path: Path) -> None:
+    src, out = tmp_path / "m.onnx", tmp_path / "p.onnx"
+    onnx.save(misleading_l1(), str(src))
+    base = ["prune", str(src), "-o", str(out), "--keep", "0.75", "--min-fraction", "0"]
+    res = CliRunner().invoke(cli, [*base, "--criterion", "l1"])
+    assert res.exit_code == 1 and "--criterion: only with --method magnitude" in res.output
+    kept = {}
+    for criterion in ("deviation", "l1"):
+        args = [*base, "--method", "magnitude", "--criterion", criterion, "--json"]
+        res = CliRunner().invoke(cli, args)
+        assert res.exit_code == 0, res.output
+        kept[criterion] = onnx.load(str(out)).graph.initializer
+    w3 = numpy_helper.to_array(next(t for t in misleading_l1().graph.initializer if t.name == "w3"))
+    # conv3 reads the channels each ranking kept: all but channel 1, or all but channel 0
+    for criterion, cols in (("deviation", [0, 2, 3]), ("l1", [1, 2, 3])):
+        got = numpy_helper.to_array(next(t for t in kept[criterion] if t.name == "w3"))
+        np.testing.assert_array_equal(got, w3[:, cols])
