@@ -15,11 +15,13 @@ import onnx
 from evonnx.analysis import analyze_graph
 from evonnx.data import Dataset, load_dataset
 from evonnx.errors import ConfigError, PlanError
+from evonnx.external import EXTERNAL_THRESHOLD, needs_external
 from evonnx.fold import FoldPlan
 from evonnx.genetic import DEFAULT_MIN_FRACTION, EncodingConfig, Offspring
 from evonnx.genetic import synthesize as sample_offspring
 from evonnx.graph import constant_values, load_model, save_model
 from evonnx.groups import Analysis
+from evonnx.importance import deviation_strength, reader_deviation, synthetic_inputs
 from evonnx.inputs import InputShapes, apply_input_shapes
 from evonnx.latency import LatencySettings, check_reachable, latency_offspring, latency_target
 from evonnx.latency.inputs import check_inputs
@@ -178,6 +180,7 @@ def prune(
     input_shapes: InputShapes | None = None,
     round_to: int | None = None,
     min_fraction: float = DEFAULT_MIN_FRACTION,
+    criterion: str = "deviation",
 ) -> PruneResult:
     """Remove the weakest channels of every prunable group (magnitude baseline).
 
@@ -192,13 +195,20 @@ def prune(
         round_to: Round channel counts up to multiples of this (not with ``branches``).
         min_fraction: Per-layer floor: every group keeps at least this fraction of its
             channels (not with ``branches``, which remove whole branches).
+        criterion: How channels are ranked: ``"deviation"`` (how far a channel's values are
+            from the constant it is folded to, weighted by its readers' weights, on seeded
+            synthetic inputs; :mod:`evonnx.importance`; L1 where the ancestor cannot be run
+            on them) or ``"l1"`` (the L1 norm of its producer filters).
 
     Raises:
-        ConfigError: ``round_to`` with ``branches`` (branches keep all their channels or none).
+        ConfigError: ``round_to`` with ``branches`` (branches keep all their channels or
+            none), or an unknown ``criterion``.
         PlanError: ``keep`` is below the floor ``min_fraction``.
     """
     if branches and round_to is not None:
         raise ConfigError("round_to has no effect when removing whole branches")
+    if criterion not in CRITERIA:
+        raise ConfigError(f"criterion must be one of {list(CRITERIA)}, got {criterion!r}")
     if not branches and keep < min_fraction:
         raise PlanError(
             f"keep {keep:g} is below the per-layer floor: every prunable layer keeps at least "
@@ -219,12 +229,39 @@ def prune(
     if branches:
         plan = branch_plan(analysis, weights, 1.0 / keep)
     else:
-        plan = magnitude_plan(analysis, weights, keep, min_channels, round_to, min_fraction)
+        strength = _deviation(model, analysis, graph, weights) if criterion == "deviation" else None
+        plan = magnitude_plan(
+            analysis, weights, keep, min_channels, round_to, min_fraction, strength
+        )
     del graph, weights  # the surgery reads the weights again: one copy at a time (> 2 GB
     gc.collect()  # models); the graph's node/tensor cycles would keep this copy alive
     out, folds = apply_plan_report(model, analysis, plan)
     after = inspect(out, input_shapes, normalize=False).metrics
     return PruneResult(out, plan, before, after, folds=folds)
+
+
+CRITERIA = ("deviation", "l1")
+"""Channel rankings of :func:`prune`."""
+
+
+def _deviation(
+    model: onnx.ModelProto, analysis: Analysis, graph: Any, weights: dict[str, np.ndarray]
+) -> dict[int, np.ndarray] | None:
+    """:func:`evonnx.importance.deviation_strength` on synthetic inputs, or None (L1) where
+    the inputs cannot be synthesized or onnxruntime cannot run the ancestor."""
+    if needs_external(model):  # onnxruntime would need a second, serialized copy
+        logger.info("weights over %.1f GB: ranking channels by L1", EXTERNAL_THRESHOLD / 1e9)
+        return None
+    inputs = synthetic_inputs(graph)
+    if not inputs:
+        logger.info("no synthetic inputs for this graph (symbolic or non-float): ranking by L1")
+        return None
+    try:
+        deviation = reader_deviation(model, analysis, graph, inputs)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        logger.warning("cannot run the ancestor to rank channels (%s): ranking by L1", exc)
+        return None
+    return deviation_strength(analysis, weights, deviation)
 
 
 def synthesize(

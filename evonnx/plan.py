@@ -133,11 +133,14 @@ def magnitude_plan(
     min_channels: int = 1,
     round_to: int | None = None,
     min_fraction: float = 0.0,
+    strength: Mapping[int, np.ndarray] | None = None,
 ) -> PrunePlan:
     """Keep ``ceil(keep * size)`` strongest channels (at least ``min_channels`` and the floor
     ``ceil(min_fraction * size)``) per group.
 
     With ``round_to``, each count is rounded up to a multiple (:func:`round_channels`).
+    Channels are ranked by ``strength[group id]`` where given (e.g.
+    :func:`evonnx.importance.deviation_strength`), else by :func:`channel_strength` (L1).
 
     Raises:
         PlanError: ``keep`` is not in (0, 1].
@@ -149,7 +152,9 @@ def magnitude_plan(
         least = floor_channels(g.size, min_channels, min_fraction)
         n = min(g.size, max(least, math.ceil(keep * g.size - 1e-9)))
         n = round_channels(n, g.size, round_to, least)
-        order = np.argsort(-channel_strength(g, weights), kind="stable")
+        score = strength.get(g.id) if strength is not None else None
+        score = channel_strength(g, weights) if score is None else score
+        order = np.argsort(-score, kind="stable")
         plan[g.id] = tuple(sorted(int(i) for i in order[:n]))
     return PrunePlan(plan)
 

@@ -242,6 +242,8 @@ def _node_values(
         return _concat(node, axis, vals)
     if op == "Split":
         return _split(node, t, axis, n, vals)
+    if op in ELEMENTWISE:  # any operand may be the tracked one (``Mul(scale, x)``)
+        return _elementwise(node, t, axis, n, vals)
     src = vals.get(node.inputs[0].name)
     if op in ELEMENTWISE:
         return _elementwise(node, t, axis, n, vals)  # the tracked operand may come second

@@ -269,6 +269,15 @@ def inspect(
     "channels (0: off); a budget it puts out of reach is refused.",
 )
 @click.option(
+    "--criterion",
+    type=click.Choice(["deviation", "l1"]),
+    default="deviation",
+    show_default=True,
+    help="magnitude: how channels are ranked. deviation: how far a channel's values are from "
+    "the constant it is folded to, weighted by its readers' weights (seeded synthetic "
+    "inputs; L1 where they cannot be made); l1: the L1 norm of its producer filters.",
+)
+@click.option(
     "-o",
     "--output",
     type=click.Path(path_type=Path),
@@ -298,6 +307,7 @@ def prune(
     latency_statistic: str,
     min_channels: int,
     min_fraction: float,
+    criterion: str,
     output: Path,
     as_json: bool,
     input_shapes: dict[str, tuple[int, ...]],
@@ -332,6 +342,8 @@ def prune(
         raise click.UsageError("--synapses-in-frozen: only with --synapses")
     if method == "branches":
         refuse_unused(["min_channels", "min_fraction"], "not with --method branches")
+    if method != "magnitude":
+        refuse_unused(["criterion"], "only with --method magnitude")
     check_output_file(output)
     sweep_temporaries(output)
     ancestor = api.load(model, normalize=normalize)
@@ -345,6 +357,7 @@ def prune(
             input_shapes=input_shapes,
             round_to=round_to,
             min_fraction=min_fraction,
+            criterion=criterion,
         )
     else:
         config = EvolveConfig(

@@ -142,7 +142,9 @@ def predict_onnx(
     chunks of ``batch_size`` (of the graph's batch size if it is fixed, the last chunk padded).
 
     Returns:
-        One array per graph output, the chunks concatenated along the batch axis.
+        One array per graph output, the chunks concatenated along its batch axis: the axis
+        that grows with the batch (:func:`output_batch_axes`), axis 1 for a time-major
+        ``[T, N, C]`` output.
 
     Raises:
         ModelLoadError: If onnxruntime cannot load or run the model.
@@ -165,15 +167,59 @@ def predict_onnx(
     ]
     parts: list[list[np.ndarray]] = []
     chunked = [_chunks(a, size, pad=fixed is not None) for a in feeds]
+    axes: list[int] | None = None
     for chunks in zip(*chunked, strict=True):
         n = chunks[0][1]
         feed = {i.name: np.ascontiguousarray(c) for i, (c, _) in zip(infos, chunks, strict=True)}
-        try:
-            outs = session.run(None, feed)
-        except Exception as exc:  # onnxruntime raises bare Exception subclasses
-            raise ModelLoadError(f"onnxruntime failed to run the model: {exc}") from exc
-        parts.append([np.asarray(o)[:n] for o in outs])
-    return [np.concatenate(col) for col in zip(*parts, strict=True)]
+        outs = [np.asarray(o) for o in _run_feed(session, feed)]
+        if len(arrays[0]) <= size and n == len(chunks[0][0]):  # one unpadded chunk: as is
+            return outs
+        if axes is None:
+            axes = output_batch_axes(session, feeds, fixed)
+        parts.append([np.take(o, np.arange(n), axis=a) for o, a in zip(outs, axes, strict=True)])
+    assert axes is not None
+    return [
+        np.concatenate(col, axis=a) for col, a in zip(zip(*parts, strict=True), axes, strict=True)
+    ]
+
+
+def _run_feed(session: ort.InferenceSession, feed: dict[str, np.ndarray]) -> list[Any]:
+    try:
+        return list(session.run(None, feed))
+    except Exception as exc:  # onnxruntime raises bare Exception subclasses
+        raise ModelLoadError(f"onnxruntime failed to run the model: {exc}") from exc
+
+
+def output_batch_axes(
+    session: ort.InferenceSession, feeds: Sequence[np.ndarray], fixed: int | None = None
+) -> list[int]:
+    """Per graph output, its batch axis: the one axis that grows from one sample to two (a
+    CRNN's ``[T, N, C]``: 1), found by running the first samples; with a fixed batch size,
+    the first axis of that size. 0 where no single axis qualifies (e.g. a reduced output).
+    """
+    infos = session.get_inputs()
+    if fixed is not None:
+        outs = _run_feed(
+            session, {i.name: _rows(a, fixed) for i, a in zip(infos, feeds, strict=True)}
+        )
+        return [next((k for k, d in enumerate(np.shape(o)) if d == fixed), 0) for o in outs]
+    one = _run_feed(session, {i.name: _rows(a, 1) for i, a in zip(infos, feeds, strict=True)})
+    two = _run_feed(session, {i.name: _rows(a, 2) for i, a in zip(infos, feeds, strict=True)})
+    axes = []
+    for a, b in zip(one, two, strict=True):
+        sa, sb = np.shape(a), np.shape(b)
+        grown = [k for k in range(len(sa)) if len(sa) == len(sb) and (sa[k], sb[k]) == (1, 2)]
+        same = len(sa) == len(sb) and all(sa[k] == sb[k] for k in range(len(sa)) if k not in grown)
+        axes.append(grown[0] if len(grown) == 1 and same else 0)
+    return axes
+
+
+def _rows(a: np.ndarray, n: int) -> np.ndarray:
+    """The first ``n`` samples of ``a`` (the last repeated when it has fewer)."""
+    rows = a[:n]
+    if len(rows) < n:
+        rows = np.concatenate([rows, np.repeat(rows[-1:], n - len(rows), axis=0)])
+    return np.ascontiguousarray(rows)
 
 
 def make_session(
