@@ -90,7 +90,8 @@ def test_refuses_only_at_min_channels_and_says_what_was_reached() -> None:
     rt = MacRuntime()
     lm = build_latency_model(model, analysis, LatencyTable(rt, 1), step=8, calibrate=False)
     weights = model_weights(model)
-    with pytest.raises(LatencyBudgetError, match=r"min-channels 2, --min-fraction 0\) .* reached \d+\.\d+x"):
+    floor = r"min-channels 2, --min-fraction 0\) .* reached \d+\.\d+x"
+    with pytest.raises(LatencyBudgetError, match=floor):
         fit_measured(model, analysis, PrunePlan({}), weights, rt, lm, keep=0.002, min_channels=2)
 
 
