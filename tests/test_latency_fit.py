@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,8 @@ from evonnx.genetic import model_weights
 from evonnx.latency import LatencyTable, build_latency_model, fit_measured
 from evonnx.latency.fit import OVERSHOOT
 from evonnx.latency.measure import compare
-from evonnx.plan import PrunePlan, magnitude_plan
+from evonnx.latency.steps import Widths, grow
+from evonnx.plan import PrunePlan, channel_strength, magnitude_plan
 from evonnx.surgery import apply_plan
 
 
@@ -138,3 +140,27 @@ def test_unstable_reading_is_measured_again() -> None:
     assert rt.calls == 2 and m.rounds == 16  # pooled with a second reading
     parent_ms, child_ms = MacRuntime().latencies([model, child], 1)
     assert m.stable and m.child_ms == pytest.approx(child_ms) and m.parent_ms == parent_ms
+
+
+def test_grow_takes_finer_widths_when_every_step_up_passes_the_ceiling() -> None:
+    model = _dynamic_resnet()
+    analysis = analyze(model)
+    rt = MacRuntime()
+    lm = build_latency_model(model, analysis, LatencyTable(rt, 1), step=1, calibrate=False)
+    groups = {g.id: g for g in analysis.prunable_groups}
+    coarse = replace(lm, steps={gid: (g.size,) for gid, g in groups.items()})  # full widths only
+    weights = model_weights(model)
+    stripped = magnitude_plan(analysis, weights, 0.3)
+    w = Widths(
+        analysis, groups, {gid: stripped.kept(g) for gid, g in groups.items()},
+        {gid: channel_strength(g, weights) for gid, g in groups.items()}, coarse,
+    )  # fmt: skip
+    now = w.predict()
+    full_step = min(
+        w.predict({**w.counts(), gid: g.size}) - now
+        for gid, g in groups.items()
+        if w.counts()[gid] < g.size
+    )
+    add = full_step / 4  # every step on the grid costs more than this
+    assert grow(w, add, ceiling=now + add) >= 1
+    assert now < w.predict() <= now + add + 1e-9

@@ -101,13 +101,20 @@ def _down(w: Widths, gid: int, fine: bool) -> Iterator[int]:
         yield 0
 
 
-def _up(w: Widths, gid: int) -> Iterator[int]:
-    """Larger counts group ``gid`` may step up to (the next allowed one, on the steps)."""
+def _up(w: Widths, gid: int, fine: bool) -> Iterator[int]:
+    """Larger counts group ``gid`` may step up to: the next allowed one on the steps, or
+    (``fine``) the nearest finer width and an eighth, a quarter and a half more."""
     g, n = w.groups[gid], int(w.kept[gid].size)
-    for k in range(max(n + 1, 1), g.size + 1):
-        if allowed_channels(k, g.size, w.round_to, w.floor(gid), w.lm.widths(gid)):
-            yield k
-            return
+    wants = (n + 1, n + n // 8, n + n // 4, n + n // 2) if fine else (n + 1,)
+    steps = None if fine else w.lm.widths(gid)
+    seen: set[int] = set()
+    for want in wants:
+        for k in range(max(want, n + 1, 1), g.size + 1):
+            if allowed_channels(k, g.size, w.round_to, w.floor(gid), steps):
+                if k not in seen:
+                    seen.add(k)
+                    yield k
+                break
 
 
 def _macs_share(w: Widths, counts: Mapping[int, int], now: float) -> float:
@@ -161,25 +168,37 @@ def trim(w: Widths, need: float) -> int:
     return steps
 
 
+def _best_up(w: Widths, ceiling: float, fine: bool) -> tuple[int, int, float] | None:
+    """The step up with the most strength regained per predicted ms added, not past a
+    predicted ``ceiling`` ms: ``(group, count, predicted cost)``. Finer widths are priced at
+    least at the share of MACs they add (the predictor may see them as free)."""
+    counts = w.counts()
+    now = w.predict(counts)
+    best: tuple[float, int, int, float] | None = None
+    for gid in w.groups:
+        for k in _up(w, gid, fine):
+            other = {**counts, gid: k}
+            cost = w.predict(other) - now
+            if fine:
+                cost = max(cost, -_macs_share(w, other, now))
+            if now + cost > ceiling:
+                continue
+            score = w.changed(gid, k) / max(cost, 1e-9)
+            if best is None or score > best[0]:
+                best = (score, gid, k, cost)
+    return None if best is None else best[1:]
+
+
 def grow(w: Widths, add: float, ceiling: float) -> int:
     """Step groups up, most strength regained per predicted ms first, until ``add`` predicted
-    ms are added, never past a predicted ``ceiling`` ms; returns the steps taken."""
+    ms are added, never past a predicted ``ceiling`` ms; returns the steps taken. Latency steps
+    first; where the next step of every group would pass the ceiling, finer widths."""
     added, steps = 0.0, 0
     while added < add:
-        counts = w.counts()
-        now = w.predict(counts)
-        best: tuple[float, int, int, float] | None = None
-        for gid in w.groups:
-            for k in _up(w, gid):
-                cost = w.predict({**counts, gid: k}) - now
-                if now + cost > ceiling:
-                    continue
-                score = w.changed(gid, k) / max(cost, 1e-9)
-                if best is None or score > best[0]:
-                    best = (score, gid, k, cost)
-        if best is None:
+        step = _best_up(w, ceiling, fine=False) or _best_up(w, ceiling, fine=True)
+        if step is None:
             break
-        _, gid, k, cost = best
+        gid, k, cost = step
         w.set(gid, k)
         added += max(cost, 0.0)
         steps += 1
