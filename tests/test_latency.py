@@ -24,6 +24,7 @@ from evonnx.latency import (
     LatencyTable,
     build_latency_model,
     cache_dir,
+    default_step,
     fit_measured,
     group_census,
     latency_offspring,
@@ -90,6 +91,17 @@ def test_single_layer_graphs_match_the_layer() -> None:
         x = np.ones([d.dim_value for d in g.graph.input[0].type.tensor_type.shape.dim], np.float32)
         (y,) = run(g, {"x": x})
         assert y.shape[0] == 3 and y.shape[-1 if s.op == "Gemm" else 1] == max(1, s.cout // 2)
+
+
+def test_default_step_is_the_runtimes_block() -> None:
+    """onnxruntime's NCHWc block is 16 channels with AVX-512, else 8; GPUs step by 8."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        flags = ""
+    avx512 = any(ln.startswith("flags") and " avx512f" in ln for ln in flags.splitlines())
+    assert default_step("ort-cpu") == (16 if avx512 else 8)
+    assert default_step("torch-cuda") == default_step("tensorrt") == 8
 
 
 def test_width_grid() -> None:

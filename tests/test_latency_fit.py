@@ -20,11 +20,19 @@ from zoo import BasicBlock, input_feed, randomize_bn
 from evonnx.analysis import analyze
 from evonnx.errors import LatencyBudgetError
 from evonnx.genetic import model_weights
-from evonnx.latency import LatencyTable, build_latency_model, fit_measured
+from evonnx.latency import (
+    LatencySettings,
+    LatencyTable,
+    Target,
+    build_latency_model,
+    check_reachable,
+    fit_measured,
+)
 from evonnx.latency.fit import OVERSHOOT
 from evonnx.latency.measure import compare
 from evonnx.latency.steps import Widths, grow
-from evonnx.plan import PrunePlan, channel_strength, magnitude_plan
+from evonnx.metrics import compute_metrics
+from evonnx.plan import PrunePlan, channel_strength, floor_channels, magnitude_plan
 from evonnx.surgery import apply_plan
 
 
@@ -164,3 +172,57 @@ def test_grow_takes_finer_widths_when_every_step_up_passes_the_ceiling() -> None
     add = full_step / 4  # every step on the grid costs more than this
     assert grow(w, add, ceiling=now + add) >= 1
     assert now < w.predict() <= now + add + 1e-9
+
+
+class _OffBlock(MacRuntime):
+    """A blocked device: conv channels padded up to 16, and a conv whose output channels are
+    not a multiple of 16 runs a fallback kernel at ``slow`` times the cost (onnxruntime's NCHWc
+    path on AVX-512 has such a cliff, measured in ``docs/benchmarks.md``)."""
+
+    def __init__(self, slow: float = 6.0) -> None:
+        super().__init__(pad=16)
+        self.slow = slow
+
+    def _macs(self, model: onnx.ModelProto) -> float:
+        total = 0.0
+        for lay in compute_metrics(model).layers:
+            factor = 1.0
+            if lay.op_type == "Conv":
+                for c in lay.shape[:2]:
+                    factor *= (-(-c // 16) * 16) / c
+                factor *= self.slow if lay.shape[0] % 16 else 1.0
+            total += lay.macs * factor
+        return total
+
+
+def test_reach_counts_the_narrowest_step_above_the_floor_when_the_floor_is_slower() -> None:
+    """At the floor (a quarter: 4 of 16, 8 of 32 channels) the convs fall off the blocked
+    layout and get slower; each group at its narrowest latency step above the floor is faster,
+    and that is what the reach check measures (else a reachable target is refused)."""
+    model = _dynamic_resnet()
+    analysis = analyze(model)
+    rt = _OffBlock()
+    lm = build_latency_model(model, analysis, LatencyTable(rt, 1), step=16, calibrate=False)
+    target = Target(rt, lm, LatencySettings())
+    groups = analysis.prunable_groups
+    floors = {g.id: 0 if g.removable else floor_channels(g.size, 1, 0.25) for g in groups}
+    stepped = {
+        g.id: 0 if g.removable else min(w for w in lm.steps[g.id] if w >= floors[g.id])
+        for g in groups
+    }
+    assert stepped != floors
+
+    def speedup(widths: dict[int, int]) -> float:
+        child = apply_plan(
+            model, analysis, PrunePlan({k: tuple(range(n)) for k, n in widths.items()})
+        )
+        m = compare(rt, model, child, 1)
+        return m.parent_ms / m.child_ms
+
+    at_floor, at_steps = speedup(floors), speedup(stepped)
+    assert at_floor < at_steps
+    between = (at_floor + at_steps) / 2
+    reach = check_reachable(model, analysis, target, between, min_fraction=0.25, margin=1e9)
+    assert reach == pytest.approx(at_steps)
+    with pytest.raises(LatencyBudgetError, match=rf"measures {at_steps:.2f}x"):
+        check_reachable(model, analysis, target, at_steps * 1.1, min_fraction=0.25, margin=1e9)
