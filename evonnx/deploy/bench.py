@@ -43,7 +43,7 @@ import onnx
 import onnxruntime as ort
 
 from evonnx.deploy.shapes import batch_info, graph_inputs, rebatch
-from evonnx.deploy.worker import call_in_fresh_process
+from evonnx.deploy.worker import Worker, call_in_fresh_process
 from evonnx.errors import DeployError, EvonnxError, ProviderError
 from evonnx.memory import check_batch_fits
 from evonnx.metrics import compute_metrics
@@ -246,12 +246,15 @@ def median_latencies(
     runs: int = 50,
     seed: int = 0,
     statistic: str = "median",
+    worker: Worker | None = None,
 ) -> list[float]:
     """Median (or with ``statistic="min"``, fastest) latency (ms) of each model at one batch
     size, measured as :func:`benchmark` measures (interleaved rounds; CPU: one global thread
     pool in a fresh process).
 
-    Unlike :func:`benchmark` it takes one model or many (e.g. single-layer graphs).
+    Unlike :func:`benchmark` it takes one model or many (e.g. single-layer graphs). With a
+    ``worker`` (for CPU, one per thread count) the measurement runs there instead of in a fresh
+    process.
 
     Raises:
         DeployError: Bad arguments, a model that cannot be re-batched or run.
@@ -260,7 +263,7 @@ def median_latencies(
     reduce = np.min if statistic == "min" else np.median
     return [
         float(reduce(s))
-        for s in latency_rounds(models, batch, provider, threads, warmup, runs, seed)
+        for s in latency_rounds(models, batch, provider, threads, warmup, runs, seed, worker)
     ]
 
 
@@ -272,9 +275,11 @@ def latency_rounds(
     warmup: int = 10,
     runs: int = 50,
     seed: int = 0,
+    worker: Worker | None = None,
 ) -> np.ndarray:
     """Every timed round (ms) of each model, ``[model, round]``, measured as
-    :func:`median_latencies` measures (interleaved: round ``r`` ran every model once).
+    :func:`median_latencies` measures (interleaved: round ``r`` ran every model once; in
+    ``worker`` when given).
 
     Raises:
         DeployError: Bad arguments, a model that cannot be re-batched or run.
@@ -294,7 +299,8 @@ def latency_rounds(
         runs=runs,
         seed=seed,
     )
-    return np.asarray(_run(job, isolate=True)[0], dtype=np.float64) * 1e3
+    out = worker.call(_measure, job) if worker is not None else _run(job, isolate=True)
+    return np.asarray(out[0], dtype=np.float64) * 1e3
 
 
 def _run(job: _Job, isolate: bool) -> list[np.ndarray]:
@@ -331,7 +337,8 @@ def _measure(job: _Job) -> list[np.ndarray]:
     """Latencies (seconds), per batch size an array ``[model, run]``.
 
     With ``job.pool == "global"`` it sizes onnxruntime's process-wide thread pool, which
-    requires a process that has not created any session yet (the isolated child).
+    requires a process that has not created any session yet (the isolated child; a
+    :class:`~evonnx.deploy.worker.Worker` keeps the size of its first job).
     """
     if job.pool == "global":
         _set_global_pool(job.threads)
@@ -389,13 +396,25 @@ def _check_counts(batches: Sequence[int], warmup: int, runs: int, threads: int |
         raise DeployError(f"threads must be >= 0, got {threads}")
 
 
+_POOL_SIZE: dict[str, int] = {}
+"""This process's global thread pool size, once set (a fact of the process, set once)."""
+
+
 def _set_global_pool(threads: int) -> None:
     from onnxruntime.capi import _pybind_state
 
+    if "intra" in _POOL_SIZE:
+        if _POOL_SIZE["intra"] != threads:
+            raise DeployError(
+                f"this process's onnxruntime thread pool has {_POOL_SIZE['intra']} threads, "
+                f"not {threads}: measure in another worker"
+            )
+        return
     try:
         _pybind_state.set_global_thread_pool_sizes(threads, 1)
     except Exception as exc:  # pybind's Fail, or an onnxruntime without the function
         raise DeployError(f"cannot size onnxruntime's global thread pool: {exc}") from exc
+    _POOL_SIZE["intra"] = threads
 
 
 def _session_options(pool: str, threads: int) -> ort.SessionOptions:
