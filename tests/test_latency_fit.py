@@ -177,7 +177,7 @@ def test_grow_takes_finer_widths_when_every_step_up_passes_the_ceiling() -> None
 class _OffBlock(MacRuntime):
     """A blocked device: conv channels padded up to 16, and a conv whose output channels are
     not a multiple of 16 runs a fallback kernel at ``slow`` times the cost (onnxruntime's NCHWc
-    path on AVX-512 has such a cliff, measured in ``docs/benchmarks.md``)."""
+    path on AVX-512 has such steps: ``benchmarks/nchwc_block.py``)."""
 
     def __init__(self, slow: float = 6.0) -> None:
         super().__init__(pad=16)

@@ -46,7 +46,7 @@ DEFAULT_STEP = {"ort-cpu": 8, "ort-cuda": 8, "ort-trt": 8, "torch-cuda": 8, "ten
 def default_step(runtime: str) -> int:
     """The grid's width step on ``runtime`` here: :data:`DEFAULT_STEP`, and 16 for ``ort-cpu``
     on a CPU with AVX-512, where onnxruntime's NCHWc block is 16 channels (a conv costs the
-    same at 17-32 output channels, measured: ``docs/benchmarks.md``)."""
+    same at 17-32 output channels: ``benchmarks/nchwc_block.py``)."""
     step = DEFAULT_STEP.get(runtime, 8)
     return 2 * step if runtime == "ort-cpu" and _has_avx512() else step
 
