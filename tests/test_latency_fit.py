@@ -226,3 +226,19 @@ def test_reach_counts_the_narrowest_step_above_the_floor_when_the_floor_is_slowe
     assert reach == pytest.approx(at_steps)
     with pytest.raises(LatencyBudgetError, match=rf"measures {at_steps:.2f}x"):
         check_reachable(model, analysis, target, at_steps * 1.1, min_fraction=0.25, margin=1e9)
+
+
+def test_trim_cost_is_the_squared_share_of_a_groups_strength() -> None:
+    """Strengths of layers with different fan-in are not comparable; shares are. Squared, a
+    deep cut into one group costs more than the same share spread over two."""
+    strength = {0: np.array([1.0, 1.0, 1.0, 1.0]), 1: 100.0 * np.array([1.0, 1.0, 1.0, 1.0])}
+    kept = {gid: np.arange(4) for gid in strength}
+    w = Widths(None, {}, kept, strength, None)  # type: ignore[arg-type]
+    assert w.changed(0, 3) == pytest.approx(w.changed(1, 3)) == pytest.approx(0.25**2)
+    w.set(0, 3)
+    deeper = w.changed(0, 2)
+    assert deeper == pytest.approx(0.5**2 - 0.25**2)
+    assert deeper > w.changed(1, 3)  # the second cut into group 0 costs more than a first
+    assert w.changed(0, 4) == pytest.approx(0.25**2)  # growing back regains the same
+    w.strength[1][:] = 0.0  # an all-zero group costs nothing
+    assert w.changed(1, 1) == 0.0
