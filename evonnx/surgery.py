@@ -64,6 +64,14 @@ def apply_plan(
     return apply_plan_report(model, analysis, plan, masks, exact_border)[0]
 
 
+def _nbytes(t: gs.Constant) -> int:
+    """Bytes of a constant's values (from its shape: lazily loaded values stay unread)."""
+    try:
+        return int(np.prod(t.shape, dtype=np.int64)) * np.dtype(t.dtype).itemsize
+    except TypeError:  # a type numpy has no dtype for
+        return 0
+
+
 def apply_plan_report(
     model: onnx.ModelProto,
     analysis: Analysis,
@@ -105,9 +113,10 @@ def apply_plan_report(
     drop_branches(graph, analysis, plan, folds, edits.slices)
     graph.toposort()  # a fold may have appended an Add
     out = _export(graph, model)
+    held = sum(_nbytes(t) for t in consts.values())
     del graph, consts  # the sliced weights now live in ``out`` only (models over 2 GB):
-    if out.ByteSize() > COLLECT_BYTES:  # the graph's node/tensor cycles would keep its copy
-        gc.collect()  # alive until then (a collection costs 0.1-0.3 s: large models only)
+    if held > COLLECT_BYTES:  # the graph's node/tensor cycles would keep its copy alive
+        gc.collect()  # until then (a collection costs 0.1-0.3 s: large models only)
     set_inferred_shapes(out)
     check_model(out, "pruned model")
     return out, folds
