@@ -19,6 +19,7 @@ import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
 from evonnx.errors import PlanError
+from evonnx.external import initializer_bytes
 from evonnx.fold import RECURRENT, FoldKind, FoldPlan, LayerFold, constant_map, plan_folds
 from evonnx.graph import (
     LARGE_CONSTANT_BYTES,
@@ -35,7 +36,8 @@ from evonnx.surgery_branches import add_into, drop_branches, dtype_of, own_input
 logger = logging.getLogger(__name__)
 
 COLLECT_BYTES = 256 << 20
-"""Offspring larger than this free the surgery's copy of the weights at once."""
+"""Models with more initializer bytes than this free the surgery's copy of the weights at
+once (counted from the dims: external data too)."""
 
 _SLICED = (Role.PRODUCER, Role.BIAS, Role.PARAM, Role.CONSUMER)
 
@@ -62,14 +64,6 @@ def apply_plan(
     were folded.
     """
     return apply_plan_report(model, analysis, plan, masks, exact_border)[0]
-
-
-def _nbytes(t: gs.Constant) -> int:
-    """Bytes of a constant's values (from its shape: lazily loaded values stay unread)."""
-    try:
-        return int(np.prod(t.shape, dtype=np.int64)) * np.dtype(t.dtype).itemsize
-    except TypeError:  # a type numpy has no dtype for
-        return 0
 
 
 def apply_plan_report(
@@ -113,10 +107,9 @@ def apply_plan_report(
     drop_branches(graph, analysis, plan, folds, edits.slices)
     graph.toposort()  # a fold may have appended an Add
     out = _export(graph, model)
-    held = sum(_nbytes(t) for t in consts.values())
-    del graph, consts  # the sliced weights now live in ``out`` only (models over 2 GB):
-    if held > COLLECT_BYTES:  # the graph's node/tensor cycles would keep its copy alive
-        gc.collect()  # until then (a collection costs 0.1-0.3 s: large models only)
+    del graph, consts  # the sliced weights now live in ``out`` only (models over 2 GB): the
+    if initializer_bytes(model) > COLLECT_BYTES:  # graph's node/tensor cycles would keep its
+        gc.collect()  # copy alive until then (a collection costs 0.1-0.3 s: large models only)
     set_inferred_shapes(out)
     check_model(out, "pruned model")
     return out, folds

@@ -15,7 +15,9 @@ from evonnx.runtimes.specialize import static_shapes
 
 class MacRuntime(Runtime):
     """1 µs per run plus 1 ns per MAC; with ``pad``, conv channels count as padded up to
-    multiples of ``pad`` (a latency staircase like a vector unit's); ``per_node`` ms per graph
+    multiples of ``pad`` (a latency staircase like a vector unit's) and a conv whose output
+    channels are not a multiple of ``pad`` costs ``off_block`` times more (a fallback kernel:
+    onnxruntime's NCHWc path, ``benchmarks/nchwc_block.py``); ``per_node`` ms per graph
     node and ``per_element`` ms per output element of every non-conv/FC node (what a layer
     timed alone does not show)."""
 
@@ -26,12 +28,14 @@ class MacRuntime(Runtime):
         pad: int = 1,
         per_node: float = 0.0,
         per_element: float = 0.0,
+        off_block: float = 1.0,
     ) -> None:
         super().__init__(settings or RuntimeSettings("ort-cpu"))
         self._device = device
         self.pad = pad
         self.per_node = per_node
         self.per_element = per_element
+        self.off_block = off_block
         self.measured: list[int] = []
 
     def device(self) -> str:
@@ -60,5 +64,6 @@ class MacRuntime(Runtime):
             if lay.op_type == "Conv":
                 for c in lay.shape[:2]:
                     factor *= (-(-c // self.pad) * self.pad) / c
+                factor *= self.off_block if lay.shape[0] % self.pad else 1.0
             total += lay.macs * factor
         return total

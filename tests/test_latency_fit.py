@@ -31,7 +31,6 @@ from evonnx.latency import (
 from evonnx.latency.fit import OVERSHOOT
 from evonnx.latency.measure import compare
 from evonnx.latency.steps import Widths, grow
-from evonnx.metrics import compute_metrics
 from evonnx.plan import PrunePlan, channel_strength, floor_channels, magnitude_plan
 from evonnx.surgery import apply_plan
 
@@ -174,34 +173,13 @@ def test_grow_takes_finer_widths_when_every_step_up_passes_the_ceiling() -> None
     assert now < w.predict() <= now + add + 1e-9
 
 
-class _OffBlock(MacRuntime):
-    """A blocked device: conv channels padded up to 16, and a conv whose output channels are
-    not a multiple of 16 runs a fallback kernel at ``slow`` times the cost (onnxruntime's NCHWc
-    path on AVX-512 has such steps: ``benchmarks/nchwc_block.py``)."""
-
-    def __init__(self, slow: float = 6.0) -> None:
-        super().__init__(pad=16)
-        self.slow = slow
-
-    def _macs(self, model: onnx.ModelProto) -> float:
-        total = 0.0
-        for lay in compute_metrics(model).layers:
-            factor = 1.0
-            if lay.op_type == "Conv":
-                for c in lay.shape[:2]:
-                    factor *= (-(-c // 16) * 16) / c
-                factor *= self.slow if lay.shape[0] % 16 else 1.0
-            total += lay.macs * factor
-        return total
-
-
 def test_reach_counts_the_narrowest_step_above_the_floor_when_the_floor_is_slower() -> None:
     """At the floor (a quarter: 4 of 16, 8 of 32 channels) the convs fall off the blocked
     layout and get slower; each group at its narrowest latency step above the floor is faster,
     and that is what the reach check measures (else a reachable target is refused)."""
     model = _dynamic_resnet()
     analysis = analyze(model)
-    rt = _OffBlock()
+    rt = MacRuntime(pad=16, off_block=6.0)  # narrowed off the blocks, a conv gets slower
     lm = build_latency_model(model, analysis, LatencyTable(rt, 1), step=16, calibrate=False)
     target = Target(rt, lm, LatencySettings())
     groups = analysis.prunable_groups

@@ -167,6 +167,19 @@ def _read_exact(stream: IO[bytes], n: int) -> bytes:
     return data
 
 
+def _outcome(fn: Callable[..., Any], args: tuple[Any, ...]) -> bytes:
+    """``(True, fn(*args))`` or ``(False, exception)``, pickled for the caller (an
+    unpicklable value or exception becomes a :class:`~evonnx.errors.DeployError`)."""
+    try:
+        outcome: tuple[bool, Any] = (True, fn(*args))
+    except Exception as exc:  # handed back to the caller, which re-raises it
+        outcome = (False, exc)
+    try:
+        return pickle.dumps(outcome)
+    except Exception as exc:  # an unpicklable exception or value
+        return pickle.dumps((False, DeployError(f"{type(exc).__name__}: {exc}")))
+
+
 def serve() -> int:
     """Worker loop: run each pickled ``(fn, args)`` from standard input, write the outcome to
     standard output; stop at the end of the input. Ctrl-C is the parent's to handle."""
@@ -179,14 +192,7 @@ def serve() -> int:
         if len(head) < _HEAD.size:
             return 0
         fn, args = pickle.loads(_read_exact(inp, _HEAD.unpack(head)[0]))
-        try:
-            outcome: tuple[bool, Any] = (True, fn(*args))
-        except Exception as exc:  # handed back to the caller, which re-raises it
-            outcome = (False, exc)
-        try:
-            data = pickle.dumps(outcome)
-        except Exception as exc:  # an unpicklable exception or value
-            data = pickle.dumps((False, DeployError(f"{type(exc).__name__}: {exc}")))
+        data = _outcome(fn, args)
         out.write(_HEAD.pack(len(data)) + data)
         out.flush()
 
@@ -198,15 +204,7 @@ def main(argv: list[str]) -> int:
         return serve()
     job, result = Path(argv[0]), Path(argv[1])
     fn, args = pickle.loads(job.read_bytes())
-    try:
-        outcome: tuple[bool, Any] = (True, fn(*args))
-    except Exception as exc:  # handed back to the caller, which re-raises it
-        outcome = (False, exc)
-    try:
-        data = pickle.dumps(outcome)
-    except Exception as exc:  # an unpicklable exception or value
-        data = pickle.dumps((False, DeployError(f"{type(exc).__name__}: {exc}")))
-    result.write_bytes(data)
+    result.write_bytes(_outcome(fn, args))
     return 0
 
 
