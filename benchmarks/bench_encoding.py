@@ -1,6 +1,6 @@
 """Benchmark of the genetic encoding and offspring sampling at ResNet-50 scale.
 
-Builds a synthetic :class:`~evonnx.groups.Analysis` with ResNet-50's layer sizes (25.5 M conv/FC
+Builds a synthetic :class:`~evonnx.pruning.groups.Analysis` with ResNet-50's layer sizes (25.5 M conv/FC
 weights, residual groups coupling every block's last conv with the downsample conv) and times
 ``encode`` (probabilities), ``solve_factor`` (environmental factor) and ``sample`` (one offspring)
 for several configurations. With ``--onnx`` it also exports a torch ResNet-50 and times
@@ -29,7 +29,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from evonnx.environments import MacBudget
 from evonnx.genetic import (
     EncodingConfig,
     Genome,
@@ -39,7 +38,8 @@ from evonnx.genetic import (
     sample,
     solve_factor,
 )
-from evonnx.groups import Analysis, ChannelGroup, Layer, Member, Role
+from evonnx.genetic.environments import MacBudget
+from evonnx.pruning.groups import Analysis, ChannelGroup, Layer, Member, Role
 
 logger = logging.getLogger(__name__)
 
@@ -174,8 +174,8 @@ def bench_onnx(repeat: int) -> list[str]:
     """Export a torch ResNet-50, analyze it and time ``synthesize`` on the real graph."""
     from resnet50 import resnet50_onnx
 
-    from evonnx.analysis import analyze
     from evonnx.genetic import synthesize
+    from evonnx.pruning.analysis import analyze
 
     t0 = time.perf_counter()
     proto = resnet50_onnx()

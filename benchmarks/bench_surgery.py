@@ -18,11 +18,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import machine, update_section
 from resnet50 import resnet50_onnx
 
-from evonnx.analysis import analyze
-from evonnx.graph import constant_values, to_graph
-from evonnx.metrics import compute_metrics
-from evonnx.plan import magnitude_plan
-from evonnx.surgery import apply_plan
+from evonnx.model.graph import constant_values, to_graph
+from evonnx.pruning.analysis import analyze
+from evonnx.pruning.metrics import compute_metrics
+from evonnx.pruning.plan import magnitude_plan
+from evonnx.pruning.surgery import apply_plan
 
 T = TypeVar("T")
 

@@ -1,6 +1,6 @@
 """Training throughput: the ONNX-converted module vs the same network written in torch.
 
-LeNet-5 (`evonnx.demo.LeNet5`) on the built-in MNIST subset: the native module and the
+LeNet-5 (`evonnx.retrain.demo.LeNet5`) on the built-in MNIST subset: the native module and the
 `OnnxModule` built from its ONNX export train with the same loop (`evonnx.retrain.train`),
 data, batch size and seed, alternating epochs in one process (goal: ratio >= 0.9).
 
@@ -22,8 +22,8 @@ from report import machine, update_section
 
 from evonnx.converters import to_torch
 from evonnx.data import load_builtin
-from evonnx.demo import LeNet5, export_onnx
 from evonnx.retrain import TrainConfig, train
+from evonnx.retrain.demo import LeNet5, export_onnx
 
 ROUNDS = 5
 BATCHES = (32, 128)

@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import machine, update_section
 
 from evonnx import api
+from evonnx.model.textio import write_text_atomic
 from evonnx.runtimes import RuntimeSettings, make_runtime
-from evonnx.textio import write_text_atomic
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results" / "contention.json"
 ESTIMATORS: dict[str, Callable[[np.ndarray], float]] = {

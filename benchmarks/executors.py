@@ -28,15 +28,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from report import machine, update_section
 
-from evonnx.analysis import analyze
 from evonnx.data import load_builtin
-from evonnx.demo import train_demo_ancestor
-from evonnx.evolution import _offspring, generation_seed
-from evonnx.executors import make_executor
-from evonnx.graph import load_model
-from evonnx.jobs import OffspringJob, pack_split
-from evonnx.lineage import EvolveConfig
-from evonnx.task import Split, split_data
+from evonnx.evolution.lineage import EvolveConfig
+from evonnx.evolution.loop import _offspring, generation_seed
+from evonnx.execute.executors import make_executor
+from evonnx.execute.jobs import OffspringJob, pack_split
+from evonnx.model.files import load_model
+from evonnx.pruning.analysis import analyze
+from evonnx.retrain.demo import train_demo_ancestor
+from evonnx.retrain.task import Split, split_data
 
 
 def main() -> None:

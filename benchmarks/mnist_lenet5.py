@@ -2,7 +2,7 @@
 
 Two ancestors (``--ancestor``): ``classic``, the demo LeNet-5 (conv 6, conv 16, fc 120, fc 84,
 fc 10; 61.5k weights), and ``caffe``, Caffe's LeNet (conv 20, conv 50, ip 500, ip 10; 430.5k
-weights; :class:`evonnx.demo.LeNet5Caffe`), the paper's. A-E is relative to the ancestor, so
+weights; :class:`evonnx.retrain.demo.LeNet5Caffe`), the paper's. A-E is relative to the ancestor, so
 the goal is judged on ``caffe`` and on the paper's C-E (conv k×k kernels of the ancestor /
 live ones); the strict C-E (output filters and neurons) is reported beside it.
 
@@ -46,13 +46,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import machine, update_section
 
 from evonnx.data import Dataset, load_builtin
-from evonnx.demo import train_demo_ancestor
 from evonnx.deploy.bench import benchmark
-from evonnx.evolution import evolve
-from evonnx.graph import load_model
-from evonnx.lineage import EvolveConfig, Lineage
-from evonnx.metrics import compute_metrics
-from evonnx.task import validation_indices
+from evonnx.evolution.lineage import EvolveConfig, Lineage
+from evonnx.evolution.loop import evolve
+from evonnx.model.files import load_model
+from evonnx.pruning.metrics import compute_metrics
+from evonnx.retrain.demo import train_demo_ancestor
+from evonnx.retrain.task import validation_indices
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results" / "mnist_lenet5.json"
@@ -107,7 +107,7 @@ DISTILL_T = 4.0
 """Distillation temperature of the runs that distill."""
 
 ANCESTORS = {"classic": "lenet5", "caffe": "lenet5-caffe"}
-"""``--ancestor`` choices and their :func:`evonnx.demo.train_demo_ancestor` architectures."""
+"""``--ancestor`` choices and their :func:`evonnx.retrain.demo.train_demo_ancestor` architectures."""
 
 SECTIONS = {"classic": "mnist", "caffe": "mnist-caffe"}
 """docs/benchmarks.md section of each ancestor."""
@@ -399,7 +399,7 @@ ANCESTOR_TEXT = {
     "caffe": (
         "Caffe's LeNet (`examples/mnist/lenet_train_test.prototxt`: conv 20@5x5, max-pool, "
         "conv 50@5x5, max-pool, ip 500 + ReLU, ip 10; 430.5k weights), the paper's and the "
-        "pruning literature's LeNet-5 (`evonnx.demo.LeNet5Caffe`)"
+        "pruning literature's LeNet-5 (`evonnx.retrain.demo.LeNet5Caffe`)"
     ),
 }
 

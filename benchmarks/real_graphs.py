@@ -35,7 +35,7 @@ from zoo_real import CNNS, NEEDS_OP, REAL_SHAPES, REAL_ZOO  # noqa: E402
 import evonnx  # noqa: E402
 from evonnx.converters import to_torch  # noqa: E402
 from evonnx.converters.ops import OPS  # noqa: E402
-from evonnx.textio import write_text_atomic  # noqa: E402
+from evonnx.model.textio import write_text_atomic  # noqa: E402
 
 RESULTS = HERE.parent / "docs" / "results" / "real_graphs.json"
 

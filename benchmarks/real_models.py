@@ -13,7 +13,7 @@ For every model, target measured speed-up T (ort-cpu, batch 1, fitted at one thr
 training signal (labels, or label-free: the ancestor's outputs), three offspring trained for
 the same total number of steps:
 
-* ``evolution``: ``evonnx.evolution.evolve`` under ``env="latency"``, G generations whose
+* ``evolution``: ``evonnx.evolution.loop.evolve`` under ``env="latency"``, G generations whose
   per-generation budget ``keep = T ** (-1 / G)`` steps to the final target, each generation
   retrained for ``--steps`` steps;
 * ``one-shot``: one latency offspring straight at T (``api.synthesize_latency``) + G * steps
@@ -56,15 +56,15 @@ from evonnx import api
 from evonnx.converters import to_torch, write_back
 from evonnx.deploy.bench import benchmark
 from evonnx.errors import EvonnxError
-from evonnx.evolution import evolve
-from evonnx.inputs import apply_input_shapes
-from evonnx.jobs import training_config
+from evonnx.evolution.lineage import EvolveConfig, GenerationRecord
+from evonnx.evolution.loop import evolve
+from evonnx.execute.jobs import training_config
 from evonnx.latency import LatencySettings
-from evonnx.lineage import EvolveConfig, GenerationRecord
+from evonnx.model.inputs import apply_input_shapes
+from evonnx.model.textio import write_text_atomic
 from evonnx.retrain import train
+from evonnx.retrain.task import Task
 from evonnx.runtimes import RuntimeSettings
-from evonnx.task import Task
-from evonnx.textio import write_text_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results" / "real_models.json"

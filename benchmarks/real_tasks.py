@@ -26,7 +26,7 @@ import torch
 from torch.nn import functional as F
 
 from evonnx.retrain.evaluate import predict_onnx
-from evonnx.task import SplitName, Task
+from evonnx.retrain.task import SplitName, Task
 
 Labels = Any
 """``list[str]`` for a recognizer, an int array for a classifier."""

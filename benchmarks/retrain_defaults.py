@@ -42,10 +42,10 @@ from report import machine, update_section
 from evonnx.api import prune
 from evonnx.converters import to_torch, write_back
 from evonnx.data import Dataset, load_builtin
-from evonnx.graph import load_model
-from evonnx.heads import logits_view
+from evonnx.model.files import load_model
 from evonnx.retrain import TrainConfig, evaluate_onnx, train
 from evonnx.retrain.distill import Distiller
+from evonnx.retrain.heads import logits_view
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results" / "retrain_defaults.json"
 CLS_FILE = "ch_ppocr_mobile_v2.0_cls_infer.onnx"

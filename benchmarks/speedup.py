@@ -15,7 +15,7 @@ whether it was busy and the machine's load.
 
 For every network, thread setting and batch size, up to four offspring per target speed-up S:
 
-* **latency**: the genetic encoding under :class:`evonnx.environments.LatencyBudget` (latency
+* **latency**: the genetic encoding under :class:`evonnx.genetic.environments.LatencyBudget` (latency
   predicted from the per-layer lookup table, channel counts on latency steps, depth clusters),
   measured end to end and trimmed until its measured speed-up is at least S
   (:func:`evonnx.api.synthesize_latency`);
@@ -70,18 +70,18 @@ from report import machine, update_section
 from resnet50 import ResNet50
 
 from evonnx import api
-from evonnx.analysis import analyze
-from evonnx.environments import MacBudget
 from evonnx.errors import EvonnxError
 from evonnx.genetic import EncodingConfig
-from evonnx.graph import constant_values, to_graph
-from evonnx.inputs import apply_input_shapes
+from evonnx.genetic.environments import MacBudget
 from evonnx.latency import LatencySettings
-from evonnx.metrics import compute_metrics
-from evonnx.plan import branch_plan
+from evonnx.model.graph import constant_values, to_graph
+from evonnx.model.inputs import apply_input_shapes
+from evonnx.model.textio import write_text_atomic
+from evonnx.pruning.analysis import analyze
+from evonnx.pruning.metrics import compute_metrics
+from evonnx.pruning.plan import branch_plan
+from evonnx.pruning.surgery import apply_plan
 from evonnx.runtimes import RuntimeSettings, make_runtime
-from evonnx.surgery import apply_plan
-from evonnx.textio import write_text_atomic
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results" / "speedup.json"
 NETWORKS: dict[str, tuple[str, Callable[[], nn.Module], int]] = {
@@ -181,7 +181,7 @@ def macs(model: onnx.ModelProto) -> int:
 
 
 def module_macs(module: nn.Module, x: torch.Tensor) -> int:
-    """Conv and Linear MACs of one sample, counted as :func:`evonnx.metrics.compute_metrics`
+    """Conv and Linear MACs of one sample, counted as :func:`evonnx.pruning.metrics.compute_metrics`
     counts the exported graph's Conv/Gemm layers (so ratios compare like with like)."""
     total = 0
 
@@ -410,8 +410,8 @@ def measure_one(
 
 def mnist_runs(args: argparse.Namespace, log: Callable[[str], None]) -> list[dict[str, Any]]:
     """LeNet-5 on the MNIST subset, evolved under the latency and the MAC environments."""
-    from evonnx.demo import train_demo_ancestor
-    from evonnx.lineage import EvolveConfig
+    from evonnx.evolution.lineage import EvolveConfig
+    from evonnx.retrain.demo import train_demo_ancestor
 
     out = []
     with tempfile.TemporaryDirectory(prefix="evonnx-speedup-") as tmp:

@@ -19,8 +19,8 @@ from evonnx.api import (
 )
 from evonnx.data.unlabelled import ImagePreprocess
 from evonnx.errors import EvonnxError
-from evonnx.fidelity import FidelityTask
-from evonnx.task import ClassificationTask, Task, load_task
+from evonnx.retrain.fidelity import FidelityTask
+from evonnx.retrain.task import ClassificationTask, Task, load_task
 
 __all__ = [
     "ClassificationTask",

@@ -12,30 +12,31 @@ from typing import Any
 import numpy as np
 import onnx
 
-from evonnx.analysis import analyze_graph
 from evonnx.data import Dataset, load_dataset
 from evonnx.errors import ConfigError, PlanError
-from evonnx.external import EXTERNAL_THRESHOLD, needs_external
-from evonnx.fold import FoldPlan
+from evonnx.evolution.lineage import SPEEDUP_RULE, EvolveConfig, GenerationRecord, Lineage
+from evonnx.evolution.validate import check_finite_weights, check_round_to
 from evonnx.genetic import DEFAULT_MIN_FRACTION, EncodingConfig, Offspring
 from evonnx.genetic import synthesize as sample_offspring
-from evonnx.graph import constant_values, load_model, save_model
-from evonnx.groups import Analysis
-from evonnx.importance import deviation_strength, reader_deviation, synthetic_inputs
-from evonnx.inputs import InputShapes, apply_input_shapes
 from evonnx.latency import LatencySettings, check_reachable, latency_offspring, latency_target
 from evonnx.latency.inputs import check_inputs
-from evonnx.lineage import SPEEDUP_RULE, EvolveConfig, GenerationRecord, Lineage
-from evonnx.memory import check_batch_fits
-from evonnx.metrics import ModelMetrics, metrics_of_graph
-from evonnx.normalize import NormalizeReport
-from evonnx.normalize import normalize as normalize_model
-from evonnx.plan import PrunePlan, branch_plan, magnitude_plan
+from evonnx.model.external import EXTERNAL_THRESHOLD, needs_external
+from evonnx.model.files import load_model, save_model
+from evonnx.model.graph import constant_values
+from evonnx.model.inputs import InputShapes, apply_input_shapes
+from evonnx.model.memory import check_batch_fits
+from evonnx.model.normalize import NormalizeReport
+from evonnx.model.normalize import normalize as normalize_model
+from evonnx.model.shapes import shaped_graph
+from evonnx.pruning.analysis import analyze_graph
+from evonnx.pruning.fold import FoldPlan
+from evonnx.pruning.groups import Analysis
+from evonnx.pruning.importance import deviation_strength, reader_deviation, synthetic_inputs
+from evonnx.pruning.metrics import ModelMetrics, metrics_of_graph
+from evonnx.pruning.plan import PrunePlan, branch_plan, magnitude_plan
+from evonnx.pruning.surgery import apply_plan_report
+from evonnx.retrain.task import Task
 from evonnx.runtimes import make_runtime
-from evonnx.shapes import shaped_graph
-from evonnx.surgery import apply_plan_report
-from evonnx.task import Task
-from evonnx.validate import check_finite_weights, check_round_to
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +57,13 @@ __all__ = [
 def load(path: str | Path, normalize: bool = True) -> onnx.ModelProto:
     """Load, validate and (by default) normalize an ONNX model.
 
-    See :func:`evonnx.graph.load_model` and :func:`evonnx.normalize.normalize`.
+    See :func:`evonnx.model.files.load_model` and :func:`evonnx.model.normalize.normalize`.
     """
     return load_model(path, normalize=normalize)
 
 
 def save(model: onnx.ModelProto, path: str | Path, external_data: bool | None = None) -> Path:
-    """Write ``model`` atomically to ``path`` (see :func:`evonnx.graph.save_model`).
+    """Write ``model`` atomically to ``path`` (see :func:`evonnx.model.files.save_model`).
 
     ``external_data``: weights in ``<name>.data`` beside the file; ``None`` does so past
     1.8 GB of weights (protobuf's limit is 2 GB).
@@ -197,7 +198,7 @@ def prune(
             channels (not with ``branches``, which remove whole branches).
         criterion: How channels are ranked: ``"deviation"`` (how far a channel's values are
             from the constant it is folded to, weighted by its readers' weights, on seeded
-            synthetic inputs; :mod:`evonnx.importance`; L1 where the ancestor cannot be run
+            synthetic inputs; :mod:`evonnx.pruning.importance`; L1 where the ancestor cannot be run
             on them) or ``"l1"`` (the L1 norm of its producer filters).
 
     Raises:
@@ -247,7 +248,7 @@ CRITERIA = ("deviation", "l1")
 def _deviation(
     model: onnx.ModelProto, analysis: Analysis, graph: Any, weights: dict[str, np.ndarray]
 ) -> dict[int, np.ndarray] | None:
-    """:func:`evonnx.importance.deviation_strength` on synthetic inputs, or None (L1) where
+    """:func:`evonnx.pruning.importance.deviation_strength` on synthetic inputs, or None (L1) where
     the inputs cannot be synthesized or onnxruntime cannot run the ancestor."""
     if needs_external(model):  # onnxruntime would need a second, serialized copy
         logger.info("weights over %.1f GB: ranking channels by L1", EXTERNAL_THRESHOLD / 1e9)
@@ -318,7 +319,7 @@ def synthesize_latency(
 ) -> PruneResult:
     """An offspring at least ``speedup`` times faster than ``model``, measured on a runtime.
 
-    The genetic encoding samples it under a :class:`~evonnx.environments.LatencyBudget` of
+    The genetic encoding samples it under a :class:`~evonnx.genetic.environments.LatencyBudget` of
     ``1 / speedup`` (latency predicted from the lookup table), then it is measured side by side
     with ``model`` and trimmed until the measurement is within budget.
 
@@ -371,13 +372,13 @@ def evolve(
 ) -> Lineage:
     """Evolve ``model`` on ``data`` into ``out_dir``.
 
-    ``data`` is a :class:`~evonnx.task.Task`, or a Dataset, a path or a built-in name for the
+    ``data`` is a :class:`~evonnx.retrain.task.Task`, or a Dataset, a path or a built-in name for the
     built-in classification task. Symbolic input dimensions default to the data's sample
     shape; ``input_shapes`` overrides them (the batch dimension stays symbolic). See
-    :func:`evonnx.evolution.evolve`; returns the lineage of every finished generation.
+    :func:`evonnx.evolution.loop.evolve`; returns the lineage of every finished generation.
     ``progress`` shows progress bars on a terminal and one line per generation on stderr.
     """
-    from evonnx.evolution import evolve as run_evolution  # imports torch
+    from evonnx.evolution.loop import evolve as run_evolution  # imports torch
 
     dataset = data if isinstance(data, (Task, Dataset)) else load_dataset(data)
     if input_shapes:

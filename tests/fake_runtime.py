@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import onnx
 
-from evonnx.deploy.shapes import rebatch
-from evonnx.metrics import compute_metrics
+from evonnx.model.batch import rebatch
+from evonnx.pruning.metrics import compute_metrics
 from evonnx.runtimes import Runtime, RuntimeSettings
 from evonnx.runtimes.specialize import static_shapes
 

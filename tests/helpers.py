@@ -10,10 +10,10 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from evonnx.data import Dataset
-from evonnx.fold import FoldPlan
-from evonnx.groups import Analysis, Role
-from evonnx.plan import PrunePlan
-from evonnx.surgery import removed_channels
+from evonnx.pruning.fold import FoldPlan
+from evonnx.pruning.groups import Analysis, Role
+from evonnx.pruning.plan import PrunePlan
+from evonnx.pruning.surgery import removed_channels
 
 
 def run(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -147,7 +147,7 @@ def check_function_kept(
     """Prune with exact border maps; where every fold is exact the offspring equals the
     ancestor with the removed filters' weights zeroed (:func:`zero_producers`), else the
     default surgery equals :func:`folded_reference`. Returns the (exact-border) offspring."""
-    from evonnx.surgery import apply_plan_report
+    from evonnx.pruning.surgery import apply_plan_report
 
     pruned, folds = apply_plan_report(model, analysis, plan, masks, exact_border=True)
     onnx.checker.check_model(pruned, full_check=True)

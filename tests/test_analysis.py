@@ -9,9 +9,9 @@ from helpers import assert_same, check_function_kept, random_plan, run
 from onnx import numpy_helper
 from zoo import build_case, input_feed
 
-from evonnx.analysis import RULES, analyze
-from evonnx.groups import Analysis, ChannelGroup, Role
-from evonnx.surgery import apply_plan
+from evonnx.pruning.analysis import RULES, analyze
+from evonnx.pruning.groups import Analysis, ChannelGroup, Role
+from evonnx.pruning.surgery import apply_plan
 
 
 def _group_of(analysis: Analysis, weight: str, role: Role = Role.PRODUCER) -> ChannelGroup:

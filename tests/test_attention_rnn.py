@@ -12,10 +12,10 @@ import pytest
 from helpers import check_function_kept, make_model, random_plan
 from onnx import TensorProto, helper, numpy_helper
 
-from evonnx.analysis import analyze
-from evonnx.groups import Role
-from evonnx.plan import PrunePlan
-from evonnx.surgery import apply_plan_report
+from evonnx.pruning.analysis import analyze
+from evonnx.pruning.groups import Role
+from evonnx.pruning.plan import PrunePlan
+from evonnx.pruning.surgery import apply_plan_report
 
 L, D, HEADS, HD = 6, 8, 2, 4
 

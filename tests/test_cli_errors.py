@@ -17,7 +17,7 @@ from zoo import helper_convnet
 
 from evonnx.cli.main import cli
 from evonnx.deploy import DeployError, benchmark
-from evonnx.graph import save_model
+from evonnx.model.files import save_model
 
 
 def _invoke(*args: str) -> Result:
@@ -199,7 +199,7 @@ def test_bench_refuses_models_with_different_inputs(tmp_path: Path) -> None:
 NO_MAIN_GUARD = """
 import sys
 from evonnx.deploy import benchmark
-from evonnx.graph import load_model
+from evonnx.model.files import load_model
 models = [load_model(p) for p in sys.argv[1:]]
 result = benchmark(models, runs=2, warmup=0)  # isolated worker process, no main guard here
 print("thread pool", result.thread_pool, "models", len(result.models))

@@ -16,16 +16,16 @@ from helpers import save_npz
 from onnx import numpy_helper
 from test_evolve import tiny_data, tiny_model  # noqa: F401  (fixtures)
 
-from evonnx.analysis import analyze
 from evonnx.cli.main import cli
 from evonnx.data import Dataset
-from evonnx.ddp import check_same_weights, local_rank_setup, rank_results, shard
 from evonnx.errors import ConfigError, ExecutorError
-from evonnx.evolution import _offspring
-from evonnx.graph import save_model
-from evonnx.jobs import pack_split, run_job
-from evonnx.lineage import EvolveConfig
-from evonnx.task import split_data
+from evonnx.evolution.lineage import EvolveConfig
+from evonnx.evolution.loop import _offspring
+from evonnx.execute.ddp import check_same_weights, local_rank_setup, rank_results, shard
+from evonnx.execute.jobs import pack_split, run_job
+from evonnx.model.files import save_model
+from evonnx.pruning.analysis import analyze
+from evonnx.retrain.task import split_data
 
 # 5 full batches of 32: every rank's slice has 16 samples, so the averaged gradient of the
 # two ranks is the gradient of the whole batch and DDP must match one process closely.

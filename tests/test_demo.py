@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from evonnx.data import Dataset, load_builtin
-from evonnx.demo import LeNet5, LeNet5Caffe, export_onnx, train_demo_ancestor
 from evonnx.errors import ConfigError, DataError
 from evonnx.retrain import evaluate_onnx, evaluate_torch
+from evonnx.retrain.demo import LeNet5, LeNet5Caffe, export_onnx, train_demo_ancestor
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from helpers import make_model, run
 from onnx import TensorProto, helper, numpy_helper
 from zoo import build_case, helper_convnet, helper_residual_concat, input_feed
 
-from evonnx.analysis import analyze
 from evonnx.cli.main import cli
 from evonnx.deploy import (
     TENSORRT_SUPPORTED_OPS,
@@ -30,9 +29,11 @@ from evonnx.deploy import (
 )
 from evonnx.deploy.export import export
 from evonnx.errors import EvonnxError, PlanError
-from evonnx.graph import constant_values, opset_of, save_model, to_graph
-from evonnx.metrics import compute_metrics
-from evonnx.plan import (
+from evonnx.model.files import save_model
+from evonnx.model.graph import constant_values, opset_of, to_graph
+from evonnx.pruning.analysis import analyze
+from evonnx.pruning.metrics import compute_metrics
+from evonnx.pruning.plan import (
     estimate_macs,
     group_mac_share,
     mac_target_counts,
@@ -40,7 +41,7 @@ from evonnx.plan import (
     magnitude_plan,
     round_channels,
 )
-from evonnx.surgery import apply_plan
+from evonnx.pruning.surgery import apply_plan
 
 AVAILABLE = ort.get_available_providers()
 NO_CUDA = "CUDAExecutionProvider" not in AVAILABLE

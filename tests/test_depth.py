@@ -8,13 +8,13 @@ import pytest
 from helpers import check_function_kept
 from zoo import cached_case, input_feed
 
-from evonnx.analysis import analyze
-from evonnx.environments import MacBudget
 from evonnx.errors import ConfigError
 from evonnx.genetic import EncodingConfig, encode, model_weights, sample, solve_factor
+from evonnx.genetic.environments import MacBudget
 from evonnx.genetic.probabilities import cluster_probabilities
-from evonnx.plan import channel_strength
-from evonnx.surgery import apply_plan
+from evonnx.pruning.analysis import analyze
+from evonnx.pruning.plan import channel_strength
+from evonnx.pruning.surgery import apply_plan
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ def _residual(bias: float) -> onnx.ModelProto:
 
 @pytest.mark.parametrize("bias", [0.0, 0.5])
 def test_removed_branch_leaves_no_add_of_a_zero_bias(bias: float) -> None:
-    from evonnx.plan import PrunePlan
+    from evonnx.pruning.plan import PrunePlan
 
     model = _residual(bias)
     analysis = analyze(model)

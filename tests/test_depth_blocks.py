@@ -9,12 +9,12 @@ import pytest
 from helpers import assert_same, check_function_kept, run, zero_producers
 from zoo_depth import DEPTH_ZOO, build_depth_model
 
-from evonnx.analysis import analyze
-from evonnx.environments import MacBudget
 from evonnx.genetic import EncodingConfig, encode, model_weights, sample
-from evonnx.groups import Role
-from evonnx.plan import PrunePlan
-from evonnx.surgery import apply_plan_report
+from evonnx.genetic.environments import MacBudget
+from evonnx.pruning.analysis import analyze
+from evonnx.pruning.groups import Role
+from evonnx.pruning.plan import PrunePlan
+from evonnx.pruning.surgery import apply_plan_report
 
 CASES = [(name, e) for name in DEPTH_ZOO for e in ("legacy", "dynamo", "dynamic")]
 

@@ -11,11 +11,11 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 from zoo import InvertedResidual, export_torch, input_feed, randomize_bn
 
-from evonnx.analysis import analyze
-from evonnx.environments import MacBudget
 from evonnx.genetic import EncodingConfig, encode, model_weights, sample
-from evonnx.groups import Analysis, Role
-from evonnx.plan import PrunePlan
+from evonnx.genetic.environments import MacBudget
+from evonnx.pruning.analysis import analyze
+from evonnx.pruning.groups import Analysis, Role
+from evonnx.pruning.plan import PrunePlan
 
 
 class _Blocks(nn.Module):

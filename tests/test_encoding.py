@@ -14,7 +14,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from zoo import cached_case
 
-from evonnx.environments import Census, Environment, Level, MacBudget, SynapseBudget
 from evonnx.errors import PlanError
 from evonnx.genetic import (
     FACTOR_MAX,
@@ -36,8 +35,9 @@ from evonnx.genetic import (
     synthesize,
     truncated_magnitude,
 )
-from evonnx.groups import Analysis, ChannelGroup, Layer, Member, Role
-from evonnx.plan import PrunePlan, channel_strength, floor_channels
+from evonnx.genetic.environments import Census, Environment, Level, MacBudget, SynapseBudget
+from evonnx.pruning.groups import Analysis, ChannelGroup, Layer, Member, Role
+from evonnx.pruning.plan import PrunePlan, channel_strength, floor_channels
 
 E = math.e
 
@@ -632,9 +632,9 @@ def legacy_case(request: pytest.FixtureRequest, zoo_dir: Path) -> onnx.ModelProt
     ids=["default", "kernel", "macs"],
 )
 def test_zoo_offspring_through_surgery(legacy_case: onnx.ModelProto, cfg: EncodingConfig) -> None:
-    from evonnx.analysis import analyze
-    from evonnx.metrics import compute_metrics
-    from evonnx.surgery import apply_plan
+    from evonnx.pruning.analysis import analyze
+    from evonnx.pruning.metrics import compute_metrics
+    from evonnx.pruning.surgery import apply_plan
 
     model = legacy_case
     analysis = analyze(model)
@@ -655,9 +655,9 @@ def test_zoo_offspring_through_surgery(legacy_case: onnx.ModelProto, cfg: Encodi
 def test_weight_in_a_constant_node() -> None:
     from zoo import helper_convnet
 
-    from evonnx.analysis import analyze
-    from evonnx.metrics import compute_metrics
-    from evonnx.surgery import apply_plan
+    from evonnx.pruning.analysis import analyze
+    from evonnx.pruning.metrics import compute_metrics
+    from evonnx.pruning.surgery import apply_plan
 
     model = helper_convnet()
     w2 = next(t for t in model.graph.initializer if t.name == "w2")
@@ -672,7 +672,7 @@ def test_weight_in_a_constant_node() -> None:
 
 
 def test_zoo_weights_and_determinism(zoo_dir: Path) -> None:
-    from evonnx.analysis import analyze
+    from evonnx.pruning.analysis import analyze
 
     model = cached_case("resnet@legacy", zoo_dir)
     analysis = analyze(model)

@@ -16,12 +16,12 @@ import evonnx
 from evonnx.cli.evolve import demo, evolve, make_config
 from evonnx.cli.fidelity_options import FIDELITY_OPTIONS
 from evonnx.data import Dataset
-from evonnx.environments import SynapseBudget
 from evonnx.errors import ConfigError, EvonnxError
+from evonnx.evolution.lineage import EvolveConfig
 from evonnx.genetic import EncodingConfig
-from evonnx.lineage import EvolveConfig
+from evonnx.genetic.environments import SynapseBudget
 from evonnx.retrain import TrainConfig
-from evonnx.task import ClassificationTask
+from evonnx.retrain.task import ClassificationTask
 
 
 def tiny_dataset() -> Dataset:

@@ -20,11 +20,11 @@ from helpers import save_npz
 from torch import nn
 
 import evonnx
-from evonnx import evolution as evolve_module
 from evonnx.cli.main import cli
 from evonnx.data import Dataset
 from evonnx.errors import DataError, RunDirectoryError, UnsupportedModelError
-from evonnx.lineage import EvolveConfig
+from evonnx.evolution import loop as evolve_module
+from evonnx.evolution.lineage import EvolveConfig
 
 CONFIG = EvolveConfig(
     generations=3, epochs=1, lr=0.05, optimizer="sgd", warmup=0.0, freeze_bn=False, batch_size=32,
@@ -265,8 +265,8 @@ def test_validation_split_selects_and_reports(tiny_data: Dataset, tiny_model: on
                                               tmp_path: Path) -> None:  # fmt: skip
     from dataclasses import replace
 
-    from evonnx.evolution import split_data
-    from evonnx.task import ClassificationTask
+    from evonnx.evolution.loop import split_data
+    from evonnx.retrain.task import ClassificationTask
 
     config = replace(CONFIG, val_fraction=0.25, population=2)
     task = split_data(tiny_data, config).task
@@ -328,7 +328,7 @@ def test_offspring_that_change_output_shapes_are_refused(
 ) -> None:  # fmt: skip
     """A surgery that breaks an output shape: that offspring fails with the difference as its
     recorded reason (never trained nor written); its sibling is selected."""
-    from evonnx.jobs import OUTPUTS_CHANGED
+    from evonnx.execute.jobs import OUTPUTS_CHANGED
 
     real = evolve_module.apply_plan
     calls: list[int] = []
@@ -347,7 +347,7 @@ def test_offspring_that_change_output_shapes_are_refused(
     assert "output" in rec.failures[0] and rec.failures[1] is None
     stored = _lineage(tmp_path)["generations"][1]["failures"]
     assert stored == list(rec.failures)  # recorded in lineage.json, and read back on resume
-    from evonnx.lineage import Lineage
+    from evonnx.evolution.lineage import Lineage
 
     assert Lineage.from_dict(_lineage(tmp_path)).records[1].failures == rec.failures
     child = onnx.load(str(tmp_path / "gen_002.onnx"))

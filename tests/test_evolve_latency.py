@@ -20,7 +20,7 @@ import evonnx.latency.run
 from evonnx.cli.main import cli
 from evonnx.data import Dataset
 from evonnx.errors import ConfigError
-from evonnx.lineage import EvolveConfig
+from evonnx.evolution.lineage import EvolveConfig
 from evonnx.runtimes import RuntimeSettings
 
 BASE = dict(generations=3, epochs=1, lr=0.05, batch_size=32, seed=7, threads=1, warmup=0.0,

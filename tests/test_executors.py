@@ -14,11 +14,9 @@ from helpers import save_npz
 from test_evolve import TinyNet, _export, tiny_data, tiny_model  # noqa: F401  (fixtures)
 
 import evonnx
-import evonnx.evolution
-from evonnx.analysis import analyze
+import evonnx.evolution.loop
 from evonnx.cli.main import cli
 from evonnx.data import Dataset
-from evonnx.ddp import rank_results
 from evonnx.errors import (
     ConfigError,
     EvonnxError,
@@ -26,13 +24,15 @@ from evonnx.errors import (
     RuntimeUnavailableError,
     TaskError,
 )
-from evonnx.evolution import _offspring
-from evonnx.executors import Executor, RayExecutor, make_executor
-from evonnx.graph import save_model
-from evonnx.jobs import pack_split, unpack_split
-from evonnx.lineage import EvolveConfig
+from evonnx.evolution.lineage import EvolveConfig
+from evonnx.evolution.loop import _offspring
+from evonnx.execute.ddp import rank_results
+from evonnx.execute.executors import Executor, RayExecutor, make_executor
+from evonnx.execute.jobs import pack_split, unpack_split
+from evonnx.model.files import save_model
+from evonnx.pruning.analysis import analyze
+from evonnx.retrain.task import ClassificationTask, Split, load_task, split_data
 from evonnx.runtimes import RuntimeSettings
-from evonnx.task import ClassificationTask, Split, load_task, split_data
 
 CONFIG = EvolveConfig(
     generations=2, population=2, epochs=1, lr=0.05, batch_size=32, seed=3, threads=1,
@@ -200,7 +200,7 @@ def test_ray_train_job_matches_plain_ddp(
     with make_executor(config) as executor:
         assert isinstance(executor, RayExecutor)
         (result,) = executor.run([job], split)  # a TorchTrainer of 2 gloo workers
-    # both ranks compared their weights inside the job (evonnx.ddp.check_same_weights);
+    # both ranks compared their weights inside the job (evonnx.execute.ddp.check_same_weights);
     # the plain torch DDP launcher runs the same per-rank function with the same seed, the
     # same gloo all-reduce and 1 thread per rank, so the trained bytes are identical
     plain = rank_results(job, pack_split(split), 2)
@@ -217,7 +217,7 @@ def test_ray_train_failures_map_to_job_errors() -> None:
     from ray.train import WorkerGroupError
 
     from evonnx.errors import RankDiedError
-    from evonnx.ray_train import _rank_error
+    from evonnx.execute.ray_train import _rank_error
 
     task_error = TaskError("task 'x' loss failed: ValueError: target 7 is out of bounds")
     wrapped = RayTaskError("_train_loop", "traceback", task_error)
@@ -242,7 +242,7 @@ def test_latency_jobs_never_overlap_training(
         made.append(make_executor(config, progress))
         return made[-1]
 
-    monkeypatch.setattr(evonnx.evolution, "make_executor", keep)
+    monkeypatch.setattr(evonnx.evolution.loop, "make_executor", keep)
     # runtime_threads 0: each measurement reserves every CPU of the node
     config = replace(CONFIG, executor="ray", runtime="ort-cpu", runtime_threads=0)
     lineage = evonnx.evolve(tiny_model, tiny_data, tmp_path, config, progress=False)

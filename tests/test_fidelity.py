@@ -1,5 +1,5 @@
 """Label-free evolution (``evolve --inputs``, :class:`evonnx.FidelityTask`) and the measured
-speed-up of every generation (:mod:`evonnx.speed`)."""
+speed-up of every generation (:mod:`evonnx.evolution.speed`)."""
 
 from __future__ import annotations
 
@@ -24,11 +24,17 @@ from evonnx.cli.main import cli
 from evonnx.data import load_builtin
 from evonnx.data.unlabelled import ImagePreprocess, load_inputs
 from evonnx.errors import ConfigError, DataError, UnsupportedModelError
-from evonnx.fidelity import OutputSpec, fidelity, parse_fidelity_losses, run_outputs, split_indices
-from evonnx.graph import save_model
-from evonnx.heads import logits_view, softmax_heads
-from evonnx.lineage import GenerationRecord
-from evonnx.speed import SpeedProbe, slower_despite_fewer_macs
+from evonnx.evolution.lineage import GenerationRecord
+from evonnx.evolution.speed import SpeedProbe, slower_despite_fewer_macs
+from evonnx.model.files import save_model
+from evonnx.retrain.fidelity import (
+    OutputSpec,
+    fidelity,
+    parse_fidelity_losses,
+    run_outputs,
+    split_indices,
+)
+from evonnx.retrain.heads import logits_view, softmax_heads
 
 FAST = evonnx.EvolveConfig(
     generations=3, keep=0.7, epochs=2, optimizer="adam", lr=1e-3, distill=None, max_drop=0.5,

@@ -19,12 +19,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from evonnx.analysis import analyze
 from evonnx.cli.main import cli
-from evonnx.fold import FoldKind
-from evonnx.groups import Analysis
-from evonnx.plan import PrunePlan
-from evonnx.surgery import apply_plan_report
+from evonnx.pruning.analysis import analyze
+from evonnx.pruning.fold import FoldKind
+from evonnx.pruning.groups import Analysis
+from evonnx.pruning.plan import PrunePlan
+from evonnx.pruning.surgery import apply_plan_report
 
 
 def _t(name: str, arr: np.ndarray) -> onnx.TensorProto:

@@ -16,9 +16,9 @@ import pytest
 from helpers import assert_same, make_model, run, zero_producers
 from onnx import TensorProto, helper, numpy_helper
 
-from evonnx.analysis import analyze
-from evonnx.plan import PrunePlan
-from evonnx.surgery import apply_plan_report
+from evonnx.pruning.analysis import analyze
+from evonnx.pruning.plan import PrunePlan
+from evonnx.pruning.surgery import apply_plan_report
 
 C = 8
 SIDE = 6

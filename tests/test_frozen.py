@@ -16,16 +16,16 @@ from hypothesis import strategies as st
 from zoo import ALL_CASES, cached_case
 
 from evonnx import api
-from evonnx.analysis import analyze
 from evonnx.cli.main import cli
 from evonnx.data import Dataset
-from evonnx.environments import MacBudget
 from evonnx.errors import PlanError
+from evonnx.evolution.lineage import EvolveConfig
 from evonnx.genetic import EncodingConfig, efficiency, model_weights
-from evonnx.groups import Analysis
-from evonnx.lineage import EvolveConfig
-from evonnx.metrics import compute_metrics
-from evonnx.plan import floor_channels
+from evonnx.genetic.environments import MacBudget
+from evonnx.pruning.analysis import analyze
+from evonnx.pruning.groups import Analysis
+from evonnx.pruning.metrics import compute_metrics
+from evonnx.pruning.plan import floor_channels
 
 FROZEN = ("wfc", "bfc")  # the classifier's weight and bias
 
@@ -76,7 +76,7 @@ def test_frozen_classifier_untouched_by_magnitude() -> None:
 
 def test_evolve_offspring_leave_frozen_layer_untouched() -> None:
     """The offspring evolve synthesizes (before retraining) keep the frozen layer."""
-    from evonnx.evolution import _offspring
+    from evonnx.evolution.loop import _offspring
 
     model = frozen_classifier()
     analysis = analyze(model)
@@ -186,7 +186,7 @@ def test_zoo_frozen_layers_untouched(case: str, zoo_dir: Path) -> None:
 def test_one_ae_on_an_input_with_zero_weights(tmp_path: Path) -> None:
     """A sparse input: prune's summary, the lineage's record and efficiency() agree, and
     weights that were zero before never count as removed."""
-    from evonnx.evolution import _record
+    from evonnx.evolution.loop import _record
 
     model = frozen_classifier(zeros=0.3)
     before = compute_metrics(model)
@@ -281,7 +281,7 @@ def test_hold_and_reinitialize_leave_frozen_weights() -> None:
     import torch
 
     from evonnx.converters import to_torch
-    from evonnx.jobs import hold, keep_initializers, reinitialize
+    from evonnx.execute.jobs import hold, keep_initializers, reinitialize
 
     model = _ln_classifier()
     frozen = tuple(sorted(analyze(model).frozen_initializers()))

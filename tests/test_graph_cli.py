@@ -16,8 +16,8 @@ from zoo import build_case, helper_convnet, input_feed
 import evonnx
 from evonnx.cli.main import cli
 from evonnx.errors import ModelLoadError, UnsupportedModelError
-from evonnx.graph import load_model, save_model
-from evonnx.metrics import compute_metrics
+from evonnx.model.files import load_model, save_model
+from evonnx.pruning.metrics import compute_metrics
 
 
 @pytest.fixture()

@@ -13,13 +13,13 @@ from helpers import make_model, run
 from onnx import TensorProto, helper, numpy_helper
 
 from evonnx import api
-from evonnx.analysis import analyze
 from evonnx.cli.main import cli
 from evonnx.errors import ConfigError
-from evonnx.graph import constant_values
-from evonnx.importance import deviation_strength, reader_deviation, synthetic_inputs
-from evonnx.plan import channel_strength, magnitude_plan
-from evonnx.shapes import shaped_graph
+from evonnx.model.graph import constant_values
+from evonnx.model.shapes import shaped_graph
+from evonnx.pruning.analysis import analyze
+from evonnx.pruning.importance import deviation_strength, reader_deviation, synthetic_inputs
+from evonnx.pruning.plan import channel_strength, magnitude_plan
 
 
 def _t(name: str, arr: np.ndarray | list[float]) -> onnx.TensorProto:

@@ -54,7 +54,7 @@ def write_big_model(path: Path) -> int:
 CHILD = """
 import json, resource, sys
 import evonnx
-from evonnx.graph import load_model
+from evonnx.model.files import load_model
 model = evonnx.load(sys.argv[1])
 result = evonnx.prune(model, 0.9)
 evonnx.save(result.model, sys.argv[2])
@@ -104,7 +104,7 @@ def test_writers_keep_external_data_when_the_input_used_it(tmp_path: Path) -> No
     from helpers import make_model
 
     from evonnx.cli.main import cli
-    from evonnx.graph import keeps_external_data, save_model
+    from evonnx.model.files import keeps_external_data, save_model
 
     rng = np.random.default_rng(0)
     width = 64  # 16 KiB per weight: large enough to go to the .data file

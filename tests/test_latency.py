@@ -15,10 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from zoo import cached_case, helper_convnet, input_feed
 
-from evonnx.analysis import analyze
-from evonnx.environments import LatencyBudget
 from evonnx.errors import PlanError
 from evonnx.genetic import EncodingConfig, encode, model_weights, sample
+from evonnx.genetic.environments import LatencyBudget
 from evonnx.latency import (
     LatencySettings,
     LatencyTable,
@@ -33,9 +32,10 @@ from evonnx.latency import (
     width_grid,
 )
 from evonnx.latency.calibrate import Point, calibration_widths, solve
-from evonnx.plan import PrunePlan
+from evonnx.pruning.analysis import analyze
+from evonnx.pruning.plan import PrunePlan
+from evonnx.pruning.surgery import apply_plan
 from evonnx.runtimes import RuntimeSettings
-from evonnx.surgery import apply_plan
 
 
 @pytest.fixture(autouse=True)
@@ -131,7 +131,7 @@ def cached_case_or_helper() -> onnx.ModelProto:
 
 
 def _apply(model: onnx.ModelProto, analysis: object, plan: PrunePlan) -> onnx.ModelProto:
-    from evonnx.surgery import apply_plan
+    from evonnx.pruning.surgery import apply_plan
 
     return apply_plan(model, analysis, plan)  # type: ignore[arg-type]
 

@@ -17,7 +17,6 @@ from helpers import assert_same, check_function_kept, run
 from torch import nn
 from zoo import BasicBlock, input_feed, randomize_bn
 
-from evonnx.analysis import analyze
 from evonnx.errors import LatencyBudgetError
 from evonnx.genetic import model_weights
 from evonnx.latency import (
@@ -31,8 +30,9 @@ from evonnx.latency import (
 from evonnx.latency.fit import OVERSHOOT
 from evonnx.latency.measure import compare
 from evonnx.latency.steps import Widths, grow
-from evonnx.plan import PrunePlan, channel_strength, floor_channels, magnitude_plan
-from evonnx.surgery import apply_plan
+from evonnx.pruning.analysis import analyze
+from evonnx.pruning.plan import PrunePlan, channel_strength, floor_channels, magnitude_plan
+from evonnx.pruning.surgery import apply_plan
 
 
 @pytest.fixture(autouse=True)

@@ -9,9 +9,9 @@ import pytest
 from fake_runtime import MacRuntime
 from zoo import helper_convnet
 
-from evonnx.analysis import analyze
 from evonnx.latency import LatencyTable, layer_shapes
 from evonnx.latency import table as table_module
+from evonnx.pruning.analysis import analyze
 
 
 def test_misses_are_timed_in_bounded_passes(

@@ -18,8 +18,8 @@ from evonnx.cli.main import cli
 from evonnx.deploy import export as export_module
 from evonnx.deploy.export import export
 from evonnx.errors import UnsupportedModelError
-from evonnx.normalize import normalize
-from evonnx.outputs import (
+from evonnx.model.normalize import normalize
+from evonnx.model.outputs import (
     FP16_RTOL,
     RTOL,
     OutputMismatchError,
@@ -114,7 +114,7 @@ def test_export_refuses_a_changed_model(monkeypatch: pytest.MonkeyPatch, tmp_pat
 
 
 def test_normalize_refuses_a_changed_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    from evonnx import normalize as normalize_module
+    from evonnx.model import normalize as normalize_module
 
     model = frozen_classifier()  # with something to normalize: a weight behind an Identity
     model.graph.node.insert(0, helper.make_node("Identity", ["wfc"], ["wfc_id"], name="id"))

@@ -15,7 +15,7 @@ from onnx import numpy_helper
 from zoo import build_case
 
 from evonnx.cli.main import cli
-from evonnx.metrics import compute_metrics
+from evonnx.pruning.metrics import compute_metrics
 from evonnx.runtimes import RuntimeSettings
 
 

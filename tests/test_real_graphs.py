@@ -25,17 +25,17 @@ from zoo_real import (
 )
 
 import evonnx
-from evonnx.analysis import analyze
 from evonnx.cli.main import cli
 from evonnx.converters import to_torch
 from evonnx.converters.ops import OPS
 from evonnx.data import Dataset
 from evonnx.errors import ConfigError, UnsupportedModelError
-from evonnx.groups import Analysis, Role
-from evonnx.inputs import apply_input_shapes, parse_input_shapes
-from evonnx.lineage import EvolveConfig
-from evonnx.normalize import normalize
-from evonnx.task import Task
+from evonnx.evolution.lineage import EvolveConfig
+from evonnx.model.inputs import apply_input_shapes, parse_input_shapes
+from evonnx.model.normalize import normalize
+from evonnx.pruning.analysis import analyze
+from evonnx.pruning.groups import Analysis, Role
+from evonnx.retrain.task import Task
 
 CONVERTED = [name for name in REAL_ZOO if NEEDS_OP.get(name, "Conv") in OPS]
 """Graphs the ONNX->torch converter runs (all, once it converts every op they use)."""
@@ -125,7 +125,7 @@ def test_normalize_refuses_a_wrong_result(monkeypatch: pytest.MonkeyPatch) -> No
     model = make_model(graph)
     out, report = normalize(model)
     assert report.biases_folded == 1 and [n.op_type for n in out.graph.node] == ["Conv"]
-    import evonnx.normalize as norm
+    import evonnx.model.normalize as norm
 
     def broken(graph: object) -> int:
         n = real(graph)
@@ -270,7 +270,7 @@ def test_vit_mlp_and_attention_head_dims_prunable(real_dir: Path) -> None:
     """Separate q, k, v projections reshaped to [N, S, heads, head_dim]: q and k share one
     group of head dims (their dot product), v another read by proj; the LayerNorm stream stays
     whole. Pruning keeps the function (folds exact: v's constants pass the Softmax)."""
-    from evonnx.surgery import apply_plan_report
+    from evonnx.pruning.surgery import apply_plan_report
 
     model = evonnx.load(_raw("vit_block", real_dir))
     a = analyze(model)
@@ -331,8 +331,8 @@ def test_symbolic_shapes_make_macs_unknown(real_dir: Path, tmp_path: Path) -> No
 
 
 def test_analysis_ops_are_converted_or_inference_only() -> None:
-    from evonnx.analysis import RULES
     from evonnx.converters.ops import INFERENCE_ONLY, OPS
+    from evonnx.pruning.analysis import RULES
 
     pending = set(NEEDS_OP.values()) - set(OPS)  # the converter gains these separately
     missing = set(RULES) - set(OPS) - pending
@@ -448,7 +448,7 @@ def test_bench_and_export_take_input_shapes(real_dir: Path, tmp_path: Path) -> N
 @pytest.mark.parametrize("name", ["mobilenetv3_paddle", "resnet_nofold"])
 def test_every_writer_keeps_the_ir_version(name: str, real_dir: Path, tmp_path: Path) -> None:
     from evonnx.deploy.export import export
-    from evonnx.deploy.shapes import rebatch
+    from evonnx.model.batch import rebatch
 
     model = evonnx.load(_raw(name, real_dir))
     pruned = evonnx.prune(model, 0.5).model

@@ -20,14 +20,15 @@ from onnx import numpy_helper
 from zoo import helper_convnet
 
 import evonnx
-from evonnx import evolution, textio
 from evonnx.cli.main import cli
 from evonnx.data import Dataset
 from evonnx.errors import ConfigError, NonFiniteError, RunDirectoryError, TaskError
-from evonnx.graph import save_model
-from evonnx.lineage import EvolveConfig
-from evonnx.rundir import LOCK_NAME
-from evonnx.task import ClassificationTask, TrainData
+from evonnx.evolution import loop as evolution
+from evonnx.evolution.lineage import EvolveConfig
+from evonnx.evolution.rundir import LOCK_NAME
+from evonnx.model import textio
+from evonnx.model.files import save_model
+from evonnx.retrain.task import ClassificationTask, TrainData
 
 CONFIG = EvolveConfig(generations=2, epochs=1, lr=0.05, batch_size=16, seed=3, threads=1)
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
@@ -214,7 +215,7 @@ import os, signal, sys, time
 import numpy as np
 import torch
 from evonnx.data import load_npz
-from evonnx.task import ClassificationTask, Task as BaseTask
+from evonnx.retrain.task import ClassificationTask, Task as BaseTask
 from helper_beside import WHAT  # a module beside the task file
 
 if WHAT == "interrupt-import":
@@ -398,7 +399,7 @@ def test_options_a_task_ignores_are_refused(
 
 
 def test_a_second_demo_in_the_same_folder_is_refused_before_writing(tmp_path: Path) -> None:
-    from evonnx.rundir import locked
+    from evonnx.evolution.rundir import locked
 
     out = tmp_path / "demo"
     out.mkdir()
@@ -446,8 +447,8 @@ def test_nan_in_the_lineage_is_a_one_line_error(tmp_path: Path) -> None:
 
 
 def _queries() -> list[tuple[Any, int, int]]:
-    from evonnx.analysis import analyze
     from evonnx.latency import layer_shapes
+    from evonnx.pruning.analysis import analyze
 
     model = helper_convnet()
     return [(s, s.cin, s.cout) for s in layer_shapes(model, analyze(model), batch=2).values()]
@@ -585,9 +586,9 @@ def test_huge_input_shapes_are_refused_with_the_figure(
 def test_an_npz_inflating_past_memory_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from evonnx import memory
     from evonnx.data import load_npz
     from evonnx.errors import DataError
+    from evonnx.model import memory
 
     _, data = _files(tmp_path)
     monkeypatch.setattr(memory, "available_bytes", lambda: 1000)

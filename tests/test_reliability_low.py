@@ -24,15 +24,15 @@ from onnx import TensorProto, helper, numpy_helper
 from zoo import helper_convnet
 
 import evonnx
-from evonnx import textio
 from evonnx.cli.main import cli
 from evonnx.data import Dataset
 from evonnx.errors import ConfigError, DataError, ModelLoadError, TaskError
-from evonnx.fidelity import split_indices
-from evonnx.graph import load_model
-from evonnx.guard import batch_mismatch
-from evonnx.lineage import EvolveConfig
-from evonnx.task import ClassificationTask, TrainData
+from evonnx.evolution.lineage import EvolveConfig
+from evonnx.model import textio
+from evonnx.model.files import load_model
+from evonnx.retrain.fidelity import split_indices
+from evonnx.retrain.guard import batch_mismatch
+from evonnx.retrain.task import ClassificationTask, TrainData
 
 CONFIG = EvolveConfig(generations=2, epochs=1, lr=0.05, batch_size=16, seed=3, threads=1)
 
@@ -227,8 +227,8 @@ def _conv_gemm_computed_flatten() -> onnx.ModelProto:
 def test_every_layer_kind_scales_its_macs_with_the_batch(
     monkeypatch: pytest.MonkeyPatch, bounded: bool
 ) -> None:
-    from evonnx import shapes
-    from evonnx.analysis import analyze
+    from evonnx.model import shapes
+    from evonnx.pruning.analysis import analyze
 
     if bounded:  # a large batch: the shape run goes at batch 1 and is scaled back
         monkeypatch.setattr(shapes, "RUN_BYTES_LIMIT", 1000)
@@ -406,8 +406,8 @@ def test_ranks_differing_by_float_rounding_are_not_called_divergent(
 ) -> None:
     import torch.distributed as dist
 
-    from evonnx import ddp
     from evonnx.errors import ExecutorError
+    from evonnx.execute import ddp
 
     same, rounding, diverged = _weights(1.0), _weights(1.0 + 1e-7), _weights(1.01)
     assert ddp.weight_difference(same, rounding)[0] < ddp.WEIGHT_RTOL
@@ -438,8 +438,8 @@ def test_ranks_differing_by_float_rounding_are_not_called_divergent(
 
 _WRITER = """
 import sys, time
-from evonnx.signals import handle_signals
-from evonnx.textio import atomic_path
+from evonnx.execute.signals import handle_signals
+from evonnx.model.textio import atomic_path
 handle_signals()
 with atomic_path(sys.argv[1]) as tmp:
     tmp.write_bytes(b"half a model")
@@ -504,7 +504,7 @@ def test_temporaries_of_a_killed_write_are_swept_by_the_next_write_of_that_outpu
 def test_a_latency_batch_past_the_memory_is_refused_with_the_figure(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from evonnx import memory
+    from evonnx.model import memory
 
     model, data = tmp_path / "m.onnx", tmp_path / "tiny.npz"
     onnx.save(helper_convnet(), str(model))
@@ -533,7 +533,7 @@ def test_a_latency_batch_past_the_memory_is_refused_with_the_figure(
 def test_checked_batches_keep_the_kind_of_iterable() -> None:
     from collections.abc import Iterator, Sized
 
-    from evonnx.guard import checked_batches
+    from evonnx.retrain.guard import checked_batches
 
     batch = (torch.zeros(2, 3), torch.zeros(2))
 

@@ -23,11 +23,11 @@ from evonnx.cli.main import cli
 from evonnx.converters import to_torch
 from evonnx.data import Dataset
 from evonnx.errors import ConfigError
-from evonnx.jobs import OffspringJob, run_job
-from evonnx.lineage import EvolveConfig
+from evonnx.evolution.lineage import EvolveConfig
+from evonnx.execute.jobs import OffspringJob, run_job
 from evonnx.retrain import TrainConfig, train
 from evonnx.retrain.recipe import lr_factor, make_optimizer
-from evonnx.task import ClassificationTask, Split
+from evonnx.retrain.task import ClassificationTask, Split
 
 
 @pytest.fixture(scope="module")

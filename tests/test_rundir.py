@@ -17,12 +17,13 @@ from helpers import save_npz
 from zoo import helper_convnet
 
 import evonnx
-from evonnx import evolution, textio
 from evonnx.data import Dataset, load_npz
 from evonnx.errors import DataError, RunDirectoryError
-from evonnx.graph import save_model
-from evonnx.lineage import EvolveConfig
-from evonnx.rundir import LOCK_NAME, run_folder
+from evonnx.evolution import loop as evolution
+from evonnx.evolution.lineage import EvolveConfig
+from evonnx.evolution.rundir import LOCK_NAME, run_folder
+from evonnx.model import textio
+from evonnx.model.files import save_model
 
 CONFIG = EvolveConfig(
     generations=3, epochs=1, lr=0.05, optimizer="sgd", warmup=0.0, freeze_bn=False, batch_size=16,
@@ -160,7 +161,7 @@ def test_dataset_fingerprint_covers_every_array() -> None:
 
 HOLD_LOCK = """
 import sys
-from evonnx.rundir import run_folder
+from evonnx.evolution.rundir import run_folder
 with run_folder(sys.argv[1], False):
     print("locked", flush=True)
     sys.stdin.readline()
@@ -221,11 +222,11 @@ def _key(lineage: evonnx.Lineage) -> list[tuple[object, ...]]:
 KILLER = """
 import os, sys
 from pathlib import Path
-import evonnx.evolution as evolution
-import evonnx.textio as textio
+import evonnx.evolution.loop as evolution
+import evonnx.model.textio as textio
 from evonnx.data import load_npz
-from evonnx.evolution import evolve
-from evonnx.lineage import EvolveConfig
+from evonnx.evolution.loop import evolve
+from evonnx.evolution.lineage import EvolveConfig
 
 model, data, root, config = sys.argv[1], load_npz(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
 config = EvolveConfig(**__import__("json").loads(config))

@@ -15,11 +15,11 @@ from onnx import TensorProto, helper, numpy_helper
 from zoo_real import INPUT_SHAPES, REAL_ZOO
 
 import evonnx
-from evonnx.analysis import analyze
 from evonnx.errors import UnsupportedModelError
-from evonnx.groups import Analysis, Role
 from evonnx.latency.geometry import layer_shapes
-from evonnx.shapes import resolve_shapes
+from evonnx.model.shapes import resolve_shapes
+from evonnx.pruning.analysis import analyze
+from evonnx.pruning.groups import Analysis, Role
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_symbolic_axis_names_input_and_flag(zoo: dict[str, onnx.ModelProto]) -> 
 
 
 def test_latency_shapes_at_the_given_input_shape(zoo: dict[str, onnx.ModelProto]) -> None:
-    from evonnx.inputs import apply_input_shapes
+    from evonnx.model.inputs import apply_input_shapes
 
     shaped = apply_input_shapes(zoo["svtr"], {"x": INPUT_SHAPES["svtr"]})
     analysis = analyze(shaped)
@@ -111,7 +111,7 @@ def test_fused_qkv_prunes_head_dims_of_q_k_v_together(zoo: dict[str, onnx.ModelP
     """The [N, L, 3, heads, head_dim] Reshape of the fused QKV output: one group of head_dim
     channels, each removing that dimension from q, k and v of every head; the plan's folds
     are exact (the value constants pass the Softmax-weighted sum into proj's bias)."""
-    from evonnx.surgery import apply_plan_report
+    from evonnx.pruning.surgery import apply_plan_report
 
     model = zoo["svtr"]
     a = analyze(model, {"x": INPUT_SHAPES["svtr"]})
@@ -133,7 +133,7 @@ def test_fused_qkv_prunes_head_dims_of_q_k_v_together(zoo: dict[str, onnx.ModelP
 def test_lstm_reader_slices_w_columns(zoo: dict[str, onnx.ModelProto]) -> None:
     """The backbone's last width is read by the bidirectional LSTM: prunable, with the LSTM's
     ``W`` input columns as consumer and exact folds into ``B``; the hidden units stay whole."""
-    from evonnx.surgery import apply_plan_report
+    from evonnx.pruning.surgery import apply_plan_report
 
     model = zoo["crnn"]
     a = analyze(model, {"x": INPUT_SHAPES["crnn"]})

@@ -13,12 +13,12 @@ from hypothesis import strategies as st
 from onnx import numpy_helper
 from zoo import cached_case, input_feed
 
-from evonnx.analysis import analyze
 from evonnx.errors import PlanError
-from evonnx.groups import Analysis, Role
-from evonnx.metrics import compute_metrics
-from evonnx.plan import PrunePlan
-from evonnx.surgery import apply_plan
+from evonnx.pruning.analysis import analyze
+from evonnx.pruning.groups import Analysis, Role
+from evonnx.pruning.metrics import compute_metrics
+from evonnx.pruning.plan import PrunePlan
+from evonnx.pruning.surgery import apply_plan
 
 
 def _check_pruned(model: onnx.ModelProto, keep: float, seed: int) -> onnx.ModelProto:
@@ -165,8 +165,8 @@ def test_only_removable_groups_may_be_emptied() -> None:
 
 
 def test_branch_plan_empties_weakest_branches_until_target(zoo_dir: Path) -> None:
-    from evonnx.graph import constant_values, to_graph
-    from evonnx.plan import branch_plan, channel_strength, estimate_macs
+    from evonnx.model.graph import constant_values, to_graph
+    from evonnx.pruning.plan import branch_plan, channel_strength, estimate_macs
 
     model = cached_case("resnet@legacy", zoo_dir)
     analysis = analyze(model)

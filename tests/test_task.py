@@ -25,11 +25,11 @@ from worked_tasks import (
 import evonnx
 from evonnx.data import Dataset
 from evonnx.errors import ConfigError, TaskError
-from evonnx.evolution import _should_continue, split_data
-from evonnx.lineage import EvolveConfig, GenerationRecord, Lineage, show_score
+from evonnx.evolution.lineage import EvolveConfig, GenerationRecord, Lineage, show_score
+from evonnx.evolution.loop import _should_continue, split_data
 from evonnx.retrain import TrainConfig, deterministic_mode, evaluate_onnx, predict_onnx, train
 from evonnx.retrain.distill import Distiller, distillation_loss
-from evonnx.task import ClassificationTask, load_task
+from evonnx.retrain.task import ClassificationTask, load_task
 
 CONFIG = EvolveConfig(generations=3, epochs=2, lr=0.003, optimizer="adam", batch_size=32,
                       seed=3, threads=1, keep=0.8, max_drop=1.0, warmup=0.0,
@@ -350,7 +350,7 @@ def test_over_budget_generation_is_not_bred_from(
 ) -> None:
     """Validation scores 0.9, 0.8 (over a 0.05 budget), 0.88, 0.7, 0.6: generation 3 breeds
     from 1, generation 4 from 3, generation 5 from 3 again, then two in a row stop the run."""
-    from evonnx import evolution
+    from evonnx.evolution import loop as evolution
 
     scores = iter([0.9, 0.8, 0.88, 0.7, 0.6])
     monkeypatch.setattr(

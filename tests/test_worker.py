@@ -8,9 +8,9 @@ import pickle
 import pytest
 from zoo import helper_convnet
 
-from evonnx.deploy.worker import Worker, call_in_fresh_process
 from evonnx.errors import DeployError
 from evonnx.runtimes import RuntimeSettings, make_runtime
+from evonnx.runtimes.worker import Worker, call_in_fresh_process
 
 
 def test_worker_runs_calls_in_one_other_process() -> None:

@@ -14,7 +14,7 @@ from helpers import make_model
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from evonnx.demo import LeNet5, LeNet5Caffe
+from evonnx.retrain.demo import LeNet5, LeNet5Caffe
 
 
 class VGGish(nn.Module):

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from zoo import export_torch, randomize_bn
 
-from evonnx.normalize import normalize
+from evonnx.model.normalize import normalize
 
 
 def _cbs(cin: int, cout: int, k: int = 1, groups: int = 1, act: str = "silu") -> nn.Sequential:

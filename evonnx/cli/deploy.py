@@ -18,9 +18,9 @@ from evonnx.deploy.bench import PROVIDERS, BenchResult, benchmark
 from evonnx.deploy.export import TARGETS, ExportResult
 from evonnx.deploy.export import export as export_model
 from evonnx.errors import DeployError
-from evonnx.graph import keeps_external_data, load_model, save_model
-from evonnx.inputs import apply_input_shapes
-from evonnx.shapes import require_runs
+from evonnx.model.files import keeps_external_data, load_model, save_model
+from evonnx.model.inputs import apply_input_shapes
+from evonnx.model.shapes import require_runs
 
 logger = logging.getLogger(__name__)
 

@@ -24,15 +24,15 @@ from evonnx.cli.retrain_options import refuse_idle_retrain_options, retrain_opti
 from evonnx.cli.shape_options import input_shape_option, normalize_option
 from evonnx.data import Dataset, load_builtin
 from evonnx.errors import ConfigError, RunDirectoryError
-from evonnx.graph import load_model
-from evonnx.guard import user_code
-from evonnx.inputs import apply_input_shapes
-from evonnx.lineage import EvolveConfig, GenerationRecord, Lineage, show_score
-from evonnx.rundir import locked
-from evonnx.signals import describe, exit_code
-from evonnx.speed import slower_despite_fewer_macs
-from evonnx.task import Task, load_task, validation_indices
-from evonnx.validate import check_resources
+from evonnx.evolution.lineage import EvolveConfig, GenerationRecord, Lineage, show_score
+from evonnx.evolution.rundir import locked
+from evonnx.evolution.speed import slower_despite_fewer_macs
+from evonnx.evolution.validate import check_resources
+from evonnx.execute.signals import describe, exit_code
+from evonnx.model.files import load_model
+from evonnx.model.inputs import apply_input_shapes
+from evonnx.retrain.guard import user_code
+from evonnx.retrain.task import Task, load_task, validation_indices
 
 # Demo defaults: tuned on the built-in MNIST subset (see docs/benchmarks.md), ~2 minutes.
 DEMO_EVOLUTION = EvolveConfig(
@@ -252,7 +252,7 @@ def run(
 ) -> Lineage:
     """Run (or resume) an evolution on a data set spec or a task, one row per generation."""
     from evonnx.data import load_dataset
-    from evonnx.evolution import evolve
+    from evonnx.evolution.loop import evolve
 
     dataset = data if isinstance(data, Task) else load_dataset(data)
     try:
@@ -367,7 +367,7 @@ def demo(out: Path, ancestor_epochs: int, arch: str, resume: bool, **options: An
 
 def _demo_in(out: Path, epochs: int, arch: str, resume: bool, config: EvolveConfig) -> None:
     """The demo in its locked folder: the ancestor (unless resumed), then the run."""
-    from evonnx.demo import train_demo_ancestor
+    from evonnx.retrain.demo import train_demo_ancestor
 
     ancestor = out / "ancestor.onnx"
     if not resume and (out / "run" / "lineage.json").exists():

@@ -1,4 +1,4 @@
-"""``evonnx evolve --inputs``: options of the label-free fidelity task (:mod:`evonnx.fidelity`)."""
+"""``evonnx evolve --inputs``: options of the label-free fidelity task (:mod:`evonnx.retrain.fidelity`)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import onnx
 from evonnx.cli.paths import refuse_unused
 from evonnx.data.unlabelled import ImagePreprocess
 from evonnx.errors import ConfigError
-from evonnx.fidelity import FidelityTask, parse_fidelity_losses
-from evonnx.lineage import EvolveConfig
+from evonnx.evolution.lineage import EvolveConfig
+from evonnx.retrain.fidelity import FidelityTask, parse_fidelity_losses
 
 IMAGE_OPTIONS = ["resize", "mean", "std", "rgb"]
 FIDELITY_OPTIONS = [*IMAGE_OPTIONS, "fidelity_losses", "test_fraction"]

@@ -1,6 +1,6 @@
 """Click options shared by commands that measure latency (``prune``, ``evolve``, ``demo``).
 
-Their parameter names are :class:`~evonnx.lineage.EvolveConfig` fields (``runtime``,
+Their parameter names are :class:`~evonnx.evolution.lineage.EvolveConfig` fields (``runtime``,
 ``latency_batch``, ``runtime_threads``, ``fp16``).
 """
 
@@ -12,10 +12,10 @@ from typing import Any
 
 import click
 
+from evonnx.evolution.lineage import SPEEDUP_RULE
+from evonnx.evolution.validate import check_runtime_settings
 from evonnx.latency import LatencySettings
-from evonnx.lineage import SPEEDUP_RULE
 from evonnx.runtimes import RUNTIMES, RuntimeSettings
-from evonnx.validate import check_runtime_settings
 
 LATENCY_OPTIONS: list[Callable[[Any], Any]] = [
     click.option(

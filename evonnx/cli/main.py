@@ -18,13 +18,13 @@ from evonnx.cli.output import emit_json, table
 from evonnx.cli.paths import check_output_file, refuse_unused, sweep_temporaries
 from evonnx.cli.shape_options import input_shape_option, normalize_option
 from evonnx.errors import ConfigError, EvonnxError, PlanError
+from evonnx.evolution.lineage import EvolveConfig
+from evonnx.evolution.validate import zero_layers, zero_layers_text
+from evonnx.execute.signals import describe, exit_code, handle_signals
 from evonnx.genetic import DEFAULT_MIN_FRACTION, efficiency
-from evonnx.graph import keeps_external_data
-from evonnx.lineage import EvolveConfig
-from evonnx.metrics import ModelMetrics, shrunk_layers
-from evonnx.outputs import require_same_outputs
-from evonnx.signals import describe, exit_code, handle_signals
-from evonnx.validate import zero_layers, zero_layers_text
+from evonnx.model.files import keeps_external_data
+from evonnx.model.outputs import require_same_outputs
+from evonnx.pruning.metrics import ModelMetrics, shrunk_layers
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import click
 from click.core import ParameterSource
 
 from evonnx.errors import ConfigError
-from evonnx.textio import remove_temporaries
+from evonnx.model.textio import remove_temporaries
 
 
 def check_output_file(path: Path, option: str = "-o") -> None:

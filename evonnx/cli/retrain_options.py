@@ -1,6 +1,6 @@
 """Click options of the retraining recipe (``evolve`` and ``demo``).
 
-Their parameter names are :class:`~evonnx.lineage.EvolveConfig` fields; the values are
+Their parameter names are :class:`~evonnx.evolution.lineage.EvolveConfig` fields; the values are
 checked (finite, in range) by the config before anything is written.
 """
 
@@ -12,8 +12,8 @@ from typing import Any
 import click
 
 from evonnx.cli.paths import refuse_unused
-from evonnx.lineage import EvolveConfig
-from evonnx.training_settings import OPTIMIZERS, SCHEDULES
+from evonnx.evolution.lineage import EvolveConfig
+from evonnx.retrain.settings import OPTIMIZERS, SCHEDULES
 
 
 def retrain_options(d: EvolveConfig) -> list[Callable[[Any], Any]]:

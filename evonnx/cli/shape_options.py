@@ -9,8 +9,8 @@ from typing import Any, TypeVar
 import click
 
 from evonnx.errors import ConfigError
-from evonnx.inputs import parse_input_shapes
-from evonnx.memory import check_fits
+from evonnx.model.inputs import parse_input_shapes
+from evonnx.model.memory import check_fits
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -34,6 +34,7 @@ from evonnx.converters.node import (
 from evonnx.converters.ops import CHECKS, NON_TRAINABLE_INPUTS, OPS, WEIGHT_OPS
 from evonnx.converters.ops_shape import constant_value
 from evonnx.errors import ConversionError
+from evonnx.model.graph import graph_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -224,8 +225,7 @@ class OnnxModule(nn.Module):
         self._register_initializers(graph, uses)
         for i in order:
             self._add_node(Node.from_proto(graph.node[i], i, self.opset), uses)
-        inits = {t.name for t in graph.initializer}
-        self.input_names: list[str] = [v.name for v in graph.input if v.name not in inits]
+        self.input_names: list[str] = [v.name for v in graph_inputs(graph)]
         self.output_names: list[str] = [v.name for v in graph.output]
         logger.debug(
             "converted %d nodes: %d parameters, %d buffers",

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from evonnx.errors import DataError
-from evonnx.textio import dangling_link
+from evonnx.model.textio import dangling_link
 
 logger = logging.getLogger(__name__)
 

@@ -36,8 +36,8 @@ from evonnx.data.dataset import (
     stratified_split,
 )
 from evonnx.errors import DataError
-from evonnx.memory import check_fits
-from evonnx.textio import dangling_link
+from evonnx.model.memory import check_fits
+from evonnx.model.textio import dangling_link
 
 logger = logging.getLogger(__name__)
 _IDX_DTYPES: dict[int, np.dtype[Any]] = {

@@ -1,7 +1,7 @@
 """Unlabelled inputs of a model: a folder of images or an ``.npz`` named after graph inputs.
 
 :func:`load_inputs` returns one float/int array per graph input (samples along axis 0), checked
-against the graph: the label-free fidelity task (:mod:`evonnx.fidelity`) runs the ancestor on
+against the graph: the label-free fidelity task (:mod:`evonnx.retrain.fidelity`) runs the ancestor on
 them to get its teacher outputs.
 
 Images are read with Pillow (``pip install 'evonnx[images]'``), converted to the model's
@@ -25,7 +25,8 @@ import onnx
 
 from evonnx.data.dataset import IMAGE_SUFFIXES
 from evonnx.errors import ConfigError, DataError
-from evonnx.textio import dangling_link
+from evonnx.model.graph import graph_inputs
+from evonnx.model.textio import dangling_link
 
 logger = logging.getLogger(__name__)
 
@@ -61,12 +62,6 @@ class ImagePreprocess:
     def describe(self) -> str:
         """Stable text of the settings (part of the fidelity task's fingerprint)."""
         return f"resize={self.resize}|mean={self.mean}|std={self.std}|bgr={self.bgr}"
-
-
-def graph_input_infos(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    """The graph inputs a caller feeds (initializers left out), in graph order."""
-    inits = {t.name for t in model.graph.initializer}
-    return [i for i in model.graph.input if i.name not in inits]
 
 
 def load_inputs(
@@ -115,7 +110,7 @@ def check_arrays(
         DataError: No name matches a graph input, one is missing, ranks, fixed dimensions
             or sample counts disagree, or values are not finite.
     """
-    infos = graph_input_infos(model)
+    infos = graph_inputs(model)
     names = [i.name for i in infos]
     if not set(arrays) & set(names):
         raise DataError(
@@ -194,7 +189,7 @@ def load_image_folder_inputs(
         ConfigError: ``resize`` disagrees with the graph's fixed size, or ``mean``/``std``
             have neither one value nor one per channel.
     """
-    infos = graph_input_infos(model)
+    infos = graph_inputs(model)
     if len(infos) != 1:
         raise DataError(
             f"an image folder feeds a model with one input; this one has {len(infos)} "

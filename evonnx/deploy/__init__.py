@@ -4,7 +4,7 @@
   speed-up, MAC ratio and ``realized = speed-up / MAC ratio``.
 * :func:`evonnx.deploy.export.export` writes a folded, simplified, optionally fp16 and
   fixed-batch copy of a model, with a TensorRT compatibility report and ``trtexec`` line.
-* :func:`~evonnx.deploy.shapes.rebatch` fixes the batch dimension of a model.
+* :func:`~evonnx.model.batch.rebatch` fixes the batch dimension of a model.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from evonnx.deploy.export import (
     UnsupportedOp,
     tensorrt_compatibility,
 )
-from evonnx.deploy.shapes import rebatch
 from evonnx.errors import DeployError, ProviderError, RebatchError
+from evonnx.model.batch import rebatch
 
 __all__ = [
     "PROVIDERS",

@@ -2,7 +2,7 @@
 
 :func:`export` returns a copy of a model that is
 
-* re-batched to a fixed batch ``N`` when asked (:func:`~evonnx.deploy.shapes.rebatch`), else
+* re-batched to a fixed batch ``N`` when asked (:func:`~evonnx.model.batch.rebatch`), else
   left with its own (static or dynamic) batch dimension;
 * at an opset TensorRT parses (:data:`TENSORRT_OPSETS`; converted with
   ``onnx.version_converter`` to :data:`TENSORRT_DEFAULT_OPSET` when outside), or at ``opset``;
@@ -16,9 +16,9 @@
 * checked against a static list of ONNX ops TensorRT's parser supports
   (:data:`TENSORRT_SUPPORTED_OPS`), with the matching ``trtexec`` command line (shape flags
   for every input with a symbolic dimension);
-* and, last, checked against the input model on onnxruntime (:mod:`evonnx.outputs`: same
-  output names and shapes, values within :data:`~evonnx.outputs.RTOL`, or
-  :data:`~evonnx.outputs.FP16_RTOL` for fp16): an export that changes an output is refused.
+* and, last, checked against the input model on onnxruntime (:mod:`evonnx.model.outputs`: same
+  output names and shapes, values within :data:`~evonnx.model.outputs.RTOL`, or
+  :data:`~evonnx.model.outputs.FP16_RTOL` for fp16): an export that changes an output is refused.
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ from typing import Any
 import onnx
 import onnx_graphsurgeon as gs
 
-from evonnx.deploy.shapes import graph_inputs, rebatch
 from evonnx.errors import DeployError
-from evonnx.graph import check_model, infer_shapes, opset_of
-from evonnx.outputs import (
+from evonnx.model.batch import rebatch
+from evonnx.model.graph import check_model, graph_inputs, infer_shapes, opset_of
+from evonnx.model.outputs import (
     DEFAULT_DIM,
     FP16_RTOL,
     RTOL,
@@ -220,7 +220,7 @@ def export(
         opset: Convert to this default-domain opset (``None``: only when TensorRT needs it).
         max_batch: Upper end of the trtexec shape range when the batch stays dynamic.
         input_shapes: Shapes of symbolic inputs for the output checks and the ``trtexec``
-            shapes (default: 1 for the batch, :data:`~evonnx.outputs.DEFAULT_DIM` elsewhere).
+            shapes (default: 1 for the batch, :data:`~evonnx.model.outputs.DEFAULT_DIM` elsewhere).
 
     Raises:
         DeployError: Unknown target, bad sizes, a failed opset conversion or fp16 conversion.
@@ -270,7 +270,7 @@ def checked_simplify(
     model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]], notes: list[str]
 ) -> tuple[onnx.ModelProto, str]:
     """:func:`simplify`, skipped (the model returned as it is, with a note) when it changes an
-    output's name, shape, or value beyond :data:`~evonnx.outputs.RTOL`."""
+    output's name, shape, or value beyond :data:`~evonnx.model.outputs.RTOL`."""
     out, simplifier = simplify(model)
     check = compare_outputs(model, out, shapes)
     if check.difference is None:

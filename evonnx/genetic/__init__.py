@@ -16,7 +16,7 @@ cluster, synapse ``i`` with probability ``min(1, F_s · P_s)`` (eq. 3).
 Design choices (all configurable through :class:`EncodingConfig`):
 
 * **Clusters.** ``cluster_mode="filter"`` (default): a cluster is one channel of a prunable
-  :class:`~evonnx.groups.ChannelGroup`, i.e. *every* producer filter/neuron writing that
+  :class:`~evonnx.pruning.groups.ChannelGroup`, i.e. *every* producer filter/neuron writing that
   channel (filters coupled by a residual ``Add`` live or die together); its strength sums over
   all producer members. ``"kernel"``: a cluster is one kernel ``W[o, i, ...]`` of a filter of a
   prunable group (for an FC weight, a single weight); a channel whose producer filters lose
@@ -38,23 +38,23 @@ Design choices (all configurable through :class:`EncodingConfig`):
 * **z** (``synapse_norm``): ``"max"`` (default) is the largest ``|w|`` of the tensor (layer-wise,
   as in the paper), so ``P_s ∈ [1/e, 1]``; ``"quantile"`` uses a quantile of the nonzero
   ``|w|`` (robust to outliers; probabilities are clipped at 1).
-* **Environment** (:mod:`evonnx.environments`): one scalar factor ``F_c = F_s = λ`` is solved
+* **Environment** (:mod:`evonnx.genetic.environments`): one scalar factor ``F_c = F_s = λ`` is solved
   (safeguarded secant / Illinois on the monotone expected cost, bracket ``[0, e]``, where
   ``λ = e`` keeps everything) so that the *expected* cost equals the budget; ``λ = 1`` is pure
   heredity. A sampled offspring over budget is then trimmed until it fits, so the budget is
   never exceeded: lowest-``P_c`` channels for cluster-level environments (MACs), lowest
   ``P_c · P_s`` synapses for synapse-level ones (structured offspring, ``synapse_level=False``:
   lowest-``P_c`` kernels or channels). The default is
-  :class:`~evonnx.environments.SynapseBudget` (``keep=0.8`` of the ancestor's nonzero
+  :class:`~evonnx.genetic.environments.SynapseBudget` (``keep=0.8`` of the ancestor's nonzero
   synapses, counted after the consumer slices of removed channels are gone). As sampling is
   unbiased and trimming only removes, realized counts average slightly below the budget.
 * **Constraints.** Each group keeps at least ``min_channels`` and the per-layer floor
   ``ceil(min_fraction * size)`` (default 0.25: a global budget is never met by emptying a few
   layers; a budget the floor puts out of reach is refused with the reachable figure); counts
-  are rounded up by the one rule of :func:`evonnx.plan.round_channels`: multiples of
+  are rounded up by the one rule of :func:`evonnx.pruning.plan.round_channels`: multiples of
   ``round_to`` (or the full size; groups smaller than ``round_to`` are free), or the
   environment's widths
-  (:meth:`Environment.widths <evonnx.environments.Environment.widths>`, e.g. latency steps).
+  (:meth:`Environment.widths <evonnx.genetic.environments.Environment.widths>`, e.g. latency steps).
   Both add back the highest-probability dead clusters. Channels whose producer filters end up
   with no realized synapse are removed (their output would be a constant) as long as the
   constraints allow.

@@ -9,8 +9,8 @@ from typing import Literal
 
 import numpy as np
 
-from evonnx.environments import Environment, SynapseBudget
 from evonnx.errors import ConfigError
+from evonnx.genetic.environments import Environment, SynapseBudget
 
 logger = logging.getLogger(__name__)
 

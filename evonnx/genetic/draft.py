@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from evonnx.environments import LayerCensus
+from evonnx.genetic.environments import LayerCensus
 from evonnx.genetic.genome import Gene, Genome, _axis_values
-from evonnx.groups import ChannelGroup
-from evonnx.plan import allowed_channels, floor_channels, round_channels
+from evonnx.pruning.groups import ChannelGroup
+from evonnx.pruning.plan import allowed_channels, floor_channels, round_channels
 
 logger = logging.getLogger(__name__)
 
@@ -53,19 +53,19 @@ def _rule(genome: Genome, group: ChannelGroup) -> tuple[int | None, int, Sequenc
 
 
 def group_floor(genome: Genome, group: ChannelGroup) -> int:
-    """Fewest channels ``group`` keeps (:func:`evonnx.plan.floor_channels`)."""
+    """Fewest channels ``group`` keeps (:func:`evonnx.pruning.plan.floor_channels`)."""
     cfg = genome.config
     return floor_channels(group.size, cfg.min_channels, cfg.min_fraction)
 
 
 def _valid(genome: Genome, group: ChannelGroup, k: int) -> bool:
-    """Whether ``group`` may keep ``k`` channels (:func:`evonnx.plan.allowed_channels`)."""
+    """Whether ``group`` may keep ``k`` channels (:func:`evonnx.pruning.plan.allowed_channels`)."""
     return allowed_channels(k, group.size, *_rule(genome, group))
 
 
 def _enforce(genome: Genome, group: ChannelGroup, keep: np.ndarray) -> np.ndarray:
     """Add back the highest-probability dead channels until the constraints hold
-    (:func:`evonnx.plan.round_channels`)."""
+    (:func:`evonnx.pruning.plan.round_channels`)."""
     n = int(keep.sum())
     if n == 0 and group.id in genome.branch_p:  # a removed branch (depth cluster) stays removed
         return np.zeros(0, dtype=np.int64)

@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 
 
 class SizeMetrics(Protocol):
-    """What :func:`efficiency` reads (satisfied by :class:`evonnx.metrics.ModelMetrics`)."""
+    """What :func:`efficiency` reads (satisfied by :class:`evonnx.pruning.metrics.ModelMetrics`)."""
 
     @property
     def params(self) -> int: ...

@@ -10,9 +10,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from evonnx.environments import LayerCensus
 from evonnx.errors import PlanError
 from evonnx.genetic.config import FACTOR_MAX, EncodingConfig, Scope
+from evonnx.genetic.environments import LayerCensus
 from evonnx.genetic.probabilities import (
     _canonical,
     _cluster_q,
@@ -22,8 +22,8 @@ from evonnx.genetic.probabilities import (
     _norm_of,
     cluster_probabilities,
 )
-from evonnx.groups import Analysis, ChannelGroup, Layer, Role
-from evonnx.plan import magnitudes, unique_members
+from evonnx.pruning.groups import Analysis, ChannelGroup, Layer, Role
+from evonnx.pruning.plan import magnitudes, unique_members
 
 logger = logging.getLogger(__name__)
 
@@ -324,7 +324,7 @@ def model_weights(model: onnx.ModelProto, names: set[str] | None = None) -> dict
     }
     missing = (names or set()) - set(found)
     if missing:
-        from evonnx.graph import to_graph
+        from evonnx.model.graph import to_graph
 
         graph = to_graph(model)
         for name, t in graph.tensors().items():

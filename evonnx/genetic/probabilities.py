@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from evonnx.genetic.config import FACTOR_MAX, SynapseNorm, Truncation
-from evonnx.plan import magnitudes
+from evonnx.pruning.plan import magnitudes
 
 logger = logging.getLogger(__name__)
 

@@ -9,15 +9,15 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from evonnx.environments import LayerCensus
 from evonnx.genetic.config import FACTOR_MAX, EncodingConfig
 from evonnx.genetic.draft import _channel_any, _Draft, _enforce, _settle
+from evonnx.genetic.environments import LayerCensus
 from evonnx.genetic.genome import Genome, encode, model_weights
 from evonnx.genetic.probabilities import _from_canonical, _kernel_sums
 from evonnx.genetic.solve import Solution, _kernel_q, solve_factor
 from evonnx.genetic.trim import _trim
-from evonnx.groups import Analysis
-from evonnx.plan import PrunePlan
+from evonnx.pruning.groups import Analysis
+from evonnx.pruning.plan import PrunePlan
 
 logger = logging.getLogger(__name__)
 

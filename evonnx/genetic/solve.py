@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from evonnx.environments import Environment, LayerCensus
 from evonnx.genetic.config import FACTOR_MAX
+from evonnx.genetic.environments import Environment, LayerCensus
 from evonnx.genetic.genome import Gene, Genome, _axis_values
 from evonnx.genetic.probabilities import _kernel_sums
 

@@ -9,7 +9,6 @@ from typing import NoReturn
 
 import numpy as np
 
-from evonnx.environments import Environment, LayerCensus, MacBudget, SynapseBudget
 from evonnx.errors import PlanError
 from evonnx.genetic.draft import (
     _as_float,
@@ -20,6 +19,7 @@ from evonnx.genetic.draft import (
     _settle,
     group_floor,
 )
+from evonnx.genetic.environments import Environment, LayerCensus, MacBudget, SynapseBudget
 from evonnx.genetic.genome import Gene, Genome, _axis_values
 
 logger = logging.getLogger(__name__)

@@ -9,17 +9,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from evonnx.environments import LatencyBudget
 from evonnx.errors import ConfigError, LatencyBudgetError
 from evonnx.genetic import EncodingConfig, Offspring, encode, model_weights, sample
-from evonnx.groups import Analysis
+from evonnx.genetic.environments import LatencyBudget
 from evonnx.latency.fit import MeasuredFit, fit_measured
 from evonnx.latency.measure import compare
 from evonnx.latency.model import LatencyModel, build_latency_model, group_census
 from evonnx.latency.table import LatencyTable
-from evonnx.plan import PrunePlan, floor_channels
+from evonnx.pruning.groups import Analysis
+from evonnx.pruning.plan import PrunePlan, floor_channels
+from evonnx.pruning.surgery import apply_plan
 from evonnx.runtimes import Runtime, RuntimeSettings, make_runtime
-from evonnx.surgery import apply_plan
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def latency_offspring(
     rng: np.random.Generator,
     floor_ms: float | None = None,
 ) -> tuple[Offspring, MeasuredFit]:
-    """Sample an offspring under :class:`~evonnx.environments.LatencyBudget` and trim it
+    """Sample an offspring under :class:`~evonnx.genetic.environments.LatencyBudget` and trim it
     until its measured latency is at most ``keep`` times its parent's (not below
     ``floor_ms``).
 

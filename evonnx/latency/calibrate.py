@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evonnx.groups import Analysis
+from evonnx.pruning.groups import Analysis
 
 FEATURES = ("intercept", "layers", "layer_fixed", "macs", "elements", "live_layers", "orphans")
 """Names of the predictor's features, in order."""

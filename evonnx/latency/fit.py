@@ -27,13 +27,13 @@ import numpy as np
 import onnx
 
 from evonnx.errors import LatencyBudgetError, PlanError
-from evonnx.groups import Analysis, ChannelGroup
 from evonnx.latency.measure import Comparison, compare
 from evonnx.latency.model import LatencyModel, group_census
 from evonnx.latency.steps import Widths, grow, trim
-from evonnx.plan import PrunePlan, channel_strength, floor_channels
+from evonnx.pruning.groups import Analysis, ChannelGroup
+from evonnx.pruning.plan import PrunePlan, channel_strength, floor_channels
+from evonnx.pruning.surgery import apply_plan
 from evonnx.runtimes import Runtime
-from evonnx.surgery import apply_plan
 
 logger = logging.getLogger(__name__)
 

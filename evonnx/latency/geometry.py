@@ -9,10 +9,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from evonnx.deploy.shapes import rebatch
 from evonnx.errors import UnsupportedModelError
-from evonnx.groups import Analysis, Layer
-from evonnx.shapes import resolve_shapes
+from evonnx.model.batch import rebatch
+from evonnx.model.shapes import resolve_shapes
+from evonnx.pruning.groups import Analysis, Layer
 
 _CONV_ATTRS = ("kernel_shape", "strides", "pads", "dilations", "auto_pad", "output_padding")
 

@@ -6,9 +6,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from evonnx.deploy.shapes import graph_inputs, rebatch
 from evonnx.errors import ConfigError
-from evonnx.memory import check_batch_fits
+from evonnx.model.batch import rebatch
+from evonnx.model.graph import graph_inputs
+from evonnx.model.memory import check_batch_fits
 
 
 def check_inputs(model: onnx.ModelProto, batch: int) -> None:

@@ -14,7 +14,7 @@ a whole model's latency; every later measurement refits it
 *Latency steps*: a group's channel count only matters where latency drops. Scanning a group's
 grid widths from the top, a width is kept when the group's layers run at least
 ``step_tolerance`` faster there than at the last kept width; counts are snapped up to these
-(:func:`evonnx.plan.round_channels`).
+(:func:`evonnx.pruning.plan.round_channels`).
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ from functools import cached_property
 import numpy as np
 import onnx
 
-from evonnx.environments import Census, LayerCensus
-from evonnx.groups import Analysis, ChannelGroup, Layer
+from evonnx.genetic.environments import Census, LayerCensus
 from evonnx.latency.calibrate import FEATURES, Point, calibration_widths, solve
 from evonnx.latency.geometry import LayerShape, layer_shapes
 from evonnx.latency.table import LatencyTable, Query
-from evonnx.plan import PrunePlan
-from evonnx.surgery import apply_plan
+from evonnx.pruning.groups import Analysis, ChannelGroup, Layer
+from evonnx.pruning.plan import PrunePlan
+from evonnx.pruning.surgery import apply_plan
 
 logger = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ import numpy as np
 import onnx
 
 from evonnx.genetic import EncodingConfig
-from evonnx.groups import Analysis
 from evonnx.latency.budget import LatencySettings, Target, latency_offspring, latency_target
+from evonnx.pruning.groups import Analysis
 from evonnx.runtimes import Runtime, RuntimeSettings, make_runtime
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ class RunLatency:
         target_speedup: Speed-up over the ancestor at which the budget stops shrinking.
         launch: Builds the runtime from its settings (``None``: :func:`make_runtime`, in
             the driver; the Ray executor's measures in jobs of their own, see
-            :mod:`evonnx.ray_latency`).
+            :mod:`evonnx.execute.ray_latency`).
     """
 
     settings: LatencySettings

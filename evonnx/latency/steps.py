@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from evonnx.errors import PlanError
-from evonnx.groups import Analysis, ChannelGroup
 from evonnx.latency.model import LatencyModel, group_census
-from evonnx.plan import allowed_channels
+from evonnx.pruning.groups import Analysis, ChannelGroup
+from evonnx.pruning.plan import allowed_channels
 
 
 @dataclass

@@ -21,8 +21,8 @@ import onnx
 from onnx import helper
 
 from evonnx.latency.geometry import LayerShape
+from evonnx.model.textio import write_text_atomic
 from evonnx.runtimes import Runtime
-from evonnx.textio import write_text_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from evonnx.data import check_sample_shape
 from evonnx.errors import ConfigError, DataError, ModelLoadError, UnsupportedModelError
-from evonnx.textio import dangling_link
+from evonnx.model.textio import dangling_link
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def predict_onnx(
 ) -> list[np.ndarray]:
     """Run an ONNX model with onnxruntime on whole arrays and return every output.
 
-    The building block of a :class:`~evonnx.task.Task` score: ``inputs`` is one array, or one
+    The building block of a :class:`~evonnx.retrain.task.Task` score: ``inputs`` is one array, or one
     per graph input (in graph order), all with the same number of samples; they are fed in
     chunks of ``batch_size`` (of the graph's batch size if it is fixed, the last chunk padded).
 

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from evonnx.data import Dataset
 from evonnx.errors import ConfigError
 from evonnx.retrain.recipe import frozen_batch_norm, make_optimizer, make_scheduler
-from evonnx.training_settings import Optimizer, recipe_problem
+from evonnx.retrain.settings import Optimizer, recipe_problem
 
 logger = logging.getLogger(__name__)
 

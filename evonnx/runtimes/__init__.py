@@ -19,7 +19,8 @@ An unavailable runtime raises :class:`~evonnx.errors.RuntimeUnavailableError` (o
 
 from __future__ import annotations
 
-from evonnx.runtimes.base import RUNTIMES, Runtime, RuntimeSettings, make_runtime
+from evonnx.runtimes.base import RUNTIMES, Runtime, RuntimeSettings
+from evonnx.runtimes.registry import make_runtime
 from evonnx.runtimes.specialize import specialize
 
 __all__ = ["RUNTIMES", "Runtime", "RuntimeSettings", "make_runtime", "specialize"]

@@ -8,9 +8,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from evonnx.deploy.bench import latency_rounds, median_latencies, resolve_provider
-from evonnx.deploy.worker import Worker
 from evonnx.runtimes.base import Runtime, RuntimeSettings, cpu_name
+from evonnx.runtimes.ort_timing import latency_rounds, median_latencies, resolve_provider
+from evonnx.runtimes.worker import Worker
 
 _PROVIDER = {"ort-cpu": "cpu", "ort-cuda": "cuda", "ort-trt": "tensorrt"}
 
@@ -48,7 +48,7 @@ class OrtRuntime(Runtime):
         return f"{cpu_name()}|onnxruntime {ort.__version__}|{self.provider}"
 
     def latencies(self, models: Sequence[onnx.ModelProto], batch: int) -> list[float]:
-        """Ms per model (see :func:`evonnx.deploy.bench.median_latencies`)."""
+        """Ms per model (see :func:`evonnx.runtimes.ort_timing.median_latencies`)."""
         s = self.settings
         return median_latencies(
             models, batch, self.provider, s.threads, s.warmup, s.runs, s.seed, s.statistic,
@@ -56,7 +56,7 @@ class OrtRuntime(Runtime):
         )  # fmt: skip
 
     def rounds(self, models: Sequence[onnx.ModelProto], batch: int) -> np.ndarray:
-        """Ms of every timed round (see :func:`evonnx.deploy.bench.latency_rounds`)."""
+        """Ms of every timed round (see :func:`evonnx.runtimes.ort_timing.latency_rounds`)."""
         s = self.settings
         return latency_rounds(
             models, batch, self.provider, s.threads, s.warmup, s.runs, s.seed, self._worker

@@ -19,7 +19,7 @@ from onnx import numpy_helper, shape_inference
 from onnx.reference import ReferenceEvaluator
 
 from evonnx.errors import UnsupportedModelError
-from evonnx.shapes import static_shapes
+from evonnx.model.shapes import static_shapes
 
 logger = logging.getLogger(__name__)
 

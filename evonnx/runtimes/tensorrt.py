@@ -18,8 +18,8 @@ from pathlib import Path
 
 import onnx
 
-from evonnx.deploy.shapes import rebatch
 from evonnx.errors import DeployError, RuntimeUnavailableError
+from evonnx.model.batch import rebatch
 from evonnx.runtimes.base import Runtime, RuntimeSettings
 
 logger = logging.getLogger(__name__)

@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from evonnx.deploy.shapes import graph_inputs, rebatch
 from evonnx.errors import DeployError, RuntimeUnavailableError
+from evonnx.model.batch import rebatch
+from evonnx.model.graph import graph_inputs
 from evonnx.runtimes.base import Runtime, RuntimeSettings
 from evonnx.runtimes.specialize import specialize
 
