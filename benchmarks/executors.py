@@ -77,7 +77,9 @@ def main() -> None:
     ]
     for name, key, parallel in makers:
         start = time.perf_counter()
-        with make_executor(replace(config, executor=key), progress=False) as executor:  # type: ignore[arg-type]
+        with make_executor(
+            replace(config.execution, executor=key), False, config.threads, config.population  # type: ignore[arg-type]
+        ) as executor:
             first = executor.run(jobs, split)
             cold = time.perf_counter() - start
             start = time.perf_counter()
@@ -132,12 +134,14 @@ a whole device (one GPU for a GPU runtime, else the runtime's threads, all CPUs 
 def _ddp_line(config: EvolveConfig, split: Split, job: OffspringJob, repeats: int) -> str:
     """Plain torch DDP against Ray Train, one offspring on 2 CPU ranks (min of ``repeats``)."""
     config = replace(config, population=1, gpus_per_offspring=2)
-    job = replace(job, config=config)
+    job = replace(job, training=config.training, ranks=config.gpus_per_offspring)
     walls: dict[str, float] = {}
     inside: dict[str, float] = {}
     models = set()
     for key in ("local", "ray"):
-        with make_executor(replace(config, executor=key), progress=False) as executor:  # type: ignore[arg-type]
+        with make_executor(
+            replace(config.execution, executor=key), False, config.threads, config.population  # type: ignore[arg-type]
+        ) as executor:
             for _ in range(repeats):
                 start = time.perf_counter()
                 (result,) = executor.run([job], split)

@@ -206,7 +206,7 @@ def collect(run: Run, lineage: Lineage, out: Path, minutes: float) -> dict[str, 
         {**asdict(r), "speedup": sp, "kernel_ce": conv_kernel_ce(files[0], f)}
         for r, sp, f in zip(lineage.records, speed, files, strict=True)
     ]
-    return {"run": asdict(run), "config": asdict(config), "rows": rows,
+    return {"run": asdict(run), "config": config.options(), "rows": rows,
             "best": _record(run, lineage, out, minutes), "minutes": minutes}  # fmt: skip
 
 

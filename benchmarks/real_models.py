@@ -58,11 +58,10 @@ from evonnx.deploy.bench import benchmark
 from evonnx.errors import EvonnxError
 from evonnx.evolution.lineage import EvolveConfig, GenerationRecord
 from evonnx.evolution.loop import evolve
-from evonnx.execute.jobs import training_config
 from evonnx.latency import LatencySettings
 from evonnx.model.inputs import apply_input_shapes
 from evonnx.model.textio import write_text_atomic
-from evonnx.retrain import train
+from evonnx.retrain import TrainConfig, train
 from evonnx.retrain.task import Task
 from evonnx.runtimes import RuntimeSettings
 
@@ -187,7 +186,7 @@ def finetune(
     result = train(
         module,
         batches,
-        training_config(cfg, config.seed),
+        TrainConfig.for_offspring(cfg.training, config.seed),
         loss_fn=task.loss,
         after_step=lambda _m: module.apply_masks(),
         progress=False,

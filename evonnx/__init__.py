@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from evonnx.api import (
+    BenchResult,
     EvolveConfig,
+    ExportResult,
+    GeneticOptions,
     InspectReport,
     Lineage,
     MeasuredLatency,
     PruneResult,
+    benchmark,
     evolve,
+    export,
     inspect,
     load,
     measure,
@@ -23,17 +28,22 @@ from evonnx.retrain.fidelity import FidelityTask
 from evonnx.retrain.task import ClassificationTask, Task, load_task
 
 __all__ = [
+    "BenchResult",
     "ClassificationTask",
     "EvolveConfig",
     "EvonnxError",
+    "ExportResult",
     "FidelityTask",
+    "GeneticOptions",
     "ImagePreprocess",
     "InspectReport",
     "Lineage",
     "MeasuredLatency",
     "PruneResult",
     "Task",
+    "benchmark",
     "evolve",
+    "export",
     "inspect",
     "load",
     "load_task",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class EvonnxError(Exception):
     """Base class of all errors evonnx reports to users."""
@@ -81,3 +83,13 @@ class NonFiniteScoreError(NonFiniteError, TaskError):
 
 class Terminated(KeyboardInterrupt):
     """The process received SIGTERM (a ``KeyboardInterrupt``, so it stops work the same way)."""
+
+
+def require(checks: Iterable[tuple[bool, str]]) -> None:
+    """Raise :class:`ConfigError` with the message of the first failed ``(ok, message)`` check.
+
+    How settings objects refuse bad values in their ``__post_init__``.
+    """
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)

@@ -21,8 +21,9 @@ from evonnx.data import Dataset
 from evonnx.errors import ConfigError, ExecutorError
 from evonnx.evolution.lineage import EvolveConfig
 from evonnx.evolution.loop import _offspring
-from evonnx.execute.ddp import check_same_weights, local_rank_setup, rank_results, shard
+from evonnx.execute.ddp import check_same_weights, local_rank_setup, rank_results
 from evonnx.execute.jobs import pack_split, run_job
+from evonnx.execute.ranks import shard
 from evonnx.model.files import save_model
 from evonnx.pruning.analysis import analyze
 from evonnx.retrain.task import split_data
@@ -91,13 +92,13 @@ def test_two_ranks_train_equal_weights(
     tiny_data: Dataset,  # noqa: F811
 ) -> None:
     config = replace(CONFIG, gpus_per_offspring=2)
-    split = split_data(tiny_data, config)
+    split = split_data(tiny_data, config.selection, config.seed)
     job = _offspring(tiny_model, analyze(tiny_model), config, 11)
     ranks = rank_results(job, pack_split(split), 2)
     assert ranks[0].model == ranks[1].model  # gradients were averaged: equal weights
     onnx.checker.check_model(onnx.load_from_string(ranks[0].model), full_check=True)
     assert math.isnan(ranks[1].scores[0]) and 0.0 <= ranks[0].scores[0] <= 1.0
-    single = run_job(replace(job, config=CONFIG), split)
+    single = run_job(replace(job, training=CONFIG.training, ranks=CONFIG.gpus_per_offspring), split)
     trained, alone, before = _weights(ranks[0].model), _weights(single.model), _weights(job.child)
     assert any(not np.array_equal(trained[k], before[k]) for k in before)  # it trained
     for name, value in alone.items():  # and like one process on the whole batches
@@ -153,6 +154,6 @@ def test_cli_evolves_data_parallel(
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     lineage = json.loads((out / "lineage.json").read_text())
-    assert lineage["config"]["gpus_per_offspring"] == 2
+    assert lineage["config"]["execution"]["gpus_per_offspring"] == 2
     assert [g["generation"] for g in lineage["generations"]] == [1, 2]
     onnx.checker.check_model(onnx.load(out / "gen_002.onnx"), full_check=True)

@@ -215,8 +215,8 @@ def test_cli_demo(tmp_path: Path) -> None:
     output, data = _demo(tmp_path / "demo", "--val-fraction", "0.2")
     assert "ancestor test accuracy" in output and "best within budget" in output
     assert data["data"] == "mnist-demo" and len(data["generations"]) == 2
-    assert data["config"]["cluster_keep"] == 0.92 and data["config"]["keep"] == 0.72
-    assert data["config"]["val_fraction"] == 0.2 and data["config"]["epochs"] == 1
+    assert data["config"]["encoding"]["cluster_keep"] == 0.92 and data["config"]["encoding"]["keep"] == 0.72
+    assert data["config"]["selection"]["val_fraction"] == 0.2 and data["config"]["training"]["epochs"] == 1
     assert data["generations"][1]["val_accuracy"] is not None
     assert data["generations"][0]["accuracy"] > 0.5
 
@@ -269,7 +269,7 @@ def test_validation_split_selects_and_reports(tiny_data: Dataset, tiny_model: on
     from evonnx.retrain.task import ClassificationTask
 
     config = replace(CONFIG, val_fraction=0.25, population=2)
-    task = split_data(tiny_data, config).task
+    task = split_data(tiny_data, config.selection, config.seed).task
     assert isinstance(task, ClassificationTask) and task.val is not None
     assert len(task.val[0]) == 64
     assert len(task.fit.x_train) == 192 and len(task.fit.x_test) == 96
@@ -297,7 +297,7 @@ def test_cli_distill_on_by_default_off_and_refusals(
     for name, extra in runs.items():
         res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / name), *extra])
         assert res.exit_code == 0, res.output
-    distill = {n: _lineage(tmp_path / n)["config"]["distill"] for n in runs}
+    distill = {n: _lineage(tmp_path / n)["config"]["training"]["distill"] for n in runs}
     assert distill == {"default": 4.0, "off": None, "t2": 2.0}
     assert "distills from the parent (T=4.0)" in (tmp_path / "default" / "report.md").read_text()
     assert "distills" not in (tmp_path / "off" / "report.md").read_text()

@@ -114,7 +114,7 @@ def test_cli_measure_adds_latency_to_any_env(
     data = json.loads((tmp_path / "run" / "lineage.json").read_text())
     gens = data["generations"]
     assert gens[0]["speedup"] == 1.0 and all(g["latency_ms"] > 0 for g in gens)
-    assert data["config"]["runtime"] == "ort-cpu" and data["config"]["latency_batch"] == 2
+    assert data["config"]["latency"]["runtime"] == "ort-cpu" and data["config"]["latency"]["latency_batch"] == 2
 
 
 @pytest.mark.parametrize(

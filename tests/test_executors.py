@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import onnx
 import pytest
@@ -195,9 +196,9 @@ def test_ray_train_job_matches_plain_ddp(
         epochs=1, lr=0.05, batch_size=32, max_batches=5, seed=5, threads=1,
         gpus_per_offspring=2, executor="ray", distill=None,
     )  # fmt: skip
-    split = split_data(tiny_data, config)
+    split = split_data(tiny_data, config.selection, config.seed)
     job = _offspring(tiny_model, analyze(tiny_model), config, 11)
-    with make_executor(config) as executor:
+    with make_executor(config.execution, True, config.threads, config.population) as executor:
         assert isinstance(executor, RayExecutor)
         (result,) = executor.run([job], split)  # a TorchTrainer of 2 gloo workers
     # both ranks compared their weights inside the job (evonnx.execute.ddp.check_same_weights);
@@ -238,8 +239,8 @@ def test_latency_jobs_never_overlap_training(
 ) -> None:
     made: list[Executor] = []
 
-    def keep(config: EvolveConfig, progress: bool = True) -> Executor:
-        made.append(make_executor(config, progress))
+    def keep(*args: Any, **kwargs: Any) -> Executor:
+        made.append(make_executor(*args, **kwargs))
         return made[-1]
 
     monkeypatch.setattr(evonnx.evolution.loop, "make_executor", keep)

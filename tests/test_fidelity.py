@@ -98,7 +98,7 @@ def test_label_free_evolve_from_a_folder_of_pngs(
     assert res.exit_code == 0, res.output
     saved = json.loads((out / "lineage.json").read_text())
     assert saved["data"] == "fidelity:pngs" and saved["score_percent"] is True
-    assert saved["config"]["distill"] is None  # the ancestor is the teacher already
+    assert saved["config"]["training"]["distill"] is None  # the ancestor is the teacher already
     gens = saved["generations"]
     assert len(gens) == 3 and gens[0]["accuracy"] == 1.0 and gens[0]["val_accuracy"] == 1.0
     # measured by default, beside generation 1, in every surface
@@ -137,7 +137,7 @@ def test_api_fidelity_run_resumes_byte_identically(
     # an old run folder (no "measure" in its settings) resumes, now measuring
     path = tmp_path / "part" / "lineage.json"
     old = json.loads(path.read_text())
-    del old["config"]["measure"]
+    del old["config"]["latency"]["measure"]
     path.write_text(json.dumps(old))
     measured = FAST.__class__(**{**FAST.__dict__, "measure": True})
     resumed = evonnx.evolve(pretrained["model"], task, tmp_path / "part", measured, resume=True)

@@ -156,7 +156,7 @@ def test_model_that_cannot_run_at_the_shape_is_one_line(tmp_path: Path) -> None:
 def test_evolve_latency_env_turns_depth_on_by_default() -> None:
     from evonnx.evolution.lineage import EvolveConfig
 
-    assert EvolveConfig(env="latency").encoding().depth
-    assert not EvolveConfig(env="latency", depth=False).encoding().depth
-    assert not EvolveConfig(env="macs").encoding().depth
-    assert not EvolveConfig(env="latency", cluster="kernel").encoding().depth
+    assert EvolveConfig(env="latency").encoding_config().depth
+    assert not EvolveConfig(env="latency", depth=False).encoding_config().depth
+    assert not EvolveConfig(env="macs").encoding_config().depth
+    assert not EvolveConfig(env="latency", cluster="kernel").encoding_config().depth

@@ -64,7 +64,7 @@ def test_readme_task_example_runs(tmp_path: Path, monkeypatch) -> None:  # type:
                                       "--threads", "1"])  # fmt: skip
     assert result.exit_code == 0, result.output
     lineage = json.loads((tmp_path / "runs" / "dot" / "lineage.json").read_text())
-    assert lineage["data"] == "bright-dot" and lineage["config"]["distill"] == 4.0
+    assert lineage["data"] == "bright-dot" and lineage["config"]["training"]["distill"] == 4.0
     records = lineage["generations"]
     assert len(records) == 3 and records[-1]["ae"] > 1.3
     x, y = task.splits["test"]

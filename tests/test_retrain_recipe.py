@@ -230,7 +230,7 @@ def test_cli_recipe_is_recorded_in_the_lineage(files: dict[str, Path], tmp_path:
                   "--weight-decay", "0.01", "--warmup", "0.2", "--lr-schedule", "constant",
                   "--clip-grad", "2", "--freeze-bn", "--distill", "off")  # fmt: skip
     assert res.exit_code == 0, res.output
-    config = json.loads((out / "lineage.json").read_text())["config"]
+    config = json.loads((out / "lineage.json").read_text())["config"]["training"]
     expected = {"optimizer": "adamw", "lr": 3e-4, "weight_decay": 0.01, "warmup": 0.2,
                 "schedule": "constant", "clip_grad": 2.0, "freeze_bn": True,
                 "steps": None}  # fmt: skip
@@ -281,7 +281,7 @@ def test_softmax_ended_graph_trains_on_its_logits(
     split = Split(ClassificationTask(dataset, val_fraction=0.25), "val")
     trained = {}
     for name, model in (("plain", _classifier(None)), ("softmax", _classifier(tail))):
-        job = OffspringJob(model.SerializeToString(), 3, config, model.SerializeToString())
+        job = OffspringJob(model.SerializeToString(), 3, config.training, model.SerializeToString())
         result = run_job(job, split)
         trained[name] = onnx.load_from_string(result.model)
         assert all(math.isfinite(s) for s in result.scores if s is not None)

@@ -138,8 +138,8 @@ def test_resume_checks_the_data_by_content(tmp_path: Path) -> None:
     config = replace(CONFIG, generations=2)
     evonnx.evolve(helper_convnet(), _data(), tmp_path, config)
     lineage = json.loads((tmp_path / "lineage.json").read_text())
-    assert lineage["data_sha256"] == evolution.split_data(_data(), config).task.fingerprint()
-    assert lineage["data_sha256"] != evolution.split_data(_data(seed=1), config).task.fingerprint()
+    assert lineage["data_sha256"] == evolution.split_data(_data(), config.selection, config.seed).task.fingerprint()
+    assert lineage["data_sha256"] != evolution.split_data(_data(seed=1), config.selection, config.seed).task.fingerprint()
     more = replace(config, generations=3)
     with pytest.raises(RunDirectoryError, match=r"other data .*'tiny', sha256"):
         evonnx.evolve(helper_convnet(), _data(seed=1), tmp_path, more, resume=True)
@@ -330,3 +330,46 @@ def test_malformed_lineage_is_one_line(tmp_path: Path, text: str) -> None:
     (out / "lineage.json").write_text(text)
     with pytest.raises(RunDirectoryError, match="not a readable evonnx lineage"):
         evonnx.evolve(model, load_npz(data), out, CONFIG, resume=True)
+
+
+# --------------------------------------------------------------------------- lineage versions
+
+V1_RUN = Path(__file__).parent / "data" / "lineage_v1"
+"""A run folder (2 generations, ``lineage.json`` version 1: flat settings) written by the code
+before the settings were split into sections; made with ``CONFIG`` at ``generations=2`` and
+``measure=False`` on ``helper_convnet()`` and ``_data()``."""
+
+
+def test_a_version_1_run_folder_resumes(tmp_path: Path) -> None:
+    import shutil
+
+    old = json.loads((V1_RUN / "lineage.json").read_text())
+    assert old["version"] == 1 and old["config"]["epochs"] == 1  # flat settings
+    run = tmp_path / "v1"
+    shutil.copytree(V1_RUN, run)
+    config = replace(CONFIG, measure=False)
+    lineage = evonnx.evolve(helper_convnet(), _data(), run, config, resume=True, progress=False)
+    assert len(lineage.records) == 3
+    assert [r.accuracy for r in lineage.records[:2]] == [
+        g["accuracy"] for g in old["generations"]
+    ]
+    new = json.loads((run / "lineage.json").read_text())
+    assert new["version"] == 2 and new["config"]["training"]["epochs"] == 1
+    assert new["config"]["selection"]["max_drop"] == old["config"]["max_drop"]
+    # the same run from scratch writes the same files: the settings' split changed no decision
+    fresh = evonnx.evolve(helper_convnet(), _data(), tmp_path / "fresh", config, progress=False)
+    assert [r.accuracy for r in fresh.records] == [r.accuracy for r in lineage.records]
+    for r in fresh.records:
+        assert (tmp_path / "fresh" / r.file).read_bytes() == (run / r.file).read_bytes(), r.file
+
+
+def test_settings_round_trip_by_section_and_flat() -> None:
+    from evonnx.evolution.settings import OWNER, SECTIONS
+
+    config = replace(CONFIG, keep=0.5, runtime="ort-cpu", executor="process")
+    assert EvolveConfig.from_dict(config.to_dict()) == config
+    assert EvolveConfig.from_dict(config.options()) == config  # version 1: flat
+    assert config.encoding.keep == config.keep == 0.5 and config.latency.runtime == "ort-cpu"
+    assert set(OWNER) == {f for s in SECTIONS.values() for f in s.__dataclass_fields__}
+    with pytest.raises(TypeError, match="unexpected options"):
+        EvolveConfig(not_an_option=1)

@@ -119,8 +119,8 @@ def test_classification_task_splits_and_scores(tmp_path: Path) -> None:
     assert sorted(map(tuple, both.tolist())) == sorted(map(tuple, data.x_train.tolist()))
     assert ClassificationTask(data, 0.0).has_validation is False
     with pytest.raises(ConfigError):
-        split_data(data, replace(CONFIG, val_fraction=0.0))
-    test_only = split_data(data, replace(CONFIG, select_on="test")).task
+        split_data(data, replace(CONFIG.selection, val_fraction=0.0))
+    test_only = split_data(data, replace(CONFIG.selection, select_on="test")).task
     assert isinstance(test_only, ClassificationTask) and not test_only.has_validation
 
     path = _mlp(tmp_path)
@@ -306,8 +306,8 @@ def test_cli_task_option(detection: tuple[DetectionTask, onnx.ModelProto], tmp_p
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "run" / "lineage.json").read_text())["config"]
-    assert config["distill"] == 4.0 and config["deterministic"] is True
-    assert config["select_on"] == "test" and config["patience"] == 3
+    assert config["training"]["distill"] == 4.0 and config["training"]["deterministic"] is True
+    assert config["selection"]["select_on"] == "test" and config["selection"]["patience"] == 3
     report = (tmp_path / "run" / "report.md").read_text()
     assert "Protocol: **test**" in report and "distills from the parent (T=4.0)" in report
     records = json.loads((tmp_path / "run" / "lineage.json").read_text())["generations"]

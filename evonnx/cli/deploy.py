@@ -1,4 +1,5 @@
-"""``evonnx bench`` and ``evonnx export``: click commands over :mod:`evonnx.deploy`.
+"""``evonnx bench`` and ``evonnx export``: click commands over :func:`evonnx.api.benchmark`
+and :func:`evonnx.api.export`.
 
 Registered on the main group by :mod:`evonnx.cli.main`; errors are :class:`EvonnxError`
 subclasses, which the group prints as one line with exit code 1.
@@ -8,19 +9,21 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from evonnx.cli.output import emit_json, table
-from evonnx.cli.paths import check_output_file, sweep_temporaries
+from evonnx import api
+from evonnx.cli.output import emit_json, json_option, table
+from evonnx.cli.paths import output_option, prepare_output
 from evonnx.cli.shape_options import input_shape_option, normalize_option
-from evonnx.deploy.bench import PROVIDERS, BenchResult, benchmark
-from evonnx.deploy.export import TARGETS, ExportResult
-from evonnx.deploy.export import export as export_model
+from evonnx.deploy.bench import PROVIDERS
+from evonnx.deploy.export import TARGETS
 from evonnx.errors import DeployError
-from evonnx.model.files import keeps_external_data, load_model, save_model
-from evonnx.model.inputs import apply_input_shapes
-from evonnx.model.shapes import require_runs
+
+if TYPE_CHECKING:
+    from evonnx.deploy.bench import BenchResult
+    from evonnx.deploy.export import ExportResult
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +104,7 @@ def format_bench(result: BenchResult) -> str:
 )
 @click.option("--warmup", type=click.IntRange(0), default=10, show_default=True)
 @click.option("--runs", type=click.IntRange(1), default=50, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option("output")
 @input_shape_option
 def bench(
     models: tuple[Path, ...],
@@ -118,35 +121,12 @@ def bench(
     Models are measured as written (no load-time normalization); --input-shape fixes
     symbolic dimensions besides the batch, which --batch sets.
     """
-    if len(models) < 2:
-        raise DeployError("bench needs at least two models (the ancestor first)")
-    protos = [
-        apply_input_shapes(load_model(p, normalize=False), input_shapes, keep_batch=True)
-        for p in models
-    ]
-    for proto in protos:
-        require_runs(proto, input_shapes, min(parse_batches(batches)))
-    names = _unique_names(models)
-    result = benchmark(
-        protos,
-        names,
-        batches=parse_batches(batches),
-        provider=provider,
-        threads=threads,
-        warmup=warmup,
-        runs=runs,
-    )
+    sizes = parse_batches(batches)
+    result = api.benchmark(models, sizes, provider, threads, warmup, runs, input_shapes)
     if as_json:
         emit_json(result.to_dict())
     else:
         click.echo(format_bench(result))
-
-
-def _unique_names(paths: tuple[Path, ...]) -> list[str]:
-    names = [p.name for p in paths]
-    if len(set(names)) == len(names):
-        return names
-    return [str(p) if names.count(p.name) == 1 else f"{i}:{p}" for i, p in enumerate(paths)]
 
 
 def format_export(result: ExportResult, output: Path) -> str:
@@ -175,14 +155,8 @@ def format_export(result: ExportResult, output: Path) -> str:
 @click.option("--fp16", is_flag=True, help="fp16 weights and activations, fp32 inputs/outputs.")
 @click.option("--batch", type=click.IntRange(1), default=None, help="Fix the batch size to N.")
 @click.option("--opset", type=click.IntRange(1), default=None, help="Convert to this opset.")
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="Where to write the exported model.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
+@output_option("exported model")
+@json_option("summary")
 @input_shape_option
 @normalize_option
 def export(
@@ -201,17 +175,8 @@ def export(
     --input-shape fixes symbolic dimensions besides the batch (--batch fixes that). The
     export's outputs are checked against MODEL's on onnxruntime; a difference is refused.
     """
-    check_output_file(output)
-    sweep_temporaries(output)
-    proto = apply_input_shapes(
-        load_model(model, normalize=normalize), input_shapes, keep_batch=True
-    )
-    require_runs(proto, input_shapes, batch or 1)
-    external = keeps_external_data(model)  # read now: the copy is gone before export peaks
-    result = export_model(
-        proto, target=target, fp16=fp16, batch=batch, opset=opset, input_shapes=input_shapes
-    )
-    save_model(result.model, output, external_data=external)
+    prepare_output(output)
+    result = api.export(model, target, fp16, batch, opset, input_shapes, output, normalize)
     if as_json:
         emit_json({"output": str(output), **result.to_dict(str(output))})
     else:

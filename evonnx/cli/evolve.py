@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -18,14 +17,20 @@ from evonnx.cli.fidelity_options import (
     fidelity_options,
     refuse_without_inputs,
 )
-from evonnx.cli.latency_options import LATENCY_OPTIONS, SPEEDUP
+from evonnx.cli.latency_options import measurement_options
 from evonnx.cli.paths import refuse_unused
-from evonnx.cli.retrain_options import refuse_idle_retrain_options, retrain_options
+from evonnx.cli.retrain_options import (
+    DEFAULT_TEMPERATURE,
+    refuse_idle_retrain_options,
+    retrain_options,
+)
+from evonnx.cli.run_options import encoding_options, execution_options, selection_options
 from evonnx.cli.shape_options import input_shape_option, normalize_option
 from evonnx.data import Dataset, load_builtin
 from evonnx.errors import ConfigError, RunDirectoryError
-from evonnx.evolution.lineage import EvolveConfig, GenerationRecord, Lineage, show_score
+from evonnx.evolution.lineage import GenerationRecord, Lineage, show_score
 from evonnx.evolution.rundir import locked
+from evonnx.evolution.settings import EvolveConfig
 from evonnx.evolution.speed import slower_despite_fewer_macs
 from evonnx.evolution.validate import check_resources
 from evonnx.execute.signals import describe, exit_code
@@ -120,30 +125,6 @@ def best_floor(lineage: Lineage) -> float:
     return lineage.records[0].fitness - lineage.config.max_drop - 1e-12
 
 
-DEFAULT_TEMPERATURE = 4.0
-"""``--distill`` alone."""
-
-
-class DistillTemperature(click.ParamType):
-    """``--distill``: a temperature above 0, or ``off`` (no distillation)."""
-
-    name = "T|off"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        """A float above 0, or ``None`` for ``off``."""
-        if value is None or isinstance(value, float):
-            return value
-        if str(value).strip().lower() == "off":
-            return None
-        try:
-            t = float(value)
-        except ValueError:
-            self.fail(f"{value!r} is neither a temperature nor 'off'", param, ctx)
-        if not 0 < t < math.inf:
-            self.fail(f"temperature must be a number > 0 (or 'off'), got {value}", param, ctx)
-        return t
-
-
 def evolution_options(
     d: EvolveConfig,
 ) -> Callable[[click.decorators.FC], click.decorators.FC]:
@@ -155,81 +136,12 @@ def _with_options(fn: click.decorators.FC, d: EvolveConfig) -> click.decorators.
     options = [
         click.option("--generations", type=click.IntRange(1), default=d.generations,
                      show_default=True, help="Last generation (the ancestor is generation 1)."),
-        click.option("--max-drop", type=click.FloatRange(0), default=d.max_drop,
-                     show_default=True,
-                     help="Budget: how far the deciding score (validation, else test) may "
-                          "fall below generation 1, in the score's units (0.02: 2 points of "
-                          "accuracy)."),
-        click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True),
-                     default=d.val_fraction, show_default=True,
-                     help="Fraction of the training data --data holds out (stratified) as "
-                          "the validation split."),
-        click.option("--select-on", type=click.Choice(["val", "test"]), default=d.select_on,
-                     show_default=True,
-                     help="Split that selects offspring and checks the budget: 'val' "
-                          "(honest; test is only reported) or 'test' (the paper's protocol)."),
-        click.option("--patience", type=click.IntRange(1), default=d.patience,
-                     show_default=True,
-                     help="Stop after this many generations in a row over the budget."),
-        click.option("--distill", type=DistillTemperature(), is_flag=False,
-                     flag_value=DEFAULT_TEMPERATURE, default=d.distill, show_default=True,
-                     metavar="T|off",
-                     help="Distill from the parent while retraining, at temperature T "
-                          "(--distill alone: T=4); 'off' retrains on the task's loss alone."),
-        click.option("--deterministic", is_flag=True, default=d.deterministic,
-                     help="Deterministic torch algorithms: byte-identical reruns and "
-                          "resumes on CUDA too (may train slower there)."),
-        click.option("--keep", type=click.FloatRange(0, 1, min_open=True), default=d.keep,
-                     show_default=True,
-                     help="Most an offspring keeps of its parent's synapses (or MACs, or "
-                          "measured latency)."),
-        click.option("--env", type=click.Choice(["synapses", "macs", "latency"]),
-                     default=d.env, show_default=True,
-                     help="Environment: synapse, MAC or measured-latency budget (--runtime)."),
-        click.option("--target-speedup", type=SPEEDUP,
-                     default=d.target_speedup,
-                     help="--env latency: stop shrinking at this measured speed-up over the "
-                          "ancestor."),
-        click.option("--depth/--no-depth", default=d.depth,
-                     help="Removable residual branches are clusters too (whole blocks die; "
-                          "default: on with --env latency)."),
-        *LATENCY_OPTIONS,
-        click.option("--cluster", type=click.Choice(["filter", "kernel"]), default=d.cluster,
-                     show_default=True, help="Synaptic cluster: output filter or k×k kernel."),
-        click.option("--round-to", type=click.IntRange(1), default=d.round_to,
-                     help="Keep channel counts multiples of N (GPU/accelerator friendly)."),
-        click.option("--cluster-keep", type=click.FloatRange(0, 1, min_open=True),
-                     default=d.cluster_keep, show_default=True,
-                     help="Expected fraction of clusters kept per generation (default: one "
-                          "factor for clusters and synapses, as in the paper)."),
-        click.option("--min-fraction", type=click.FloatRange(0, 1), default=d.min_fraction,
-                     show_default=True,
-                     help="Per-layer floor: each generation keeps at least this fraction "
-                          "of every prunable layer's channels (0: off)."),
-        click.option("--population", type=click.IntRange(1), default=d.population,
-                     show_default=True, help="Offspring per generation; the fittest survives."),
-        click.option("--init", type=click.Choice(["inherit", "random"]), default=d.init,
-                     show_default=True, help="Start offspring from inherited or random weights."),
-        *retrain_options(d),
         click.option("--seed", type=click.IntRange(0), default=d.seed, show_default=True),
-        click.option("--threads", type=click.IntRange(1), default=d.threads,
-                     help="CPU threads for training (default: torch's choice)."),
-        click.option("--executor", type=click.Choice(["local", "process", "ray"]),
-                     default=d.executor, show_default=True,
-                     help="Where offspring retrain: one after another here, a process pool "
-                          "on this machine, or Ray (pip install 'evonnx[ray]')."),
-        click.option("--ray-address", default=d.ray_address, metavar="ADDR",
-                     help="--executor ray: cluster to join ('auto': a running one; default: "
-                          "start a local one)."),
-        click.option("--gpus-per-offspring", type=click.IntRange(1),
-                     default=d.gpus_per_offspring, show_default=True,
-                     help="Retrain each offspring data-parallel (torch DDP) on N GPUs, or "
-                          "on CPU in N processes (a Ray Train job with --executor ray)."),
-        click.option("--no-measure", "measure", is_flag=True, flag_value=False,
-                     default=d.measure,
-                     help="Do not measure each generation's speed-up over generation 1 on "
-                          "ort-cpu at batch 1 (measured by default when no --runtime is "
-                          "given)."),
+        *selection_options(d.selection),
+        *encoding_options(d.encoding),
+        *measurement_options(d.latency),
+        *retrain_options(d.training),
+        *execution_options(d.execution),
         click.option("--resume", is_flag=True, help="Continue the run in the output folder."),
     ]  # fmt: skip
     for option in reversed(options):

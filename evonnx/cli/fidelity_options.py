@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import onnx
@@ -12,8 +12,10 @@ import onnx
 from evonnx.cli.paths import refuse_unused
 from evonnx.data.unlabelled import ImagePreprocess
 from evonnx.errors import ConfigError
-from evonnx.evolution.lineage import EvolveConfig
 from evonnx.retrain.fidelity import FidelityTask, parse_fidelity_losses
+
+if TYPE_CHECKING:
+    from evonnx.evolution.settings import EvolveConfig
 
 IMAGE_OPTIONS = ["resize", "mean", "std", "rgb"]
 FIDELITY_OPTIONS = [*IMAGE_OPTIONS, "fidelity_losses", "test_fraction"]

@@ -12,9 +12,9 @@ from typing import Any
 
 import click
 
-from evonnx.evolution.lineage import SPEEDUP_RULE
 from evonnx.evolution.validate import check_runtime_settings
 from evonnx.latency import LatencySettings
+from evonnx.latency.settings import SPEEDUP_RULE, MeasurementSettings
 from evonnx.runtimes import RUNTIMES, RuntimeSettings
 
 LATENCY_OPTIONS: list[Callable[[Any], Any]] = [
@@ -108,3 +108,19 @@ class SpeedupType(click.ParamType):
 
 SPEEDUP = SpeedupType()
 """The click type of ``--speedup`` and ``--target-speedup``."""
+
+
+def measurement_options(d: MeasurementSettings) -> list[Callable[[Any], Any]]:
+    """What a run measures, and the speed-up it aims at (the run's latency section)."""
+    return [
+        click.option("--target-speedup", type=SPEEDUP,
+                     default=d.target_speedup,
+                     help="--env latency: stop shrinking at this measured speed-up over the "
+                          "ancestor."),
+        *LATENCY_OPTIONS,
+        click.option("--no-measure", "measure", is_flag=True, flag_value=False,
+                     default=d.measure,
+                     help="Do not measure each generation's speed-up over generation 1 on "
+                          "ort-cpu at batch 1 (measured by default when no --runtime is "
+                          "given)."),
+    ]  # fmt: skip

@@ -1,32 +1,34 @@
-"""The ``evonnx`` command line: a thin click layer over :mod:`evonnx.api`."""
+"""The ``evonnx`` command line: a thin click layer over :mod:`evonnx.api`.
+
+Each command turns its options into arguments, calls one :mod:`evonnx.api` function and
+prints the result; options that would do nothing are refused.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import replace
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
 
 import click
-import onnx
 
 from evonnx import api
 from evonnx.cli import evolve as evolve_cmd
 from evonnx.cli.latency_options import SPEEDUP, latency_options, latency_settings
-from evonnx.cli.output import emit_json, table
-from evonnx.cli.paths import check_output_file, refuse_unused, sweep_temporaries
+from evonnx.cli.output import emit_json, json_option, table
+from evonnx.cli.paths import output_option, prepare_output, refuse_unused
 from evonnx.cli.shape_options import input_shape_option, normalize_option
-from evonnx.errors import ConfigError, EvonnxError, PlanError
-from evonnx.evolution.lineage import EvolveConfig
-from evonnx.evolution.validate import zero_layers, zero_layers_text
+from evonnx.errors import EvonnxError
 from evonnx.execute.signals import describe, exit_code, handle_signals
-from evonnx.genetic import DEFAULT_MIN_FRACTION, efficiency
-from evonnx.model.files import keeps_external_data
-from evonnx.model.outputs import require_same_outputs
-from evonnx.pruning.metrics import ModelMetrics, shrunk_layers
+
+if TYPE_CHECKING:
+    from evonnx.pruning.metrics import ModelMetrics
 
 logger = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class EvonnxGroup(click.Group):
@@ -141,17 +143,10 @@ def format_report(report: api.InspectReport, cluster: str = "filter") -> str:
             f"MACs {_macs_text(m)}  prunable groups {len(a.prunable_groups)}/{len(a.groups)}  "
             f"prunable channels {a.coverage:.2f}",
             f"removable branches {len(removable)}"
-            + (f" (groups {', '.join(removable)})" if removable else f": {NO_BRANCH}"),
+            + (f" (groups {', '.join(removable)})" if removable else f": {api.NO_BRANCH}"),
             *([report.normalization.summary()] if report.normalization else []),
         ]
     )
-
-
-NO_BRANCH = (
-    "no branch whose only exit is a layer feeding an Add with a full-shape operand "
-    "(a symbolic input shape can hide one: give --input-shape)"
-)
-"""Why a graph has no removable branch (``inspect``, and ``--depth`` refused)."""
 
 
 def _macs_text(m: ModelMetrics) -> str:
@@ -160,16 +155,22 @@ def _macs_text(m: ModelMetrics) -> str:
     return "unknown (symbolic input shape: give --input-shape NAME=1x3xHxW)"
 
 
+def _choice_option(name: str, choices: Sequence[str], text: str) -> Callable[[F], F]:
+    """Option ``name`` taking one of ``choices`` (default: the first), with help ``text``."""
+    return click.option(
+        name, type=click.Choice(list(choices)), default=choices[0], show_default=True, help=text
+    )
+
+
+def _cluster_option(text: str) -> Callable[[F], F]:
+    """``--cluster filter|kernel`` (default filter), with help ``text``."""
+    return _choice_option("--cluster", ("filter", "kernel"), text)
+
+
 @cli.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option(
-    "--cluster",
-    type=click.Choice(["filter", "kernel"]),
-    default="filter",
-    show_default=True,
-    help="Count clusters as output filters/neurons or as k×k kernel slices.",
-)
+@json_option("output")
+@_cluster_option("Count clusters as output filters/neurons or as k×k kernel slices.")
 @input_shape_option
 @normalize_option
 def inspect(
@@ -189,12 +190,10 @@ def inspect(
 
 @cli.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option(
+@_choice_option(
     "--method",
-    type=click.Choice(["genetic", "magnitude", "branches"]),
-    default="genetic",
-    show_default=True,
-    help="genetic: sample an offspring from the cluster-driven encoding; "
+    api.PRUNE_METHODS,
+    "genetic: sample an offspring from the cluster-driven encoding; "
     "magnitude: keep the strongest channels (deterministic baseline); "
     "branches: remove the weakest whole residual branches until at most --keep of the MACs "
     "remain.",
@@ -208,13 +207,7 @@ def inspect(
     "magnitude: fraction of channels each group keeps.",
 )
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Sampling seed.")
-@click.option(
-    "--cluster",
-    type=click.Choice(["filter", "kernel"]),
-    default="filter",
-    show_default=True,
-    help="Synaptic cluster: output filter or k×k kernel slice.",
-)
+@_cluster_option("Synaptic cluster: output filter or k×k kernel slice.")
 @click.option(
     "--round-to", type=click.IntRange(1), default=None, help="Keep channel counts multiples of N."
 )
@@ -224,12 +217,10 @@ def inspect(
     default=None,
     help="Expected fraction of clusters kept (genetic; default: one shared factor).",
 )
-@click.option(
+@_choice_option(
     "--env",
-    type=click.Choice(["synapses", "macs", "latency"]),
-    default="synapses",
-    show_default=True,
-    help="What --keep budgets (genetic method); latency: measured on --runtime, reaching "
+    ("synapses", "macs", "latency"),
+    "What --keep budgets (genetic method); latency: measured on --runtime, reaching "
     "--speedup.",
 )
 @click.option(
@@ -263,39 +254,31 @@ def inspect(
 @click.option(
     "--min-fraction",
     type=click.FloatRange(0.0, 1.0),
-    default=DEFAULT_MIN_FRACTION,
+    default=api.DEFAULT_MIN_FRACTION,
     show_default=True,
     help="Per-layer floor: every prunable layer keeps at least this fraction of its "
     "channels (0: off); a budget it puts out of reach is refused.",
 )
-@click.option(
+@_choice_option(
     "--criterion",
-    type=click.Choice(["deviation", "l1"]),
-    default="deviation",
-    show_default=True,
-    help="magnitude: how channels are ranked. deviation: how far a channel's values are from "
+    api.CRITERIA,
+    "magnitude: how channels are ranked. deviation: how far a channel's values are from "
     "the constant it is folded to, weighted by its readers' weights (seeded synthetic "
     "inputs; L1 where they cannot be made); l1: the L1 norm of its producer filters.",
 )
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="Where to write the pruned model.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
+@output_option("pruned model")
+@json_option("summary")
 @input_shape_option
 @normalize_option
 def prune(
     model: Path,
-    method: str,
+    method: api.PruneMethod,
     keep: float,
     seed: int,
-    cluster: str,
+    cluster: Literal["filter", "kernel"],
     round_to: int | None,
     cluster_keep: float | None,
-    env: str,
+    env: Literal["synapses", "macs", "latency"],
     speedup: float | None,
     zero_synapses: bool,
     depth: bool | None,
@@ -315,13 +298,38 @@ def prune(
 ) -> None:
     """Physically remove clusters: a sampled offspring (genetic) or the weakest channels."""
     latency = latency_settings(
-        runtime,
-        latency_batch,
-        runtime_threads,
-        fp16,
-        latency_statistic,
-        needed=env == "latency",
+        runtime, latency_batch, runtime_threads, fp16, latency_statistic, needed=env == "latency"
     )
+    _refuse_idle_prune_options(method, env, speedup, zero_synapses, depth, frozen_synapses)
+    prepare_output(output)
+    genetic = (
+        api.GeneticOptions(
+            seed, env, speedup, cluster, cluster_keep, zero_synapses, depth, frozen_synapses
+        )
+        if method == "genetic"
+        else None
+    )
+    result = api.prune(
+        model, keep, min_channels, input_shapes=input_shapes, round_to=round_to,
+        min_fraction=min_fraction, criterion=criterion, method=method, genetic=genetic,
+        latency=latency, output=output, normalize=normalize,
+    )  # fmt: skip
+    _report_prune(result, output, method, keep, as_json)
+
+
+def _refuse_idle_prune_options(
+    method: str,
+    env: str,
+    speedup: float | None,
+    zero_synapses: bool,
+    depth: bool | None,
+    frozen_synapses: bool,
+) -> None:
+    """Refuse ``prune`` options the method (or another option's absence) leaves without effect.
+
+    Raises:
+        click.UsageError: One line naming them.
+    """
     genetic_only = {
         "--env latency": env == "latency",
         "--speedup": speedup is not None,
@@ -344,194 +352,58 @@ def prune(
         refuse_unused(["min_channels", "min_fraction"], "not with --method branches")
     if method != "magnitude":
         refuse_unused(["criterion"], "only with --method magnitude")
-    check_output_file(output)
-    sweep_temporaries(output)
-    ancestor = api.load(model, normalize=normalize)
-    external = keeps_external_data(model)  # read now: the copy is gone before pruning peaks
-    if method in ("magnitude", "branches"):
-        result = api.prune(
-            ancestor,
-            keep,
-            min_channels,
-            branches=method == "branches",
-            input_shapes=input_shapes,
-            round_to=round_to,
-            min_fraction=min_fraction,
-            criterion=criterion,
-        )
-    else:
-        config = EvolveConfig(
-            keep=keep,
-            env="macs" if env == "macs" else "synapses",
-            cluster="kernel" if cluster == "kernel" else "filter",
-            round_to=round_to,
-            cluster_keep=cluster_keep,
-            min_channels=min_channels,
-            min_fraction=min_fraction,
-        )
-        encoding = replace(
-            config.encoding(),
-            synapse_level=zero_synapses,
-            depth=_depth(ancestor, input_shapes, depth, env == "latency"),
-            frozen_synapses=frozen_synapses,
-        )
-        if latency is not None and speedup is not None:
-            result = api.synthesize_latency(
-                ancestor, speedup, latency, encoding, seed, input_shapes=input_shapes
-            )
-        else:
-            result = api.synthesize(ancestor, encoding, seed, input_shapes=input_shapes)
-    if latency is not None and result.latency is None:
-        result = replace(result, latency=api.measure(ancestor, result.model, latency, input_shapes))
-    _check_pruned(result, method, keep, sparse=method == "genetic" and zero_synapses)
-    # values change by design; names and shapes of the outputs must not
-    require_same_outputs(ancestor, result.model, "pruning", input_shapes, values=False)
-    api.save(result.model, output, external_data=external)
-    _report_prune(result, output, method, keep, as_json)
-
-
-def _depth(
-    model: onnx.ModelProto,
-    input_shapes: dict[str, tuple[int, ...]],
-    asked: bool | None,
-    latency: bool,
-) -> bool:
-    """Whether depth clusters are on: as asked (``--depth`` refused on a graph without a
-    removable branch), else with the latency environment.
-
-    Raises:
-        ConfigError: ``--depth`` on a graph without a removable branch.
-    """
-    if asked is False or (asked is None and not latency):
-        return False
-    analysis = api.inspect(model, input_shapes, normalize=False).analysis
-    if any(g.removable for g in analysis.groups):
-        return True
-    if asked:
-        raise ConfigError(f"--depth has no effect: this graph has {NO_BRANCH}")
-    return False
-
-
-def _check_pruned(result: api.PruneResult, method: str, keep: float, sparse: bool) -> None:
-    """Refuse an offspring with a layer without any weight, or with nothing removed.
-
-    Nothing is removed when params and MACs are unchanged (and, when ``sparse`` synapses
-    inside kept clusters count, no synapse was zeroed either).
-    """
-    b, a = result.before, result.after
-    zero = zero_layers(b)
-    if zero:
-        raise PlanError(
-            f"{zero_layers_text(zero)} in the input model: it computes a constant from there "
-            "on, whatever is pruned; give a model whose layers have weights"
-        )
-    dead = [m.node for m in a.layers if m.nonzero_synapses == 0]
-    if dead:
-        raise PlanError(
-            f"--keep {keep:g} zeroes every weight of {', '.join(dead[:4])}"
-            f"{', ...' if len(dead) > 4 else ''}: the offspring would compute a constant; "
-            "raise --keep"
-        )
-    same = (a.params, a.macs) == (b.params, b.macs)
-    if same and (not sparse or a.nonzero_synapses == b.nonzero_synapses):
-        why = {
-            "branches": "no residual branch can be removed (see `evonnx inspect`)",
-            "magnitude": "every channel group is frozen (see `evonnx inspect`) or --keep is 1",
-        }.get(method, "no cluster died; lower --keep (frozen groups: see `evonnx inspect`)")
-        raise PlanError(f"nothing was pruned: {why}; no file written")
 
 
 def _report_prune(
     result: api.PruneResult, output: Path, method: str, keep: float, as_json: bool
 ) -> None:
-    b, a = result.before, result.after
+    """Print the summary of a pruning (``--json``: machine-readable)."""
     m = result.latency
-    eff = efficiency(b, a)
-    known = b.macs_known and a.macs_known
-    shrunk = shrunk_layers(b, a)
-    summary = {
-        "output": str(output),
-        "method": method,
-        "keep": 1.0 / m.target_speedup if m and m.target_speedup else keep,
-        "params": [b.params, a.params],
-        "synapses": [b.nonzero_synapses, a.nonzero_synapses],
-        "clusters": [b.live_clusters, a.live_clusters],
-        "macs": [b.macs, a.macs] if known else None,
-        "mac_ratio": eff.macs if a.macs and known else None,
-        "ae": eff.architectural if a.nonzero_synapses else None,
-        "ce": eff.cluster if a.live_clusters else None,
-        "groups_pruned": len(result.plan.keep),
-        "removed": {
-            "params": b.params - a.params,
-            "macs": b.macs - a.macs if known else None,
-        },
-        "zeroed": {"synapses": _zeros(a) - _zeros(b)},
-        "shrunk_most": [
-            {"layer": c.node, "filters": [c.before, c.after], "kept": c.kept} for c in shrunk
-        ],
-        "latency": _latency_summary(result.latency),
-        "folds": result.folds.summary() if result.folds is not None else None,
-    }
     if as_json:
-        emit_json(summary)
-        return
-    click.echo(
+        keep = 1.0 / m.target_speedup if m and m.target_speedup else keep
+        emit_json({"output": str(output), "method": method, "keep": keep, **result.to_dict()})
+    else:
+        click.echo(format_prune(result, output))
+
+
+def format_prune(result: api.PruneResult, output: Path) -> str:
+    """Human-readable summary of a pruning written to ``output``."""
+    b, a, eff = result.before, result.after, result.efficiency
+    summary = result.to_dict()
+    ratio = summary["mac_ratio"]
+    macs = (
+        f"MACs {_human(b.macs)} -> {_human(a.macs)} ({ratio:.2f}x fewer)"
+        if ratio
+        else f"MACs {_macs_text(b)}"
+    )
+    lines = [
         f"wrote {output}: nonzero synapses {_human(b.nonzero_synapses)} -> "
         f"{_human(a.nonzero_synapses)} (A-E {eff.architectural:.2f}x), clusters "
-        f"{b.live_clusters} -> {a.live_clusters} (C-E {eff.cluster:.2f}x), "
-        + (
-            f"MACs {_human(b.macs)} -> {_human(a.macs)} ({summary['mac_ratio'] or 0:.2f}x fewer)"
-            if summary["mac_ratio"]
-            else f"MACs {_macs_text(b)}"
-        )
-    )
-    click.echo(
+        f"{b.live_clusters} -> {a.live_clusters} (C-E {eff.cluster:.2f}x), {macs}",
         f"removed {_human(b.params - a.params)} params"
-        + (f" and {_human(b.macs - a.macs)} MACs" if summary["mac_ratio"] else "")
-        + f"; zeroed {_human(_zeros(a) - _zeros(b))} synapses inside kept filters"
-    )
-    if shrunk:
-        click.echo(
+        + (f" and {_human(b.macs - a.macs)} MACs" if ratio else "")
+        + f"; zeroed {_human(summary['zeroed']['synapses'])} synapses inside kept filters",
+    ]
+    if result.shrunk:
+        lines.append(
             "shrank most: "
-            + ", ".join(f"{c.node} {c.before} -> {c.after} ({c.kept:.0%})" for c in shrunk)
+            + ", ".join(f"{c.node} {c.before} -> {c.after} ({c.kept:.0%})" for c in result.shrunk)
         )
     f = result.folds
     if f is not None and not f.exact:
         s = f.summary()
         kinds = ", ".join(f"{v} {k}" for k, v in s["layers"].items() if v)
-        click.echo(
+        lines.append(
             f"folded the removed channels' constants into their readers ({kinds}); largest "
             f"border error {s['max_border_error']:.3g}, {s['unknown_channels']} channels unknown"
         )
+    m = result.latency
     if m is not None:
-        click.echo(
+        lines.append(
             f"latency on {m.runtime} (batch {m.batch}): {m.before_ms:.4g} ms -> "
             f"{m.after_ms:.4g} ms, {m.speedup:.2f}x faster (measured side by side)"
         )
-
-
-def _zeros(m: ModelMetrics) -> int:
-    """Zero weights inside the conv/FC weights that are present."""
-    return m.synapses - m.nonzero_synapses
-
-
-def _latency_summary(m: api.MeasuredLatency | None) -> dict[str, Any] | None:
-    if m is None:
-        return None
-    return {
-        "runtime": m.runtime,
-        "batch": m.batch,
-        "ms": [m.before_ms, m.after_ms],
-        "speedup": m.speedup,
-        "predicted_ms": m.predicted_ms,
-        "target_speedup": m.target_speedup,
-        "budget_ms": m.budget_ms,
-        "prediction_error": (
-            abs(m.predicted_ms - m.after_ms) / m.after_ms
-            if m.predicted_ms is not None and m.after_ms > 0
-            else None
-        ),
-    }
+    return "\n".join(lines)
 
 
 cli.add_command(evolve_cmd.evolve)

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def json_option(what: str) -> Callable[[F], F]:
+    """``--json``: print ``what`` as machine-readable JSON instead of text."""
+    return click.option("--json", "as_json", is_flag=True, help=f"Machine-readable {what}.")
 
 
 def emit_json(data: Any) -> None:

@@ -3,13 +3,34 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 from click.core import ParameterSource
 
 from evonnx.errors import ConfigError
 from evonnx.model.textio import remove_temporaries
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def output_option(what: str) -> Callable[[F], F]:
+    """``-o/--output FILE`` (required): where the command writes ``what``."""
+    return click.option(
+        "-o",
+        "--output",
+        type=click.Path(path_type=Path),
+        required=True,
+        help=f"Where to write the {what}.",
+    )
+
+
+def prepare_output(path: Path) -> None:
+    """Ready ``path`` for writing: :func:`check_output_file`, then :func:`sweep_temporaries`."""
+    check_output_file(path)
+    sweep_temporaries(path)
 
 
 def check_output_file(path: Path, option: str = "-o") -> None:

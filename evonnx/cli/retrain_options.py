@@ -1,24 +1,62 @@
 """Click options of the retraining recipe (``evolve`` and ``demo``).
 
-Their parameter names are :class:`~evonnx.evolution.lineage.EvolveConfig` fields; the values are
+Their parameter names are :class:`~evonnx.retrain.settings.TrainingSettings` fields; the values are
 checked (finite, in range) by the config before anything is written.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from evonnx.cli.paths import refuse_unused
-from evonnx.evolution.lineage import EvolveConfig
-from evonnx.retrain.settings import OPTIMIZERS, SCHEDULES
+from evonnx.retrain.settings import OPTIMIZERS, SCHEDULES, TrainingSettings
+
+if TYPE_CHECKING:
+    from evonnx.evolution.settings import EvolveConfig
+
+DEFAULT_TEMPERATURE = 4.0
+"""``--distill`` alone."""
 
 
-def retrain_options(d: EvolveConfig) -> list[Callable[[Any], Any]]:
-    """The retraining options, with defaults taken from ``d``."""
+class DistillTemperature(click.ParamType):
+    """``--distill``: a temperature above 0, or ``off`` (no distillation)."""
+
+    name = "T|off"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """A float above 0, or ``None`` for ``off``."""
+        if value is None or isinstance(value, float):
+            return value
+        if str(value).strip().lower() == "off":
+            return None
+        try:
+            t = float(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a temperature nor 'off'", param, ctx)
+        if not 0 < t < math.inf:
+            self.fail(f"temperature must be a number > 0 (or 'off'), got {value}", param, ctx)
+        return t
+
+
+def retrain_options(d: TrainingSettings) -> list[Callable[[Any], Any]]:
+    """The training options (the run's training section), with defaults taken from ``d``."""
     return [
+        click.option("--distill", type=DistillTemperature(), is_flag=False,
+                     flag_value=DEFAULT_TEMPERATURE, default=d.distill, show_default=True,
+                     metavar="T|off",
+                     help="Distill from the parent while retraining, at temperature T "
+                          "(--distill alone: T=4); 'off' retrains on the task's loss alone."),
+        click.option("--deterministic", is_flag=True, default=d.deterministic,
+                     help="Deterministic torch algorithms: byte-identical reruns and "
+                          "resumes on CUDA too (may train slower there)."),
+        click.option("--init", type=click.Choice(["inherit", "random"]), default=d.init,
+                     show_default=True, help="Start offspring from inherited or random weights."),
+        click.option("--threads", type=click.IntRange(1), default=d.threads,
+                     help="CPU threads for training (default: torch's choice)."),
         click.option("--epochs", type=click.IntRange(1), default=d.epochs, show_default=True,
                      help="Retraining passes over the data per offspring (see --steps)."),
         click.option("--steps", type=click.IntRange(1), default=d.steps,

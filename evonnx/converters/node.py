@@ -208,3 +208,12 @@ def opt(args: Args, index: int) -> torch.Tensor | None:
 def int_list(tensor: torch.Tensor) -> list[int]:
     """The elements of a (shape-like) integer tensor as a flat Python list."""
     return [int(v) for v in tensor.reshape(-1).tolist()]
+
+
+def torch_pads(pads: Sequence[int]) -> list[int]:
+    """ONNX ``[b1, ..., bn, e1, ..., en]`` pads to ``F.pad`` order (last axis first)."""
+    n = len(pads) // 2
+    out: list[int] = []
+    for i in reversed(range(n)):
+        out += [pads[i], pads[i + n]]
+    return out

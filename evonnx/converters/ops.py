@@ -121,9 +121,9 @@ OPS: dict[str, OpFn] = {
     "Pad": s.pad,
     "Resize": s.resize,
     # rarer ops the channel analysis prunes through
-    "ReduceL1": r.reduce_l1,
-    "ReduceLogSum": r.reduce_log_sum,
-    "ReduceLogSumExp": r.reduce_log_sum_exp,
+    "ReduceL1": m.reduce_l1,
+    "ReduceLogSum": m.reduce_log_sum,
+    "ReduceLogSumExp": m.reduce_log_sum_exp,
     "IsNaN": r.is_nan,
     "IsInf": r.is_inf,
     "Shrink": r.shrink,
@@ -132,7 +132,7 @@ OPS: dict[str, OpFn] = {
     "Swish": r.swish,
     "BitShift": r.bit_shift,
     "RMSNormalization": r.rms_normalization,
-    "Upsample": r.upsample,
+    "Upsample": s.upsample,
     # recurrent layers (text recognizers)
     "LSTM": rnn.lstm,
     "GRU": rnn.gru,

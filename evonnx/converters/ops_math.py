@@ -221,6 +221,9 @@ reduce_min = reduce(lambda x, d, k: torch.amin(x, d, keepdim=k))
 reduce_prod = reduce(_prod)
 reduce_l2 = reduce(lambda x, d, k: torch.sqrt(torch.sum(x * x, d, keepdim=k)))
 reduce_sum_square = reduce(lambda x, d, k: torch.sum(x * x, d, keepdim=k))
+reduce_l1 = reduce(lambda x, d, k: torch.sum(torch.abs(x), d, keepdim=k))
+reduce_log_sum = reduce(lambda x, d, k: torch.log(torch.sum(x, d, keepdim=k)))
+reduce_log_sum_exp = reduce(lambda x, d, k: torch.logsumexp(x, d, keepdim=k))
 
 
 def _arg_extreme(largest: bool) -> OpFn:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from evonnx.converters.node import Args, Node, Result, arg, opt
+from evonnx.converters.node import Args, Node, Result, arg, opt, torch_pads
 
 ConvFn = Callable[..., torch.Tensor]
 _CONV: dict[int, ConvFn] = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -17,18 +18,24 @@ _MAX_POOL: dict[int, ConvFn] = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3
 _AVG_POOL: dict[int, ConvFn] = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 
 
-def torch_pads(pads: Sequence[int]) -> list[int]:
-    """ONNX ``[b1, ..., bn, e1, ..., en]`` pads to ``F.pad`` order (last axis first)."""
-    n = len(pads) // 2
-    out: list[int] = []
-    for i in reversed(range(n)):
-        out += [pads[i], pads[i + n]]
-    return out
-
-
 def _spatial(node: Node, key: str, n: int, default: int) -> list[int]:
     value = node.ints(key)
     return value if value else [default] * n
+
+
+@dataclass(frozen=True)
+class Window:
+    """Kernel size, strides and dilations of a conv or pool node, per spatial axis."""
+
+    kernel: list[int]
+    strides: list[int]
+    dilations: list[int]
+
+
+def _window(node: Node, kernel: Sequence[int]) -> Window:
+    """The window of ``node`` with ``kernel`` (strides and dilations default to 1)."""
+    n = len(kernel)
+    return Window(list(kernel), _spatial(node, "strides", n, 1), _spatial(node, "dilations", n, 1))
 
 
 def _same_pads(
@@ -49,19 +56,13 @@ def _same_pads(
     return begins + ends
 
 
-def window_pads(
-    node: Node,
-    x: torch.Tensor,
-    kernel: Sequence[int],
-    strides: Sequence[int],
-    dilations: Sequence[int],
-) -> list[int]:
+def window_pads(node: Node, x: torch.Tensor, win: Window) -> list[int]:
     """Explicit ONNX pads of a conv/pool node, resolving ``auto_pad``."""
-    n = len(kernel)
+    n = len(win.kernel)
     auto = node.s("auto_pad", "NOTSET")
     if auto in ("SAME_UPPER", "SAME_LOWER"):
         sizes = list(x.shape[2:])
-        return _same_pads(sizes, kernel, strides, dilations, auto == "SAME_LOWER")
+        return _same_pads(sizes, win.kernel, win.strides, win.dilations, auto == "SAME_LOWER")
     if auto == "VALID":
         return [0] * (2 * n)
     return _spatial(node, "pads", 2 * n, 0)
@@ -78,36 +79,30 @@ def _symmetric(pads: Sequence[int]) -> bool:
 def conv(node: Node, args: Args, training: bool) -> Result:
     """Conv (1-3 spatial dims, groups, dilations, strides, pads, auto_pad)."""
     x, w, b = arg(node, args, 0), arg(node, args, 1), opt(args, 2)
-    n = w.dim() - 2
-    kernel = list(w.shape[2:])
-    strides = _spatial(node, "strides", n, 1)
-    dilations = _spatial(node, "dilations", n, 1)
-    pads = window_pads(node, x, kernel, strides, dilations)
+    win = _window(node, w.shape[2:])
+    n = len(win.kernel)
+    pads = window_pads(node, x, win)
     if not _symmetric(pads):
         x = F.pad(x, torch_pads(pads))
         pads = [0] * (2 * n)
-    return _CONV[n](x, w, b, strides, pads[:n], dilations, node.i("group", 1))
+    return _CONV[n](x, w, b, win.strides, pads[:n], win.dilations, node.i("group", 1))
 
 
 def _conv_transpose_pads(
-    node: Node,
-    x: torch.Tensor,
-    kernel: Sequence[int],
-    strides: Sequence[int],
-    dilations: Sequence[int],
-    out_pad: Sequence[int],
+    node: Node, x: torch.Tensor, win: Window, out_pad: Sequence[int]
 ) -> list[int]:
-    n = len(kernel)
+    n = len(win.kernel)
     auto = node.s("auto_pad", "NOTSET")
     out_shape = node.ints("output_shape")
     if out_shape is None and auto in ("SAME_UPPER", "SAME_LOWER"):
-        out_shape = [size * s for size, s in zip(x.shape[2:], strides, strict=True)]
+        out_shape = [size * s for size, s in zip(x.shape[2:], win.strides, strict=True)]
     if out_shape is None:
         return [0] * (2 * n) if auto == "VALID" else _spatial(node, "pads", 2 * n, 0)
     out_shape = out_shape[-n:]
     begins, ends = [], []
     for i in range(n):
-        full = strides[i] * (x.shape[2 + i] - 1) + out_pad[i] + (kernel[i] - 1) * dilations[i] + 1
+        span = (win.kernel[i] - 1) * win.dilations[i] + 1
+        full = win.strides[i] * (x.shape[2 + i] - 1) + out_pad[i] + span
         total = full - out_shape[i]
         small, big = total // 2, total - total // 2
         begins.append(small if auto == "SAME_UPPER" else big)
@@ -118,20 +113,18 @@ def _conv_transpose_pads(
 def conv_transpose(node: Node, args: Args, training: bool) -> Result:
     """ConvTranspose (groups, dilations, strides, pads, output_padding, output_shape)."""
     x, w, b = arg(node, args, 0), arg(node, args, 1), opt(args, 2)
-    n = w.dim() - 2
-    kernel = list(w.shape[2:])
-    strides = _spatial(node, "strides", n, 1)
-    dilations = _spatial(node, "dilations", n, 1)
+    win = _window(node, w.shape[2:])
+    n = len(win.kernel)
     out_pad = _spatial(node, "output_padding", n, 0)
-    pads = _conv_transpose_pads(node, x, kernel, strides, dilations, out_pad)
+    pads = _conv_transpose_pads(node, x, win, out_pad)
     group = node.i("group", 1)
     native = _symmetric(pads) and all(
-        p < max(s, d) for p, s, d in zip(out_pad, strides, dilations, strict=True)
+        p < max(s, d) for p, s, d in zip(out_pad, win.strides, win.dilations, strict=True)
     )
     if native:
-        return _CONV_T[n](x, w, b, strides, pads[:n], out_pad, group, dilations)
+        return _CONV_T[n](x, w, b, win.strides, pads[:n], out_pad, group, win.dilations)
     # General case: full transposed conv, then crop (or zero-extend) each side, then bias.
-    y = _CONV_T[n](x, w, None, strides, 0, 0, group, dilations)
+    y = _CONV_T[n](x, w, None, win.strides, 0, 0, group, win.dilations)
     crop: list[int] = []
     for i in reversed(range(n)):
         crop += [-pads[i], out_pad[i] - pads[i + n]]
@@ -199,21 +192,17 @@ def layer_norm(node: Node, args: Args, training: bool) -> Result:
 # ---------------------------------------------------------------------------------- pooling
 
 
-Geometry = tuple[list[int], list[int], list[int], list[int]]
-
-
-def _pool_geometry(node: Node, x: torch.Tensor) -> Geometry:
-    kernel = node.ints("kernel_shape") or []
-    n = len(kernel)
-    strides = _spatial(node, "strides", n, 1)
-    dilations = _spatial(node, "dilations", n, 1)
-    return kernel, strides, dilations, window_pads(node, x, kernel, strides, dilations)
+def _pool_window(node: Node, x: torch.Tensor) -> tuple[Window, list[int]]:
+    """Window and explicit pads of a pooling node."""
+    win = _window(node, node.ints("kernel_shape") or [])
+    return win, window_pads(node, x, win)
 
 
 def max_pool(node: Node, args: Args, training: bool) -> Result:
     """MaxPool (kernel, strides, pads, auto_pad, ceil_mode, dilations; no Indices output)."""
     x = arg(node, args, 0)
-    kernel, strides, dilations, pads = _pool_geometry(node, x)
+    win, pads = _pool_window(node, x)
+    kernel, dilations = win.kernel, win.dilations
     n = len(kernel)
     too_big = any(
         p > ((k - 1) * d + 1) // 2 for p, k, d in zip(pads, kernel * 2, dilations * 2, strict=True)
@@ -222,13 +211,14 @@ def max_pool(node: Node, args: Args, training: bool) -> Result:
         x = F.pad(x, torch_pads(pads), value=-math.inf)
         pads = [0] * (2 * n)
     ceil = bool(node.i("ceil_mode", 0))
-    return _MAX_POOL[n](x, kernel, strides, pads[:n], dilations, ceil)
+    return _MAX_POOL[n](x, kernel, win.strides, pads[:n], dilations, ceil)
 
 
 def average_pool(node: Node, args: Args, training: bool) -> Result:
     """AveragePool (count_include_pad, ceil_mode, asymmetric pads; no dilations)."""
     x = arg(node, args, 0)
-    kernel, strides, _, pads = _pool_geometry(node, x)
+    win, pads = _pool_window(node, x)
+    kernel, strides = win.kernel, win.strides
     n = len(kernel)
     ceil = bool(node.i("ceil_mode", 0))
     include = bool(node.i("count_include_pad", 0))

@@ -1,4 +1,9 @@
-"""Less common ops the channel analysis prunes through: reductions, tests, Lp pooling, ..."""
+"""Less common ops the channel analysis prunes through: tests, Lp pooling, Hardmax, ...
+
+Their rare reductions (ReduceL1, ReduceLogSum, ReduceLogSumExp) sit with the other
+reductions in :mod:`evonnx.converters.ops_math`, Upsample with Resize in
+:mod:`evonnx.converters.ops_shape`.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,7 @@ import math
 
 import torch
 
-from evonnx.converters.node import Args, Node, Result, arg, opt
-from evonnx.converters.ops_math import reduce
-from evonnx.converters.ops_shape import resize
-from evonnx.errors import ConversionError
-
-reduce_l1 = reduce(lambda x, d, k: torch.sum(torch.abs(x), d, keepdim=k))
-reduce_log_sum = reduce(lambda x, d, k: torch.log(torch.sum(x, d, keepdim=k)))
-reduce_log_sum_exp = reduce(lambda x, d, k: torch.logsumexp(x, d, keepdim=k))
+from evonnx.converters.node import Args, Node, Result, arg
 
 
 def is_nan(node: Node, args: Args, training: bool) -> Result:
@@ -89,10 +87,3 @@ def rms_normalization(node: Node, args: Args, training: bool) -> Result:
     xf = x.float()
     rms = torch.sqrt(torch.mean(xf * xf, dim=dims, keepdim=True) + node.f("epsilon", 1e-5))
     return (xf / rms).to(x.dtype) * scale
-
-
-def upsample(node: Node, args: Args, training: bool) -> Result:
-    """Upsample (opset 9): Resize-10 semantics, the scales as input 1."""
-    if opt(args, 1) is None:
-        raise ConversionError(f"{node.where()}: Upsample needs its scales as input 1")
-    return resize(node, args, training)

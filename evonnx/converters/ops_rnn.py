@@ -12,6 +12,7 @@ the ONNX equations. ``layout=1`` (batch first) is handled for inputs and outputs
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -44,21 +45,43 @@ def check_rnn(node: Node) -> str | None:
 
 def lstm(node: Node, args: Args, training: bool) -> Result:
     """LSTM: outputs ``Y``, ``Y_h``, ``Y_c``."""
-    return _rnn(node, args, _lstm_step, fused=_fused_lstm)
+    return _rnn(node, args, _lstm_step)
 
 
 def gru(node: Node, args: Args, training: bool) -> Result:
     """GRU (``linear_before_reset`` 0 or 1): outputs ``Y``, ``Y_h``."""
-    return _rnn(node, args, _gru_step, fused=_fused_gru)
+    return _rnn(node, args, _gru_step)
 
 
 # ------------------------------------------------------------------------------- driver
 
-Step = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
-Fused = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
+@dataclass(frozen=True)
+class StepWeights:
+    """What every time step of one direction reads besides its input and state.
+
+    Attributes:
+        r: Recurrence weight ``R`` of the direction (``[gates * hidden, hidden]``).
+        rb: Recurrence bias ``Rb`` (``[gates * hidden]``).
+        p: LSTM peephole weights, or None.
+        clip: Cell clip threshold, or None.
+        linear_before_reset: GRU: ``Rb`` and ``R`` applied before the reset gate multiplies.
+    """
+
+    r: torch.Tensor
+    rb: torch.Tensor
+    p: torch.Tensor | None
+    clip: float | None
+    linear_before_reset: bool
 
 
-def _rnn(node: Node, args: Args, step: Step, fused: Fused) -> Result:
+Step = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor | None, StepWeights],
+    tuple[torch.Tensor, torch.Tensor | None],
+]
+"""One time step: ``(x W^T + Wb, h, c, weights) -> (h_new, c_new)``."""
+
+
+def _rnn(node: Node, args: Args, step: Step) -> Result:
     batch_first = node.i("layout", 0) == 1
     x = arg(node, args, 0)
     if batch_first:
@@ -79,7 +102,7 @@ def _rnn(node: Node, args: Args, step: Step, fused: Fused) -> Result:
     full = lens is None or bool((lens.to(torch.int64) >= seq).all())
     simple = full and not node.has("clip") and p is None
     if simple and (node.op_type == "LSTM" or node.i("linear_before_reset", 0) == 1):
-        y, hn, cn = fused(x, w, r, b, h0, c0, dirs, hidden)
+        y, hn, cn = _fused(x, w, r, b, h0, c0, dirs)
     else:
         mask = None if full or lens is None else _step_mask(lens, seq, x)
         y, hn, cn = _loop(node, x, (w, r, b, p), (h0, c0), dirs, mask, step)
@@ -125,16 +148,18 @@ def _loop(
     gates = GATES[node.op_type]
     hidden = node.i("hidden_size", 0)
     clip = node.f("clip", 0.0) if node.has("clip") else None
+    before_reset = bool(node.i("linear_before_reset", 0))
     ys, hs, cs = [], [], []
     for d, reverse in enumerate(dirs):
         bias = b[d] if b is not None else x.new_zeros(2 * gates * hidden)
         xw = torch.matmul(x, w[d].t()) + bias[: gates * hidden]  # [seq, batch, G*hidden]
         h, c = state[0][d], None if state[1] is None else state[1][d]
-        consts = (r[d], bias[gates * hidden :], None if p is None else p[d], clip, node)
+        rb, pd = bias[gates * hidden :], None if p is None else p[d]
+        step_weights = StepWeights(r[d], rb, pd, clip, before_reset)
         out: list[torch.Tensor] = [x.new_empty(0)] * x.shape[0]
         order = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
         for t in order:
-            h_new, c_new = step(xw[t], h, c, *consts)
+            h_new, c_new = step(xw[t], h, c, step_weights)
             if mask is not None:
                 h_new = torch.where(mask[t], h_new, h)
                 c_new = None if c_new is None or c is None else torch.where(mask[t], c_new, c)
@@ -155,17 +180,11 @@ def _clipped(z: torch.Tensor, clip: float | None) -> torch.Tensor:
 
 
 def _lstm_step(
-    xw: torch.Tensor,
-    h: torch.Tensor,
-    c: torch.Tensor | None,
-    r: torch.Tensor,
-    rb: torch.Tensor,
-    p: torch.Tensor | None,
-    clip: float | None,
-    node: Node,
+    xw: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None, weights: StepWeights
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     assert c is not None
-    zi, zo, zf, zc = (xw + torch.matmul(h, r.t()) + rb).chunk(4, dim=-1)
+    p, clip = weights.p, weights.clip
+    zi, zo, zf, zc = (xw + torch.matmul(h, weights.r.t()) + weights.rb).chunk(4, dim=-1)
     if p is not None:
         pi, po, pf = p.chunk(3)
         zi, zf = zi + pi * c, zf + pf * c
@@ -179,25 +198,18 @@ def _lstm_step(
 
 
 def _gru_step(
-    xw: torch.Tensor,
-    h: torch.Tensor,
-    c: torch.Tensor | None,
-    r: torch.Tensor,
-    rb: torch.Tensor,
-    p: torch.Tensor | None,
-    clip: float | None,
-    node: Node,
+    xw: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None, weights: StepWeights
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     xz, xr, xh = xw.chunk(3, dim=-1)
-    rz, rr, rh = r.chunk(3, dim=0)
-    bz, br, bh = rb.chunk(3)
-    z = torch.sigmoid(_clipped(xz + torch.matmul(h, rz.t()) + bz, clip))
-    reset = torch.sigmoid(_clipped(xr + torch.matmul(h, rr.t()) + br, clip))
-    if node.i("linear_before_reset", 0):
+    rz, rr, rh = weights.r.chunk(3, dim=0)
+    bz, br, bh = weights.rb.chunk(3)
+    z = torch.sigmoid(_clipped(xz + torch.matmul(h, rz.t()) + bz, weights.clip))
+    reset = torch.sigmoid(_clipped(xr + torch.matmul(h, rr.t()) + br, weights.clip))
+    if weights.linear_before_reset:
         zh = xh + reset * (torch.matmul(h, rh.t()) + bh)
     else:
         zh = xh + torch.matmul(reset * h, rh.t()) + bh
-    candidate = torch.tanh(_clipped(zh, clip))
+    candidate = torch.tanh(_clipped(zh, weights.clip))
     return (1 - z) * candidate + z * h, None
 
 
@@ -226,60 +238,31 @@ def _params(
 
 
 def _fused(
-    kernel: Callable[..., tuple[torch.Tensor, ...]],
     x: torch.Tensor,
-    params: list[list[torch.Tensor]],
-    hx: list[torch.Tensor],
+    w: torch.Tensor,
+    r: torch.Tensor,
+    b: torch.Tensor | None,
+    h0: torch.Tensor,
+    c0: torch.Tensor | None,
     dirs: list[bool],
-    has_bias: bool,
-) -> list[tuple[torch.Tensor, ...]]:
-    """Run each direction on its own (a reverse-only direction on the flipped sequence)."""
-    results = []
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Run torch's fused kernel: ``torch.lstm`` with a cell state ``c0``, else ``torch.gru``.
+
+    Each direction runs on its own (a reverse-only direction on the flipped sequence).
+    """
+    order = GRU_ORDER if c0 is None else LSTM_ORDER
+    has_bias = b is not None
+    ys, hs, cs = [], [], []
     for d, reverse in enumerate(dirs):
+        params = _params(w, r, b, d, order)
         seq_in = x.flip(0) if reverse else x
-        state = tuple(s[d : d + 1] for s in hx)
-        y, *rest = kernel(seq_in, state, params[d], has_bias, 1, 0.0, False, False, False)
-        results.append((y.flip(0) if reverse else y, *rest))
-    return results
-
-
-def _fused_lstm(
-    x: torch.Tensor,
-    w: torch.Tensor,
-    r: torch.Tensor,
-    b: torch.Tensor | None,
-    h0: torch.Tensor,
-    c0: torch.Tensor | None,
-    dirs: list[bool],
-    hidden: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    assert c0 is not None
-    params = [_params(w, r, b, d, LSTM_ORDER) for d in range(len(dirs))]
-    runs = _fused(torch.lstm, x, params, [h0, c0], dirs, b is not None)
-    y = torch.stack([run[0] for run in runs], dim=1)
-    return y, torch.cat([run[1] for run in runs]), torch.cat([run[2] for run in runs])
-
-
-def _fused_gru(
-    x: torch.Tensor,
-    w: torch.Tensor,
-    r: torch.Tensor,
-    b: torch.Tensor | None,
-    h0: torch.Tensor,
-    c0: torch.Tensor | None,
-    dirs: list[bool],
-    hidden: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    params = [_params(w, r, b, d, GRU_ORDER) for d in range(len(dirs))]
-    runs = [_gru_direction(x, p, h0[d : d + 1], rev, b is not None)
-            for d, (p, rev) in enumerate(zip(params, dirs, strict=True))]  # fmt: skip
-    y = torch.stack([run[0] for run in runs], dim=1)
-    return y, torch.cat([run[1] for run in runs]), None
-
-
-def _gru_direction(
-    x: torch.Tensor, params: list[torch.Tensor], h0: torch.Tensor, reverse: bool, has_bias: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    seq_in = x.flip(0) if reverse else x
-    y, hn = torch.gru(seq_in, h0, params, has_bias, 1, 0.0, False, False, False)
-    return (y.flip(0) if reverse else y), hn
+        h = h0[d : d + 1]
+        if c0 is None:
+            y, hn = torch.gru(seq_in, h, params, has_bias, 1, 0.0, False, False, False)
+        else:
+            state = (h, c0[d : d + 1])
+            y, hn, cn = torch.lstm(seq_in, state, params, has_bias, 1, 0.0, False, False, False)
+            cs.append(cn)
+        ys.append(y.flip(0) if reverse else y)
+        hs.append(hn)
+    return torch.stack(ys, dim=1), torch.cat(hs), torch.cat(cs) if cs else None

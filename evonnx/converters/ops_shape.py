@@ -1,4 +1,4 @@
-"""Shape and data-movement ops: Reshape, Slice, Gather, Pad, Resize, Constant, ..."""
+"""Shape and data-movement ops: Reshape, Slice, Gather, Pad, Resize, Upsample, Constant, ..."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from evonnx.converters.node import Args, Node, Result, arg, int_list, opt
-from evonnx.converters.ops_nn import torch_pads
+from evonnx.converters.node import Args, Node, Result, arg, int_list, opt, torch_pads
 from evonnx.errors import ConversionError
 
 
@@ -337,3 +336,10 @@ def resize(node: Node, args: Args, training: bool) -> Result:
         if out_size != x.shape[axis] or scale != 1.0:
             x = _resize_axis(x, node, axis, out_size, scale)
     return x
+
+
+def upsample(node: Node, args: Args, training: bool) -> Result:
+    """Upsample (opset 9): Resize-10 semantics, the scales as input 1."""
+    if opt(args, 1) is None:
+        raise ConversionError(f"{node.where()}: Upsample needs its scales as input 1")
+    return resize(node, args, training)

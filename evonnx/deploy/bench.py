@@ -177,11 +177,7 @@ def benchmark(
         DeployError: Bad arguments, a model that cannot be re-batched or run.
         ProviderError: The provider is not available.
     """
-    labels = _labels(models, names)
-    _check_same_inputs(models, labels)
-    check_counts(batches, warmup, runs, threads)
-    for model in models:
-        check_batch_fits(model, max(batches))
+    labels = _checked_labels(models, names, batches, warmup, runs, threads)
     ep = resolve_provider(provider)
     n_threads = threads or 0
     pool = "global" if isolate and ep == PROVIDERS["cpu"] else "per-session"
@@ -195,12 +191,7 @@ def benchmark(
         runs=runs,
         seed=seed,
     )
-    samples = run_timing(job, isolate)
-    macs = [_macs_per_sample(m) for m in models]
-    timings = tuple(
-        ModelTiming(lab, macs[i], tuple(_timing(b, samples[k][i]) for k, b in enumerate(batches)))
-        for i, lab in enumerate(labels)
-    )
+    timings = _model_timings(models, labels, batches, run_timing(job, isolate))
     return BenchResult(
         provider=provider.lower(),
         threads=n_threads,
@@ -210,6 +201,37 @@ def benchmark(
         batches=tuple(batches),
         models=timings,
         speedups=_speedups(timings),
+    )
+
+
+def _checked_labels(
+    models: Sequence[onnx.ModelProto],
+    names: Sequence[str] | None,
+    batches: Sequence[int],
+    warmup: int,
+    runs: int,
+    threads: int | None,
+) -> list[str]:
+    """The models' labels, once the arguments and each model's largest batch are checked."""
+    labels = _labels(models, names)
+    _check_same_inputs(models, labels)
+    check_counts(batches, warmup, runs, threads)
+    for model in models:
+        check_batch_fits(model, max(batches))
+    return labels
+
+
+def _model_timings(
+    models: Sequence[onnx.ModelProto],
+    labels: Sequence[str],
+    batches: Sequence[int],
+    samples: Sequence[np.ndarray],
+) -> tuple[ModelTiming, ...]:
+    """Per model, its MACs and its timing at each batch size (``samples[batch][model]``)."""
+    macs = [_macs_per_sample(m) for m in models]
+    return tuple(
+        ModelTiming(lab, macs[i], tuple(_timing(b, samples[k][i]) for k, b in enumerate(batches)))
+        for i, lab in enumerate(labels)
     )
 
 

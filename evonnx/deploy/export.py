@@ -227,20 +227,12 @@ def export(
         RebatchError: The batch cannot be fixed to ``batch``.
         OutputMismatchError: The exported model's outputs differ from the input model's.
     """
-    if target not in TARGETS:
-        raise DeployError(f"unknown export target {target!r}; choose one of {', '.join(TARGETS)}")
-    if max_batch < 1:
-        raise DeployError(f"max_batch must be >= 1, got {max_batch}")
+    _check_args(target, max_batch)
     before = opset_of(model)
     base = rebatch(model, batch) if batch is not None else _copy(model)
     notes: list[str] = []
     shapes = input_shapes or {}
-    out, simplifier = checked_simplify(base, shapes, notes)  # first: folded ops need no adapter
-    out = _convert_opset(out, _target_opset(before, target, opset), notes)
-    if fp16:
-        out = to_fp16(out)
-    out = infer_shapes(out)
-    check_model(out, "exported model")
+    out, simplifier = _transform(base, shapes, _target_opset(before, target, opset), fp16, notes)
     check = _final_check(base, out, shapes, fp16, notes)  # base: at the fixed batch
     del base
     unsupported = tensorrt_compatibility(out) if target == "tensorrt" else ()
@@ -264,6 +256,32 @@ def export(
         check=check,
         shapes=filled,
     )
+
+
+def _check_args(target: str, max_batch: int) -> None:
+    """Raise :class:`~evonnx.errors.DeployError` for an unknown target or a ``max_batch`` < 1."""
+    if target not in TARGETS:
+        raise DeployError(f"unknown export target {target!r}; choose one of {', '.join(TARGETS)}")
+    if max_batch < 1:
+        raise DeployError(f"max_batch must be >= 1, got {max_batch}")
+
+
+def _transform(
+    model: onnx.ModelProto,
+    shapes: Mapping[str, Sequence[int]],
+    opset: int | None,
+    fp16: bool,
+    notes: list[str],
+) -> tuple[onnx.ModelProto, str]:
+    """The simplified model converted to ``opset`` (``None``: kept) and to fp16 when asked,
+    shapes inferred and checked, and what simplified it."""
+    out, simplifier = checked_simplify(model, shapes, notes)  # first: folded ops need no adapter
+    out = _convert_opset(out, opset, notes)
+    if fp16:
+        out = to_fp16(out)
+    out = infer_shapes(out)
+    check_model(out, "exported model")
+    return out, simplifier
 
 
 def checked_simplify(

@@ -19,8 +19,9 @@ import io
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -34,7 +35,7 @@ from evonnx.errors import (
     TaskError,
     UnsupportedModelError,
 )
-from evonnx.evolution.lineage import RESUMABLE, EvolveConfig, GenerationRecord, Lineage
+from evonnx.evolution.lineage import RESUMABLE, GenerationRecord, Lineage
 from evonnx.evolution.rundir import leftovers, run_folder, sweep
 from evonnx.evolution.speed import (
     Measures,
@@ -61,11 +62,14 @@ from evonnx.model.inputs import fill_symbolic_dims, sample_shapes
 from evonnx.model.memory import check_batch_fits
 from evonnx.model.textio import write_bytes_atomic, write_text_atomic
 from evonnx.pruning.analysis import analyze
-from evonnx.pruning.groups import Analysis
 from evonnx.pruning.metrics import ModelMetrics, compute_metrics
 from evonnx.pruning.surgery import apply_plan
 from evonnx.retrain.guard import user_code
 from evonnx.retrain.task import Split, Task, split_data
+
+if TYPE_CHECKING:
+    from evonnx.evolution.settings import EvolveConfig
+    from evonnx.pruning.groups import Analysis
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +126,7 @@ def evolve(
     model = _trainable(model)
     name = data.name if isinstance(data, (Task, Dataset)) else "task"
     with user_code(name, "has_validation"):
-        split = split_data(data, config)
+        split = split_data(data, config.selection, config.seed)
     with user_code(name, "train_batches()"):
         model = fill_symbolic_dims(model, sample_shapes(split.task.train_batches()))
     _check_fit(model, split.task, config)
@@ -130,7 +134,7 @@ def evolve(
     if config.runtime is not None or config.env == "latency":
         check_batch_fits(model, config.latency_batch)
     # every resource before the first write: a Ray cluster is reached (or started) here
-    executor = make_executor(config, progress)
+    executor = make_executor(config.execution, progress, config.threads, config.population)
     try:
         with watch_interrupts() as watch, run_folder(out, resume):
             return _run(model, sha, split, out, config, resume, executor, watch, on_generation)
@@ -294,11 +298,8 @@ def _resumed(path: Path, sha: str, data: Task, config: EvolveConfig) -> Lineage:
     if old.ancestor_sha256 != sha:
         raise RunDirectoryError(f"{path.parent} holds a run of a different ancestor model")
     _check_same_data(old, data, path.parent)
-    changed = [
-        f.name
-        for f in fields(EvolveConfig)
-        if f.name not in RESUMABLE and getattr(old.config, f.name) != getattr(config, f.name)
-    ]
+    before, now = old.config.options(), config.options()
+    changed = [k for k in now if k not in RESUMABLE and before[k] != now[k]]
     if changed:
         raise RunDirectoryError(f"cannot resume with different settings: {', '.join(changed)}")
     logger.info("resuming after generation %d", old.records[-1].generation)
@@ -422,12 +423,14 @@ def _offspring(
     """
     rng = np.random.default_rng(seed)
     if hw is not None and target is not None:
-        child = hw.offspring(parent, analysis, config.encoding(), target, rng)
+        child = hw.offspring(parent, analysis, config.encoding_config(), target, rng)
     else:
-        offspring = synthesize(parent, analysis, config.encoding(), rng)
+        offspring = synthesize(parent, analysis, config.encoding_config(), rng)
         child = apply_plan(parent, analysis, offspring.plan, offspring.masks)
     frozen = tuple(sorted(analysis.frozen_initializers()))
-    return OffspringJob(child.SerializeToString(), seed, config, teacher, frozen)
+    return OffspringJob(
+        child.SerializeToString(), seed, config.training, teacher, frozen, config.gpus_per_offspring
+    )
 
 
 def _run_latency(
@@ -438,7 +441,7 @@ def _run_latency(
     Measurements go through ``executor``'s runtime: in the driver, or on Ray as jobs of
     their own (:mod:`evonnx.execute.ray_latency`); in either case only between training jobs.
     """
-    settings = config.latency()
+    settings = config.measurement()
     if settings is None:
         return None
     launch = executor.latency_runtime() if executor is not None else None
@@ -557,7 +560,7 @@ MACs {best.mac_ratio:.2f}x fewer,{_speed_words(best)}
 | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
 {rows}
 
-Settings: `{json.dumps(asdict(lineage.config))}`
+Settings: `{json.dumps(lineage.config.to_dict())}`
 """
 
 

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import onnx
 
 from evonnx.errors import EvonnxError
-from evonnx.evolution.lineage import GenerationRecord
+
+if TYPE_CHECKING:
+    from evonnx.evolution.lineage import GenerationRecord
 
 logger = logging.getLogger(__name__)
 

@@ -9,38 +9,20 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
-import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from evonnx.errors import ConfigError, NonFiniteError, UnsupportedModelError
-from evonnx.evolution.lineage import EvolveConfig
-from evonnx.pruning.groups import Analysis
-from evonnx.pruning.metrics import LayerMetrics, ModelMetrics
-from evonnx.runtimes import RuntimeSettings
+from evonnx.model.graph import non_finite_weights
+
+if TYPE_CHECKING:
+    from evonnx.evolution.settings import EvolveConfig
+    from evonnx.pruning.groups import Analysis
+    from evonnx.pruning.metrics import LayerMetrics, ModelMetrics
+    from evonnx.runtimes import RuntimeSettings
 
 logger = logging.getLogger(__name__)
-
-_FLOATS = {
-    onnx.TensorProto.FLOAT,
-    onnx.TensorProto.FLOAT16,
-    onnx.TensorProto.DOUBLE,
-    onnx.TensorProto.BFLOAT16,
-}
-
-
-def non_finite_weights(model: onnx.ModelProto) -> list[str]:
-    """Names of the floating-point initializers holding a NaN or an infinity."""
-    bad = []
-    for t in model.graph.initializer:
-        if t.data_type not in _FLOATS or t.data_location == onnx.TensorProto.EXTERNAL:
-            continue
-        values = numpy_helper.to_array(t)
-        if not np.isfinite(values.astype(np.float32, copy=False)).all():
-            bad.append(t.name)
-    return bad
-
 
 def check_finite_weights(model: onnx.ModelProto, what: str = "the model") -> None:
     """Refuse a model with NaN or infinite weights.
@@ -132,7 +114,7 @@ def check_resources(config: EvolveConfig) -> None:
         ConfigError: Too many threads, or latency settings the runtime ignores.
         RuntimeUnavailableError, ProviderError: The latency runtime cannot run here.
     """
-    settings = config.latency()
+    settings = config.measurement()
     if settings is not None:
         check_runtime_settings(settings.runtime)
     if config.executor == "ray":

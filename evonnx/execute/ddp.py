@@ -24,21 +24,17 @@ import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from evonnx.errors import EvonnxError, ExecutorError
 
 logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    import torch
-
     from evonnx.execute.jobs import JobResult, OffspringJob
-    from evonnx.retrain import LossFn
+    from evonnx.execute.ranks import Rank
     from evonnx.retrain.task import Split
 
-Rank = tuple[int, int]
-"""(rank, world size)."""
 
 WEIGHT_RTOL = 1e-4
 """Largest difference between two ranks' weights, relative to each tensor's largest weight,
@@ -46,40 +42,6 @@ still counted as equal: float rounding (all-reduce order, kernels) is no diverge
 
 RENDEZVOUS_TIMEOUT = 1800
 """Seconds a rank waits for the others (joining, and in every collective) before failing."""
-
-
-def shard(value: Any, rank: Rank) -> Any:
-    """This rank's slice of a batch: tensors and lists are sliced; tuples element-wise."""
-    index, world = rank
-    if isinstance(value, tuple):
-        return tuple(shard(v, rank) for v in value)
-    if hasattr(value, "shape") or isinstance(value, list):
-        return value[index::world]
-    return value
-
-
-def data_parallel(
-    trainee: torch.nn.Module, loss: LossFn, rank: Rank
-) -> tuple[torch.nn.Module, LossFn]:
-    """``trainee`` wrapped in DDP on this rank's slice of each batch, and the matching loss."""
-    import torch
-    from torch.nn.parallel import DistributedDataParallel
-
-    class Sliced(torch.nn.Module):
-        def __init__(self, inner: torch.nn.Module) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, *inputs: Any) -> Any:
-            return self.inner(*shard(inputs, rank))
-
-    device = [torch.cuda.current_device()] if torch.cuda.is_available() else None
-    wrapped = DistributedDataParallel(Sliced(trainee), device_ids=device)
-
-    def sliced_loss(outputs: Any, targets: Any) -> torch.Tensor:
-        return loss(outputs, shard(targets, rank))
-
-    return wrapped, sliced_loss
 
 
 def train_rank(job: OffspringJob, payload: bytes, rank: Rank) -> JobResult:
@@ -203,7 +165,7 @@ def rank_results(job: OffspringJob, payload: bytes, ranks: int) -> list[JobResul
     with tempfile.TemporaryDirectory(prefix="evonnx-ddp-") as tmp:
         folder = Path(tmp)
         try:
-            with _rank_threads(job.config.threads, ranks):
+            with _rank_threads(job.training.threads, ranks):
                 context = mp.spawn(
                     _rank_main, args=(ranks, job, payload, str(folder)), nprocs=ranks, join=False
                 )
@@ -247,7 +209,7 @@ def _rank_main(index: int, world: int, job: OffspringJob, payload: bytes, folder
     from evonnx.execute.signals import ignore_interrupts
 
     ignore_interrupts()  # the launching process handles Ctrl-C and stops the ranks
-    local_rank_setup(job.config.threads, world)
+    local_rank_setup(job.training.threads, world)
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(index)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from evonnx.errors import (
     ConfigError,
@@ -32,11 +32,13 @@ from evonnx.errors import (
     RankDiedError,
     RuntimeUnavailableError,
 )
-from evonnx.evolution.lineage import EvolveConfig
-from evonnx.execute.jobs import JobResult, OffspringJob, execute, pack_split, unpack_split
+from evonnx.execute.jobs import JobResult, OffspringJob, pack_split, run_job, unpack_split
 from evonnx.execute.signals import ignore_interrupts
-from evonnx.retrain.task import Split
-from evonnx.runtimes import Runtime, RuntimeSettings
+
+if TYPE_CHECKING:
+    from evonnx.execute.settings import ExecutionSettings
+    from evonnx.retrain.task import Split
+    from evonnx.runtimes import Runtime, RuntimeSettings
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +94,16 @@ class Executor(abc.ABC):
         self.close()
 
 
+def execute(job: OffspringJob, data: Split, progress: bool = False) -> JobResult:
+    """:func:`~evonnx.execute.jobs.run_job`, on ``job.ranks`` data-parallel ranks when that
+    is above 1."""
+    if job.ranks > 1:
+        from evonnx.execute.ddp import run_data_parallel
+
+        return run_data_parallel(job, data, job.ranks)
+    return run_job(job, data, progress)
+
+
 class LocalExecutor(Executor):
     """One job after another in this process."""
 
@@ -106,19 +118,19 @@ class LocalExecutor(Executor):
         """Nothing to release."""
 
 
-def _threads_per_worker(config: EvolveConfig, workers: int) -> int:
+def _threads_per_worker(threads: int | None, workers: int) -> int:
     """Training threads of a worker: ``threads``, else this machine's CPUs shared out."""
-    if config.threads is not None:
-        return config.threads
+    if threads is not None:
+        return threads
     return max(1, (os.cpu_count() or 1) // workers)
 
 
 def _worker_job(job: OffspringJob, payload: bytes) -> JobResult:
     """Entry point in a worker process (module level, so it pickles by name)."""
-    if job.config.gpus_per_offspring > 1:
+    if job.ranks > 1:
         from evonnx.execute.ddp import train_parallel
 
-        return train_parallel(job, payload, job.config.gpus_per_offspring)
+        return train_parallel(job, payload, job.ranks)
     return execute(job, unpack_split(payload))
 
 
@@ -148,13 +160,16 @@ class ProcessExecutor(Executor):
     machine every worker would train on the same device; use Ray there).
 
     Args:
-        config: Run settings (``threads`` per job, else the CPUs shared among workers).
+        threads: Training threads per job (``None``: the CPUs shared among workers).
         workers: Pool size (default: the population, at most the number of CPUs).
+        population: Offspring per generation.
     """
 
-    def __init__(self, config: EvolveConfig, workers: int | None = None) -> None:
-        self.workers = workers or max(1, min(config.population, os.cpu_count() or 1))
-        self.threads = _threads_per_worker(config, self.workers)
+    def __init__(
+        self, threads: int | None = None, workers: int | None = None, population: int = 1
+    ) -> None:
+        self.workers = workers or max(1, min(population, os.cpu_count() or 1))
+        self.threads = _threads_per_worker(threads, self.workers)
         self._pool: ProcessPoolExecutor | None = None
 
     def _get_pool(self) -> ProcessPoolExecutor:
@@ -235,11 +250,13 @@ class RayExecutor(Executor):
     job ran.
 
     Args:
-        config: Run settings.
-        address: Cluster address for ``ray.init``; ``None`` starts a local one.
+        execution: Where jobs run: the cluster address for ``ray.init`` (``None`` starts a
+            local one) and the data-parallel ranks of each job.
+        threads: CPUs per job (``None``: 1).
     """
 
-    def __init__(self, config: EvolveConfig, address: str | None = None) -> None:
+    def __init__(self, execution: ExecutionSettings, threads: int | None = None) -> None:
+        address = execution.ray_address
         try:
             import ray
         except ImportError as exc:
@@ -254,9 +271,9 @@ class RayExecutor(Executor):
             except Exception as exc:  # Ray raises many kinds while connecting
                 raise ExecutorError(_ray_failure(address, exc)) from exc
             self._owned = True
-        cpus = config.threads or 1
+        cpus = threads or 1
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-        ranks = config.gpus_per_offspring
+        ranks = execution.gpus_per_offspring
         self._timed = ray.remote(max_retries=RETRIES, retry_exceptions=False)(_timed)
         self._entry: Callable[..., JobResult] = _worker_job
         self._extra: tuple[object, ...] = ()
@@ -373,10 +390,22 @@ def _ray_failure(address: str | None, exc: Exception) -> str:
     )
 
 
-def make_executor(config: EvolveConfig, progress: bool = True) -> Executor:
-    """The executor ``config.executor`` names."""
-    if config.executor == "process":
-        return ProcessExecutor(config)
-    if config.executor == "ray":
-        return RayExecutor(config, config.ray_address)
+def make_executor(
+    execution: ExecutionSettings,
+    progress: bool = True,
+    threads: int | None = None,
+    population: int = 1,
+) -> Executor:
+    """The executor ``execution.executor`` names.
+
+    Args:
+        execution: The run's execution settings.
+        progress: Show progress bars (local executor).
+        threads: Training threads per job (the run's training ``threads``).
+        population: Offspring per generation (sizes a process pool).
+    """
+    if execution.executor == "process":
+        return ProcessExecutor(threads, population=population)
+    if execution.executor == "ray":
+        return RayExecutor(execution, threads)
     return LocalExecutor(progress)

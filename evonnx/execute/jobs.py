@@ -14,21 +14,21 @@ import math
 import pickle
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import onnx
 
 from evonnx.errors import EvonnxError, NonFiniteError, TaskError
-from evonnx.evolution.lineage import EvolveConfig
-from evonnx.evolution.validate import non_finite_weights
+from evonnx.model.graph import non_finite_weights
 from evonnx.retrain import LossFn, TrainConfig
 from evonnx.retrain.guard import checked_batches, guarded, guarded_loss, user_code
-from evonnx.retrain.task import Split, add_import_path
+from evonnx.retrain.task import Split, Task, add_import_path
 
 if TYPE_CHECKING:
-    from evonnx.execute.executors import Executor
+    from evonnx.retrain.settings import TrainingSettings
 
 logger = logging.getLogger(__name__)
 
@@ -46,18 +46,28 @@ class OffspringJob:
     Attributes:
         child: The synthesized, pruned offspring (serialized ONNX, untrained).
         seed: The offspring's seed (initialization and training).
-        config: Run settings.
+        training: How to retrain it (the run's training section).
         parent: The parent (serialized ONNX) when retraining distills from it, else ``None``.
         frozen: Initializers of the layers evonnx cannot prune
             (:meth:`~evonnx.pruning.groups.Analysis.frozen_initializers`): not trained, not
             re-initialized, and written back byte-identical.
+        ranks: Data-parallel ranks retraining it (the run's ``gpus_per_offspring``).
     """
 
     child: bytes
     seed: int
-    config: EvolveConfig
+    training: TrainingSettings
     parent: bytes | None = None
     frozen: tuple[str, ...] = ()
+    ranks: int = 1
+
+
+class JobRunner(Protocol):
+    """What runs jobs (an :class:`~evonnx.execute.executors.Executor`)."""
+
+    def run(self, jobs: Sequence[OffspringJob], data: Split) -> list[JobResult]:
+        """Each job's result, in order."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -82,15 +92,6 @@ class JobResult:
     failed: str | None = None
 
 
-def execute(job: OffspringJob, data: Split, progress: bool = False) -> JobResult:
-    """:func:`run_job`, on ``gpus_per_offspring`` data-parallel ranks when that is above 1."""
-    if job.config.gpus_per_offspring > 1:
-        from evonnx.execute.ddp import run_data_parallel
-
-        return run_data_parallel(job, data, job.config.gpus_per_offspring)
-    return run_job(job, data, progress)
-
-
 def run_job(
     job: OffspringJob,
     data: Split,
@@ -106,31 +107,16 @@ def run_job(
         rank: (rank, world size) inside a data-parallel job (:mod:`evonnx.execute.ddp`); ranks
             other than 0 do not score (their scores are NaN).
     """
-    import torch
-
-    from evonnx.converters import to_torch, write_back
+    from evonnx.converters import write_back
     from evonnx.retrain import train
-    from evonnx.retrain.distill import Distiller, distillation_loss
 
     start = time.perf_counter()
-    config = job.config
+    config = job.training
     child = onnx.load_from_string(job.child)
     task = data.task
-    view = guarded(task.training_graph, task.name, "training_graph()")
-    module = to_torch(view(child), freeze_zeros=True)
-    if config.init == "random":
-        reinitialize(module, job.seed, set(job.frozen))
-    hold(module, job.frozen)
-    trainee: torch.nn.Module = module
-    loss: LossFn = guarded_loss(task.loss, task.name, "loss()")
-    if config.distill is not None:
-        if job.parent is None:
-            raise ValueError("a distilling job needs the parent model")
-        trainee = Distiller(module, to_torch(view(onnx.load_from_string(job.parent))))
-        soft = guarded_loss(task.distill_loss, task.name, "distill_loss()")
-        loss = distillation_loss(loss, soft, config.distill)
+    module, trainee, loss = _trainee(job, child, task)
     if rank is not None:
-        from evonnx.execute.ddp import data_parallel
+        from evonnx.execute.ranks import data_parallel
 
         trainee, loss = data_parallel(trainee, loss, rank)
     with user_code(task.name, "train_batches()"):
@@ -139,7 +125,7 @@ def run_job(
         result = train(
             trainee,
             batches,
-            training_config(config, job.seed % (2**31)),
+            TrainConfig.for_offspring(config, job.seed % (2**31)),
             loss_fn=loss,
             after_step=lambda _m: module.apply_masks(),
             progress=progress,
@@ -164,8 +150,31 @@ def run_job(
     )
 
 
+def _trainee(job: OffspringJob, child: onnx.ModelProto, task: Task) -> tuple[Any, Any, LossFn]:
+    """The offspring's torch module (weights inherited or re-initialized, frozen layers held),
+    what trains (the module, or a :class:`~evonnx.retrain.distill.Distiller` around it and the
+    parent) and the loss."""
+    from evonnx.converters import to_torch
+    from evonnx.retrain.distill import Distiller, distillation_loss
+
+    config = job.training
+    view = guarded(task.training_graph, task.name, "training_graph()")
+    module = to_torch(view(child), freeze_zeros=True)
+    if config.init == "random":
+        reinitialize(module, job.seed, set(job.frozen))
+    hold(module, job.frozen)
+    loss: LossFn = guarded_loss(task.loss, task.name, "loss()")
+    if config.distill is None:
+        return module, module, loss
+    if job.parent is None:
+        raise ValueError("a distilling job needs the parent model")
+    trainee = Distiller(module, to_torch(view(onnx.load_from_string(job.parent))))
+    soft = guarded_loss(task.distill_loss, task.name, "distill_loss()")
+    return module, trainee, distillation_loss(loss, soft, config.distill)
+
+
 def run_checked(
-    executor: Executor, jobs: list[OffspringJob], data: Split, reference: onnx.ModelProto
+    executor: JobRunner, jobs: list[OffspringJob], data: Split, reference: onnx.ModelProto
 ) -> list[JobResult]:
     """Run ``jobs`` on ``executor``, refusing every offspring whose outputs' names or shapes
     differ from ``reference``'s (the ancestor, at its input shapes; values change by design):
@@ -209,27 +218,6 @@ def _diverged(losses: tuple[float, ...], trained: onnx.ModelProto) -> str | None
     if weights:
         return f"training left NaN or infinite weights in {', '.join(weights[:3])}"
     return None
-
-
-def training_config(config: EvolveConfig, seed: int) -> TrainConfig:
-    """Training settings of one offspring."""
-    return TrainConfig(
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        optimizer=config.optimizer,
-        weight_decay=config.weight_decay,
-        momentum=config.momentum,
-        schedule=config.schedule,
-        warmup=config.warmup,
-        steps=config.steps,
-        clip_grad=config.clip_grad,
-        freeze_bn=config.freeze_bn,
-        seed=seed,
-        num_threads=config.threads,
-        max_batches=config.max_batches,
-        deterministic=config.deterministic,
-    )
 
 
 def hold(module: Any, names: tuple[str, ...]) -> None:

@@ -14,15 +14,23 @@ device with training. With the local executors the runtime stays in the driver.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 import onnx
 
 from evonnx.runtimes import RUNTIMES, Runtime, RuntimeSettings, make_runtime
 
-if TYPE_CHECKING:
-    from evonnx.execute.executors import RayExecutor
+T = TypeVar("T")
+
+
+class MeasuringExecutor(Protocol):
+    """What :class:`RayRuntime` needs of its executor
+    (:class:`~evonnx.execute.executors.RayExecutor`)."""
+
+    def measure(self, settings: RuntimeSettings, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` as a measurement job with a device to itself."""
+        ...
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +60,7 @@ class RayRuntime(Runtime):
         RuntimeUnavailableError: The runtime cannot run on the cluster (checked at once).
     """
 
-    def __init__(self, settings: RuntimeSettings, executor: RayExecutor) -> None:
+    def __init__(self, settings: RuntimeSettings, executor: MeasuringExecutor) -> None:
         super().__init__(settings)
         self._executor = executor
         self._device: str = executor.measure(settings, device_job, settings)

@@ -64,7 +64,7 @@ def _train_loop(config: dict[str, Any]) -> None:
 def train_with_ray(
     job: OffspringJob, payload: bytes, cpus_per_rank: int, use_gpu: bool
 ) -> JobResult:
-    """Run ``job`` on ``job.config.gpus_per_offspring`` Ray Train workers; rank 0's result.
+    """Run ``job`` on ``job.ranks`` Ray Train workers; rank 0's result.
 
     Called inside a Ray task (the job) that reserves nothing itself: the trainer's workers
     reserve ``cpus_per_rank`` CPUs each, plus one GPU each when ``use_gpu``.
@@ -78,7 +78,7 @@ def train_with_ray(
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    ranks = job.config.gpus_per_offspring
+    ranks = job.ranks
     mailbox: Any = ray.remote(num_cpus=0)(_Mailbox).remote()
     with tempfile.TemporaryDirectory(prefix="evonnx-raytrain-") as tmp:
         trainer = TorchTrainer(

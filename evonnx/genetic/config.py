@@ -9,8 +9,8 @@ from typing import Literal
 
 import numpy as np
 
-from evonnx.errors import ConfigError
-from evonnx.genetic.environments import Environment, SynapseBudget
+from evonnx.errors import ConfigError, require
+from evonnx.genetic.environments import Environment, MacBudget, SynapseBudget
 
 logger = logging.getLogger(__name__)
 
@@ -139,3 +139,83 @@ class EncodingConfig:
     def env(self) -> Environment:
         """The environment in force."""
         return self.environment if self.environment is not None else SynapseBudget(self.keep)
+
+
+EnvName = Literal["synapses", "macs", "latency"]
+"""Environment models a run names: a synapse, MAC or measured-latency budget."""
+
+
+@dataclass(frozen=True)
+class EncodingSettings:
+    """How a run encodes parents and samples offspring: the run's encoding section.
+
+    Plain values (as ``lineage.json`` stores them); :meth:`encoding` builds the
+    :class:`EncodingConfig` the sampler takes.
+
+    Attributes:
+        keep: Budget of the environment: fraction of the parent's nonzero synapses
+            (``env="synapses"``), MACs (``env="macs"``) or measured latency
+            (``env="latency"``) an offspring may keep.
+        env: Environment model.
+        cluster: ``"filter"`` (output filter/neuron) or ``"kernel"`` (k×k slice) clusters.
+        round_to: Keep channel counts multiples of this (accelerator friendliness).
+        cluster_keep: Expected fraction of clusters surviving each generation; ``None``
+            shares one environmental factor between clusters and synapses (the paper).
+        min_channels: Fewest channels any prunable group keeps.
+        min_fraction: Per-layer floor: each generation keeps at least this fraction of
+            every prunable group's channels of its parent (0: off).
+        depth: Removable residual branches are clusters too (filter clusters); ``None``
+            (default): on with ``env="latency"`` and filter clusters.
+    """
+
+    keep: float = 0.8
+    env: EnvName = "synapses"
+    cluster: ClusterMode = "filter"
+    round_to: int | None = None
+    cluster_keep: float | None = None
+    min_channels: int = 1
+    min_fraction: float = DEFAULT_MIN_FRACTION
+    depth: bool | None = None
+
+    def __post_init__(self) -> None:
+        checks = [
+            (0.0 < self.keep <= 1.0, "keep must be in (0, 1]"),
+            (self.env in ("synapses", "macs", "latency"), "env must be 'synapses', 'macs' or 'latency'"),
+            (not self.depth or self.cluster == "filter", "depth needs --cluster filter"),
+            (self.cluster in ("filter", "kernel"), "cluster must be 'filter' or 'kernel'"),
+            (0.0 <= self.min_fraction <= 1.0, "min_fraction must be in [0, 1]"),
+            (self.round_to is None or self.round_to >= 1, "round_to must be positive"),
+            (
+                self.cluster_keep is None or 0.0 < self.cluster_keep <= 1.0,
+                "cluster_keep must be in (0, 1]",
+            ),
+            (
+                self.cluster_keep is None or self.env == "synapses",
+                "cluster_keep needs --env synapses",
+            ),
+        ]
+        require(checks)
+
+    def environment(self) -> Environment:
+        """The environmental factor model (``env="latency"``: the MAC budget stands in until
+        a parent's latency model replaces it, see :mod:`evonnx.latency`)."""
+        return SynapseBudget(self.keep) if self.env == "synapses" else MacBudget(self.keep)
+
+    def encoding(self) -> EncodingConfig:
+        """The sampler's settings."""
+        return EncodingConfig(
+            keep=self.keep,
+            environment=self.environment(),
+            cluster_mode=self.cluster,
+            round_to=self.round_to,
+            min_channels=self.min_channels,
+            min_fraction=self.min_fraction,
+            cluster_keep=self.cluster_keep,
+            synapse_level=self.env == "synapses",
+            depth=self.depth if self.depth is not None else self.depth_by_default,
+        )
+
+    @property
+    def depth_by_default(self) -> bool:
+        """Whether residual branches are clusters when ``depth`` is not given."""
+        return self.env == "latency" and self.cluster == "filter"

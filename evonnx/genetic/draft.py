@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from evonnx.genetic.environments import LayerCensus
 from evonnx.genetic.genome import Gene, Genome, _axis_values
-from evonnx.pruning.groups import ChannelGroup
 from evonnx.pruning.plan import allowed_channels, floor_channels, round_channels
+
+if TYPE_CHECKING:
+    from evonnx.pruning.groups import ChannelGroup
 
 logger = logging.getLogger(__name__)
 

@@ -17,10 +17,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
 
 from evonnx.errors import ConfigError
-from evonnx.pruning.groups import ChannelGroup, Layer
+
+if TYPE_CHECKING:
+    from evonnx.pruning.groups import ChannelGroup, Layer
 
 Level = Literal["synapse", "cluster"]
 

@@ -5,19 +5,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 
 from evonnx.genetic.config import FACTOR_MAX, EncodingConfig
 from evonnx.genetic.draft import _channel_any, _Draft, _enforce, _settle
-from evonnx.genetic.environments import LayerCensus
 from evonnx.genetic.genome import Genome, encode, model_weights
 from evonnx.genetic.probabilities import _from_canonical, _kernel_sums
 from evonnx.genetic.solve import Solution, _kernel_q, solve_factor
 from evonnx.genetic.trim import _trim
-from evonnx.pruning.groups import Analysis
 from evonnx.pruning.plan import PrunePlan
+
+if TYPE_CHECKING:
+    from evonnx.genetic.environments import LayerCensus
+    from evonnx.pruning.groups import Analysis
 
 logger = logging.getLogger(__name__)
 

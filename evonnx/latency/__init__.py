@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 from evonnx.latency.budget import (
-    LatencySettings,
     Target,
     check_reachable,
     latency_offspring,
@@ -30,6 +29,7 @@ from evonnx.latency.model import (
     width_grid,
 )
 from evonnx.latency.run import RunLatency
+from evonnx.latency.settings import LatencySettings, MeasurementSettings
 from evonnx.latency.table import LatencyTable, cache_dir
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "LatencyTable",
     "LayerShape",
     "MeasuredFit",
+    "MeasurementSettings",
     "RunLatency",
     "Target",
     "build_latency_model",

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -16,37 +16,15 @@ from evonnx.latency.fit import MeasuredFit, fit_measured
 from evonnx.latency.measure import compare
 from evonnx.latency.model import LatencyModel, build_latency_model, group_census
 from evonnx.latency.table import LatencyTable
-from evonnx.pruning.groups import Analysis
 from evonnx.pruning.plan import PrunePlan, floor_channels
 from evonnx.pruning.surgery import apply_plan
-from evonnx.runtimes import Runtime, RuntimeSettings, make_runtime
+from evonnx.runtimes import Runtime, make_runtime
+
+if TYPE_CHECKING:
+    from evonnx.latency.settings import LatencySettings
+    from evonnx.pruning.groups import Analysis
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class LatencySettings:
-    """Where and how latency is measured.
-
-    Attributes:
-        runtime: The runtime and its measurement settings.
-        batch: Batch size measured.
-        step: Width step of the table's grid (``None``: the runtime's default).
-        snap: Snap channel counts to the widths where latency drops.
-        table: Latency table file (``None``: one per runtime and device in the cache dir).
-    """
-
-    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
-    batch: int = 1
-    step: int | None = None
-    snap: bool = True
-    table: Path | None = None
-
-    def __post_init__(self) -> None:
-        if self.batch < 1:
-            raise ConfigError(f"batch must be at least 1, got {self.batch}")
-        if self.step is not None and self.step < 1:
-            raise ConfigError(f"step must be at least 1, got {self.step}")
 
 
 @dataclass(frozen=True)

@@ -45,10 +45,13 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from evonnx.pruning.groups import Analysis
+if TYPE_CHECKING:
+    from evonnx.pruning.groups import Analysis
+
 
 FEATURES = ("intercept", "layers", "layer_fixed", "macs", "elements", "live_layers", "orphans")
 """Names of the predictor's features, in order."""

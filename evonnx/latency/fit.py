@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -30,10 +31,12 @@ from evonnx.errors import LatencyBudgetError, PlanError
 from evonnx.latency.measure import Comparison, compare
 from evonnx.latency.model import LatencyModel, group_census
 from evonnx.latency.steps import Widths, grow, trim
-from evonnx.pruning.groups import Analysis, ChannelGroup
 from evonnx.pruning.plan import PrunePlan, channel_strength, floor_channels
 from evonnx.pruning.surgery import apply_plan
-from evonnx.runtimes import Runtime
+
+if TYPE_CHECKING:
+    from evonnx.pruning.groups import Analysis, ChannelGroup
+    from evonnx.runtimes import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -120,13 +123,7 @@ def fit_measured(
         LatencyBudgetError: Every group is at ``min_channels``, no branch is left, and the
             offspring is still over budget.
     """
-    prunable = {g.id: g for g in analysis.prunable_groups}
-    w = Widths(
-        analysis, prunable, {gid: plan.kept(g) for gid, g in prunable.items()},
-        {gid: channel_strength(g, weights) for gid, g in prunable.items()},
-        lm, round_to, min_channels,
-        {gid: floor_channels(g.size, min_channels, min_fraction) for gid, g in prunable.items()},
-    )  # fmt: skip
+    w = _widths(analysis, plan, weights, lm, round_to, min_channels, min_fraction)
     full = lm.predict(group_census(analysis, {}))
     floor = full * floor_ms / lm.measured_ms if floor_ms is not None else 0.0
     trimmed = grown = 0
@@ -134,55 +131,155 @@ def fit_measured(
         trimmed, grown = _steer(w, w.predict(), max(keep * full, floor) / AIM)
     except PlanError:
         logger.info("predicted over the budget with nothing left to remove")
+    setup = _FitSetup(
+        parent, analysis, runtime, keep, floor_ms, masks, min_channels, min_fraction, max_rounds
+    )
+    return _measured_rounds(setup, w, trimmed, grown)
+
+
+@dataclass(frozen=True)
+class _FitSetup:
+    """What stays fixed while an offspring is measured and stepped."""
+
+    parent: onnx.ModelProto
+    analysis: Analysis
+    runtime: Runtime
+    keep: float
+    floor_ms: float | None
+    masks: Mapping[str, np.ndarray] | None
+    min_channels: int
+    min_fraction: float
+    max_rounds: int
+
+    def budget(self, parent_ms: float) -> float:
+        """The budget (ms) against a parent measured at ``parent_ms``."""
+        return max(self.keep * parent_ms, self.floor_ms or 0.0)
+
+
+@dataclass(frozen=True)
+class _Round:
+    """One measurement of an offspring side by side with its parent.
+
+    Attributes:
+        plan: The offspring's plan.
+        child: The offspring.
+        ratio: Its predicted latency before the measurement, over the parent's reference.
+        m: The measurement.
+        budget: The budget (ms) against the parent measured beside it.
+        now: Its predicted latency (ms) by the model recalibrated on the measurement.
+    """
+
+    plan: PrunePlan
+    child: onnx.ModelProto
+    ratio: float
+    m: Comparison
+    budget: float
+    now: float
+
+    @property
+    def want(self) -> float:
+        """Predicted ms to aim at."""
+        return self.now * self.budget / (AIM * max(self.m.child_ms, 1e-12))
+
+
+def _widths(
+    analysis: Analysis,
+    plan: PrunePlan,
+    weights: Mapping[str, np.ndarray],
+    lm: LatencyModel,
+    round_to: int | None,
+    min_channels: int,
+    min_fraction: float,
+) -> Widths:
+    """The prunable groups' channels that ``plan`` keeps, ready to step."""
+    prunable = {g.id: g for g in analysis.prunable_groups}
+    return Widths(
+        analysis, prunable, {gid: plan.kept(g) for gid, g in prunable.items()},
+        {gid: channel_strength(g, weights) for gid, g in prunable.items()},
+        lm, round_to, min_channels,
+        {gid: floor_channels(g.size, min_channels, min_fraction) for gid, g in prunable.items()},
+    )  # fmt: skip
+
+
+def _measured_rounds(setup: _FitSetup, w: Widths, trimmed: int, grown: int) -> MeasuredFit:
+    """Measure the offspring and step it (down, or up when it overshoots) until a measurement
+    within budget is confirmed; ``trimmed`` and ``grown`` count the steps taken before.
+
+    Raises:
+        LatencyBudgetError: Nothing is left to remove, or no measurement fit the budget.
+    """
     spare: MeasuredFit | None = None  # within budget but overshooting: better than nothing
-    for rounds in range(1, max_rounds + 1):
-        current = _plan(w.kept, prunable)
-        child = apply_plan(parent, analysis, current, masks)
-        census = group_census(analysis, w.counts())
-        ratio = lm.predict(census) / lm.measured_ms  # before measuring; points are relative
-        m = compare(runtime, parent, child, lm.batch)
-        if m.stable:  # an unstable reading (a busy machine) must not skew the predictor
-            lm = w.lm = lm.recalibrated(census, m.child_ms, m.parent_ms)
-        budget = max(keep * m.parent_ms, floor_ms or 0.0)
-        logger.info(
-            "round %d: offspring %.4g ms, parent %.4g ms, budget %.4g ms (predicted %.4g)",
-            rounds, m.child_ms, m.parent_ms, budget, ratio * m.parent_ms,
-        )  # fmt: skip
-        now = lm.predict(census)
-        want = now * budget / (AIM * max(m.child_ms, 1e-12))  # predicted ms to aim at
+    for rounds in range(1, setup.max_rounds + 1):
+        r = _measure(setup, w, rounds)
+        m, budget = r.m, r.budget
         if m.child_ms * OVERSHOOT < budget:  # far past the target: give channels back
-            if spare is None or m.child_ms / m.parent_ms > spare.child_ms / spare.parent_ms:
-                spare = MeasuredFit(  # the least overshoot so far
-                    child, current, m.parent_ms, m.child_ms, ratio * m.parent_ms, budget,
-                    rounds, trimmed, grown,
-                )  # fmt: skip
-            add = (want - now) * (1.0 if m.stable else 0.5)
-            if rounds < max_rounds and (added := grow(w, add, ceiling=now + add)):
+            spare = _least_overshoot(spare, r, rounds, trimmed, grown)
+            if rounds < setup.max_rounds and (added := _give_back(w, r)):
                 grown += added
                 continue
         if m.child_ms <= budget:
-            fit, m = _confirm(runtime, parent, child, current, lm, ratio, keep, floor_ms)
+            fit, m = _confirm(setup, r, w.lm.batch)
             if fit is not None:
                 return _done(fit, rounds, trimmed, grown)
-            budget = max(keep * m.parent_ms, floor_ms or 0.0)
-        if rounds == max_rounds:
+            budget = setup.budget(m.parent_ms)
+        if rounds == setup.max_rounds:
             break
-        need = max(now - want, now * (1.0 - budget / m.child_ms))  # at least the excess
-        need = min(need, MAX_STEP * now) * (1.0 if m.stable else 0.5)  # one reading may lie
         try:
-            trimmed += trim(w, need)
+            trimmed += trim(w, _excess(r, m, budget))
         except PlanError as exc:
             if spare is not None:
                 return _done(spare, rounds, trimmed, grown)
             raise _nothing_left(
-                m.child_ms, m.parent_ms, budget, min_channels, min_fraction
+                m.child_ms, m.parent_ms, budget, setup.min_channels, setup.min_fraction
             ) from exc
     if spare is not None:
-        return _done(spare, max_rounds, trimmed, grown)
+        return _done(spare, setup.max_rounds, trimmed, grown)
     raise LatencyBudgetError(
-        f"the offspring stays over its latency budget after {max_rounds} measurements "
+        f"the offspring stays over its latency budget after {setup.max_rounds} measurements "
         f"({m.child_ms:.4g} ms > {budget:.4g} ms)"
     )
+
+
+def _measure(setup: _FitSetup, w: Widths, rounds: int) -> _Round:
+    """Build the offspring ``w`` describes, measure it beside its parent, recalibrate ``w.lm``."""
+    plan = _plan(w.kept, w.groups)
+    child = apply_plan(setup.parent, setup.analysis, plan, setup.masks)
+    census = group_census(setup.analysis, w.counts())
+    ratio = w.lm.predict(census) / w.lm.measured_ms  # before measuring; points are relative
+    m = compare(setup.runtime, setup.parent, child, w.lm.batch)
+    if m.stable:  # an unstable reading (a busy machine) must not skew the predictor
+        w.lm = w.lm.recalibrated(census, m.child_ms, m.parent_ms)
+    budget = setup.budget(m.parent_ms)
+    logger.info(
+        "round %d: offspring %.4g ms, parent %.4g ms, budget %.4g ms (predicted %.4g)",
+        rounds, m.child_ms, m.parent_ms, budget, ratio * m.parent_ms,
+    )  # fmt: skip
+    return _Round(plan, child, ratio, m, budget, w.lm.predict(census))
+
+
+def _least_overshoot(
+    spare: MeasuredFit | None, r: _Round, rounds: int, trimmed: int, grown: int
+) -> MeasuredFit:
+    """``spare``, or the overshooting offspring of ``r`` when it overshoots less."""
+    m = r.m
+    if spare is None or m.child_ms / m.parent_ms > spare.child_ms / spare.parent_ms:
+        return MeasuredFit(
+            r.child, r.plan, m.parent_ms, m.child_ms, r.ratio * m.parent_ms, r.budget,
+            rounds, trimmed, grown,
+        )  # fmt: skip
+    return spare
+
+
+def _give_back(w: Widths, r: _Round) -> int:
+    """Grow an offspring that overshot toward what ``r`` aims at; returns the steps up."""
+    add = (r.want - r.now) * (1.0 if r.m.stable else 0.5)
+    return grow(w, add, ceiling=r.now + add)
+
+
+def _excess(r: _Round, m: Comparison, budget: float) -> float:
+    """Predicted ms to trim after reading ``m`` (``r``'s, or its confirmation) over ``budget``."""
+    need = max(r.now - r.want, r.now * (1.0 - budget / m.child_ms))  # at least the excess
+    return min(need, MAX_STEP * r.now) * (1.0 if m.stable else 0.5)  # one reading may lie
 
 
 def _steer(w: Widths, now: float, want: float) -> tuple[int, int]:
@@ -195,31 +292,23 @@ def _steer(w: Widths, now: float, want: float) -> tuple[int, int]:
     return 0, 0
 
 
-def _confirm(
-    runtime: Runtime,
-    parent: onnx.ModelProto,
-    child: onnx.ModelProto,
-    plan: PrunePlan,
-    lm: LatencyModel,
-    ratio: float,
-    keep: float,
-    floor_ms: float | None,
-) -> tuple[MeasuredFit | None, Comparison]:
+def _confirm(setup: _FitSetup, r: _Round, batch: int) -> tuple[MeasuredFit | None, Comparison]:
     """A second reading of an offspring that measured within budget: the fit if it agrees.
 
     Trimming stops at the first measurement within budget, so that one is biased low (the
     winner's curse): a fresh measurement of an offspring accepted on it alone often came out
     over budget.
     """
-    m = compare(runtime, parent, child, lm.batch)
-    budget = max(keep * m.parent_ms, floor_ms or 0.0)
+    m = compare(setup.runtime, setup.parent, r.child, batch)
+    budget = setup.budget(m.parent_ms)
     logger.info(
         "confirmed: offspring %.4g ms, parent %.4g ms, budget %.4g ms",
         m.child_ms, m.parent_ms, budget,
     )  # fmt: skip
     if m.child_ms > budget:
         return None, m
-    return MeasuredFit(child, plan, m.parent_ms, m.child_ms, ratio * m.parent_ms, budget, 0, 0), m
+    fit = MeasuredFit(r.child, r.plan, m.parent_ms, m.child_ms, r.ratio * m.parent_ms, budget, 0, 0)
+    return fit, m
 
 
 def _done(fit: MeasuredFit, rounds: int, trimmed: int, grown: int) -> MeasuredFit:

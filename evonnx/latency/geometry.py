@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -12,7 +12,9 @@ from onnx import helper, numpy_helper
 from evonnx.errors import UnsupportedModelError
 from evonnx.model.batch import rebatch
 from evonnx.model.shapes import resolve_shapes
-from evonnx.pruning.groups import Analysis, Layer
+
+if TYPE_CHECKING:
+    from evonnx.pruning.groups import Analysis, Layer
 
 _CONV_ATTRS = ("kernel_shape", "strides", "pads", "dilations", "auto_pad", "output_padding")
 

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 
-from evonnx.runtimes import Runtime
+if TYPE_CHECKING:
+    from evonnx.runtimes import Runtime
+
 
 logger = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -31,10 +32,12 @@ import onnx
 from evonnx.genetic.environments import Census, LayerCensus
 from evonnx.latency.calibrate import FEATURES, Point, calibration_widths, solve
 from evonnx.latency.geometry import LayerShape, layer_shapes
-from evonnx.latency.table import LatencyTable, Query
-from evonnx.pruning.groups import Analysis, ChannelGroup, Layer
 from evonnx.pruning.plan import PrunePlan
 from evonnx.pruning.surgery import apply_plan
+
+if TYPE_CHECKING:
+    from evonnx.latency.table import LatencyTable, Query
+    from evonnx.pruning.groups import Analysis, ChannelGroup, Layer
 
 logger = logging.getLogger(__name__)
 
@@ -220,23 +223,8 @@ def build_latency_model(
         DeployError: The runtime cannot run a graph.
     """
     rt = table.runtime
-    step = step or default_step(rt.name)
     shapes = layer_shapes(model, analysis, table.batch)
-    queries: list[Query] = []
-    spans: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
-    for node, s in shapes.items():
-        gin = width_grid(s.cin, step, max_points)
-        gout = gin if s.depthwise else width_grid(s.cout, step, max_points)
-        spans[node] = (gin, gout)
-        queries += [(s, ci, s.cout) for ci in gin] + [(s, s.cin, co) for co in gout]
-    values = iter(table.lookup(queries))
-    empty = table.empty_ms()
-    curves = {}
-    for node, s in shapes.items():
-        gin, gout = spans[node]
-        t_in = [max(0.0, next(values) - empty) for _ in gin]
-        t_out = [max(0.0, next(values) - empty) for _ in gout]
-        curves[node] = LayerCurve(s, *_curve(gin, t_in), *_curve(gout, t_out))
+    curves, empty = _layer_curves(table, shapes, step or default_step(rt.name), max_points)
     lm = LatencyModel(
         rt.name, table.batch, curves, 0.0, empty, (empty, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0)
     )
@@ -258,6 +246,29 @@ def build_latency_model(
     return LatencyModel(
         rt.name, table.batch, curves, measured, min(empty, measured), coef, points, usable, steps
     )
+
+
+def _layer_curves(
+    table: LatencyTable, shapes: Mapping[str, LayerShape], step: int, max_points: int
+) -> tuple[dict[str, LayerCurve], float]:
+    """Each layer's curves over its width grids (from ``table``, less the empty graph's
+    latency), and that latency (ms)."""
+    queries: list[Query] = []
+    spans: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+    for node, s in shapes.items():
+        gin = width_grid(s.cin, step, max_points)
+        gout = gin if s.depthwise else width_grid(s.cout, step, max_points)
+        spans[node] = (gin, gout)
+        queries += [(s, ci, s.cout) for ci in gin] + [(s, s.cin, co) for co in gout]
+    values = iter(table.lookup(queries))
+    empty = table.empty_ms()
+    curves = {}
+    for node, s in shapes.items():
+        gin, gout = spans[node]
+        t_in = [max(0.0, next(values) - empty) for _ in gin]
+        t_out = [max(0.0, next(values) - empty) for _ in gout]
+        curves[node] = LayerCurve(s, *_curve(gin, t_in), *_curve(gout, t_out))
+    return curves, empty
 
 
 def _first(analysis: Analysis, widths: Mapping[int, int]) -> PrunePlan:

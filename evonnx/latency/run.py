@@ -6,14 +6,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 
-from evonnx.genetic import EncodingConfig
-from evonnx.latency.budget import LatencySettings, Target, latency_offspring, latency_target
-from evonnx.pruning.groups import Analysis
+from evonnx.latency.budget import Target, latency_offspring, latency_target
+from evonnx.latency.settings import LatencySettings
 from evonnx.runtimes import Runtime, RuntimeSettings, make_runtime
+
+if TYPE_CHECKING:
+    from evonnx.genetic import EncodingConfig
+    from evonnx.pruning.groups import Analysis
 
 logger = logging.getLogger(__name__)
 

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from evonnx.errors import PlanError
 from evonnx.latency.model import LatencyModel, group_census
-from evonnx.pruning.groups import Analysis, ChannelGroup
 from evonnx.pruning.plan import allowed_channels
+
+if TYPE_CHECKING:
+    from evonnx.pruning.groups import Analysis, ChannelGroup
 
 
 @dataclass

@@ -16,13 +16,16 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 from onnx import helper
 
 from evonnx.latency.geometry import LayerShape
 from evonnx.model.textio import write_text_atomic
-from evonnx.runtimes import Runtime
+
+if TYPE_CHECKING:
+    from evonnx.runtimes import Runtime
 
 logger = logging.getLogger(__name__)
 

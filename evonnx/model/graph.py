@@ -8,6 +8,7 @@ import logging
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx import numpy_helper
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from evonnx.errors import ModelLoadError, UnsupportedModelError
@@ -23,6 +24,29 @@ def graph_inputs(model: onnx.ModelProto | onnx.GraphProto) -> list[onnx.ValueInf
     graph = model.graph if isinstance(model, onnx.ModelProto) else model
     inits = {t.name for t in graph.initializer}
     return [i for i in graph.input if i.name not in inits]
+
+
+FLOAT_TYPES = frozenset(
+    {
+        onnx.TensorProto.FLOAT,
+        onnx.TensorProto.FLOAT16,
+        onnx.TensorProto.DOUBLE,
+        onnx.TensorProto.BFLOAT16,
+    }
+)
+"""Floating-point ONNX element types."""
+
+
+def non_finite_weights(model: onnx.ModelProto) -> list[str]:
+    """Names of the floating-point initializers holding a NaN or an infinity."""
+    bad = []
+    for t in model.graph.initializer:
+        if t.data_type not in FLOAT_TYPES or t.data_location == onnx.TensorProto.EXTERNAL:
+            continue
+        values = numpy_helper.to_array(t)
+        if not np.isfinite(values.astype(np.float32, copy=False)).all():
+            bad.append(t.name)
+    return bad
 
 
 def opset_of(model: onnx.ModelProto) -> int:
@@ -114,7 +138,7 @@ def inferred_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     for name in ("node", "input", "output", "value_info", "sparse_initializer"):
         getattr(g, name).extend(getattr(model.graph, name))
     for t in model.graph.initializer:
-        if t.data_type in _FLOAT_TYPES and _numel(t) > 64:
+        if t.data_type in FLOAT_TYPES and _numel(t) > 64:
             g.initializer.add(name=t.name, dims=t.dims, data_type=t.data_type)
         else:
             g.initializer.append(t)
@@ -123,14 +147,6 @@ def inferred_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     except Exception as exc:  # onnx raises several unrelated types here
         logger.warning("shape inference failed: %s", exc)
         return light
-
-
-_FLOAT_TYPES = {
-    onnx.TensorProto.FLOAT,
-    onnx.TensorProto.FLOAT16,
-    onnx.TensorProto.DOUBLE,
-    onnx.TensorProto.BFLOAT16,
-}
 
 
 def _numel(t: onnx.TensorProto) -> int:

@@ -1,10 +1,11 @@
 """Emptied branches in the surgery: a removed residual branch becomes its constant.
 
-Part of the one surgery pass (:func:`evonnx.pruning.surgery.apply_plan`). With every inner channel of
-a removable branch gone, its exit layer outputs its bias plus what the removed channels'
-constants contributed (exact, border included, for a padded conv on static sizes); that
-value is carried through the BatchNorm and activations between the layer and the residual
-``Add`` (:func:`evonnx.pruning.analysis.driver.exit_chain`), and the constant replaces the branch.
+Part of the one surgery pass (:func:`evonnx.pruning.surgery.apply_plan`). With every inner
+channel of a removable branch gone, its exit layer outputs its bias plus what the removed
+channels' constants contributed (exact, border included, for a padded conv on static sizes);
+that value is carried through the BatchNorm and activations between the layer and the
+residual ``Add`` (:func:`evonnx.pruning.analysis.constants.exit_chain`), and the constant
+replaces the branch.
 A zero or per-channel constant is then folded away where that is exact.
 """
 
@@ -15,9 +16,8 @@ import onnx_graphsurgeon as gs
 
 from evonnx.errors import PlanError
 from evonnx.model.graph import node_name
-from evonnx.pruning.analysis.constants import evaluate, per_channel
-from evonnx.pruning.analysis.driver import exit_chain
-from evonnx.pruning.fold import FoldKind, FoldPlan, constant_map
+from evonnx.pruning.analysis.constants import evaluate, exit_chain, per_channel
+from evonnx.pruning.fold import FoldKind, FoldPlan, LayerFold, constant_map
 from evonnx.pruning.groups import Analysis, Role
 from evonnx.pruning.plan import PrunePlan
 
@@ -65,13 +65,19 @@ def _exit_value(
     fold = folds.of(node_name(layer))
     if fold is None or fold.kernel is None or fold.kind is FoldKind.BORDER_MAP:
         return value  # a border map is already added after the layer
-    removed = slices.get((fold.weight, fold.out_axis))
+    border = border_correction(fold, slices.get((fold.weight, fold.out_axis)))
+    return value if border is None else (value + border[None]).astype(value.dtype)
+
+
+def border_correction(fold: LayerFold, removed: np.ndarray | None) -> np.ndarray | None:
+    """What the removed inputs' constants add at each position of a padded conv's kept
+    outputs (``removed``: the dropped output channels) beyond the interior value its bias
+    takes: the constant map less that value, None when there is no map."""
     keep = np.delete(np.arange(fold.delta.size), removed if removed is not None else [])
     cmap = constant_map(fold, keep)
     if cmap is None:
-        return value
-    interior = fold.delta[keep].reshape((-1,) + (1,) * (cmap.ndim - 1))
-    return (value + (cmap - interior)[None]).astype(value.dtype)
+        return None
+    return cmap - fold.delta[keep].reshape((-1,) + (1,) * (cmap.ndim - 1))
 
 
 def _chain_value(

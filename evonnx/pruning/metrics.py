@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -11,7 +12,9 @@ import onnx_graphsurgeon as gs
 from evonnx.model.graph import constant_array
 from evonnx.model.shapes import shaped_graph
 from evonnx.pruning.analysis import analyze_graph
-from evonnx.pruning.groups import Analysis, Layer
+
+if TYPE_CHECKING:
+    from evonnx.pruning.groups import Analysis, Layer
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The surgery pass: the one place where graphs are mutated.
 
-Given an :class:`~evonnx.pruning.groups.Analysis` and a :class:`~evonnx.pruning.groups.PrunePlan`, it
-physically removes every channel a group does not keep: producer filters, biases,
+Given an :class:`~evonnx.pruning.groups.Analysis` and a :class:`~evonnx.pruning.plan.PrunePlan`,
+it physically removes every channel a group does not keep: producer filters, biases,
 per-channel parameters, consumer input slices, depthwise ``group`` attributes and the
 constant shape elements (Reshape targets, Resize sizes) that spell out channel extents.
 """
@@ -28,10 +28,16 @@ from evonnx.model.graph import (
     set_inferred_shapes,
     to_graph,
 )
-from evonnx.pruning.branches import add_into, drop_branches, dtype_of, own_input
-from evonnx.pruning.fold import RECURRENT, FoldKind, FoldPlan, LayerFold, constant_map, plan_folds
+from evonnx.pruning.branches import (
+    add_into,
+    border_correction,
+    drop_branches,
+    dtype_of,
+    own_input,
+)
+from evonnx.pruning.fold import RECURRENT, FoldKind, FoldPlan, LayerFold, plan_folds
 from evonnx.pruning.groups import Analysis, ChannelGroup, Member, Role
-from evonnx.pruning.plan import PrunePlan
+from evonnx.pruning.plan import PrunePlan, unique_members
 
 logger = logging.getLogger(__name__)
 
@@ -194,12 +200,7 @@ def _collect(analysis: Analysis, plan: PrunePlan) -> _Edits:
         removed = removed_channels(group, plan)
         if not removed.size:
             continue
-        seen: set[tuple[Role, str, int, int, int]] = set()
-        for m in group.members:
-            key = (m.role, m.name, m.axis, m.start, m.block)
-            if key in seen:
-                continue
-            seen.add(key)
+        for m in unique_members(group.members):
             _collect_member(m, removed, slices, shape_deltas, group_deltas)
     return _Edits(
         {k: np.array(sorted(v), dtype=np.int64) for k, v in slices.items()},
@@ -293,10 +294,8 @@ def _add_border_map(
 ) -> None:
     """Add the exact border correction of a padded conv (the constant map less its interior
     value, which goes into the bias) after it."""
-    keep = np.delete(np.arange(fold.delta.size), removed if removed is not None else [])
-    cmap = constant_map(fold, keep)
-    assert cmap is not None
-    corr = cmap - fold.delta[keep].reshape((-1,) + (1,) * (cmap.ndim - 1))
+    corr = border_correction(fold, removed)
+    assert corr is not None
     if np.any(corr):
         _add_after(graph, node, corr[None], "border")
 

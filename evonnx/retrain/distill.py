@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from evonnx.errors import ConfigError
-from evonnx.retrain.train import LossFn
+
+if TYPE_CHECKING:
+    from evonnx.retrain.train import LossFn
 
 DistillFn = Callable[[Any, Any, Any, float], torch.Tensor]
 """``distill(outputs, teacher_outputs, targets, temperature) -> scalar tensor``."""

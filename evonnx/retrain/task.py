@@ -33,10 +33,12 @@ from evonnx.errors import (
     TaskError,
     UnsupportedModelError,
 )
-from evonnx.evolution.lineage import EvolveConfig
 from evonnx.model.files import save_model
 from evonnx.model.textio import dangling_link
 from evonnx.retrain import guard
+
+if TYPE_CHECKING:
+    from evonnx.retrain.settings import SelectionSettings
 
 if TYPE_CHECKING:  # torch and onnxruntime load lazily: `import evonnx` stays light
     import torch
@@ -281,8 +283,9 @@ class Split:
             return self.score(path)
 
 
-def split_data(data: Dataset | Task, config: EvolveConfig) -> Split:
-    """The run's task (a data set becomes a :class:`ClassificationTask`) and selection split.
+def split_data(data: Dataset | Task, selection: SelectionSettings, seed: int = 0) -> Split:
+    """The run's task (a data set becomes a :class:`ClassificationTask`, its validation split
+    drawn with ``seed``) and selection split.
 
     Raises:
         ConfigError: Selection on ``"val"`` but the task has no validation split.
@@ -290,14 +293,14 @@ def split_data(data: Dataset | Task, config: EvolveConfig) -> Split:
     if isinstance(data, Task):
         task = data
     else:
-        fraction = 0.0 if config.select_on == "test" else config.val_fraction
-        task = ClassificationTask(data, fraction, config.seed)
-    if config.select_on == "val" and not task.has_validation:
+        fraction = 0.0 if selection.select_on == "test" else selection.val_fraction
+        task = ClassificationTask(data, fraction, seed)
+    if selection.select_on == "val" and not task.has_validation:
         raise ConfigError(
             f"task {task.name!r} has no validation split to select offspring on; give it one "
             "(--val-fraction > 0 for --data) or select on the test split (--select-on test)"
         )
-    return Split(task, config.select_on)
+    return Split(task, selection.select_on)
 
 
 def guarded(fn: Callable[..., T], what: str) -> Callable[..., T]:

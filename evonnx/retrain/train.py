@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sized
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 import numpy as np
@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from evonnx.data import Dataset
 from evonnx.errors import ConfigError
 from evonnx.retrain.recipe import frozen_batch_norm, make_optimizer, make_scheduler
-from evonnx.retrain.settings import Optimizer, recipe_problem
+from evonnx.retrain.settings import Optimizer, TrainingSettings, recipe_problem
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +107,12 @@ class TrainConfig:
             raise ConfigError(f"max_batches must be >= 1 or None, got {self.max_batches}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ConfigError(f"num_threads must be >= 1 or None, got {self.num_threads}")
+
+    @classmethod
+    def for_offspring(cls, settings: TrainingSettings, seed: int) -> TrainConfig:
+        """The training run of one offspring: the run's training settings and its seed."""
+        recipe = {f.name: getattr(settings, f.name) for f in fields(cls) if hasattr(settings, f.name)}
+        return cls(**recipe, seed=seed, num_threads=settings.threads)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ scores reach a ``Softmax`` over the key axis only through such shifts and scalar
 shift cancels and the channels may go (:func:`softmax_follows`). ``att @ v`` mixes positions,
 not channels: ``v``'s channels (on its last axis) pass to the output, where a removed
 channel's constant survives exactly when the rows of ``att`` sum to one
-(:mod:`evonnx.pruning.analysis.constants`).
+(:mod:`evonnx.pruning.analysis.dataflow`).
 """
 
 from __future__ import annotations

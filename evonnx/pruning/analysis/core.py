@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from evonnx.model.graph import constant_array
+from evonnx.model.graph import constant_array, node_name
 from evonnx.pruning.groups import Layer, Member, Role
 
 logger = logging.getLogger(__name__)
@@ -213,6 +213,54 @@ def batch1(t: gs.Tensor) -> tuple[int, ...] | None:
     return tuple(int(d) for d in dims)
 
 
+def known_shape(t: gs.Tensor) -> tuple[int, ...] | None:
+    """Static shape of ``t``, a symbolic leading batch dimension read as 1, or None."""
+    return static_shape(t) or batch1(t)
+
+
+@dataclass(frozen=True)
+class ReshapeMap:
+    """Where a Reshape puts input channel axis ``C``.
+
+    ``outer > 1``: the output axis ``axis`` also holds the ``outer`` input positions of the
+    axes before the channel axis (e.g. attention heads merged back: ``[.., heads, C]`` to
+    ``[.., heads * C]``); ``inner``: each channel expands into ``inner`` consecutive positions
+    (the axes after it merged in, as a Flatten into an FC layer); ``split``: the channel axis
+    is cut into several output axes, the last one (``axis``) of ``split`` positions holding the
+    fastest-varying part (a fused QKV projection reshaped to ``[.., 3, heads, head_dim]``).
+    """
+
+    axis: int
+    inner: int = 1
+    outer: int = 1
+    split: int = 0
+
+
+def map_reshape(ish: tuple[int, ...], osh: tuple[int, ...], axis: int) -> ReshapeMap | None:
+    """How the output of a Reshape carries input channel ``axis``, or None."""
+    lead = prod(list(ish[:axis]))
+    inner = prod(list(ish[axis + 1 :]))
+    c = ish[axis]
+    for p in range(axis, -1, -1):  # output axis oax merges input axes p..axis (and on)
+        outer = prod(list(ish[p:axis]))
+        for oax in range(len(osh)):
+            if prod(list(osh[:oax])) != prod(list(ish[:p])):
+                continue
+            tail = prod(list(osh[oax + 1 :]))
+            if osh[oax] == outer * c and tail == inner:
+                return ReshapeMap(oax, 1, outer)
+            if osh[oax] == outer * c * inner and tail == 1:
+                return ReshapeMap(oax, inner, outer)
+    for first in range(len(osh)):  # the channel axis cut into output axes first..last
+        if prod(list(osh[:first])) != lead:
+            continue
+        for last in range(first + 1, len(osh)):
+            cut = prod(list(osh[first : last + 1])) == c and osh[last] < c
+            if cut and prod(list(osh[last + 1 :])) == inner:
+                return ReshapeMap(last, split=osh[last])
+    return None
+
+
 def int_list(node: gs.Node, attr: str, input_index: int) -> list[int] | None:
     if attr in node.attrs:
         return [int(v) for v in node.attrs[attr]]
@@ -242,6 +290,22 @@ def inputs_with_layout(b: Builder, node: gs.Node) -> list[tuple[int, Layout]]:
 def freeze_inputs(b: Builder, node: gs.Node, reason: str) -> None:
     for _, lay in inputs_with_layout(b, node):
         b.freeze_layout(lay, reason)
+
+
+def ranked_layout(b: Builder, node: gs.Node) -> tuple[Layout, int] | None:
+    """Layout and rank of ``node``'s first input.
+
+    None when the input carries no channels, or when its rank is unknown (its groups are
+    then frozen).
+    """
+    lay = b.layout(node.inputs[0])
+    if lay is None:
+        return None
+    r = rank(node.inputs[0])
+    if r is None:
+        b.freeze_layout(lay, b.unknown(f"{node_name(node)}: input rank unknown"))
+        return None
+    return lay, r
 
 
 def new_output_group(

@@ -8,7 +8,7 @@ import onnx_graphsurgeon as gs
 from evonnx.model.graph import node_name
 from evonnx.model.inputs import InputShapes
 from evonnx.model.shapes import shaped_graph
-from evonnx.pruning.analysis.constants import ELEMENTWISE, LAYERS, channel_constants
+from evonnx.pruning.analysis.constants import LAYERS, exit_chain
 from evonnx.pruning.analysis.core import (
     RULES,
     Builder,
@@ -19,6 +19,7 @@ from evonnx.pruning.analysis.core import (
     inputs_with_layout,
     rank,
 )
+from evonnx.pruning.analysis.dataflow import channel_constants
 from evonnx.pruning.groups import Analysis, ChannelConstant, ChannelGroup, Layer, Role
 
 
@@ -174,7 +175,8 @@ def _closed_branch(names: set[str], consumers: set[str], tensors: dict[str, gs.T
 def _exits_into_add(layer: gs.Node, outputs: set[str]) -> bool:
     """The layer's output reaches only ``Add``/``Sub`` nodes whose other operand has the full
     shape, directly or through per-channel elementwise ops (BatchNorm, activations, SiLU's
-    ``x * Sigmoid(x)``, constant scales) read nowhere else (:func:`exit_chain`): emptied, the
+    ``x * Sigmoid(x)``, constant scales) read nowhere else
+    (:func:`~evonnx.pruning.analysis.constants.exit_chain`): emptied, the
     branch is a constant there. Shapes match when every dimension is the same number or the
     same symbol (a dynamic batch axis)."""
     if layer.op not in ("Conv", "Gemm"):
@@ -186,58 +188,6 @@ def _exits_into_add(layer: gs.Node, outputs: set[str]) -> bool:
     return all(
         _same_shape(next(i for i in r.inputs if i is not tail).shape, tail.shape)
         for r in tail.outputs
-    )
-
-
-def exit_chain(layer: gs.Node, outputs: set[str]) -> tuple[gs.Tensor, list[gs.Node]] | None:
-    """The elementwise region after ``layer`` and the one tensor it hands to the residual join.
-
-    The region holds every :data:`~evonnx.pruning.analysis.constants.ELEMENTWISE` node whose
-    activation inputs all come from ``layer`` or the region (in an evaluable order); its one
-    *tail* tensor is read only by ``Add``/``Sub`` nodes with one other, non-constant operand,
-    and every other region tensor only inside the region. None when there is no such tail or
-    a region tensor is a graph output (``outputs``: their names).
-    """
-    start = layer.outputs[0]
-    region: dict[int, gs.Tensor] = {id(start): start}
-    nodes: list[gs.Node] = []
-    seen: set[int] = set()
-    work = [start]
-    while work and len(nodes) <= _MAX_CHAIN:
-        t = work.pop()
-        if t.name in outputs or not t.outputs:
-            return None
-        for r in t.outputs:
-            live = [i for i in r.inputs if i.name and not isinstance(i, gs.Constant)]
-            if id(r) in seen or r.op not in ELEMENTWISE or _is_join(r, t, region):
-                continue
-            if all(id(i) in region for i in live):
-                seen.add(id(r))
-                nodes.append(r)
-                for o in r.outputs:
-                    region[id(o)] = o
-                    work.append(o)
-    tails = []
-    for t in region.values():
-        outer = [r for r in t.outputs if id(r) not in seen]
-        if not outer:
-            continue
-        if len(outer) < len(t.outputs) or not all(_is_join(r, t, region) for r in outer):
-            return None
-        tails.append(t)
-    return (tails[0], nodes) if len(tails) == 1 and len(nodes) <= _MAX_CHAIN else None
-
-
-_MAX_CHAIN = 16
-
-
-def _is_join(node: gs.Node, t: gs.Tensor, region: dict[int, gs.Tensor]) -> bool:
-    """``node`` is an ``Add``/``Sub`` of ``t`` and one activation from outside the region."""
-    if node.op not in ("Add", "Sub") or len(node.inputs) != 2:
-        return False
-    others = [i for i in node.inputs if i is not t]
-    return (
-        len(others) == 1 and not isinstance(others[0], gs.Constant) and id(others[0]) not in region
     )
 
 

@@ -16,6 +16,7 @@ from evonnx.pruning.analysis.core import (
     inputs_with_layout,
     optional_input,
     rank,
+    ranked_layout,
     rule,
 )
 from evonnx.pruning.groups import Role
@@ -46,6 +47,22 @@ def _broadcast_const(
     return True
 
 
+def _laid_inputs(b: Builder, node: gs.Node) -> tuple[list[tuple[int, Layout]], int] | None:
+    """The inputs carrying channels (index, layout) and the output rank.
+
+    None when no input carries channels, or when the output rank is unknown (their groups are
+    then frozen).
+    """
+    laid = inputs_with_layout(b, node)
+    if not laid:
+        return None
+    out_rank = rank(node.outputs[0])
+    if out_rank is None:
+        freeze_inputs(b, node, b.unknown(f"{node_name(node)}: output rank unknown"))
+        return None
+    return laid, out_rank
+
+
 @rule(
     "Add",
     "Sub",
@@ -67,13 +84,10 @@ def _broadcast_const(
     "Mod",
 )
 def _elementwise(b: Builder, node: gs.Node) -> None:
-    laid = inputs_with_layout(b, node)
-    if not laid:
+    found = _laid_inputs(b, node)
+    if found is None:
         return
-    out_rank = rank(node.outputs[0])
-    if out_rank is None:
-        freeze_inputs(b, node, b.unknown(f"{node_name(node)}: output rank unknown"))
-        return
+    laid, out_rank = found
     ref_i, ref = max(laid, key=lambda il: dim(node.inputs[il[0]], il[1].axis) or 0)
     ref_t = node.inputs[ref_i]
     ref_rank = rank(ref_t) or out_rank
@@ -120,15 +134,11 @@ def _merge_operand(
 
 @rule("Concat")
 def _concat(b: Builder, node: gs.Node) -> None:
-    laid = inputs_with_layout(b, node)
-    if not laid:
+    found = _laid_inputs(b, node)
+    if found is None:
         return
-    r = rank(node.outputs[0])
-    axis = int(node.attrs.get("axis", 0))
-    if r is None:
-        freeze_inputs(b, node, b.unknown(f"{node_name(node)}: output rank unknown"))
-        return
-    axis %= r
+    laid, r = found
+    axis = int(node.attrs.get("axis", 0)) % r
     if any(lay.axis != laid[0][1].axis for _, lay in laid):
         freeze_inputs(b, node, f"{node_name(node)}: inputs carry channels on different axes")
         return
@@ -164,13 +174,10 @@ def _split(b: Builder, node: gs.Node) -> None:
     Each output carries the segments that fall in its range; the split sizes become SHAPE
     members so the surgery rewrites them. Splits on other axes pass channels through.
     """
-    lay = b.layout(node.inputs[0])
-    r = rank(node.inputs[0])
-    if lay is None:
+    found = ranked_layout(b, node)
+    if found is None:
         return
-    if r is None:
-        b.freeze_layout(lay, b.unknown(f"{node_name(node)}: input rank unknown"))
-        return
+    lay, r = found
     axis = int(node.attrs.get("axis", 0)) % r
     if axis != lay.axis:
         for out in node.outputs:

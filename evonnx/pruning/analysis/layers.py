@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from evonnx.model.graph import node_name
@@ -10,16 +11,15 @@ from evonnx.pruning.analysis.core import (
     Builder,
     Layout,
     Segment,
-    batch1,
     const_value,
     dim,
     freeze_inputs,
+    known_shape,
     new_output_group,
     optional_input,
     prod,
     rank,
     rule,
-    static_shape,
 )
 from evonnx.pruning.groups import Layer, Role
 
@@ -27,12 +27,12 @@ from evonnx.pruning.groups import Layer, Role
 def _macs(node: gs.Node, w_shape: tuple[int, ...], group: int) -> int:
     out = node.outputs[0]
     if node.op == "Conv":
-        osh = static_shape(out) or batch1(out)
+        osh = known_shape(out)
         return prod(osh) * prod(list(w_shape[1:])) if osh else 0
     if node.op == "ConvTranspose":
-        ish = static_shape(node.inputs[0]) or batch1(node.inputs[0])
+        ish = known_shape(node.inputs[0])
         return prod(ish) * prod(list(w_shape[1:])) if ish else 0
-    osh = static_shape(out) or batch1(out)
+    osh = known_shape(out)
     if not osh:
         return 0
     k = w_shape[1] if node.op == "Gemm" and node.attrs.get("transB", 0) else w_shape[0]
@@ -79,12 +79,34 @@ def _produce(
         b.add(seg, Role.BIAS, bias.name, node_name(node), 0)
 
 
+def _layer_inputs(
+    b: Builder, node: gs.Node, bias_index: int = 2
+) -> tuple[Layout | None, gs.Tensor, np.ndarray | None, gs.Tensor | None]:
+    """Layout of a layer's input, its weight (input 1) and the weight's value, and its bias."""
+    w = node.inputs[1]
+    return b.layout(node.inputs[0]), w, const_value(w), optional_input(node, bias_index)
+
+
+def _new_layer(
+    b: Builder,
+    node: gs.Node,
+    w: gs.Tensor,
+    bias: gs.Tensor | None,
+    lay: Layout | None,
+    cout: int,
+    out_axis: int,
+    frozen: str | None = None,
+) -> None:
+    """Record a layer that reads ``lay`` and writes a new group of ``cout`` channels along
+    ``out_axis`` of its weight (the input channels lie on the other of axes 0 and 1)."""
+    gid = new_output_group(b, node, cout, 1, frozen)
+    _produce(b, node, gid, w, out_axis, bias)
+    _record_layer(b, node, w, out_axis, 1 - out_axis, gid, lay)
+
+
 @rule("Conv")
 def _conv(b: Builder, node: gs.Node) -> None:
-    x, w = node.inputs[0], node.inputs[1]
-    bias = optional_input(node, 2)
-    lay = b.layout(x)
-    wv = const_value(w)
+    lay, w, wv, bias = _layer_inputs(b, node)
     if wv is None:
         freeze_inputs(b, node, f"weight of {node_name(node)} is not a constant initializer")
         cout = dim(node.outputs[0], 1) or 0
@@ -98,17 +120,13 @@ def _conv(b: Builder, node: gs.Node) -> None:
         lay = None
     if group == 1:
         _consume(b, node, lay, w, 1)
-        gid = new_output_group(b, node, cout, 1)
-        _produce(b, node, gid, w, 0, bias)
-        _record_layer(b, node, w, 0, 1, gid, lay)
+        _new_layer(b, node, w, bias, lay, cout, 0)
     elif group == cin and cin_g == 1 and lay is not None:
         _depthwise(b, node, lay, w, bias, cout // cin)
     else:
         reason = f"grouped conv {node_name(node)} (group={group}) ties channels across groups"
         b.freeze_layout(lay, reason)
-        gid = new_output_group(b, node, cout, 1, reason)
-        _produce(b, node, gid, w, 0, bias)
-        _record_layer(b, node, w, 0, 1, gid, lay)
+        _new_layer(b, node, w, bias, lay, cout, 0, reason)
 
 
 def _depthwise(
@@ -128,10 +146,7 @@ def _depthwise(
 
 @rule("ConvTranspose")
 def _conv_transpose(b: Builder, node: gs.Node) -> None:
-    x, w = node.inputs[0], node.inputs[1]
-    bias = optional_input(node, 2)
-    lay = b.layout(x)
-    wv = const_value(w)
+    lay, w, wv, bias = _layer_inputs(b, node)
     group = int(node.attrs.get("group", 1))
     cout = dim(node.outputs[0], 1) or (int(wv.shape[1]) * group if wv is not None else 0)
     if wv is None or group != 1 or (lay is not None and lay.axis != 1):
@@ -144,19 +159,14 @@ def _conv_transpose(b: Builder, node: gs.Node) -> None:
             _record_layer(b, node, w, 1, 0, gid, lay)
         return
     _consume(b, node, lay, w, 0)
-    gid = new_output_group(b, node, int(wv.shape[1]), 1)
-    _produce(b, node, gid, w, 1, bias)
-    _record_layer(b, node, w, 1, 0, gid, lay)
+    _new_layer(b, node, w, bias, lay, int(wv.shape[1]), 1)
 
 
 @rule("Gemm")
 def _gemm(b: Builder, node: gs.Node) -> None:
-    a, w = node.inputs[0], node.inputs[1]
-    bias = optional_input(node, 2)
-    lay = b.layout(a)
-    wv = const_value(w)
+    lay, w, wv, bias = _layer_inputs(b, node)
     trans_b = int(node.attrs.get("transB", 0))
-    if wv is None or int(node.attrs.get("transA", 0)) or const_value(a) is not None:
+    if wv is None or int(node.attrs.get("transA", 0)) or const_value(node.inputs[0]) is not None:
         reason = f"{node_name(node)}: Gemm needs a constant B, an activation A and transA=0"
         freeze_inputs(b, node, reason)
         new_output_group(b, node, dim(node.outputs[0], 1) or 0, 1, reason)
@@ -219,10 +229,7 @@ def _recurrent(b: Builder, node: gs.Node) -> None:
     (``x W^T + Wb``), so ``W[:, :, c] * c`` folds exactly into the ``Wb`` half of ``B``
     (:mod:`evonnx.pruning.fold`). Its hidden units stay whole: its outputs carry frozen groups.
     """
-    x, w = node.inputs[0], node.inputs[1]
-    lay = b.layout(x)
-    wv = const_value(w)
-    bias = optional_input(node, 3)
+    lay, w, wv, bias = _layer_inputs(b, node, 3)
     gates = GATES[node.op]
     if lay is not None:
         reason = None

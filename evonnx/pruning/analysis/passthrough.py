@@ -12,6 +12,7 @@ from evonnx.pruning.analysis.core import (
     int_list,
     optional_input,
     rank,
+    ranked_layout,
     rule,
 )
 from evonnx.pruning.groups import Role
@@ -103,13 +104,10 @@ def _norm(b: Builder, node: gs.Node) -> None:
 @rule("LayerNormalization", "GroupNormalization", "RMSNormalization")
 def _layer_norm(b: Builder, node: gs.Node) -> None:
     """Norms over trailing axes: channels pass when they lie before the normalized axes."""
-    lay = b.layout(node.inputs[0])
-    r = rank(node.inputs[0])
-    if lay is None:
+    found = ranked_layout(b, node)
+    if found is None:
         return
-    if r is None:
-        b.freeze_layout(lay, b.unknown(f"{node_name(node)}: input rank unknown"))
-        return
+    lay, r = found
     first = 1 if node.op == "GroupNormalization" else int(node.attrs.get("axis", -1)) % r
     if lay.axis >= first:
         b.freeze_layout(lay, f"{node_name(node)} normalizes over the channel axis")
@@ -119,13 +117,10 @@ def _layer_norm(b: Builder, node: gs.Node) -> None:
 
 @rule("Transpose")
 def _transpose(b: Builder, node: gs.Node) -> None:
-    lay = b.layout(node.inputs[0])
-    r = rank(node.inputs[0])
-    if lay is None:
+    found = ranked_layout(b, node)
+    if found is None:
         return
-    if r is None:
-        b.freeze_layout(lay, b.unknown(f"{node_name(node)}: input rank unknown"))
-        return
+    lay, r = found
     perm = [int(p) for p in node.attrs.get("perm", list(range(r))[::-1])]
     b.set_layout(node.outputs[0], lay.with_axis(perm.index(lay.axis)))
 
@@ -167,13 +162,10 @@ def _pass_unless_axis(b: Builder, node: gs.Node, default: int, coerced: bool, wh
 
     ``coerced``: the op flattens every axis from ``axis`` on (Softmax before opset 13).
     """
-    lay = b.layout(node.inputs[0])
-    r = rank(node.inputs[0])
-    if lay is None:
+    found = ranked_layout(b, node)
+    if found is None:
         return
-    if r is None:
-        b.freeze_layout(lay, b.unknown(f"{node_name(node)}: input rank unknown"))
-        return
+    lay, r = found
     axis = int(node.attrs.get("axis", default)) % r
     if axis == lay.axis or (coerced and lay.axis >= axis):
         b.freeze_layout(lay, f"{node_name(node)} {why}")
@@ -190,13 +182,10 @@ def _softmax(b: Builder, node: gs.Node) -> None:
 
 @rule("Slice")
 def _slice(b: Builder, node: gs.Node) -> None:
-    lay = b.layout(node.inputs[0])
-    r = rank(node.inputs[0])
-    if lay is None:
+    found = ranked_layout(b, node)
+    if found is None:
         return
-    if r is None:
-        b.freeze_layout(lay, b.unknown(f"{node_name(node)}: input rank unknown"))
-        return
+    lay, r = found
     axes = int_list(node, "axes", 3)
     if axes is not None and not axes:
         starts = int_list(node, "starts", 1)
@@ -209,13 +198,10 @@ def _slice(b: Builder, node: gs.Node) -> None:
 
 @rule("Pad")
 def _pad(b: Builder, node: gs.Node) -> None:
-    lay = b.layout(node.inputs[0])
-    r = rank(node.inputs[0])
-    if lay is None:
+    found = ranked_layout(b, node)
+    if found is None:
         return
-    if r is None:
-        b.freeze_layout(lay, b.unknown(f"{node_name(node)}: input rank unknown"))
-        return
+    lay, r = found
     pads = int_list(node, "pads", 1)
     axes = int_list(node, "axes", 3) or list(range(r))
     if pads is None:

@@ -2,66 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import onnx_graphsurgeon as gs
 
 from evonnx.model.graph import node_name
 from evonnx.pruning.analysis.core import (
     Builder,
     Layout,
+    ReshapeMap,
     Segment,
-    batch1,
     const_value,
     dim,
+    known_shape,
+    map_reshape,
     prod,
     rule,
-    static_shape,
 )
 from evonnx.pruning.groups import Role
-
-
-@dataclass(frozen=True)
-class ReshapeMap:
-    """Where a Reshape puts input channel axis ``C``.
-
-    ``outer > 1``: the output axis ``axis`` also holds the ``outer`` input positions of the
-    axes before the channel axis (e.g. attention heads merged back: ``[.., heads, C]`` to
-    ``[.., heads * C]``); ``inner``: each channel expands into ``inner`` consecutive positions
-    (the axes after it merged in, as a Flatten into an FC layer); ``split``: the channel axis
-    is cut into several output axes, the last one (``axis``) of ``split`` positions holding the
-    fastest-varying part (a fused QKV projection reshaped to ``[.., 3, heads, head_dim]``).
-    """
-
-    axis: int
-    inner: int = 1
-    outer: int = 1
-    split: int = 0
-
-
-def map_reshape(ish: tuple[int, ...], osh: tuple[int, ...], axis: int) -> ReshapeMap | None:
-    """How the output of a Reshape carries input channel ``axis``, or None."""
-    lead = prod(list(ish[:axis]))
-    inner = prod(list(ish[axis + 1 :]))
-    c = ish[axis]
-    for p in range(axis, -1, -1):  # output axis oax merges input axes p..axis (and on)
-        outer = prod(list(ish[p:axis]))
-        for oax in range(len(osh)):
-            if prod(list(osh[:oax])) != prod(list(ish[:p])):
-                continue
-            tail = prod(list(osh[oax + 1 :]))
-            if osh[oax] == outer * c and tail == inner:
-                return ReshapeMap(oax, 1, outer)
-            if osh[oax] == outer * c * inner and tail == 1:
-                return ReshapeMap(oax, inner, outer)
-    for first in range(len(osh)):  # the channel axis cut into output axes first..last
-        if prod(list(osh[:first])) != lead:
-            continue
-        for last in range(first + 1, len(osh)):
-            cut = prod(list(osh[first : last + 1])) == c and osh[last] < c
-            if cut and prod(list(osh[last + 1 :])) == inner:
-                return ReshapeMap(last, split=osh[last])
-    return None
 
 
 def _split_layout(b: Builder, lay: Layout, d: int) -> Layout | None:
@@ -98,8 +54,8 @@ def _reshape(b: Builder, node: gs.Node) -> None:
     lay = b.layout(node.inputs[0])
     if lay is None:
         return
-    ish = static_shape(node.inputs[0]) or batch1(node.inputs[0])
-    osh = static_shape(node.outputs[0]) or batch1(node.outputs[0])
+    ish = known_shape(node.inputs[0])
+    osh = known_shape(node.outputs[0])
     if osh is None and ish is not None and node.op == "Reshape":
         osh = _resolve_target(node, ish)
     mapped = map_reshape(ish, osh, lay.axis) if ish and osh else None
