@@ -207,6 +207,8 @@ def test_bad_settings_are_refused(bad: dict[str, object]) -> None:
         (["--steps", "0"], "--steps"),
         (["--steps", "5", "--epochs", "2"], "--epochs: --steps sets"),
         (["--optimizer", "adam", "--momentum", "0.5"], "--momentum: only --optimizer sgd"),
+        (["--optimizer", "adam", "--nesterov"], "nesterov"),
+        (["--momentum", "0", "--nesterov"], "nesterov"),
     ],
 )
 def test_cli_refuses_bad_recipes(
@@ -303,3 +305,18 @@ def test_defaults_are_the_benchmarks_choice() -> None:
     fields = ("optimizer", "lr", "warmup", "weight_decay", "freeze_bn", "schedule")
     assert {k: getattr(d, k) for k in fields} == {k: chosen[k] for k in fields}
     assert chosen["name"] in results["chosen"]["safe"]
+
+
+def test_nesterov_reaches_the_optimizer_of_each_offspring() -> None:
+    import torch
+
+    from evonnx.retrain.recipe import make_optimizer
+
+    config = EvolveConfig(nesterov=True)
+    assert config.training.nesterov and config.to_dict()["training"]["nesterov"] is True
+    train_config = TrainConfig.for_offspring(config.training, 5)
+    assert train_config.nesterov and train_config.seed == 5
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    sgd = make_optimizer(params, "sgd", 0.1, 0.9, 0.0, train_config.nesterov)
+    assert sgd.defaults["nesterov"] is True
+    assert make_optimizer(params, "sgd", 0.1, 0.9, 0.0).defaults["nesterov"] is False

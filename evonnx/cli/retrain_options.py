@@ -70,6 +70,8 @@ def retrain_options(d: TrainingSettings) -> list[Callable[[Any], Any]]:
                      help="adamw: Adam with decoupled weight decay; sgd uses --momentum."),
         click.option("--momentum", type=click.FloatRange(0, 1, max_open=True),
                      default=d.momentum, show_default=True, help="SGD momentum."),
+        click.option("--nesterov/--no-nesterov", default=d.nesterov, show_default=True,
+                     help="SGD with Nesterov momentum."),
         click.option("--weight-decay", type=click.FloatRange(0), default=d.weight_decay,
                      show_default=True,
                      help="Weight decay (L2 for sgd and adam, decoupled for adamw)."),
@@ -96,3 +98,4 @@ def refuse_idle_retrain_options(config: EvolveConfig) -> None:
         refuse_unused(["epochs"], "--steps sets how long each offspring retrains")
     if config.optimizer != "sgd":
         refuse_unused(["momentum"], f"only --optimizer sgd uses momentum, not {config.optimizer}")
+        refuse_unused(["nesterov"], f"only --optimizer sgd uses nesterov, not {config.optimizer}")

@@ -16,14 +16,17 @@ def make_optimizer(
     lr: float,
     momentum: float,
     weight_decay: float,
+    nesterov: bool = False,
 ) -> torch.optim.Optimizer:
-    """SGD (with ``momentum``; Nesterov off), Adam (L2 ``weight_decay`` in the gradient) or
-    AdamW (decoupled ``weight_decay``)."""
+    """SGD (with ``momentum``, Nesterov's when ``nesterov``), Adam (L2 ``weight_decay`` in the
+    gradient) or AdamW (decoupled ``weight_decay``)."""
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return torch.optim.SGD(
+        params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov
+    )
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:

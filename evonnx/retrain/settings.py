@@ -64,6 +64,7 @@ class TrainingSettings:
         optimizer: ``"sgd"`` (with ``momentum``), ``"adam"`` or ``"adamw"``.
         weight_decay: Weight decay (L2 for SGD and Adam, decoupled for AdamW).
         momentum: SGD momentum.
+        nesterov: SGD with Nesterov momentum (needs ``momentum`` > 0).
         schedule: Learning rate after the warm-up: ``"cosine"`` (per step, towards 0) or
             ``"constant"``.
         warmup: Fraction of the steps over which the learning rate rises linearly first.
@@ -89,6 +90,7 @@ class TrainingSettings:
     optimizer: Optimizer = "sgd"
     weight_decay: float = 0.0
     momentum: float = 0.9
+    nesterov: bool = False
     schedule: Literal["cosine", "constant"] = "cosine"
     warmup: float = 0.1
     steps: int | None = None
@@ -111,6 +113,10 @@ class TrainingSettings:
                 "distill temperature must be a number > 0 (not NaN or infinite), or off",
             ),
             (self.init in ("inherit", "random"), "init must be 'inherit' or 'random'"),
+            (
+                not self.nesterov or (self.optimizer == "sgd" and self.momentum > 0),
+                "nesterov needs --optimizer sgd and a momentum above 0",
+            ),
         ]
         problem = next((message for ok, message in checks if not ok), None) or recipe_problem(
             self.optimizer, self.schedule, self.momentum, self.weight_decay, self.warmup,

@@ -46,6 +46,7 @@ class TrainConfig:
         optimizer: ``"sgd"`` (with ``momentum``), ``"adam"`` or ``"adamw"`` (decoupled
             weight decay).
         momentum: SGD momentum, in [0, 1).
+        nesterov: SGD with Nesterov momentum.
         weight_decay: Weight decay passed to the optimizer (L2 for SGD and Adam, decoupled
             for AdamW).
         schedule: ``"cosine"`` anneals the learning rate per step towards 0, ``"constant"``
@@ -76,6 +77,7 @@ class TrainConfig:
     lr: float = 0.01
     optimizer: Optimizer = "sgd"
     momentum: float = 0.9
+    nesterov: bool = False
     weight_decay: float = 0.0
     schedule: Literal["cosine", "constant"] = "cosine"
     warmup: float = 0.0
@@ -250,7 +252,7 @@ def _run(
     progress: bool,
 ) -> TrainResult:
     optimizer = make_optimizer(
-        params, config.optimizer, config.lr, config.momentum, config.weight_decay
+        params, config.optimizer, config.lr, config.momentum, config.weight_decay, config.nesterov
     )
     per_epoch = _batches_per_epoch(data, config)
     per_step = config.steps is not None or per_epoch is not None
