@@ -1,6 +1,7 @@
 """Benchmark of the genetic encoding and offspring sampling at ResNet-50 scale.
 
-Builds a synthetic :class:`~evonnx.pruning.groups.Analysis` with ResNet-50's layer sizes (25.5 M conv/FC
+Builds a synthetic :class:`~evonnx.pruning.groups.Analysis` with ResNet-50's layer sizes (25.5 M
+conv/FC
 weights, residual groups coupling every block's last conv with the downsample conv) and times
 ``encode`` (probabilities), ``solve_factor`` (environmental factor) and ``sample`` (one offspring)
 for several configurations. With ``--onnx`` it also exports a torch ResNet-50 and times

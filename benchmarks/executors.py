@@ -44,8 +44,12 @@ def main() -> None:
     parser.add_argument("--population", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--no-write", action="store_true", help="print, do not edit the docs")
-    parser.add_argument("--gpu-job-s", type=float, default=300.0,
-                        help="assumed GPU seconds to retrain one ResNet-56 offspring (projection)")
+    parser.add_argument(
+        "--gpu-job-s",
+        type=float,
+        default=300.0,
+        help="assumed GPU seconds to retrain one ResNet-56 offspring (projection)",
+    )
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--paper-population", type=int, default=8)
     parser.add_argument("--ddp-repeats", type=int, default=3)
@@ -78,7 +82,10 @@ def main() -> None:
     for name, key, parallel in makers:
         start = time.perf_counter()
         with make_executor(
-            replace(config.execution, executor=key), False, config.threads, config.population  # type: ignore[arg-type]
+            replace(config.execution, executor=key),
+            False,
+            config.threads,
+            config.population,  # type: ignore[arg-type]
         ) as executor:
             first = executor.run(jobs, split)
             cold = time.perf_counter() - start
@@ -140,7 +147,10 @@ def _ddp_line(config: EvolveConfig, split: Split, job: OffspringJob, repeats: in
     models = set()
     for key in ("local", "ray"):
         with make_executor(
-            replace(config.execution, executor=key), False, config.threads, config.population  # type: ignore[arg-type]
+            replace(config.execution, executor=key),
+            False,
+            config.threads,
+            config.population,  # type: ignore[arg-type]
         ) as executor:
             for _ in range(repeats):
                 start = time.perf_counter()

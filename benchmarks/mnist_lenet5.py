@@ -107,7 +107,8 @@ DISTILL_T = 4.0
 """Distillation temperature of the runs that distill."""
 
 ANCESTORS = {"classic": "lenet5", "caffe": "lenet5-caffe"}
-"""``--ancestor`` choices and their :func:`evonnx.retrain.demo.train_demo_ancestor` architectures."""
+"""``--ancestor`` choices and their :func:`evonnx.retrain.demo.train_demo_ancestor`
+architectures."""
 
 SECTIONS = {"classic": "mnist", "caffe": "mnist-caffe"}
 """docs/benchmarks.md section of each ancestor."""

@@ -15,7 +15,8 @@ whether it was busy and the machine's load.
 
 For every network, thread setting and batch size, up to four offspring per target speed-up S:
 
-* **latency**: the genetic encoding under :class:`evonnx.genetic.environments.LatencyBudget` (latency
+* **latency**: the genetic encoding under :class:`evonnx.genetic.environments.LatencyBudget`
+(latency
   predicted from the per-layer lookup table, channel counts on latency steps, depth clusters),
   measured end to end and trimmed until its measured speed-up is at least S
   (:func:`evonnx.api.synthesize_latency`);

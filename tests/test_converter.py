@@ -28,8 +28,7 @@ RTOL, ATOL = 1e-4, 1e-5
 def run_ort(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(model.SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     return [np.asarray(o) for o in sess.run(None, feed)]
 
 
@@ -102,8 +101,15 @@ def test_zoo_parameters_keyed_by_onnx_names(zoo_case: tuple[str, onnx.ModelProto
         assert unmangle_name(mangle_name(name)) == name
 
 
-TRAIN_CASES = ["lenet5@dynamo", "resnet@legacy", "mobilenetv2@legacy", "se@dynamo",
-               "helper_convnet", "helper_residual_concat", "parser_depthwise_convtranspose"]
+TRAIN_CASES = [
+    "lenet5@dynamo",
+    "resnet@legacy",
+    "mobilenetv2@legacy",
+    "se@dynamo",
+    "helper_convnet",
+    "helper_residual_concat",
+    "parser_depthwise_convtranspose",
+]
 
 
 def _single(out: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -124,8 +130,9 @@ def _target(out: torch.Tensor) -> torch.Tensor:
     return torch.randn(out.shape, generator=g)
 
 
-def _train(module: OnnxModule, inputs: list[torch.Tensor], steps: int = 6,
-           weight_decay: float = 0.0) -> list[float]:
+def _train(
+    module: OnnxModule, inputs: list[torch.Tensor], steps: int = 6, weight_decay: float = 0.0
+) -> list[float]:
     module.train()
     opt = torch.optim.SGD(module.parameters(), lr=0.05, momentum=0.9, weight_decay=weight_decay)
     with torch.no_grad():
@@ -157,8 +164,11 @@ def test_training_lowers_loss_and_writes_back(case: str, zoo_dir: Path) -> None:
     assert model.SerializeToString() == original  # input untouched
     onnx.checker.check_model(trained, full_check=True)
     for old, new in zip(model.graph.initializer, trained.graph.initializer, strict=True):
-        assert (old.name, old.data_type, list(old.dims)) == (new.name, new.data_type,
-                                                             list(new.dims))
+        assert (old.name, old.data_type, list(old.dims)) == (
+            new.name,
+            new.data_type,
+            list(new.dims),
+        )
     for got, want in zip(run_ort(trained, feed), run_torch(module, feed), strict=True):
         np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
 
@@ -188,8 +198,9 @@ def test_masks_keep_zeros_during_training(case: str, zoo_dir: Path) -> None:
     params = module.onnx_parameters()
     before = {k: params[k].detach().clone() for k in masks}
     # Hooks alone keep zeros under SGD with momentum and weight decay.
-    _train(module, [torch.from_numpy(feed[n]) for n in module.input_names], steps=4,
-           weight_decay=0.1)
+    _train(
+        module, [torch.from_numpy(feed[n]) for n in module.input_names], steps=4, weight_decay=0.1
+    )
     for name, mask in masks.items():
         assert torch.all(params[name][~mask] == 0), name
         assert not torch.equal(params[name][mask], before[name][mask]), name
@@ -207,8 +218,13 @@ def test_masks_keep_zeros_during_training(case: str, zoo_dir: Path) -> None:
 
 
 def test_freeze_zeros_twice_rerecords_masks() -> None:
-    model = _sparsify(parse(f"""{header()}
-        g (float[2, 4] x) => (float y) {{ y = MatMul(x, w) }}""", {"w": rand(4, 3)}))
+    model = _sparsify(
+        parse(
+            f"""{header()}
+        g (float[2, 4] x) => (float y) {{ y = MatMul(x, w) }}""",
+            {"w": rand(4, 3)},
+        )
+    )
     module = to_torch(model)
     assert module.masks == {}
     first = module.freeze_zeros()
@@ -221,11 +237,17 @@ def test_freeze_zeros_twice_rerecords_masks() -> None:
 
 
 def test_batchnorm_train_updates_running_stats_and_writes_back() -> None:
-    model = parse(f"""{header()}
+    model = parse(
+        f"""{header()}
         g (float[4, 3, 5, 5] x) => (float y) {{
             y = BatchNormalization <momentum = 0.7, epsilon = 0.001> (x, s, b, m, v) }}""",
-                  {"s": f32(1.0, 2.0, 0.5), "b": f32(0.1, 0.2, 0.3),
-                   "m": f32(0.0, 1.0, -1.0), "v": f32(1.0, 2.0, 0.5)})
+        {
+            "s": f32(1.0, 2.0, 0.5),
+            "b": f32(0.1, 0.2, 0.3),
+            "m": f32(0.0, 1.0, -1.0),
+            "v": f32(1.0, 2.0, 0.5),
+        },
+    )
     module = to_torch(model)
     assert set(module.onnx_buffers()) == {"m", "v"}
     assert set(module.onnx_parameters()) == {"s", "b"}
@@ -235,22 +257,25 @@ def test_batchnorm_train_updates_running_stats_and_writes_back() -> None:
     assert isinstance(y, torch.Tensor)
     batch_mean = x.mean(axis=(0, 2, 3))
     batch_var = x.var(axis=(0, 2, 3), ddof=0)
-    np.testing.assert_allclose(y.detach().numpy().mean(axis=(0, 2, 3)), [0.1, 0.2, 0.3],
-                               atol=1e-5)
+    np.testing.assert_allclose(y.detach().numpy().mean(axis=(0, 2, 3)), [0.1, 0.2, 0.3], atol=1e-5)
     n = x.size / 3
     stats = module.onnx_buffers()
-    np.testing.assert_allclose(stats["m"].numpy(),
-                               0.7 * np.array([0.0, 1.0, -1.0]) + 0.3 * batch_mean, rtol=1e-5)
-    np.testing.assert_allclose(stats["v"].numpy(),
-                               0.7 * np.array([1.0, 2.0, 0.5]) + 0.3 * batch_var * n / (n - 1),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        stats["m"].numpy(), 0.7 * np.array([0.0, 1.0, -1.0]) + 0.3 * batch_mean, rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        stats["v"].numpy(),
+        0.7 * np.array([1.0, 2.0, 0.5]) + 0.3 * batch_var * n / (n - 1),
+        rtol=1e-5,
+    )
     trained = write_back(model, module)
     inits = {t.name: numpy_helper.to_array(t) for t in trained.graph.initializer}
     np.testing.assert_allclose(inits["m"], stats["m"].numpy())
     np.testing.assert_allclose(inits["v"], stats["v"].numpy())
     feed = {"x": x}
-    np.testing.assert_allclose(run_ort(trained, feed)[0], run_torch(module, feed)[0],
-                               rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(
+        run_ort(trained, feed)[0], run_torch(module, feed)[0], rtol=RTOL, atol=ATOL
+    )
 
 
 def test_dropout_active_only_in_train_mode() -> None:
@@ -277,20 +302,27 @@ def test_unsupported_op_raises_at_construction() -> None:
     model.graph.node[0].name = "my_det"
     with pytest.raises(ConversionError, match=r"Det.*my_det"):
         to_torch(model)
-    custom = helper.make_model(helper.make_graph(
-        [helper.make_node("Frobnicate", ["x"], ["y"], name="frob", domain="com.example")], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])]),
+    custom = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Frobnicate", ["x"], ["y"], name="frob", domain="com.example")],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        ),
         opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)],
-        ir_version=8)
+        ir_version=8,
+    )
     with pytest.raises(ConversionError, match=r"Frobnicate.*frob"):
         to_torch(custom)
 
 
 def test_unsupported_attribute_raises_at_construction() -> None:
-    model = parse(f"""{header()}
+    model = parse(
+        f"""{header()}
         g (float[1, 1, 4, 4] x) => (float y) {{
-            y = Resize <mode = "cubic"> (x, , sc) }}""", {"sc": f32(1, 1, 2, 2)})
+            y = Resize <mode = "cubic"> (x, , sc) }}""",
+        {"sc": f32(1, 1, 2, 2)},
+    )
     with pytest.raises(ConversionError, match=r"Resize.*cubic"):
         to_torch(model)
 
@@ -310,9 +342,16 @@ def test_legacy_export_with_dynamic_batch() -> None:
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.randn(2, 3, 8, 8),), buf, dynamo=False, opset_version=17,
-                          input_names=["x"], output_names=["y"],
-                          dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+        torch.onnx.export(
+            net,
+            (torch.randn(2, 3, 8, 8),),
+            buf,
+            dynamo=False,
+            opset_version=17,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+        )
     model = onnx.load_from_string(buf.getvalue())
     assert {"Shape", "Gather", "Unsqueeze", "Concat"} <= {n.op_type for n in model.graph.node}
     module = to_torch(model)
@@ -322,8 +361,7 @@ def test_legacy_export_with_dynamic_batch() -> None:
         assert got.shape == (batch, 5)
         np.testing.assert_allclose(got, run_ort(model, {"x": x})[0], rtol=RTOL, atol=ATOL)
         with torch.no_grad():
-            np.testing.assert_allclose(got, net(torch.from_numpy(x)).numpy(), rtol=RTOL,
-                                       atol=ATOL)
+            np.testing.assert_allclose(got, net(torch.from_numpy(x)).numpy(), rtol=RTOL, atol=ATOL)
 
 
 # -------------------------------------------------------------------------- name mangling
@@ -342,114 +380,222 @@ def test_mangle_is_injective_and_valid(names: list[str]) -> None:
 
 X4 = "float[1, 3, 6, 7] x"
 OP_CASES: dict[str, tuple[str, dict[str, np.ndarray]]] = {
-    "resize_linear_scales": (f"""{header()} g ({X4}) => (float y) {{
-        y = Resize <mode = "linear"> (x, , sc) }}""", {"sc": f32(1, 1, 2, 1.5)}),
-    "resize_linear_sizes_align": (f"""{header()} g ({X4}) => (float y) {{
+    "resize_linear_scales": (
+        f"""{header()} g ({X4}) => (float y) {{
+        y = Resize <mode = "linear"> (x, , sc) }}""",
+        {"sc": f32(1, 1, 2, 1.5)},
+    ),
+    "resize_linear_sizes_align": (
+        f"""{header()} g ({X4}) => (float y) {{
         y = Resize <mode = "linear", coordinate_transformation_mode = "align_corners">
-            (x, , , sz) }}""", {"sz": i64(1, 3, 11, 4)}),
-    "resize_linear_down_pytorch": (f"""{header()} g ({X4}) => (float y) {{
+            (x, , , sz) }}""",
+        {"sz": i64(1, 3, 11, 4)},
+    ),
+    "resize_linear_down_pytorch": (
+        f"""{header()} g ({X4}) => (float y) {{
         y = Resize <mode = "linear", coordinate_transformation_mode = "pytorch_half_pixel">
-            (x, , sc) }}""", {"sc": f32(1, 1, 0.5, 0.6)}),
-    "resize_nearest_torch_style": (f"""{header()} g ({X4}) => (float y) {{
+            (x, , sc) }}""",
+        {"sc": f32(1, 1, 0.5, 0.6)},
+    ),
+    "resize_nearest_torch_style": (
+        f"""{header()} g ({X4}) => (float y) {{
         y = Resize <mode = "nearest", coordinate_transformation_mode = "asymmetric",
-                    nearest_mode = "floor"> (x, , sc) }}""", {"sc": f32(1, 1, 2, 3)}),
-    "resize_nearest_default": (f"""{header()} g ({X4}) => (float y) {{
-        y = Resize <mode = "nearest"> (x, , sc) }}""", {"sc": f32(1, 1, 1.5, 0.5)}),
-    "resize_nearest_sizes_ceil": (f"""{header()} g ({X4}) => (float y) {{
+                    nearest_mode = "floor"> (x, , sc) }}""",
+        {"sc": f32(1, 1, 2, 3)},
+    ),
+    "resize_nearest_default": (
+        f"""{header()} g ({X4}) => (float y) {{
+        y = Resize <mode = "nearest"> (x, , sc) }}""",
+        {"sc": f32(1, 1, 1.5, 0.5)},
+    ),
+    "resize_nearest_sizes_ceil": (
+        f"""{header()} g ({X4}) => (float y) {{
         y = Resize <mode = "nearest", nearest_mode = "round_prefer_ceil"> (x, , , sz) }}""",
-                                  {"sz": i64(1, 3, 9, 10)}),
-    "pad_reflect": (f"""{header()} g ({X4}) => (float y) {{
-        y = Pad <mode = "reflect"> (x, p) }}""", {"p": i64(0, 0, 2, 1, 0, 0, 1, 3)}),
-    "pad_edge": (f"""{header()} g ({X4}) => (float y) {{
-        y = Pad <mode = "edge"> (x, p) }}""", {"p": i64(0, 1, 2, 0, 0, 0, 1, 3)}),
-    "pad_constant_value_crop": (f"""{header()} g ({X4}) => (float y) {{
-        y = Pad (x, p, cv) }}""", {"p": i64(0, 0, 2, -1, 0, 0, 1, 3), "cv": f32(1.5)[0]}),
-    "split_input": (f"""{header()} g ({X4}) => (float a, float b, float c) {{
-        a, b, c = Split <axis = 3> (x, s) }}""", {"s": i64(2, 4, 1)}),
-    "split_num_outputs": (f"""{header(18)} g ({X4}) => (float a, float b, float c) {{
-        a, b, c = Split <axis = -1, num_outputs = 3> (x) }}""", {}),
-    "split_equal": (f"""{header()} g ({X4}) => (float a, float b) {{
-        a, b = Split <axis = 2> (x) }}""", {}),
-    "slice_steps": (f"""{header()} g ({X4}) => (float y) {{
+        {"sz": i64(1, 3, 9, 10)},
+    ),
+    "pad_reflect": (
+        f"""{header()} g ({X4}) => (float y) {{
+        y = Pad <mode = "reflect"> (x, p) }}""",
+        {"p": i64(0, 0, 2, 1, 0, 0, 1, 3)},
+    ),
+    "pad_edge": (
+        f"""{header()} g ({X4}) => (float y) {{
+        y = Pad <mode = "edge"> (x, p) }}""",
+        {"p": i64(0, 1, 2, 0, 0, 0, 1, 3)},
+    ),
+    "pad_constant_value_crop": (
+        f"""{header()} g ({X4}) => (float y) {{
+        y = Pad (x, p, cv) }}""",
+        {"p": i64(0, 0, 2, -1, 0, 0, 1, 3), "cv": f32(1.5)[0]},
+    ),
+    "split_input": (
+        f"""{header()} g ({X4}) => (float a, float b, float c) {{
+        a, b, c = Split <axis = 3> (x, s) }}""",
+        {"s": i64(2, 4, 1)},
+    ),
+    "split_num_outputs": (
+        f"""{header(18)} g ({X4}) => (float a, float b, float c) {{
+        a, b, c = Split <axis = -1, num_outputs = 3> (x) }}""",
+        {},
+    ),
+    "split_equal": (
+        f"""{header()} g ({X4}) => (float a, float b) {{
+        a, b = Split <axis = 2> (x) }}""",
+        {},
+    ),
+    "slice_steps": (
+        f"""{header()} g ({X4}) => (float y) {{
         y = Slice (x, st, en, ax, sp) }}""",
-                    {"st": i64(-1, 1, 0), "en": i64(-100, 6, 100), "ax": i64(3, 2, 1),
-                     "sp": i64(-2, 2, 1)}),
-    "transpose": (f"""{header()} g ({X4}) => (float y) {{
-        y = Transpose <perm = [0, 3, 1, 2]> (x) }}""", {}),
-    "softmax_axis": (f"""{header()} g ({X4}) => (float y) {{
-        y = Softmax <axis = 2> (x) }}""", {}),
-    "softmax_opset11": (f"""{header(11)} g ({X4}) => (float y) {{
-        y = Softmax <axis = 2> (x) }}""", {}),
+        {"st": i64(-1, 1, 0), "en": i64(-100, 6, 100), "ax": i64(3, 2, 1), "sp": i64(-2, 2, 1)},
+    ),
+    "transpose": (
+        f"""{header()} g ({X4}) => (float y) {{
+        y = Transpose <perm = [0, 3, 1, 2]> (x) }}""",
+        {},
+    ),
+    "softmax_axis": (
+        f"""{header()} g ({X4}) => (float y) {{
+        y = Softmax <axis = 2> (x) }}""",
+        {},
+    ),
+    "softmax_opset11": (
+        f"""{header(11)} g ({X4}) => (float y) {{
+        y = Softmax <axis = 2> (x) }}""",
+        {},
+    ),
     "log_softmax": (f"""{header()} g ({X4}) => (float y) {{ y = LogSoftmax (x) }}""", {}),
-    "gather": (f"""{header()} g ({X4}) => (float y) {{
-        y = Gather <axis = 3> (x, i) }}""", {"i": np.array([[0, -1], [2, 3]], dtype=np.int64)}),
-    "gather_scalar": (f"""{header()} g ({X4}) => (float y) {{
-        y = Gather <axis = 1> (x, i) }}""", {"i": np.array(-2, dtype=np.int64)}),
-    "conv_transpose_output_padding": (f"""{header()} g ({X4}) => (float y) {{
+    "gather": (
+        f"""{header()} g ({X4}) => (float y) {{
+        y = Gather <axis = 3> (x, i) }}""",
+        {"i": np.array([[0, -1], [2, 3]], dtype=np.int64)},
+    ),
+    "gather_scalar": (
+        f"""{header()} g ({X4}) => (float y) {{
+        y = Gather <axis = 1> (x, i) }}""",
+        {"i": np.array(-2, dtype=np.int64)},
+    ),
+    "conv_transpose_output_padding": (
+        f"""{header()} g ({X4}) => (float y) {{
         y = ConvTranspose <strides = [2, 3], pads = [1, 0, 1, 2], output_padding = [1, 2],
-                           group = 1> (x, w, b) }}""", {"w": rand(3, 4, 3, 3), "b": rand(4)}),
-    "conv_transpose_groups_dilation": (f"""{header()} g ({X4}) => (float y) {{
+                           group = 1> (x, w, b) }}""",
+        {"w": rand(3, 4, 3, 3), "b": rand(4)},
+    ),
+    "conv_transpose_groups_dilation": (
+        f"""{header()} g ({X4}) => (float y) {{
         y = ConvTranspose <strides = [2, 2], pads = [1, 1, 1, 1], dilations = [2, 1],
                            output_padding = [1, 0], group = 3> (x, w) }}""",
-                                       {"w": rand(3, 2, 3, 2)}),
-    "conv_transpose_output_shape_same_upper": (f"""{header()} g ({X4}) => (float y, float z) {{
+        {"w": rand(3, 2, 3, 2)},
+    ),
+    "conv_transpose_output_shape_same_upper": (
+        f"""{header()} g ({X4}) => (float y, float z) {{
         y = ConvTranspose <strides = [2, 2], output_shape = [12, 15], auto_pad = "SAME_UPPER">
             (x, w)
         z = ConvTranspose <strides = [2, 3], auto_pad = "SAME_LOWER"> (x, w) }}""",
-                                               {"w": rand(3, 2, 3, 4)}),
-    "avgpool_ceil": (f"""{header()} g ({X4}) => (float y, float z) {{
+        {"w": rand(3, 2, 3, 4)},
+    ),
+    "avgpool_ceil": (
+        f"""{header()} g ({X4}) => (float y, float z) {{
         y = AveragePool <kernel_shape = [3, 3], strides = [2, 2], ceil_mode = 1> (x)
         z = AveragePool <kernel_shape = [3, 3], strides = [2, 2], pads = [1, 1, 1, 1],
-                         ceil_mode = 1> (x) }}""", {}),
-    "conv_same_upper": (f"""{header()} g ({X4}) => (float y) {{
+                         ceil_mode = 1> (x) }}""",
+        {},
+    ),
+    "conv_same_upper": (
+        f"""{header()} g ({X4}) => (float y) {{
         y = Conv <auto_pad = "SAME_UPPER", strides = [2, 2]> (x, w, b) }}""",
-                        {"w": rand(4, 3, 4, 3), "b": rand(4)}),
-    "conv_same_lower": (f"""{header()} g ({X4}) => (float y) {{
+        {"w": rand(4, 3, 4, 3), "b": rand(4)},
+    ),
+    "conv_same_lower": (
+        f"""{header()} g ({X4}) => (float y) {{
         y = Conv <auto_pad = "SAME_LOWER", strides = [1, 2]> (x, w) }}""",
-                        {"w": rand(4, 3, 2, 4)}),
-    "conv_asymmetric_pads_groups": (f"""{header()} g ({X4}) => (float y) {{
+        {"w": rand(4, 3, 2, 4)},
+    ),
+    "conv_asymmetric_pads_groups": (
+        f"""{header()} g ({X4}) => (float y) {{
         y = Conv <pads = [0, 1, 2, 0], strides = [1, 2], group = 3> (x, w, b) }}""",
-                                    {"w": rand(6, 1, 3, 3), "b": rand(6)}),
-    "conv_valid_1d": ("""<ir_version: 8, opset_import: ["" : 17]>
+        {"w": rand(6, 1, 3, 3), "b": rand(6)},
+    ),
+    "conv_valid_1d": (
+        """<ir_version: 8, opset_import: ["" : 17]>
         g (float[2, 3, 9] x) => (float y) { y = Conv <auto_pad = "VALID", strides = [2]> (x, w) }
-        """, {"w": rand(5, 3, 3)}),
-    "maxpool_ceil_pads": (f"""{header()} g ({X4}) => (float y) {{
+        """,
+        {"w": rand(5, 3, 3)},
+    ),
+    "maxpool_ceil_pads": (
+        f"""{header()} g ({X4}) => (float y) {{
         y = MaxPool <kernel_shape = [3, 3], strides = [2, 2], pads = [1, 1, 1, 1],
-                     ceil_mode = 1> (x) }}""", {}),
-    "maxpool_asym_dilated": (f"""{header()} g ({X4}) => (float y) {{
+                     ceil_mode = 1> (x) }}""",
+        {},
+    ),
+    "maxpool_asym_dilated": (
+        f"""{header()} g ({X4}) => (float y) {{
         y = MaxPool <kernel_shape = [2, 3], pads = [0, 2, 1, 0], dilations = [2, 1]> (x) }}""",
-                             {}),
-    "avgpool_include_pad": (f"""{header()} g ({X4}) => (float y) {{
+        {},
+    ),
+    "avgpool_include_pad": (
+        f"""{header()} g ({X4}) => (float y) {{
         y = AveragePool <kernel_shape = [3, 3], pads = [1, 1, 1, 1], strides = [2, 2],
-                         count_include_pad = 1> (x) }}""", {}),
-    "avgpool_exclude_pad_asym": (f"""{header()} g ({X4}) => (float y) {{
-        y = AveragePool <kernel_shape = [2, 3], pads = [1, 0, 0, 2]> (x) }}""", {}),
-    "avgpool_same_upper": (f"""{header()} g ({X4}) => (float y) {{
+                         count_include_pad = 1> (x) }}""",
+        {},
+    ),
+    "avgpool_exclude_pad_asym": (
+        f"""{header()} g ({X4}) => (float y) {{
+        y = AveragePool <kernel_shape = [2, 3], pads = [1, 0, 0, 2]> (x) }}""",
+        {},
+    ),
+    "avgpool_same_upper": (
+        f"""{header()} g ({X4}) => (float y) {{
         y = AveragePool <kernel_shape = [3, 2], strides = [2, 2], auto_pad = "SAME_UPPER"> (x)
-        }}""", {}),
-    "global_max_pool": (f"""{header()} g ({X4}) => (float y) {{
-        y = GlobalMaxPool (x) }}""", {}),
-    "gemm_alpha_beta_trans": ("""<ir_version: 8, opset_import: ["" : 17]>
+        }}""",
+        {},
+    ),
+    "global_max_pool": (
+        f"""{header()} g ({X4}) => (float y) {{
+        y = GlobalMaxPool (x) }}""",
+        {},
+    ),
+    "gemm_alpha_beta_trans": (
+        """<ir_version: 8, opset_import: ["" : 17]>
         g (float[4, 3] x) => (float y) {
             y = Gemm <alpha = 0.5, beta = 2.0, transA = 1> (x, w, c) }""",
-                              {"w": rand(4, 5), "c": rand(3, 5)}),
-    "reduce_mean_axes_input": (f"""{header(18)} g ({X4}) => (float y) {{
-        y = ReduceMean <keepdims = 0> (x, ax) }}""", {"ax": i64(-1, 1)}),
-    "reduce_sum_all": (f"""{header()} g ({X4}) => (float y) {{
-        y = ReduceSum (x) }}""", {}),
-    "reduce_max_min": (f"""{header()} g ({X4}) => (float y) {{
+        {"w": rand(4, 5), "c": rand(3, 5)},
+    ),
+    "reduce_mean_axes_input": (
+        f"""{header(18)} g ({X4}) => (float y) {{
+        y = ReduceMean <keepdims = 0> (x, ax) }}""",
+        {"ax": i64(-1, 1)},
+    ),
+    "reduce_sum_all": (
+        f"""{header()} g ({X4}) => (float y) {{
+        y = ReduceSum (x) }}""",
+        {},
+    ),
+    "reduce_max_min": (
+        f"""{header()} g ({X4}) => (float y) {{
         a = ReduceMax <axes = [2], keepdims = 1> (x)
         b = ReduceMin <axes = [2], keepdims = 1> (x)
-        y = Sub(a, b) }}""", {}),
-    "clip_empty_min": (f"""{header()} g ({X4}) => (float y) {{
-        y = Clip (x, , hi) }}""", {"hi": f32(0.3)[0]}),
-    "clip_attrs_opset6": (f"""{header(6)} g ({X4}) => (float y) {{
-        y = Clip <min = -0.5, max = 0.25> (x) }}""", {}),
-    "squeeze_unsqueeze_flatten": (f"""{header()} g ({X4}) => (float y) {{
+        y = Sub(a, b) }}""",
+        {},
+    ),
+    "clip_empty_min": (
+        f"""{header()} g ({X4}) => (float y) {{
+        y = Clip (x, , hi) }}""",
+        {"hi": f32(0.3)[0]},
+    ),
+    "clip_attrs_opset6": (
+        f"""{header(6)} g ({X4}) => (float y) {{
+        y = Clip <min = -0.5, max = 0.25> (x) }}""",
+        {},
+    ),
+    "squeeze_unsqueeze_flatten": (
+        f"""{header()} g ({X4}) => (float y) {{
         u = Unsqueeze (x, a1)
         s = Squeeze (u, a2)
-        y = Flatten <axis = -2> (s) }}""", {"a1": i64(-1, 0), "a2": i64(0)}),
-    "shape_arith_reshape": (f"""{header()} g ({X4}) => (float y) {{
+        y = Flatten <axis = -2> (s) }}""",
+        {"a1": i64(-1, 0), "a2": i64(0)},
+    ),
+    "shape_arith_reshape": (
+        f"""{header()} g ({X4}) => (float y) {{
         sh = Shape <start = 1, end = -1> (x)
         n = Shape <end = 1> (x)
         z = ConstantOfShape <value = int64[1] {{-1}}> (n)
@@ -457,13 +603,18 @@ OP_CASES: dict[str, tuple[str, dict[str, np.ndarray]]] = {
         r = Reshape (x, cat)
         zero = Reshape <allowzero = 0> (r, keep)
         y = Expand(zero, ex) }}""",
-                            {"keep": i64(0, 0, 0, 7), "ex": i64(2, 1, 1, 1, 1)}),
-    "where_equal_cast": (f"""{header()} g ({X4}) => (float y) {{
+        {"keep": i64(0, 0, 0, 7), "ex": i64(2, 1, 1, 1, 1)},
+    ),
+    "where_equal_cast": (
+        f"""{header()} g ({X4}) => (float y) {{
         r = Relu(x)
         z = Equal(r, zero)
         c = Cast <to = 1> (z)
-        y = Where(z, c, x) }}""", {"zero": f32(0.0)[0]}),
-    "activations": (f"""{header(20)} g ({X4}) => (float y) {{
+        y = Where(z, c, x) }}""",
+        {"zero": f32(0.0)[0]},
+    ),
+    "activations": (
+        f"""{header(20)} g ({X4}) => (float y) {{
         a = Elu <alpha = 0.7> (x)
         b = Selu (a)
         c = Softplus (b)
@@ -475,8 +626,11 @@ OP_CASES: dict[str, tuple[str, dict[str, np.ndarray]]] = {
         i = Tanh (h)
         j = Gelu <approximate = "tanh"> (x)
         k = Max (d, i, j)
-        y = Min (k, x) }}""", {"slope": rand(3, 1, 1)}),
-    "unary_math": (f"""{header()} g ({X4}) => (float y) {{
+        y = Min (k, x) }}""",
+        {"slope": rand(3, 1, 1)},
+    ),
+    "unary_math": (
+        f"""{header()} g ({X4}) => (float y) {{
         a = Abs(x)
         b = Sqrt(a)
         c = Log(b)
@@ -486,21 +640,32 @@ OP_CASES: dict[str, tuple[str, dict[str, np.ndarray]]] = {
         h = Pow(a, p)
         i = Div(f, h)
         j = Sub(i, x)
-        y = Mul(j, j) }}""", {"p": f32(1.5)[0]}),
-    "instance_layer_norm": (f"""{header()} g ({X4}) => (float y) {{
+        y = Mul(j, j) }}""",
+        {"p": f32(1.5)[0]},
+    ),
+    "instance_layer_norm": (
+        f"""{header()} g ({X4}) => (float y) {{
         a = InstanceNormalization <epsilon = 0.01> (x, s, b)
         y = LayerNormalization <axis = 2> (a, ls, lb) }}""",
-                            {"s": rand(3), "b": rand(3), "ls": rand(6, 7), "lb": rand(7)}),
-    "int_div_shape": (f"""{header()} g ({X4}) => (float y, int64 sl) {{
+        {"s": rand(3), "b": rand(3), "ls": rand(6, 7), "lb": rand(7)},
+    ),
+    "int_div_shape": (
+        f"""{header()} g ({X4}) => (float y, int64 sl) {{
         s = Shape (x)
         two = Constant <value = int64 {{2}}> ()
         h = Div(s, two)
         sl = Slice(h, st, en)
-        y = Reshape(x, target) }}""", {"st": i64(2), "en": i64(4), "target": i64(1, 3, -1)}),
-    "resize_opset10": (f"""{header(10)} g ({X4}) => (float y, float z) {{
+        y = Reshape(x, target) }}""",
+        {"st": i64(2), "en": i64(4), "target": i64(1, 3, -1)},
+    ),
+    "resize_opset10": (
+        f"""{header(10)} g ({X4}) => (float y, float z) {{
         y = Resize <mode = "linear"> (x, sc)
-        z = Resize (x, sc2) }}""", {"sc": f32(1, 1, 2, 2), "sc2": f32(1, 1, 2.5, 0.5)}),
-    "misc_math": (f"""{header()} g ({X4}) => (float y, int64 am, float z, float l2) {{
+        z = Resize (x, sc2) }}""",
+        {"sc": f32(1, 1, 2, 2), "sc2": f32(1, 1, 2.5, 0.5)},
+    ),
+    "misc_math": (
+        f"""{header()} g ({X4}) => (float y, int64 am, float z, float l2) {{
         am = ArgMax <axis = 3, keepdims = 0, select_last_index = 1> (x)
         t = Tile(x, reps)
         ge = GatherElements <axis = 2> (t, gi)
@@ -514,8 +679,14 @@ OP_CASES: dict[str, tuple[str, dict[str, np.ndarray]]] = {
         lim = Constant <value = float {{3.5}}> ()
         rg = Range(zero, lim, half)
         z = Mul(p, rg) }}""",
-                  {"reps": i64(1, 1, 2, 1), "gi": np.tile(i64(0, 11, 5), 21).reshape(1, 3, 3, 7),
-                   "two": f32(2.0)[0], "zero": f32(0.0)[0], "half": f32(0.5)[0]}),
+        {
+            "reps": i64(1, 1, 2, 1),
+            "gi": np.tile(i64(0, 11, 5), 21).reshape(1, 3, 3, 7),
+            "two": f32(2.0)[0],
+            "zero": f32(0.0)[0],
+            "half": f32(0.5)[0],
+        },
+    ),
 }
 
 
@@ -585,7 +756,8 @@ def test_legacy_kitchen_sink_two_outputs() -> None:
         torch.onnx.export(net, (torch.randn(2, 3, 6, 6),), buf, dynamo=False, opset_version=17)
     model = onnx.load_from_string(buf.getvalue())
     assert {"Resize", "Split", "PRelu", "ConvTranspose", "Softmax"} <= {
-        n.op_type for n in model.graph.node}
+        n.op_type for n in model.graph.node
+    }
     x = rand(2, 3, 6, 6, seed=5)
     assert_matches_ort(model, {model.graph.input[0].name: x})
     got = run_torch(to_torch(model), {model.graph.input[0].name: x})
@@ -598,9 +770,12 @@ def test_legacy_kitchen_sink_two_outputs() -> None:
 def test_state_dict_and_deepcopy_round_trip() -> None:
     import copy
 
-    model = parse(f"""{header()} g (float[2, 4] x) => (float y) {{
+    model = parse(
+        f"""{header()} g (float[2, 4] x) => (float y) {{
         h = Gemm <transB = 1> (x, w, b)
-        y = Relu(h) }}""", {"w": rand(3, 4), "b": rand(3)})
+        y = Relu(h) }}""",
+        {"w": rand(3, 4), "b": rand(3)},
+    )
     module = to_torch(model)
     assert set(module.state_dict()) == {"t_w", "t_b"}
     other = to_torch(model)
@@ -615,9 +790,12 @@ def test_state_dict_and_deepcopy_round_trip() -> None:
 
 
 def test_float16_and_double_dtypes_survive_write_back() -> None:
-    model = parse(f"""{header()} g (float16[2, 4] x, double[3] d) => (float16 y, double z) {{
+    model = parse(
+        f"""{header()} g (float16[2, 4] x, double[3] d) => (float16 y, double z) {{
         y = MatMul(x, w)
-        z = Mul(d, s) }}""", {"w": rand(4, 3).astype(np.float16), "s": rand(3).astype(np.float64)})
+        z = Mul(d, s) }}""",
+        {"w": rand(4, 3).astype(np.float16), "s": rand(3).astype(np.float64)},
+    )
     module = to_torch(model)
     params = module.onnx_parameters()
     assert params["w"].dtype == torch.float16 and params["s"].dtype == torch.float64
@@ -627,5 +805,4 @@ def test_float16_and_double_dtypes_survive_write_back() -> None:
     inits = {t.name: t for t in trained.graph.initializer}
     assert inits["w"].data_type == TensorProto.FLOAT16
     assert inits["s"].data_type == TensorProto.DOUBLE
-    np.testing.assert_array_equal(numpy_helper.to_array(inits["w"]),
-                                  params["w"].detach().numpy())
+    np.testing.assert_array_equal(numpy_helper.to_array(inits["w"]), params["w"].detach().numpy())

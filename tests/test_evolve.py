@@ -27,8 +27,15 @@ from evonnx.evolution import loop as evolve_module
 from evonnx.evolution.lineage import EvolveConfig
 
 CONFIG = EvolveConfig(
-    generations=3, epochs=1, lr=0.05, optimizer="sgd", warmup=0.0, freeze_bn=False, batch_size=32,
-    seed=7, threads=1,
+    generations=3,
+    epochs=1,
+    lr=0.05,
+    optimizer="sgd",
+    warmup=0.0,
+    freeze_bn=False,
+    batch_size=32,
+    seed=7,
+    threads=1,
 )
 
 
@@ -215,8 +222,14 @@ def test_cli_demo(tmp_path: Path) -> None:
     output, data = _demo(tmp_path / "demo", "--val-fraction", "0.2")
     assert "ancestor test accuracy" in output and "best within budget" in output
     assert data["data"] == "mnist-demo" and len(data["generations"]) == 2
-    assert data["config"]["encoding"]["cluster_keep"] == 0.92 and data["config"]["encoding"]["keep"] == 0.72
-    assert data["config"]["selection"]["val_fraction"] == 0.2 and data["config"]["training"]["epochs"] == 1
+    assert (
+        data["config"]["encoding"]["cluster_keep"] == 0.92
+        and data["config"]["encoding"]["keep"] == 0.72
+    )
+    assert (
+        data["config"]["selection"]["val_fraction"] == 0.2
+        and data["config"]["training"]["epochs"] == 1
+    )
     assert data["generations"][1]["val_accuracy"] is not None
     assert data["generations"][0]["accuracy"] > 0.5
 
@@ -249,9 +262,7 @@ def test_fixed_batch_dynamo_export_evolves(tiny_data: Dataset, tmp_path: Path) -
     assert len(lineage.records) == 2 and lineage.records[1].ae > 1
     gen1 = evonnx.load(tmp_path / "gen_001.onnx")
     assert gen1.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
-    assert lineage.records[0].accuracy == pytest.approx(
-        evonnx_accuracy(model, tiny_data), abs=1e-9
-    )
+    assert lineage.records[0].accuracy == pytest.approx(evonnx_accuracy(model, tiny_data), abs=1e-9)
 
 
 def evonnx_accuracy(model: onnx.ModelProto, data: Dataset) -> float:

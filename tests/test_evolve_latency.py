@@ -88,7 +88,10 @@ def test_target_speedup_stops_shrinking(
 ) -> None:
     monkeypatch.setattr(evonnx.latency.run, "make_runtime", lambda s: MacRuntime(s))
     config = EvolveConfig(
-        **BASE, env="latency", keep=0.5, target_speedup=1.5  # type: ignore[arg-type]
+        **BASE,
+        env="latency",
+        keep=0.5,
+        target_speedup=1.5,  # type: ignore[arg-type]
     )
     lineage = evonnx.evolve(tiny_model, tiny_data, tmp_path, config)
     first = lineage.records[0].latency_ms
@@ -114,7 +117,10 @@ def test_cli_measure_adds_latency_to_any_env(
     data = json.loads((tmp_path / "run" / "lineage.json").read_text())
     gens = data["generations"]
     assert gens[0]["speedup"] == 1.0 and all(g["latency_ms"] > 0 for g in gens)
-    assert data["config"]["latency"]["runtime"] == "ort-cpu" and data["config"]["latency"]["latency_batch"] == 2
+    assert (
+        data["config"]["latency"]["runtime"] == "ort-cpu"
+        and data["config"]["latency"]["latency_batch"] == 2
+    )
 
 
 @pytest.mark.parametrize(

@@ -36,8 +36,16 @@ from evonnx.retrain.task import ClassificationTask, Split, load_task, split_data
 from evonnx.runtimes import RuntimeSettings
 
 CONFIG = EvolveConfig(
-    generations=2, population=2, epochs=1, lr=0.05, batch_size=32, seed=3, threads=1,
-    optimizer="sgd", warmup=0.0, freeze_bn=False,
+    generations=2,
+    population=2,
+    epochs=1,
+    lr=0.05,
+    batch_size=32,
+    seed=3,
+    threads=1,
+    optimizer="sgd",
+    warmup=0.0,
+    freeze_bn=False,
 )
 
 FAILING_TASK = '''

@@ -237,9 +237,7 @@ def test_every_layer_kind_scales_its_macs_with_the_batch(
     four = {lay.op_type: lay.macs for lay in analyze(model, None, 4).layers}
     assert set(one) == {"Conv", "Gemm", "MatMul"} and all(v > 0 for v in one.values())
     assert {op: four[op] / one[op] for op in one} == {"Conv": 4.0, "Gemm": 4.0, "MatMul": 4.0}
-    inspected = {
-        b: evonnx.inspect(model, {"x": (b, 3, 8, 8)}).metrics.macs for b in (1, 4)
-    }
+    inspected = {b: evonnx.inspect(model, {"x": (b, 3, 8, 8)}).metrics.macs for b in (1, 4)}
     assert inspected[4] == 4 * inspected[1] == 4 * sum(one.values())
 
 

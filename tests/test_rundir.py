@@ -26,8 +26,15 @@ from evonnx.model import textio
 from evonnx.model.files import save_model
 
 CONFIG = EvolveConfig(
-    generations=3, epochs=1, lr=0.05, optimizer="sgd", warmup=0.0, freeze_bn=False, batch_size=16,
-    seed=3, threads=1,
+    generations=3,
+    epochs=1,
+    lr=0.05,
+    optimizer="sgd",
+    warmup=0.0,
+    freeze_bn=False,
+    batch_size=16,
+    seed=3,
+    threads=1,
 )
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
 
@@ -138,8 +145,14 @@ def test_resume_checks_the_data_by_content(tmp_path: Path) -> None:
     config = replace(CONFIG, generations=2)
     evonnx.evolve(helper_convnet(), _data(), tmp_path, config)
     lineage = json.loads((tmp_path / "lineage.json").read_text())
-    assert lineage["data_sha256"] == evolution.split_data(_data(), config.selection, config.seed).task.fingerprint()
-    assert lineage["data_sha256"] != evolution.split_data(_data(seed=1), config.selection, config.seed).task.fingerprint()
+    assert (
+        lineage["data_sha256"]
+        == evolution.split_data(_data(), config.selection, config.seed).task.fingerprint()
+    )
+    assert (
+        lineage["data_sha256"]
+        != evolution.split_data(_data(seed=1), config.selection, config.seed).task.fingerprint()
+    )
     more = replace(config, generations=3)
     with pytest.raises(RunDirectoryError, match=r"other data .*'tiny', sha256"):
         evonnx.evolve(helper_convnet(), _data(seed=1), tmp_path, more, resume=True)
@@ -350,9 +363,7 @@ def test_a_version_1_run_folder_resumes(tmp_path: Path) -> None:
     config = replace(CONFIG, measure=False)
     lineage = evonnx.evolve(helper_convnet(), _data(), run, config, resume=True, progress=False)
     assert len(lineage.records) == 3
-    assert [r.accuracy for r in lineage.records[:2]] == [
-        g["accuracy"] for g in old["generations"]
-    ]
+    assert [r.accuracy for r in lineage.records[:2]] == [g["accuracy"] for g in old["generations"]]
     new = json.loads((run / "lineage.json").read_text())
     assert new["version"] == 2 and new["config"]["training"]["epochs"] == 1
     assert new["config"]["selection"]["max_drop"] == old["config"]["max_drop"]

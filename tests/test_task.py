@@ -362,4 +362,3 @@ def test_over_budget_generation_is_not_bred_from(
     assert lineage.best.generation == 3
     assert lineage.records[3].nonzero_synapses < lineage.records[2].nonzero_synapses
     assert lineage.records[4].nonzero_synapses < lineage.records[2].nonzero_synapses
-

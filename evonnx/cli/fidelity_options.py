@@ -1,4 +1,5 @@
-"""``evonnx evolve --inputs``: options of the label-free fidelity task (:mod:`evonnx.retrain.fidelity`)."""
+"""``evonnx evolve --inputs``: options of the label-free fidelity task
+(:mod:`evonnx.retrain.fidelity`)."""
 
 from __future__ import annotations
 

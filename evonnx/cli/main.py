@@ -220,8 +220,7 @@ def inspect(
 @_choice_option(
     "--env",
     ("synapses", "macs", "latency"),
-    "What --keep budgets (genetic method); latency: measured on --runtime, reaching "
-    "--speedup.",
+    "What --keep budgets (genetic method); latency: measured on --runtime, reaching --speedup.",
 )
 @click.option(
     "--speedup",

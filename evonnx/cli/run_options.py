@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from evonnx.retrain.settings import SelectionSettings
 
 
-
 def selection_options(d: SelectionSettings) -> list[Callable[[Any], Any]]:
     """Which offspring survive and when the run stops."""
     return [

@@ -55,6 +55,7 @@ def gru(node: Node, args: Args, training: bool) -> Result:
 
 # ------------------------------------------------------------------------------- driver
 
+
 @dataclass(frozen=True)
 class StepWeights:
     """What every time step of one direction reads besides its input and state.

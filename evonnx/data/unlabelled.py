@@ -1,7 +1,8 @@
 """Unlabelled inputs of a model: a folder of images or an ``.npz`` named after graph inputs.
 
 :func:`load_inputs` returns one float/int array per graph input (samples along axis 0), checked
-against the graph: the label-free fidelity task (:mod:`evonnx.retrain.fidelity`) runs the ancestor on
+against the graph: the label-free fidelity task (:mod:`evonnx.retrain.fidelity`) runs the ancestor
+on
 them to get its teacher outputs.
 
 Images are read with Pillow (``pip install 'evonnx[images]'``), converted to the model's

@@ -101,7 +101,8 @@ def evolve(
     Args:
         ancestor: The generation-1 model (a ModelProto or a path).
         data: A :class:`~evonnx.retrain.task.Task`, or a data set for the built-in
-            :class:`~evonnx.retrain.task.ClassificationTask` (``config.val_fraction`` of its training
+            :class:`~evonnx.retrain.task.ClassificationTask` (``config.val_fraction`` of its
+            training
             split held out for validation). Scores are computed on the written ONNX files.
         out_dir: Run directory (``gen_NNN.onnx``, ``lineage.json``/``.csv``, ``report.md``).
         config: Run settings.

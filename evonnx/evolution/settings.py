@@ -106,7 +106,10 @@ class EvolveConfig:
             [
                 (self.generations >= 1, "generations must be at least 1"),
                 (self.seed >= 0, "seed must be >= 0"),
-                (lat.target_speedup is None or env == "latency", "target_speedup needs --env latency"),
+                (
+                    lat.target_speedup is None or env == "latency",
+                    "target_speedup needs --env latency",
+                ),
                 (
                     lat.runtime is not None or env == "latency" or not lat.tuned,
                     "--batch, --runtime-threads, --fp16 and --latency-statistic need --runtime",

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+
 def check_finite_weights(model: onnx.ModelProto, what: str = "the model") -> None:
     """Refuse a model with NaN or infinite weights.
 

@@ -342,7 +342,8 @@ class RayExecutor(Executor):
         return result
 
     def latency_runtime(self) -> Callable[[RuntimeSettings], Runtime]:
-        """Runtimes whose measurements are Ray jobs (:class:`~evonnx.execute.ray_latency.RayRuntime`)."""
+        """Runtimes whose measurements are Ray jobs
+        (:class:`~evonnx.execute.ray_latency.RayRuntime`)."""
         from evonnx.execute.ray_latency import RayRuntime
 
         return lambda settings: RayRuntime(settings, self)

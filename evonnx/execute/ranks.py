@@ -17,7 +17,6 @@ Rank = tuple[int, int]
 """(rank, world size)."""
 
 
-
 def shard(value: Any, rank: Rank) -> Any:
     """This rank's slice of a batch: tensors and lists are sliced; tuples element-wise."""
     index, world = rank
@@ -26,7 +25,6 @@ def shard(value: Any, rank: Rank) -> Any:
     if hasattr(value, "shape") or isinstance(value, list):
         return value[index::world]
     return value
-
 
 
 def data_parallel(

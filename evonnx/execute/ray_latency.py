@@ -32,6 +32,7 @@ class MeasuringExecutor(Protocol):
         """``fn(*args)`` as a measurement job with a device to itself."""
         ...
 
+
 logger = logging.getLogger(__name__)
 
 GPU_RUNTIMES = frozenset(RUNTIMES) - {"ort-cpu"}

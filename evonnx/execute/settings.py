@@ -32,7 +32,10 @@ class ExecutionSettings:
                 self.executor in ("local", "process", "ray"),
                 "executor must be 'local', 'process' or 'ray'",
             ),
-            (self.ray_address is None or self.executor == "ray", "ray_address needs --executor ray"),
+            (
+                self.ray_address is None or self.executor == "ray",
+                "ray_address needs --executor ray",
+            ),
             (self.gpus_per_offspring >= 1, "gpus_per_offspring must be at least 1"),
         ]
         require(checks)

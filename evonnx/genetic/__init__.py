@@ -38,7 +38,8 @@ Design choices (all configurable through :class:`EncodingConfig`):
 * **z** (``synapse_norm``): ``"max"`` (default) is the largest ``|w|`` of the tensor (layer-wise,
   as in the paper), so ``P_s ∈ [1/e, 1]``; ``"quantile"`` uses a quantile of the nonzero
   ``|w|`` (robust to outliers; probabilities are clipped at 1).
-* **Environment** (:mod:`evonnx.genetic.environments`): one scalar factor ``F_c = F_s = λ`` is solved
+* **Environment** (:mod:`evonnx.genetic.environments`): one scalar factor ``F_c = F_s = λ`` is
+solved
   (safeguarded secant / Illinois on the monotone expected cost, bracket ``[0, e]``, where
   ``λ = e`` keeps everything) so that the *expected* cost equals the budget; ``λ = 1`` is pure
   heredity. A sampled offspring over budget is then trimmed until it fits, so the budget is

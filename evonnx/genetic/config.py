@@ -180,7 +180,10 @@ class EncodingSettings:
     def __post_init__(self) -> None:
         checks = [
             (0.0 < self.keep <= 1.0, "keep must be in (0, 1]"),
-            (self.env in ("synapses", "macs", "latency"), "env must be 'synapses', 'macs' or 'latency'"),
+            (
+                self.env in ("synapses", "macs", "latency"),
+                "env must be 'synapses', 'macs' or 'latency'",
+            ),
             (not self.depth or self.cluster == "filter", "depth needs --cluster filter"),
             (self.cluster in ("filter", "kernel"), "cluster must be 'filter' or 'kernel'"),
             (0.0 <= self.min_fraction <= 1.0, "min_fraction must be in [0, 1]"),

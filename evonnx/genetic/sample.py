@@ -56,10 +56,7 @@ class Offspring:
 def _sample_clusters(genome: Genome, factor: float, rng: np.random.Generator) -> _Draft:
     """Draw cluster survival: group channels (filter mode) or kernels (kernel mode)."""
     if genome.config.cluster_mode == "filter":
-        keep = {
-            g.id: rng.random(g.size) < genome.cluster_q(g.id, factor)
-            for g in genome.groups
-        }
+        keep = {g.id: rng.random(g.size) < genome.cluster_q(g.id, factor) for g in genome.groups}
         for gid in genome.branch_p:  # depth clusters: a dead branch loses every channel
             if rng.random() >= genome.branch_q(gid, factor):
                 keep[gid][:] = False

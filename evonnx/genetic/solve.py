@@ -88,9 +88,7 @@ def _census_at(
     kq: list[np.ndarray] = []
     values: dict[int, np.ndarray]
     if kernel:
-        kq = [
-            _kernel_q(g, genome.kernel_f(i, factor), stride) for i, g in enumerate(genome.genes)
-        ]
+        kq = [_kernel_q(g, genome.kernel_f(i, factor), stride) for i, g in enumerate(genome.genes)]
         if stride == 1:
             values = _channel_survival(genome, kq)
         else:

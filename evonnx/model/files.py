@@ -17,6 +17,7 @@ from evonnx.model.textio import atomic_path, dangling_link
 
 logger = logging.getLogger(__name__)
 
+
 def load_model(path: str | Path, normalize: bool = True) -> onnx.ModelProto:
     """Read and validate an ONNX file (external data included).
 
@@ -48,7 +49,6 @@ def load_model(path: str | Path, normalize: bool = True) -> onnx.ModelProto:
     return model
 
 
-
 def _load_external(model: onnx.ModelProto, base: Path) -> None:
     from onnx.external_data_helper import load_external_data_for_model, uses_external_data
 
@@ -63,7 +63,6 @@ def _load_external(model: onnx.ModelProto, base: Path) -> None:
         raise ModelLoadError(f"cannot read external data: {first}") from exc
 
 
-
 def keeps_external_data(path: str | Path) -> bool | None:
     """``True`` when the ONNX file at ``path`` keeps weights in external data files.
 
@@ -74,7 +73,6 @@ def keeps_external_data(path: str | Path) -> bool | None:
 
     model = onnx.load(str(path), load_external_data=False)
     return True if any(uses_external_data(t) for t in model.graph.initializer) else None
-
 
 
 def save_model(model: onnx.ModelProto, path: str | Path, external_data: bool | None = None) -> Path:

@@ -70,7 +70,9 @@ def static_inputs(
     """
     shaped = apply_input_shapes(model, input_shapes or {})
     inits = {t.name for t in shaped.graph.initializer}
-    if not shaped.graph.value_info and not any(_open_batch(vi) for vi in graph_inputs(shaped)):  # nothing to set or clear: no copy of the weights (a > 2 GB model held once)
+    if not shaped.graph.value_info and not any(
+        _open_batch(vi) for vi in graph_inputs(shaped)
+    ):  # nothing to set or clear: no copy of the weights (a > 2 GB model held once)
         return shaped, _blocked(shaped, inits)
     out = onnx.ModelProto()
     out.CopyFrom(shaped)

@@ -1,7 +1,8 @@
 """Channel importance by what removing a channel changes: the deviation from its fold.
 
 Removing a channel replaces it, at every layer that reads it, by the constant its producers
-emit with zeroed filters (:mod:`evonnx.pruning.analysis.constants`, folded by :mod:`evonnx.pruning.fold`).
+emit with zeroed filters (:mod:`evonnx.pruning.analysis.constants`, folded by
+:mod:`evonnx.pruning.fold`).
 What that costs is how far the channel's actual values are from that constant, times how
 strongly the reader weighs it. The L1 norm of the producer filters (:func:`~evonnx.pruning.plan.
 channel_strength`) misses both: summed over a group's producers of different layers (a

@@ -137,7 +137,8 @@ def predict_onnx(
 ) -> list[np.ndarray]:
     """Run an ONNX model with onnxruntime on whole arrays and return every output.
 
-    The building block of a :class:`~evonnx.retrain.task.Task` score: ``inputs`` is one array, or one
+    The building block of a :class:`~evonnx.retrain.task.Task` score: ``inputs`` is one array, or
+    one
     per graph input (in graph order), all with the same number of samples; they are fed in
     chunks of ``batch_size`` (of the graph's batch size if it is fixed, the last chunk padded).
 

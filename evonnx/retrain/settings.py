@@ -154,7 +154,10 @@ class SelectionSettings:
 
     def __post_init__(self) -> None:
         checks = [
-            (0.0 <= self.max_drop < math.inf, "max_drop must be a number >= 0 (in the score's units)"),
+            (
+                0.0 <= self.max_drop < math.inf,
+                "max_drop must be a number >= 0 (in the score's units)",
+            ),
             (0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)"),
             (self.select_on in ("val", "test"), "select_on must be 'val' or 'test'"),
             (self.patience >= 1, "patience must be at least 1"),

@@ -305,7 +305,8 @@ def split_data(data: Dataset | Task, selection: SelectionSettings, seed: int = 0
 
 def guarded(fn: Callable[..., T], what: str) -> Callable[..., T]:
     """``fn`` with any non-evonnx exception (user task code) turned into a :class:`TaskError`
-    ``"<what> failed: ..."`` (see :mod:`evonnx.retrain.guard`, which names the task and the step)."""
+    ``"<what> failed: ..."`` (see :mod:`evonnx.retrain.guard`, which names the task and the
+    step)."""
 
     def call(*args: Any) -> T:
         try:

@@ -113,7 +113,9 @@ class TrainConfig:
     @classmethod
     def for_offspring(cls, settings: TrainingSettings, seed: int) -> TrainConfig:
         """The training run of one offspring: the run's training settings and its seed."""
-        recipe = {f.name: getattr(settings, f.name) for f in fields(cls) if hasattr(settings, f.name)}
+        recipe = {
+            f.name: getattr(settings, f.name) for f in fields(cls) if hasattr(settings, f.name)
+        }
         return cls(**recipe, seed=seed, num_threads=settings.threads)
 
 

@@ -32,7 +32,6 @@ PROVIDERS = MappingProxyType(
 """Provider names accepted by :func:`benchmark`, mapped to onnxruntime's names."""
 
 
-
 def resolve_provider(provider: str) -> str:
     """onnxruntime's name for ``provider``, checked against this build.
 
@@ -50,7 +49,6 @@ def resolve_provider(provider: str) -> str:
             "CUDA/TensorRT libraries, or use --provider cpu"
         )
     return name
-
 
 
 def median_latencies(
@@ -81,7 +79,6 @@ def median_latencies(
         float(reduce(s))
         for s in latency_rounds(models, batch, provider, threads, warmup, runs, seed, worker)
     ]
-
 
 
 def latency_rounds(
@@ -120,12 +117,10 @@ def latency_rounds(
     return np.asarray(out[0], dtype=np.float64) * 1e3
 
 
-
 def run_timing(job: TimingJob, isolate: bool) -> list[np.ndarray]:
     """Per batch size, the latencies (seconds) ``[model, round]`` of ``job``; ``isolate`` runs
     it in a fresh process."""
     return _measure_isolated(job) if isolate else _measure(job)
-
 
 
 @dataclass(frozen=True)
@@ -145,7 +140,6 @@ class TimingJob:
     seed: int
 
 
-
 def _measure_isolated(job: TimingJob) -> list[np.ndarray]:
     """Run :func:`_measure` in a fresh process (its exceptions are re-raised here).
 
@@ -153,7 +147,6 @@ def _measure_isolated(job: TimingJob) -> list[np.ndarray]:
     ``__main__``: scripts need no ``if __name__ == "__main__":`` guard.
     """
     return call_in_fresh_process(_measure, job)
-
 
 
 def _measure(job: TimingJob) -> list[np.ndarray]:
@@ -175,7 +168,6 @@ def _measure(job: TimingJob) -> list[np.ndarray]:
     return out
 
 
-
 def check_counts(batches: Sequence[int], warmup: int, runs: int, threads: int | None) -> None:
     """Refuse empty or repeated batch sizes and negative counts (:class:`DeployError`)."""
     if not batches or any(b < 1 for b in batches):
@@ -188,10 +180,8 @@ def check_counts(batches: Sequence[int], warmup: int, runs: int, threads: int | 
         raise DeployError(f"threads must be >= 0, got {threads}")
 
 
-
 _POOL_SIZE: dict[str, int] = {}
 """This process's global thread pool size, once set (a fact of the process, set once)."""
-
 
 
 def _set_global_pool(threads: int) -> None:
@@ -211,7 +201,6 @@ def _set_global_pool(threads: int) -> None:
     _POOL_SIZE["intra"] = threads
 
 
-
 def _session_options(pool: str, threads: int) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -226,7 +215,6 @@ def _session_options(pool: str, threads: int) -> ort.SessionOptions:
     return so
 
 
-
 def _providers(ep: str) -> list[str]:
     """The requested provider first, then the fallbacks onnxruntime partitions nodes onto."""
     chain = [ep]
@@ -235,7 +223,6 @@ def _providers(ep: str) -> list[str]:
     if ep != PROVIDERS["cpu"]:
         chain.append(PROVIDERS["cpu"])
     return chain
-
 
 
 def _session(data: bytes, job: TimingJob, label: str) -> ort.InferenceSession:
@@ -259,7 +246,6 @@ def _session(data: bytes, job: TimingJob, label: str) -> ort.InferenceSession:
     return sess
 
 
-
 def _feed(sess: ort.InferenceSession, rng: np.random.Generator) -> dict[str, np.ndarray]:
     feed = {}
     for arg in sess.get_inputs():
@@ -270,7 +256,6 @@ def _feed(sess: ort.InferenceSession, rng: np.random.Generator) -> dict[str, np.
             )
         feed[arg.name] = _random(arg.type, tuple(arg.shape), rng)
     return feed
-
 
 
 _ORT_TYPES = MappingProxyType(
@@ -287,7 +272,6 @@ _ORT_TYPES = MappingProxyType(
 )
 
 
-
 def _random(ort_type: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
     dtype = _ORT_TYPES.get(ort_type)
     if dtype is None:
@@ -295,7 +279,6 @@ def _random(ort_type: str, shape: tuple[int, ...], rng: np.random.Generator) -> 
     if np.issubdtype(dtype, np.floating):
         return rng.standard_normal(shape).astype(dtype)
     return np.zeros(shape, dtype=dtype)
-
 
 
 def _interleaved(sessions: Sequence[ort.InferenceSession], job: TimingJob) -> np.ndarray:
@@ -314,7 +297,6 @@ def _interleaved(sessions: Sequence[ort.InferenceSession], job: TimingJob) -> np
             sessions[i].run(None, feeds[i])
             samples[i, r] = time.perf_counter() - t0
     return samples
-
 
 
 def _run_once(sess: ort.InferenceSession, feed: dict[str, np.ndarray], label: str) -> None:

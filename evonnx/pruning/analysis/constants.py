@@ -189,6 +189,7 @@ def per_channel(arr: np.ndarray, axis: int, out_rank: int, n: int) -> np.ndarray
 
 _MAX_CHAIN = 16  # elementwise nodes between a layer and its residual join
 
+
 def exit_chain(layer: gs.Node, outputs: set[str]) -> tuple[gs.Tensor, list[gs.Node]] | None:
     """The elementwise region after ``layer`` and the one tensor it hands to the residual join.
 
