@@ -17,7 +17,8 @@ from typing import Any, Literal, TypeAlias
 import numpy as np
 import onnx
 
-from evonnx.data import Dataset, load_dataset
+from evonnx.data.dataset import Dataset
+from evonnx.data.formats import load_dataset
 from evonnx.deploy.bench import BenchResult
 from evonnx.deploy.bench import benchmark as benchmark_models
 from evonnx.deploy.export import ExportResult
@@ -31,13 +32,13 @@ from evonnx.evolution.validate import (
     zero_layers,
     zero_layers_text,
 )
-from evonnx.genetic import DEFAULT_MIN_FRACTION, EncodingConfig, Offspring
-from evonnx.genetic import synthesize as sample_offspring
-from evonnx.genetic.efficiency import Efficiency, efficiency
+from evonnx.genetic.config import DEFAULT_MIN_FRACTION, EncodingConfig
 from evonnx.genetic.environments import MacBudget, SynapseBudget
-from evonnx.latency import LatencySettings, check_reachable, latency_offspring, latency_target
+from evonnx.genetic.sample import Offspring
+from evonnx.genetic.sample import synthesize as sample_offspring
+from evonnx.latency.budget import check_reachable, latency_offspring, latency_target
 from evonnx.latency.inputs import check_inputs
-from evonnx.latency.settings import SPEEDUP_RULE
+from evonnx.latency.settings import SPEEDUP_RULE, LatencySettings
 from evonnx.model.external import EXTERNAL_THRESHOLD, needs_external
 from evonnx.model.files import keeps_external_data, load_model, save_model
 from evonnx.model.graph import constant_values
@@ -47,15 +48,22 @@ from evonnx.model.normalize import NormalizeReport
 from evonnx.model.normalize import normalize as normalize_model
 from evonnx.model.outputs import require_same_outputs
 from evonnx.model.shapes import require_runs, shaped_graph
-from evonnx.pruning.analysis import analyze_graph
+from evonnx.pruning.analysis.driver import analyze_graph
 from evonnx.pruning.fold import FoldPlan
 from evonnx.pruning.groups import Analysis
 from evonnx.pruning.importance import deviation_strength, reader_deviation, synthetic_inputs
-from evonnx.pruning.metrics import LayerShrink, ModelMetrics, metrics_of_graph, shrunk_layers
+from evonnx.pruning.metrics import (
+    Efficiency,
+    LayerShrink,
+    ModelMetrics,
+    efficiency,
+    metrics_of_graph,
+    shrunk_layers,
+)
 from evonnx.pruning.plan import PrunePlan, branch_plan, magnitude_plan
 from evonnx.pruning.surgery import apply_plan_report
 from evonnx.retrain.task import Task
-from evonnx.runtimes import make_runtime
+from evonnx.runtimes.registry import make_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -383,7 +391,7 @@ def prune(
         branches: ``method="branches"`` (for older callers).
         input_shapes: Static shapes for symbolic inputs, for MACs only (not written to it).
         round_to: Round channel counts up to multiples of this.
-        min_fraction: Per-layer floor: every group keeps at least this fraction of its channels.
+        min_fraction: Floor: every channel group keeps at least this fraction of its channels.
         criterion: How ``"magnitude"`` ranks channels: one of :data:`CRITERIA`.
         method: What is removed: one of :data:`PRUNE_METHODS`.
         genetic: Settings of ``"genetic"`` (default :class:`GeneticOptions`).

@@ -93,3 +93,8 @@ def require(checks: Iterable[tuple[bool, str]]) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message, or its type's name when the message is empty."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

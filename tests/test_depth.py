@@ -69,16 +69,16 @@ def test_branch_survival_matches_its_probability(resnet: onnx.ModelProto) -> Non
     none = np.prod(1.0 - c)  # all channels dying also empties it
     n = 400
     alive = sum(
-        bool(_draft_keep(genome, factor, np.random.default_rng(s))[gid].any()) for s in range(n)
+        bool(_draft_alive(genome, factor, np.random.default_rng(s))[gid].any()) for s in range(n)
     )
     expect = q * (1.0 - none)
     assert abs(alive / n - expect) < 4 * np.sqrt(expect * (1 - expect) / n) + 1e-9
 
 
-def _draft_keep(genome: object, factor: float, rng: np.random.Generator) -> dict[int, np.ndarray]:
+def _draft_alive(genome: object, factor: float, rng: np.random.Generator) -> dict[int, np.ndarray]:
     from evonnx.genetic.sample import _sample_clusters
 
-    return _sample_clusters(genome, factor, rng).keep  # type: ignore[arg-type]
+    return _sample_clusters(genome, factor, rng).alive  # type: ignore[arg-type]
 
 
 def test_solver_counts_depth_clusters(resnet: onnx.ModelProto) -> None:

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import evonnx
-from evonnx.cli.evolve import demo, evolve, make_config
+from evonnx.cli.demo import demo
+from evonnx.cli.evolve import evolve, make_config
 from evonnx.cli.fidelity_options import FIDELITY_OPTIONS
 from evonnx.data import Dataset
 from evonnx.errors import ConfigError, EvonnxError

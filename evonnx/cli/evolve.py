@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,33 +25,18 @@ from evonnx.cli.retrain_options import (
 )
 from evonnx.cli.run_options import encoding_options, execution_options, selection_options
 from evonnx.cli.shape_options import input_shape_option, normalize_option
-from evonnx.data import Dataset, load_builtin
-from evonnx.errors import ConfigError, RunDirectoryError
+from evonnx.data.dataset import Dataset
+from evonnx.errors import ConfigError
 from evonnx.evolution.lineage import GenerationRecord, Lineage, show_score
-from evonnx.evolution.rundir import locked
 from evonnx.evolution.settings import EvolveConfig
 from evonnx.evolution.speed import slower_despite_fewer_macs
-from evonnx.evolution.validate import check_resources
 from evonnx.execute.signals import describe, exit_code
 from evonnx.model.files import load_model
 from evonnx.model.inputs import apply_input_shapes
 from evonnx.retrain.guard import user_code
-from evonnx.retrain.task import Task, load_task, validation_indices
+from evonnx.retrain.task import Task, load_task
 
 # Demo defaults: tuned on the built-in MNIST subset (see docs/benchmarks.md), ~2 minutes.
-DEMO_EVOLUTION = EvolveConfig(
-    generations=12,
-    max_drop=0.02,
-    keep=0.72,
-    cluster_keep=0.92,
-    epochs=4,
-    optimizer="adam",
-    lr=0.001,
-    batch_size=32,
-    threads=1,
-    warmup=0.0,  # the recipe the demo was tuned with (LeNet-5 has no BatchNorm)
-    freeze_bn=False,
-)
 
 
 def _header(percent: bool, val: bool) -> str:
@@ -103,7 +87,7 @@ def _summary(lineage: Lineage, out: Path) -> None:
         if best.val_accuracy is not None
         else ""
     )
-    over = [r.generation for r in lineage.records if r.fitness < best_floor(lineage)]
+    over = [r.generation for r in lineage.records if r.fitness < score_floor(lineage)]
     click.echo(
         f"\nbest within budget ({split} protocol: selected and budget checked on the {split} "
         f"split): generation {best.generation} ({out / best.file}): "
@@ -120,8 +104,8 @@ def _summary(lineage: Lineage, out: Path) -> None:
     )
 
 
-def best_floor(lineage: Lineage) -> float:
-    """The lowest fitness within the budget (generation 1's minus ``max_drop``)."""
+def score_floor(lineage: Lineage) -> float:
+    """The score floor: the lowest fitness within ``max_drop`` (generation 1's minus it)."""
     return lineage.records[0].fitness - lineage.config.max_drop - 1e-12
 
 
@@ -163,7 +147,7 @@ def run(
     model: Path | onnx.ModelProto, data: str | Task, out: Path, config: EvolveConfig, resume: bool
 ) -> Lineage:
     """Run (or resume) an evolution on a data set spec or a task, one row per generation."""
-    from evonnx.data import load_dataset
+    from evonnx.data.formats import load_dataset
     from evonnx.evolution.loop import evolve
 
     dataset = data if isinstance(data, Task) else load_dataset(data)
@@ -228,7 +212,7 @@ def evolve(
     if inputs is not None:
         _no_distill_by_default(options)
     config = make_config(**options)
-    _refuse_idle_options(config, task=task_spec is not None)
+    refuse_idle_options(config, task=task_spec is not None)
     ancestor: Path | onnx.ModelProto = model
     if input_shapes or not normalize or inputs is not None:
         proto = load_model(model, normalize=normalize)
@@ -253,54 +237,7 @@ def _no_distill_by_default(options: dict[str, Any]) -> None:
         options["distill"] = None
 
 
-@click.command()
-@click.option("--out", "out", type=click.Path(path_type=Path), default=Path("evonnx-demo"),
-              show_default=True, help="Folder for the ancestor and the run.")  # fmt: skip
-@click.option("--ancestor-epochs", type=click.IntRange(1), default=8, show_default=True)
-@click.option("--arch", type=click.Choice(["lenet5", "lenet5-caffe"]), default="lenet5",
-              show_default=True,
-              help="Ancestor: the classic LeNet-5 (61.5k weights) or Caffe's LeNet (430.5k "
-                   "weights, the paper's).")  # fmt: skip
-@evolution_options(DEMO_EVOLUTION)
-def demo(out: Path, ancestor_epochs: int, arch: str, resume: bool, **options: Any) -> None:
-    """Train LeNet-5 on the built-in MNIST subset, then evolve it (offline, a few minutes)."""
-    config = make_config(**options)
-    _refuse_idle_options(config, task=False)
-    ancestor = out / "ancestor.onnx"
-    if resume and ancestor.exists():
-        refuse_unused(["arch"], f"--resume continues with the ancestor already in {out}")
-    if out.exists() and not out.is_dir():
-        raise RunDirectoryError(f"--out {out} is a file, not a folder")
-    check_resources(config)
-    out.mkdir(parents=True, exist_ok=True)
-    with locked(out):  # before the first write: a second demo in the same folder is refused
-        _demo_in(out, ancestor_epochs, arch, resume, config)
-
-
-def _demo_in(out: Path, epochs: int, arch: str, resume: bool, config: EvolveConfig) -> None:
-    """The demo in its locked folder: the ancestor (unless resumed), then the run."""
-    from evonnx.retrain.demo import train_demo_ancestor
-
-    ancestor = out / "ancestor.onnx"
-    if not resume and (out / "run" / "lineage.json").exists():
-        raise RunDirectoryError(
-            f"{out} already holds a demo run; pass --resume to continue it or choose another --out"
-        )
-    if not (resume and ancestor.exists()):
-        click.echo(f"training the {arch} ancestor on the built-in MNIST subset -> {ancestor}")
-        result = train_demo_ancestor(
-            ancestor,
-            epochs=epochs,
-            seed=config.seed,
-            dataset=_ancestor_data(config),
-            arch=arch,
-        )
-        click.echo(f"ancestor test accuracy {100 * result.onnx_accuracy:.2f}% "
-                   f"({result.dataset}, onnxruntime)")  # fmt: skip
-    run(ancestor, "mnist-demo", out / "run", config, resume and (out / "run").exists())
-
-
-def _refuse_idle_options(config: EvolveConfig, task: bool) -> None:
+def refuse_idle_options(config: EvolveConfig, task: bool) -> None:
     """Refuse options given on the command line that this run would ignore."""
     refuse_idle_retrain_options(config)
     if task:
@@ -327,12 +264,3 @@ def _refuse_idle_task_options(task: Task, config: EvolveConfig) -> None:
             "distill_loss (mean squared error), which has no temperature; use --distill "
             "alone, or 'off'"
         )
-
-
-def _ancestor_data(config: EvolveConfig) -> Dataset:
-    """The demo data without the validation split the run will select on (kept unseen)."""
-    data = load_builtin("mnist-demo")
-    if config.select_on == "test":
-        return data
-    fit, _ = validation_indices(data, config.val_fraction, config.seed)
-    return replace(data, x_train=data.x_train[fit], y_train=data.y_train[fit])

@@ -13,9 +13,8 @@ from typing import Any
 import click
 
 from evonnx.evolution.validate import check_runtime_settings
-from evonnx.latency import LatencySettings
-from evonnx.latency.settings import SPEEDUP_RULE, MeasurementSettings
-from evonnx.runtimes import RUNTIMES, RuntimeSettings
+from evonnx.latency.settings import SPEEDUP_RULE, LatencySettings, MeasurementSettings
+from evonnx.runtimes.base import RUNTIMES, RuntimeSettings
 
 LATENCY_OPTIONS: list[Callable[[Any], Any]] = [
     click.option(

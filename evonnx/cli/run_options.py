@@ -9,8 +9,8 @@ and a ``click.option`` here; :class:`~evonnx.evolution.settings.EvolveConfig` ro
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from evonnx.execute.settings import ExecutionSettings
     from evonnx.genetic.config import EncodingSettings
     from evonnx.retrain.settings import SelectionSettings
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def selection_options(d: SelectionSettings) -> list[Callable[[Any], Any]]:
@@ -67,8 +69,8 @@ def encoding_options(d: EncodingSettings) -> list[Callable[[Any], Any]]:
                           "factor for clusters and synapses, as in the paper)."),
         click.option("--min-fraction", type=click.FloatRange(0, 1), default=d.min_fraction,
                      show_default=True,
-                     help="Per-layer floor: each generation keeps at least this fraction "
-                          "of every prunable layer's channels (0: off)."),
+                     help="Floor per channel group: each generation keeps at least this "
+                          "fraction of every prunable group's channels (0: off)."),
     ]  # fmt: skip
 
 
@@ -87,3 +89,15 @@ def execution_options(d: ExecutionSettings) -> list[Callable[[Any], Any]]:
                      help="Retrain each offspring data-parallel (torch DDP) on N GPUs, or "
                           "on CPU in N processes (a Ray Train job with --executor ray)."),
     ]  # fmt: skip
+
+
+def choice_option(name: str, choices: Sequence[str], text: str) -> Callable[[F], F]:
+    """Option ``name`` taking one of ``choices`` (default: the first), with help ``text``."""
+    return click.option(
+        name, type=click.Choice(list(choices)), default=choices[0], show_default=True, help=text
+    )
+
+
+def cluster_option(text: str) -> Callable[[F], F]:
+    """``--cluster filter|kernel`` (default filter), with help ``text``."""
+    return choice_option("--cluster", ("filter", "kernel"), text)

@@ -33,8 +33,8 @@ from evonnx.converters.node import (
 )
 from evonnx.converters.ops import CHECKS, NON_TRAINABLE_INPUTS, OPS, WEIGHT_OPS
 from evonnx.converters.ops_shape import constant_value
-from evonnx.errors import ConversionError
-from evonnx.model.graph import graph_inputs
+from evonnx.errors import ConversionError, UnsupportedModelError
+from evonnx.model.graph import graph_inputs, opset_of
 
 logger = logging.getLogger(__name__)
 
@@ -86,10 +86,10 @@ def unmangle_name(attr: str) -> str:
 
 
 def _default_opset(model: onnx.ModelProto) -> int:
-    for entry in model.opset_import:
-        if entry.domain in _DEFAULT_DOMAINS:
-            return int(entry.version)
-    raise ConversionError("model imports no version of the default ONNX domain")
+    try:
+        return opset_of(model)
+    except UnsupportedModelError as exc:
+        raise ConversionError("model imports no version of the default ONNX domain") from exc
 
 
 def _check_supported(proto: onnx.NodeProto, index: int) -> None:

@@ -35,7 +35,7 @@ import onnx_graphsurgeon as gs
 
 from evonnx.errors import DeployError
 from evonnx.model.batch import rebatch
-from evonnx.model.graph import check_model, graph_inputs, infer_shapes, opset_of
+from evonnx.model.graph import all_nodes, check_model, graph_inputs, infer_shapes, opset_of
 from evonnx.model.outputs import (
     DEFAULT_DIM,
     FP16_RTOL,
@@ -423,7 +423,7 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
 def tensorrt_compatibility(model: onnx.ModelProto) -> tuple[UnsupportedOp, ...]:
     """Op types of ``model`` (subgraphs included) that TensorRT's ONNX parser does not support."""
     found: dict[tuple[str, str], list[str]] = {}
-    for node in _all_nodes(model.graph):
+    for node in all_nodes(model.graph):
         domain = node.domain or ""
         default = domain in ("", "ai.onnx")
         if default and node.op_type in TENSORRT_SUPPORTED_OPS:
@@ -432,19 +432,6 @@ def tensorrt_compatibility(model: onnx.ModelProto) -> tuple[UnsupportedOp, ...]:
     return tuple(
         UnsupportedOp(op, domain, tuple(nodes)) for (op, domain), nodes in sorted(found.items())
     )
-
-
-def _all_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    nodes = []
-    for node in graph.node:
-        nodes.append(node)
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                nodes += _all_nodes(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    nodes += _all_nodes(g)
-    return nodes
 
 
 def _input_specs(model: onnx.ModelProto) -> tuple[InputSpec, ...]:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from evonnx.data import Dataset
+from evonnx.data.dataset import Dataset
 from evonnx.errors import (
     LatencyBudgetError,
     NonFiniteError,
@@ -54,21 +54,22 @@ from evonnx.evolution.validate import (
 from evonnx.execute.executors import Executor, make_executor
 from evonnx.execute.jobs import OUTPUTS_CHANGED, OffspringJob, run_checked
 from evonnx.execute.signals import InterruptWatch, watch_interrupts
-from evonnx.genetic import efficiency, synthesize
-from evonnx.latency import RunLatency, Target
+from evonnx.genetic.sample import synthesize
+from evonnx.latency.run import RunLatency
 from evonnx.model.batch import batch_info, dynamic_batch
 from evonnx.model.files import load_model, save_model
 from evonnx.model.inputs import fill_symbolic_dims, sample_shapes
 from evonnx.model.memory import check_batch_fits
 from evonnx.model.textio import write_bytes_atomic, write_text_atomic
-from evonnx.pruning.analysis import analyze
-from evonnx.pruning.metrics import ModelMetrics, compute_metrics
+from evonnx.pruning.analysis.driver import analyze
+from evonnx.pruning.metrics import ModelMetrics, compute_metrics, efficiency
 from evonnx.pruning.surgery import apply_plan
 from evonnx.retrain.guard import user_code
 from evonnx.retrain.task import Split, Task, split_data
 
 if TYPE_CHECKING:
     from evonnx.evolution.settings import EvolveConfig
+    from evonnx.latency.budget import Target
     from evonnx.pruning.groups import Analysis
 
 logger = logging.getLogger(__name__)
@@ -96,7 +97,8 @@ def evolve(
     progress: bool = True,
     on_generation: ProgressFn | None = None,
 ) -> Lineage:
-    """Evolve ``ancestor`` until ``config.generations`` or the accuracy budget is spent.
+    """Evolve ``ancestor`` until ``config.generations`` or the score budget (``max_drop``) is
+    spent.
 
     Args:
         ancestor: The generation-1 model (a ModelProto or a path).
@@ -173,7 +175,7 @@ def _run(
     while _should_continue(lineage):
         watch.check()  # a Ctrl-C some library swallowed still stops the run here
         gen = lineage.records[-1].generation + 1
-        base = lineage.best  # breed from the latest generation within the budget
+        base = lineage.best  # breed from the latest generation within max_drop
         if parent is None or base.generation != parent_gen:
             parent = load_model(out / base.file)
         try:
@@ -223,7 +225,7 @@ def _should_continue(lineage: Lineage) -> bool:
             break
         over += 1
     if over >= lineage.config.patience:
-        logger.info("%d generations in a row fell below the budget; stopping", over)
+        logger.info("%d generations in a row fell below the score floor; stopping", over)
         return False
     return True
 
@@ -261,16 +263,16 @@ def _start(
     sweep(out)
     if resume:
         logger.warning("%s holds no finished generation; starting the run from generation 1", out)
-    acc, val = data.score_model(model)  # the task's errors come before the first write
+    test, val = data.score_model(model)  # the task's errors come before the first write
     digest = _fingerprint(data.task)
     save_model(model, out / "gen_001.onnx")
     metrics = compute_metrics(model)
-    first = _record(1, None, None, "gen_001.onnx", (acc, val), metrics, metrics, 0.0, ())
+    first = _record(1, None, None, "gen_001.onnx", (test, val), metrics, metrics, 0.0, ())
     first = replace(first, sha256=file_sha256(out / first.file))
     lineage = Lineage(sha, data.task.name, config, (first,), digest,
                       data.task.score_percent)  # fmt: skip
     _write_lineage(out, lineage)
-    logger.info("generation 1 (ancestor): accuracy %.4f", acc)
+    logger.info("generation 1 (ancestor): test score %.4f", test)
     return lineage
 
 
@@ -383,7 +385,7 @@ def _generation(
             f"generations are kept in {out}"
         )
     best = max(alive, key=alive.__getitem__)
-    child = onnx.load_from_string(candidates[best].model)
+    fittest = onnx.load_from_string(candidates[best].model)
     scores, seed = candidates[best].scores, candidates[best].seed
     record = _record(
         gen,
@@ -392,19 +394,19 @@ def _generation(
         f"gen_{gen:03d}.onnx",
         scores,
         gen1,
-        compute_metrics(child),
+        compute_metrics(fittest),
         sum(c.train_seconds for c in candidates),
         tuple(fitness),
     )
     record = replace(record, failures=tuple(c.failed for c in candidates))
     probe = probe or hw
     if probe is not None:
-        record = _measured(probe, record, child)
+        record = _measured(probe, record, fittest)
         warn_if_slower(record)
-    save_model(child, out / record.file)
+    save_model(fittest, out / record.file)
     record = replace(record, sha256=file_sha256(out / record.file))
-    logger.info("generation %d: accuracy %.4f, A-E %.2fx", gen, scores[0], record.ae)
-    return record, child
+    logger.info("generation %d: test score %.4f, A-E %.2fx", gen, scores[0], record.ae)
+    return record, fittest
 
 
 def _offspring(
@@ -424,13 +426,18 @@ def _offspring(
     """
     rng = np.random.default_rng(seed)
     if hw is not None and target is not None:
-        child = hw.offspring(parent, analysis, config.encoding_config(), target, rng)
+        offspring = hw.offspring(parent, analysis, config.encoding_config(), target, rng)
     else:
-        offspring = synthesize(parent, analysis, config.encoding_config(), rng)
-        child = apply_plan(parent, analysis, offspring.plan, offspring.masks)
+        sampled = synthesize(parent, analysis, config.encoding_config(), rng)
+        offspring = apply_plan(parent, analysis, sampled.plan, sampled.masks)
     frozen = tuple(sorted(analysis.frozen_initializers()))
     return OffspringJob(
-        child.SerializeToString(), seed, config.training, teacher, frozen, config.gpus_per_offspring
+        offspring.SerializeToString(),
+        seed,
+        config.training,
+        teacher,
+        frozen,
+        config.gpus_per_offspring,
     )
 
 
@@ -521,7 +528,7 @@ def _write_lineage(out: Path, lineage: Lineage) -> None:
 def render_report(lineage: Lineage) -> str:
     """Markdown report with the paper-style tables (Gen, A-E, ACC and Gen, C-E, ACC)."""
     show = lineage.show_score
-    acc = _acc(lineage)
+    col = _score_column(lineage)
     rows_ae = "\n".join(
         f"| {r.generation} | {r.ae:.2f}x | {show(r.accuracy)} |" for r in lineage.records
     )
@@ -538,26 +545,26 @@ def render_report(lineage: Lineage) -> str:
     best = lineage.best
     return f"""# Evolution report
 
-Ancestor sha256 `{lineage.ancestor_sha256[:16]}…`, task `{lineage.data}`; {acc} is the task's score
+Ancestor sha256 `{lineage.ancestor_sha256[:16]}…`, task `{lineage.data}`; {col} is the task's score
 ({_score_kind(lineage)}) on the test split, computed with onnxruntime on each written
 `gen_NNN.onnx`{"" if lineage.score_percent else ", shown as a plain number"}. {_selection(lineage)}
 
-Best generation within the {_budget(lineage)}:
+Best generation within the {_max_drop_phrase(lineage)}:
 **{best.generation}** ({best.file}): A-E {best.ae:.2f}x, C-E {best.ce:.2f}x,
 MACs {best.mac_ratio:.2f}x fewer,{_speed_words(best)}
 {_score_word(lineage)} {show(best.accuracy, unit=True)}.
 
-| Gen. | A-E | {acc} |
+| Gen. | A-E | {col} |
 | --- | --- | --- |
 {rows_ae}
 
-| Gen. | C-E | {acc} |
+| Gen. | C-E | {col} |
 | --- | --- | --- |
 {rows_ce}
 {_latency_table(lineage)}
 ## All metrics
 
-| Gen. | {acc} | VAL. | A-E | C-E | MACs ratio | nonzero syn. | live clusters | params | MACs | s |
+| Gen. | {col} | VAL. | A-E | C-E | MACs ratio | nonzero syn. | live clusters | params | MACs | s |
 | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
 {rows}
 
@@ -566,7 +573,7 @@ Settings: `{json.dumps(lineage.config.to_dict())}`
 
 
 def _latency_table(lineage: Lineage) -> str:
-    """Accuracy against measured speed-up over the ancestor (when latency was measured)."""
+    """Test score against measured speed-up over the ancestor (when latency was measured)."""
     measured = [r for r in lineage.records if r.speedup is not None]
     if not measured:
         return ""
@@ -592,7 +599,7 @@ def _latency_table(lineage: Lineage) -> str:
 Measured on {where}, each generation side by side with generation 1 (timings vary from run
 to run; the model files do not):
 
-| Gen. | speed-up | latency (ms) | MACs ratio | {_acc(lineage)} |
+| Gen. | speed-up | latency (ms) | MACs ratio | {_score_column(lineage)} |
 | --- | --- | --- | --- | --- |
 {rows}
 {warning}"""
@@ -610,7 +617,7 @@ def _score_kind(lineage: Lineage) -> str:
     return "top-1 for classification"
 
 
-def _acc(lineage: Lineage) -> str:
+def _score_column(lineage: Lineage) -> str:
     """Column label of the test score: ``ACC.`` for an accuracy, else ``SCORE``."""
     return "ACC." if lineage.score_percent else "SCORE"
 
@@ -619,7 +626,7 @@ def _score_word(lineage: Lineage) -> str:
     return "accuracy" if lineage.score_percent else "score"
 
 
-def _budget(lineage: Lineage) -> str:
+def _max_drop_phrase(lineage: Lineage) -> str:
     """``2.0-point accuracy budget`` or, for a plain score, ``budget of 0.02 on the score``."""
     drop = lineage.config.max_drop
     if lineage.score_percent:
@@ -649,7 +656,7 @@ PLOT_LIMIT = 1e100
 
 
 def _plot(path: Path, lineage: Lineage) -> None:
-    """Efficiency vs accuracy per generation (skipped with a warning without matplotlib)."""
+    """Efficiency vs test score per generation (skipped with a warning without matplotlib)."""
     try:
         import matplotlib
 
@@ -661,18 +668,18 @@ def _plot(path: Path, lineage: Lineage) -> None:
     scale = 100 if lineage.score_percent else 1
     floor = lineage.records[0].fitness - lineage.config.max_drop - 1e-12
     rows = [r for r in lineage.records if abs(scale * r.accuracy) < PLOT_LIMIT]
-    acc = [scale * r.accuracy for r in rows]
+    ys = [scale * r.accuracy for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.plot([r.ae for r in rows], acc, "o-", label="A-E")
-    ax.plot([r.ce for r in rows], acc, "s--", label="C-E")
-    ax.plot([r.mac_ratio for r in rows], acc, "d-.", label="MACs ratio")
+    ax.plot([r.ae for r in rows], ys, "o-", label="A-E")
+    ax.plot([r.ce for r in rows], ys, "s--", label="C-E")
+    ax.plot([r.mac_ratio for r in rows], ys, "d-.", label="MACs ratio")
     speed = [(r.speedup, scale * r.accuracy) for r in rows if r.speedup is not None]
     if speed:
         ax.plot(*zip(*speed, strict=True), "^:", label="measured speed-up")
     over = [(r.ae, scale * r.accuracy) for r in rows if r.fitness < floor]
     if over:
         ax.plot(*zip(*over, strict=True), "rx", markersize=9, label="over budget")
-    for r, y in zip(rows, acc, strict=True):
+    for r, y in zip(rows, ys, strict=True):
         ax.annotate(str(r.generation), (r.ae, y), textcoords="offset points", xytext=(3, 3),
                     fontsize=7)  # fmt: skip
     ax.set_xscale("log")

@@ -28,7 +28,7 @@ from evonnx.latency.settings import LatencySettings, MeasurementSettings
 from evonnx.retrain.settings import SelectionSettings, TrainingSettings
 
 if TYPE_CHECKING:
-    from evonnx.genetic import EncodingConfig
+    from evonnx.genetic.config import EncodingConfig
     from evonnx.genetic.environments import Environment
 
 SECTIONS: dict[str, type] = {

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from evonnx.evolution.settings import EvolveConfig
     from evonnx.pruning.groups import Analysis
     from evonnx.pruning.metrics import LayerMetrics, ModelMetrics
-    from evonnx.runtimes import RuntimeSettings
+    from evonnx.runtimes.base import RuntimeSettings
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def check_resources(config: EvolveConfig) -> None:
         return
     check_threads(config.threads)
     if settings is not None:
-        from evonnx.runtimes import make_runtime
+        from evonnx.runtimes.registry import make_runtime
 
         make_runtime(settings.runtime)
 

@@ -38,7 +38,7 @@ from evonnx.execute.signals import ignore_interrupts
 if TYPE_CHECKING:
     from evonnx.execute.settings import ExecutionSettings
     from evonnx.retrain.task import Split
-    from evonnx.runtimes import Runtime, RuntimeSettings
+    from evonnx.runtimes.base import Runtime, RuntimeSettings
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,6 @@ driver keeps synthesis, selection and every file write.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
 import pickle
@@ -23,9 +22,9 @@ import onnx
 
 from evonnx.errors import EvonnxError, NonFiniteError, TaskError
 from evonnx.model.graph import non_finite_weights
-from evonnx.retrain import LossFn, TrainConfig
 from evonnx.retrain.guard import checked_batches, guarded, guarded_loss, user_code
-from evonnx.retrain.task import Split, Task, add_import_path
+from evonnx.retrain.task import USER_TASK_PREFIX, Split, Task, import_task_file
+from evonnx.retrain.train import LossFn, TrainConfig
 
 if TYPE_CHECKING:
     from evonnx.retrain.settings import TrainingSettings
@@ -34,9 +33,6 @@ logger = logging.getLogger(__name__)
 
 OUTPUTS_CHANGED = "the offspring changes the outputs"
 """How the reason of an offspring refused by :func:`run_checked` begins."""
-
-USER_TASK_PREFIX = "evonnx_user_task_"
-"""Module-name prefix :func:`evonnx.retrain.task.load_task` gives user task files."""
 
 
 @dataclass(frozen=True)
@@ -108,7 +104,7 @@ def run_job(
             other than 0 do not score (their scores are NaN).
     """
     from evonnx.converters import write_back
-    from evonnx.retrain import train
+    from evonnx.retrain.train import train
 
     start = time.perf_counter()
     config = job.training
@@ -243,16 +239,16 @@ def keep_initializers(
     return trained
 
 
-def reinitialize(module: Any, seed: int, keep: set[str] | None = None) -> None:
+def reinitialize(module: Any, seed: int, frozen: set[str] | None = None) -> None:
     """Fresh Kaiming-uniform weights (zeros kept) and zero biases for conv/FC layers, except
-    the weights named in ``keep`` (frozen layers)."""
+    the weights named in ``frozen`` (frozen layers)."""
     import torch
 
     gen = torch.Generator().manual_seed(seed % (2**31))
     params = module.onnx_parameters()
     with torch.no_grad():
         for name in module.weight_names():
-            if keep and name in keep:
+            if frozen and name in frozen:
                 continue
             w = params[name]
             fan_in = max(1, w[0].numel()) if w.dim() > 2 else max(1, w.shape[-1])
@@ -295,8 +291,12 @@ def unpack_split(payload: bytes) -> Split:
     """
     source, inner = pickle.loads(payload)
     try:
-        if source is not None and source[0] not in sys.modules:
-            _import_file(*source)
+        if (
+            source is not None
+            and source[0] not in sys.modules
+            and import_task_file(Path(source[1]), source[0]) is None
+        ):  # the --task file, imported as the driver did
+            raise TaskError(f"a worker cannot import the task file {source[1]}")
         split = pickle.loads(inner)
     except EvonnxError:
         raise
@@ -305,14 +305,3 @@ def unpack_split(payload: bytes) -> Split:
     if not isinstance(split, Split):
         raise TaskError(f"a worker received a {type(split).__name__}, not a task")
     return split
-
-
-def _import_file(name: str, path: str) -> None:
-    """Import the ``--task`` file ``path`` as module ``name`` (as the driver did)."""
-    spec = importlib.util.spec_from_file_location(name, Path(path))
-    if spec is None or spec.loader is None:
-        raise TaskError(f"a worker cannot import the task file {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    add_import_path(Path(path))
-    spec.loader.exec_module(module)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-    from evonnx.retrain import LossFn
+    from evonnx.retrain.train import LossFn
 
 Rank = tuple[int, int]
 """(rank, world size)."""

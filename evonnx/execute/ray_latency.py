@@ -19,7 +19,8 @@ from typing import Any, Protocol, TypeVar
 
 import onnx
 
-from evonnx.runtimes import RUNTIMES, Runtime, RuntimeSettings, make_runtime
+from evonnx.runtimes.base import RUNTIMES, Runtime, RuntimeSettings
+from evonnx.runtimes.registry import make_runtime
 
 T = TypeVar("T")
 

@@ -1,11 +1,11 @@
 """Synaptic cluster-driven genetic encoding and offspring sampling (paper §II.B–II.D).
 
 Modules: :mod:`~evonnx.genetic.config` (settings), :mod:`~evonnx.genetic.probabilities`
-(eq. 4, eq. 5), :mod:`~evonnx.genetic.genome` (encoding an ancestor),
+(eq. 4, eq. 5), :mod:`~evonnx.genetic.genome` (encoding a parent),
 :mod:`~evonnx.genetic.solve` (the environmental factor), :mod:`~evonnx.genetic.sample` and
 :mod:`~evonnx.genetic.trim` (offspring within budget), :mod:`~evonnx.genetic.efficiency`.
 
-The "DNA" of an ancestor is the pair of probabilities
+The "DNA" of a parent (the model being encoded) is the pair of probabilities
 
 * eq. 4, cluster: ``P_c = exp(sum_{i in c} trunc(|w_i|) / Z - 1)``, and
 * eq. 5, synapse: ``P_s = exp(|w_i| / z - 1)``,
@@ -46,10 +46,10 @@ solved
   never exceeded: lowest-``P_c`` channels for cluster-level environments (MACs), lowest
   ``P_c · P_s`` synapses for synapse-level ones (structured offspring, ``synapse_level=False``:
   lowest-``P_c`` kernels or channels). The default is
-  :class:`~evonnx.genetic.environments.SynapseBudget` (``keep=0.8`` of the ancestor's nonzero
+  :class:`~evonnx.genetic.environments.SynapseBudget` (``keep=0.8`` of the parent's nonzero
   synapses, counted after the consumer slices of removed channels are gone). As sampling is
   unbiased and trimming only removes, realized counts average slightly below the budget.
-* **Constraints.** Each group keeps at least ``min_channels`` and the per-layer floor
+* **Constraints.** Each group keeps at least ``min_channels`` and the floor
   ``ceil(min_fraction * size)`` (default 0.25: a global budget is never met by emptying a few
   layers; a budget the floor puts out of reach is refused with the reachable figure); counts
   are rounded up by the one rule of :func:`evonnx.pruning.plan.round_channels`: multiples of

@@ -20,7 +20,7 @@ SynapseNorm = Literal["max", "quantile"]
 TruncationKind = Literal["mean", "quantile", "absolute", "none"]
 
 DEFAULT_MIN_FRACTION = 0.25
-"""Default per-layer floor: a prunable group keeps at least a quarter of its channels."""
+"""Default floor (per channel group): a prunable group keeps at least a quarter of its channels."""
 
 FACTOR_MAX = math.e
 """Factor at which every probability (all ≥ 1/e) reaches 1: nothing is removed."""
@@ -63,7 +63,7 @@ class Truncation:
 
 @dataclass(frozen=True)
 class EncodingConfig:
-    """How ancestors are encoded and offspring sampled.
+    """How parents are encoded and offspring sampled.
 
     Attributes:
         keep: Synapse fraction of the default environment (``SynapseBudget(keep)``).
@@ -77,7 +77,7 @@ class EncodingConfig:
             over a synapse budget they are trimmed by whole kernels (kernel mode) or channels
             (filter mode), and by single synapses only if the constraints stop that short.
         min_channels: Fewest channels any prunable group keeps.
-        min_fraction: Per-layer floor: every prunable group keeps at least this fraction of
+        min_fraction: Floor per channel group: every prunable group keeps at least this fraction of
             its channels (rounded up; and at least ``min_channels``), so a global budget is
             never met by emptying a few layers. Relative to the model being encoded (in
             ``evolve``: the parent of each generation). A removed residual branch (``depth``)
@@ -162,7 +162,7 @@ class EncodingSettings:
         cluster_keep: Expected fraction of clusters surviving each generation; ``None``
             shares one environmental factor between clusters and synapses (the paper).
         min_channels: Fewest channels any prunable group keeps.
-        min_fraction: Per-layer floor: each generation keeps at least this fraction of
+        min_fraction: Floor per channel group: each generation keeps at least this fraction of
             every prunable group's channels of its parent (0: off).
         depth: Removable residual branches are clusters too (filter clusters); ``None``
             (default): on with ``env="latency"`` and filter clusters.

@@ -25,12 +25,14 @@ _DEAD_PASSES = 8
 class _Draft:
     """Mutable state of one sampling run.
 
+    ``alive`` is each group's survival mask over its channels (bool, one per channel);
+    ``kernels`` the surviving kernels of each weight (kernel mode, else ``None``);
     ``masks`` are float32 0/1 arrays in canonical layout; ``counts`` the live synapses per
     kernel (``None`` when a weight has one entry per kernel: the mask is the count);
     ``masked`` whether a weight lost any nonzero synapse to its mask.
     """
 
-    keep: dict[int, np.ndarray]
+    alive: dict[int, np.ndarray]
     kernels: list[np.ndarray | None]
     masks: list[np.ndarray] = field(default_factory=list)
     counts: list[np.ndarray | None] = field(default_factory=list)
@@ -44,8 +46,8 @@ class _Draft:
         return m.reshape(m.shape[0], m.shape[1])
 
 
-def _as_float(keep: Mapping[int, np.ndarray]) -> dict[int, np.ndarray]:
-    return {gid: k.astype(np.float64) for gid, k in keep.items()}
+def _as_float(alive: Mapping[int, np.ndarray]) -> dict[int, np.ndarray]:
+    return {gid: k.astype(np.float64) for gid, k in alive.items()}
 
 
 def _rule(genome: Genome, group: ChannelGroup) -> tuple[int | None, int, Sequence[int] | None]:
@@ -66,19 +68,19 @@ def _valid(genome: Genome, group: ChannelGroup, k: int) -> bool:
     return allowed_channels(k, group.size, *_rule(genome, group))
 
 
-def _enforce(genome: Genome, group: ChannelGroup, keep: np.ndarray) -> np.ndarray:
+def _enforce(genome: Genome, group: ChannelGroup, alive: np.ndarray) -> np.ndarray:
     """Add back the highest-probability dead channels until the constraints hold
     (:func:`evonnx.pruning.plan.round_channels`)."""
-    n = int(keep.sum())
+    n = int(alive.sum())
     if n == 0 and group.id in genome.branch_p:  # a removed branch (depth cluster) stays removed
         return np.zeros(0, dtype=np.int64)
-    need = round_channels(n, keep.size, *_rule(genome, group))
+    need = round_channels(n, alive.size, *_rule(genome, group))
     if need <= n:
         return np.zeros(0, dtype=np.int64)
     prob = genome.cluster_p[group.id]
-    dead = np.flatnonzero(~keep)
+    dead = np.flatnonzero(~alive)
     add = dead[np.argsort(-prob[dead], kind="stable")[: need - n]]
-    keep[add] = True
+    alive[add] = True
     return add
 
 
@@ -90,9 +92,9 @@ def _channel_any(genome: Genome, group: ChannelGroup, rows: Sequence[np.ndarray]
     return total > 0
 
 
-def _axes(gene: Gene, keep: Mapping[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def _axes(gene: Gene, alive: Mapping[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     o, i, _ = gene.synapse_p.shape
-    return _axis_values(gene.out_claims, o, keep), _axis_values(gene.in_claims, i, keep)
+    return _axis_values(gene.out_claims, o, alive), _axis_values(gene.in_claims, i, alive)
 
 
 def _live_rows(genome: Genome, draft: _Draft, kf: Mapping[int, np.ndarray]) -> list[np.ndarray]:
@@ -119,9 +121,9 @@ def _census_of(
 
 
 def _realized_census(
-    genome: Genome, keep: Mapping[int, np.ndarray], draft: _Draft, with_synapses: bool = True
+    genome: Genome, alive: Mapping[int, np.ndarray], draft: _Draft, with_synapses: bool = True
 ) -> list[LayerCensus]:
-    kf = _as_float(keep)
+    kf = _as_float(alive)
     return _census_of(genome, kf, _live_rows(genome, draft, kf) if with_synapses else None)
 
 
@@ -132,27 +134,27 @@ def _prune_dead(genome: Genome, draft: _Draft) -> list[np.ndarray]:
         :func:`_live_rows` for the final kept channels.
     """
     for _ in range(_DEAD_PASSES):
-        rows = _live_rows(genome, draft, _as_float(draft.keep))
+        rows = _live_rows(genome, draft, _as_float(draft.alive))
         changed = False
         for g in genome.groups:
             if not genome.producers[g.id]:
                 continue
-            keep = draft.keep[g.id]
-            dead = np.flatnonzero(keep & ~_channel_any(genome, g, rows))
+            alive = draft.alive[g.id]
+            dead = np.flatnonzero(alive & ~_channel_any(genome, g, rows))
             if not dead.size:
                 continue
-            n = int(keep.sum())
+            n = int(alive.sum())
             target = next((k for k in range(n - dead.size, n) if _valid(genome, g, k)), n)
             if target < n:
                 order = np.argsort(genome.cluster_p[g.id][dead], kind="stable")
-                keep[dead[order[: n - target]]] = False
+                alive[dead[order[: n - target]]] = False
                 changed = True
         if not changed:
             return rows
-    return _live_rows(genome, draft, _as_float(draft.keep))
+    return _live_rows(genome, draft, _as_float(draft.alive))
 
 
 def _settle(genome: Genome, draft: _Draft) -> list[LayerCensus]:
     """Remove dead channels, then take the realized census."""
     rows = _prune_dead(genome, draft)
-    return _census_of(genome, _as_float(draft.keep), rows)
+    return _census_of(genome, _as_float(draft.alive), rows)

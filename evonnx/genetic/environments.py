@@ -32,10 +32,10 @@ class LayerCensus:
     """Expected or realized size of one conv/FC layer of an offspring.
 
     Attributes:
-        layer: The ancestor's layer.
+        layer: The parent's layer.
         synapses: Nonzero weight elements (an expectation while solving for the factor).
-        out_fraction: Fraction of the ancestor's output filters/neurons kept.
-        in_fraction: Fraction of the ancestor's input channels kept.
+        out_fraction: Fraction of the parent's output filters/neurons kept.
+        in_fraction: Fraction of the parent's input channels kept.
     """
 
     layer: Layer
@@ -45,7 +45,7 @@ class LayerCensus:
 
     @property
     def macs(self) -> float:
-        """Dense multiply-accumulates: the ancestor's, scaled by the kept fractions."""
+        """Dense multiply-accumulates: the parent's, scaled by the kept fractions."""
         return self.layer.macs * self.out_fraction * self.in_fraction
 
 
@@ -53,7 +53,7 @@ Census = Sequence[LayerCensus]
 
 
 class Environment(ABC):
-    """A budget on some cost of the offspring, relative to its direct ancestor.
+    """A budget on some cost of the offspring, relative to its parent.
 
     Class attributes:
         level: What trimming removes when a sampled offspring is over budget: ``"synapse"``
@@ -70,8 +70,8 @@ class Environment(ABC):
     trims: ClassVar[bool] = True
 
     @abstractmethod
-    def budget(self, ancestor: Census) -> float:
-        """Largest cost an offspring may have, given the ancestor's census."""
+    def budget(self, parent: Census) -> float:
+        """Largest cost an offspring may have (its limit), given the parent's census."""
 
     @abstractmethod
     def cost(self, census: Census) -> float:
@@ -92,7 +92,7 @@ def _check_keep(keep: float) -> None:
 
 @dataclass(frozen=True)
 class SynapseBudget(Environment):
-    """At most ``keep`` of the ancestor's nonzero synapses (conv/FC weights) survive.
+    """At most ``keep`` of the parent's nonzero synapses (conv/FC weights) survive.
 
     The paper's environment (``keep=0.8``). Realized synapses are counted after channel
     removal, so input slices that disappear with an upstream channel count as removed.
@@ -104,9 +104,9 @@ class SynapseBudget(Environment):
     def __post_init__(self) -> None:
         _check_keep(self.keep)
 
-    def budget(self, ancestor: Census) -> float:
-        """``keep`` times the ancestor's nonzero synapses."""
-        return self.keep * self.cost(ancestor)
+    def budget(self, parent: Census) -> float:
+        """``keep`` times the parent's nonzero synapses."""
+        return self.keep * self.cost(parent)
 
     def cost(self, census: Census) -> float:
         """Total nonzero synapses."""
@@ -115,7 +115,7 @@ class SynapseBudget(Environment):
 
 @dataclass(frozen=True)
 class MacBudget(Environment):
-    """At most ``keep`` of the ancestor's dense MACs (channel removal is what counts).
+    """At most ``keep`` of the parent's dense MACs (channel removal is what counts).
 
     MACs of a layer scale with the kept fraction of its output filters and of its input
     channels; synapse sparsity inside surviving filters does not reduce dense MACs. Best used
@@ -130,19 +130,19 @@ class MacBudget(Environment):
     def __post_init__(self) -> None:
         _check_keep(self.keep)
 
-    def budget(self, ancestor: Census) -> float:
-        """``keep`` times the ancestor's MACs.
+    def budget(self, parent: Census) -> float:
+        """``keep`` times the parent's MACs.
 
         Raises:
             ConfigError: Some layer's MACs are unknown (symbolic input height/width).
         """
-        unknown = [c.layer.node for c in ancestor if c.layer.macs <= 0]
+        unknown = [c.layer.node for c in parent if c.layer.macs <= 0]
         if unknown:
             raise ConfigError(
                 f"MACs of {len(unknown)} layers (e.g. {unknown[0]}) are unknown because input "
                 "shapes are symbolic; give them with --input-shape NAME=1x3xHxW"
             )
-        return self.keep * self.cost(ancestor)
+        return self.keep * self.cost(parent)
 
     def cost(self, census: Census) -> float:
         """Total dense MACs."""
@@ -185,9 +185,9 @@ class LatencyBudget(Environment):
     def __post_init__(self) -> None:
         _check_keep(self.keep)
 
-    def budget(self, ancestor: Census) -> float:
+    def budget(self, parent: Census) -> float:
         """``keep`` times the parent's predicted latency, not below ``floor_ms``."""
-        b = self.keep * self.cost(ancestor)
+        b = self.keep * self.cost(parent)
         return max(b, self.floor_ms) if self.floor_ms is not None else b
 
     def cost(self, census: Census) -> float:

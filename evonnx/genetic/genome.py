@@ -1,4 +1,4 @@
-"""The genome: an ancestor's probabilistic DNA, computed once per generation."""
+"""The genome: a parent's probabilistic DNA, computed once per generation."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ class Gene:
 
 @dataclass(frozen=True, eq=False)
 class Genome:
-    """Probabilistic DNA of an ancestor: everything sampling needs, computed once.
+    """Probabilistic DNA of a parent: everything sampling needs, computed once.
 
     Attributes:
         config: The encoding configuration.
@@ -138,12 +138,14 @@ class Genome:
 
     @property
     def ancestor(self) -> list[LayerCensus]:
-        """Census of the ancestor (everything kept)."""
+        """Census of the parent being encoded (everything kept); the name is kept for
+        compatibility."""
         return [LayerCensus(lay, float(g.nonzero)) for g in self.genes for lay in g.layers]
 
     @property
     def ancestor_synapses(self) -> int:
-        """Nonzero conv/FC synapses of the ancestor (shared weights counted per layer)."""
+        """Nonzero conv/FC synapses of the parent being encoded (shared weights counted per
+        layer); the name is kept for compatibility."""
         return sum(g.nonzero * len(g.layers) for g in self.genes)
 
 
@@ -254,10 +256,10 @@ def _producers(
 def encode(
     analysis: Analysis, weights: Mapping[str, np.ndarray], config: EncodingConfig | None = None
 ) -> Genome:
-    """Encode an ancestor: cluster and synapse probabilities of every conv/FC weight.
+    """Encode a parent: cluster and synapse probabilities of every conv/FC weight.
 
     Args:
-        analysis: Channel groups and layers of the ancestor.
+        analysis: Channel groups and layers of the parent.
         weights: Weight arrays by initializer name (at least every layer's weight).
         config: Encoding configuration (default :class:`EncodingConfig`).
 
@@ -297,11 +299,11 @@ def encode(
     return Genome(cfg, tuple(genes), groups, cluster_p, producers, fixed, branch_p, per_gene)
 
 
-def _kernel_factor(gene: Gene, keep: float) -> float:
-    """``F_c`` keeping ``keep`` of the kernels of the gene's prunable filters."""
+def _kernel_factor(gene: Gene, survival: float) -> float:
+    """``F_c`` keeping ``survival`` of the kernels of the gene's prunable filters."""
     if gene.kernel_p is None or not gene.prunable_rows.any():
         return FACTOR_MAX
-    return cluster_factor_for({0: gene.kernel_p[gene.prunable_rows]}, keep)
+    return cluster_factor_for({0: gene.kernel_p[gene.prunable_rows]}, survival)
 
 
 def cluster_factor_for(cluster_p: Mapping[int, np.ndarray], keep: float) -> float:

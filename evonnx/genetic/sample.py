@@ -37,7 +37,8 @@ class Offspring:
         budget: The environment's budget.
         expected_cost: Expected cost at ``factor``.
         realized_cost: Cost of this offspring (at most ``budget`` unless unattainable).
-        ancestor_synapses: Nonzero conv/FC synapses of the ancestor.
+        ancestor_synapses: Nonzero conv/FC synapses of the parent (the model encoded); the
+            name is kept for compatibility.
         expected_synapses: Expected nonzero synapses at ``factor``.
         realized_synapses: Nonzero conv/FC synapses of this offspring after surgery.
     """
@@ -56,26 +57,26 @@ class Offspring:
 def _sample_clusters(genome: Genome, factor: float, rng: np.random.Generator) -> _Draft:
     """Draw cluster survival: group channels (filter mode) or kernels (kernel mode)."""
     if genome.config.cluster_mode == "filter":
-        keep = {g.id: rng.random(g.size) < genome.cluster_q(g.id, factor) for g in genome.groups}
+        alive = {g.id: rng.random(g.size) < genome.cluster_q(g.id, factor) for g in genome.groups}
         for gid in genome.branch_p:  # depth clusters: a dead branch loses every channel
             if rng.random() >= genome.branch_q(gid, factor):
-                keep[gid][:] = False
-        return _Draft(keep, [None] * len(genome.genes))
+                alive[gid][:] = False
+        return _Draft(alive, [None] * len(genome.genes))
     kernels: list[np.ndarray | None] = []
     rows = []
     for gi, gene in enumerate(genome.genes):
         q = _kernel_q(gene, genome.kernel_f(gi, factor))
-        alive = rng.random(q.shape, dtype=np.float32) < q
-        kernels.append(alive)
-        rows.append(np.asarray(alive.any(axis=1), dtype=np.float64))
-    keep = {g.id: _channel_any(genome, g, rows) for g in genome.groups}
-    return _Draft(keep, kernels)
+        kern = rng.random(q.shape, dtype=np.float32) < q
+        kernels.append(kern)
+        rows.append(np.asarray(kern.any(axis=1), dtype=np.float64))
+    alive = {g.id: _channel_any(genome, g, rows) for g in genome.groups}
+    return _Draft(alive, kernels)
 
 
 def _apply_constraints(genome: Genome, draft: _Draft) -> None:
     """``min_channels``/``round_to`` for every group; revived channels get their kernels back."""
     for g in genome.groups:
-        added = _enforce(genome, g, draft.keep[g.id])
+        added = _enforce(genome, g, draft.alive[g.id])
         if not added.size:
             continue
         for gi, c in genome.producers[g.id]:
@@ -110,9 +111,9 @@ def _offspring(
     genome: Genome, draft: _Draft, sol: Solution, census: Sequence[LayerCensus]
 ) -> Offspring:
     plan = {
-        g.id: tuple(int(c) for c in np.flatnonzero(draft.keep[g.id]))
+        g.id: tuple(int(c) for c in np.flatnonzero(draft.alive[g.id]))
         for g in genome.groups
-        if not draft.keep[g.id].all()
+        if not draft.alive[g.id].all()
     }
     masks = {
         gene.name: _from_canonical(mask, gene.shape, gene.out_axis, gene.in_axis)
@@ -136,7 +137,7 @@ def sample(genome: Genome, rng: np.random.Generator, solution: Solution | None =
     """Sample one offspring: clusters, constraints, synapses, dead channels, then trimming.
 
     Args:
-        genome: The ancestor's encoding.
+        genome: The parent's encoding.
         rng: Source of randomness (same state, same offspring).
         solution: ``solve_factor(genome)``, to share between the offspring of one generation.
     """
@@ -160,7 +161,7 @@ def synthesize(
     """Encode ``model`` and sample one offspring.
 
     Args:
-        model: The ancestor.
+        model: The parent (the model to encode).
         analysis: ``analyze(model)``.
         config: Encoding configuration (``None``: :class:`EncodingConfig` defaults).
         rng: Source of randomness (same state, same offspring).

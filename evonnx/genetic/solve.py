@@ -157,7 +157,7 @@ class Solution:
 
     Attributes:
         factor: ``λ = F_c = F_s``.
-        budget: The environment's budget for this ancestor.
+        budget: The environment's budget (limit) for this parent.
         expected_cost: Expected cost of an offspring at ``factor``.
         expected_synapses: Expected nonzero synapses of an offspring at ``factor``.
     """
@@ -220,10 +220,10 @@ def _bracketed(s: _Solver, f_top: float, tol: float) -> float:
 def solve_factor(genome: Genome) -> Solution:
     """Find ``λ`` in ``[0, e]`` whose expected offspring cost equals the budget."""
     env = genome.config.env
-    ancestor = genome.ancestor
-    budget = env.budget(ancestor)
+    parent = genome.ancestor
+    budget = env.budget(parent)
     solver = _Solver(genome, env, budget, _scratch(genome))
-    top = env.cost(ancestor)  # at λ = e every probability is 1
+    top = env.cost(parent)  # at λ = e every probability is 1
     if genome.fixed_clusters:  # clusters still die at λ = e
         top = env.cost(solver.census(FACTOR_MAX))
     if top <= budget:

@@ -63,7 +63,7 @@ def _scores_at(gene: Gene, rank: np.ndarray, flat: np.ndarray) -> np.ndarray:
 
 def _score_quantile(genome: Genome, draft: _Draft, frac: float) -> float:
     """Approximate ``frac`` quantile of ``P_c · P_s`` over realized synapses (subsampled)."""
-    kf = _as_float(draft.keep)
+    kf = _as_float(draft.alive)
     total = sum(g.synapse_p.size for g in genome.genes)
     step = max(1, total // _QUANTILE_SAMPLE)
     samples = []
@@ -79,11 +79,11 @@ def _score_quantile(genome: Genome, draft: _Draft, frac: float) -> float:
     return float(np.quantile(pool, frac)) if pool.size else math.inf
 
 
-def _candidates(
+def _trimmable(
     genome: Genome, draft: _Draft, threshold: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Realized synapses with ``P_c · P_s <= threshold``: (gene, flat index, score) sorted."""
-    kf = _as_float(draft.keep)
+    kf = _as_float(draft.alive)
     genes, flats, scores = [], [], []
     for gi, gene in enumerate(genome.genes):
         if not genome.maskable(gene):
@@ -112,7 +112,7 @@ def _trim_synapses(
     frac = min(1.0, 2.0 * (1.0 - budget / env.cost(census)) + 1e-4)
     while True:
         threshold = _score_quantile(genome, draft, frac) if frac < 1.0 else math.inf
-        gene_of, flat, _ = _candidates(genome, draft, threshold)
+        gene_of, flat, _ = _trimmable(genome, draft, threshold)
 
         def ok(k: int, gene_of: np.ndarray = gene_of) -> bool:
             removed = np.bincount(gene_of[:k], minlength=n_genes)
@@ -154,7 +154,7 @@ def _trim_kernels(
     genome: Genome, draft: _Draft, census: Sequence[LayerCensus], env: Environment, budget: float
 ) -> None:
     """Drop the lowest-probability realized kernels until the cost is within budget."""
-    kf = _as_float(draft.keep)
+    kf = _as_float(draft.alive)
     owners, flats, scores, sizes = [], [], [], []
     for gi, gene in enumerate(genome.genes):
         assert gene.kernel_p is not None
@@ -195,7 +195,7 @@ def _trim_clusters(genome: Genome, draft: _Draft, env: Environment, budget: floa
     probs, owners, chans = [], [], []
     for gidx, g in enumerate(genome.groups):
         p = genome.cluster_p[g.id]
-        kept = np.flatnonzero(draft.keep[g.id])
+        kept = np.flatnonzero(draft.alive[g.id])
         floor = min(group_floor(genome, g), kept.size)
         protect = kept[np.argsort(-p[kept], kind="stable")[:floor]]
         free = np.setdiff1d(kept, protect)
@@ -203,18 +203,18 @@ def _trim_clusters(genome: Genome, draft: _Draft, env: Environment, budget: floa
         owners.append(np.full(free.size, gidx))
         chans.append(free)
     if not probs:
-        _unreachable(genome, env, budget, env.cost(_realized_census(genome, draft.keep, draft)))
+        _unreachable(genome, env, budget, env.cost(_realized_census(genome, draft.alive, draft)))
     prob, owner, chan = np.concatenate(probs), np.concatenate(owners), np.concatenate(chans)
     order = np.lexsort((chan, owner, prob))
     owner, chan = owner[order], chan[order]
 
     def state(k: int) -> dict[int, np.ndarray]:
-        keep = {gid: v.copy() for gid, v in draft.keep.items()}
+        alive = {gid: v.copy() for gid, v in draft.alive.items()}
         for gidx in np.unique(owner[:k]):
             g = genome.groups[gidx]
-            keep[g.id][chan[:k][owner[:k] == gidx]] = False
-            _enforce(genome, g, keep[g.id])
-        return keep
+            alive[g.id][chan[:k][owner[:k] == gidx]] = False
+            _enforce(genome, g, alive[g.id])
+        return alive
 
     def ok(k: int) -> bool:
         census = _realized_census(genome, state(k), draft, env.needs_synapses)
@@ -226,7 +226,7 @@ def _trim_clusters(genome: Genome, draft: _Draft, env: Environment, budget: floa
     elif k is None:
         best = _realized_census(genome, state(chan.size), draft, env.needs_synapses)
         _unreachable(genome, env, budget, env.cost(best))
-    draft.keep = state(k)
+    draft.alive = state(k)
 
 
 def _trim(

@@ -17,6 +17,7 @@ from evonnx.latency.budget import (
     latency_offspring,
     latency_target,
 )
+from evonnx.latency.census import group_census
 from evonnx.latency.fit import MeasuredFit, fit_measured
 from evonnx.latency.geometry import LayerShape, layer_shapes
 from evonnx.latency.model import (
@@ -24,7 +25,6 @@ from evonnx.latency.model import (
     LatencyModel,
     build_latency_model,
     default_step,
-    group_census,
     latency_steps,
     width_grid,
 )

@@ -10,19 +10,23 @@ import numpy as np
 import onnx
 
 from evonnx.errors import ConfigError, LatencyBudgetError
-from evonnx.genetic import EncodingConfig, Offspring, encode, model_weights, sample
 from evonnx.genetic.environments import LatencyBudget
+from evonnx.genetic.genome import encode, model_weights
+from evonnx.genetic.sample import Offspring, sample
+from evonnx.latency.census import group_census
 from evonnx.latency.fit import MeasuredFit, fit_measured
 from evonnx.latency.measure import compare
-from evonnx.latency.model import LatencyModel, build_latency_model, group_census
+from evonnx.latency.model import LatencyModel, build_latency_model
 from evonnx.latency.table import LatencyTable
 from evonnx.pruning.plan import PrunePlan, floor_channels
 from evonnx.pruning.surgery import apply_plan
-from evonnx.runtimes import Runtime, make_runtime
+from evonnx.runtimes.registry import make_runtime
 
 if TYPE_CHECKING:
+    from evonnx.genetic.config import EncodingConfig
     from evonnx.latency.settings import LatencySettings
     from evonnx.pruning.groups import Analysis
+    from evonnx.runtimes.base import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -121,8 +125,8 @@ def check_reachable(
     reach = 0.0
     for widths in [smallest] if stepped == smallest else [smallest, stepped]:
         plan = PrunePlan({gid: tuple(range(n)) for gid, n in widths.items()})
-        child = apply_plan(model, analysis, plan)
-        m = compare(target.runtime, model, child, target.settings.batch)
+        offspring = apply_plan(model, analysis, plan)
+        m = compare(target.runtime, model, offspring, target.settings.batch)
         reach = max(reach, m.parent_ms / m.child_ms if m.child_ms > 0 else float("inf"))
         if reach >= speedup:
             break

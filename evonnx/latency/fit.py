@@ -9,7 +9,7 @@ it side by side with its parent (:func:`~evonnx.latency.measure.compare`: interl
 robust statistic, a stability check) and, while it is over budget, takes steps until the
 predicted saving covers most of the measured excess and measures again; while it is faster
 than ``overshoot`` times its target speed-up it gives channels back (an over-pruned offspring
-throws accuracy away). An offspring within budget is measured once more, and accepted only if
+throws score away). An offspring within budget is measured once more, and accepted only if
 that run agrees. Each measurement recalibrates the predictor
 (:meth:`~evonnx.latency.model.LatencyModel.recalibrated`) after the offspring's prediction was
 recorded, so the reported prediction is always out of sample. The budget is never exceeded:
@@ -28,15 +28,16 @@ import numpy as np
 import onnx
 
 from evonnx.errors import LatencyBudgetError, PlanError
+from evonnx.latency.census import group_census
 from evonnx.latency.measure import Comparison, compare
-from evonnx.latency.model import LatencyModel, group_census
 from evonnx.latency.steps import Widths, grow, trim
 from evonnx.pruning.plan import PrunePlan, channel_strength, floor_channels
 from evonnx.pruning.surgery import apply_plan
 
 if TYPE_CHECKING:
+    from evonnx.latency.model import LatencyModel
     from evonnx.pruning.groups import Analysis, ChannelGroup
-    from evonnx.runtimes import Runtime
+    from evonnx.runtimes.base import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ def fit_measured(
         round_to: Channel counts multiples of this.
         min_channels: Fewest channels a group keeps (a removable branch may still go).
         max_rounds: Most measurements.
-        min_fraction: Per-layer floor: a group keeps at least this fraction of its channels
+        min_fraction: Floor per channel group: a group keeps at least this fraction of its channels
             (a removable branch may still go).
 
     Raises:
@@ -162,7 +163,7 @@ class _Round:
 
     Attributes:
         plan: The offspring's plan.
-        child: The offspring.
+        offspring: The offspring.
         ratio: Its predicted latency before the measurement, over the parent's reference.
         m: The measurement.
         budget: The budget (ms) against the parent measured beside it.
@@ -170,7 +171,7 @@ class _Round:
     """
 
     plan: PrunePlan
-    child: onnx.ModelProto
+    offspring: onnx.ModelProto
     ratio: float
     m: Comparison
     budget: float
@@ -243,10 +244,10 @@ def _measured_rounds(setup: _FitSetup, w: Widths, trimmed: int, grown: int) -> M
 def _measure(setup: _FitSetup, w: Widths, rounds: int) -> _Round:
     """Build the offspring ``w`` describes, measure it beside its parent, recalibrate ``w.lm``."""
     plan = _plan(w.kept, w.groups)
-    child = apply_plan(setup.parent, setup.analysis, plan, setup.masks)
+    offspring = apply_plan(setup.parent, setup.analysis, plan, setup.masks)
     census = group_census(setup.analysis, w.counts())
     ratio = w.lm.predict(census) / w.lm.measured_ms  # before measuring; points are relative
-    m = compare(setup.runtime, setup.parent, child, w.lm.batch)
+    m = compare(setup.runtime, setup.parent, offspring, w.lm.batch)
     if m.stable:  # an unstable reading (a busy machine) must not skew the predictor
         w.lm = w.lm.recalibrated(census, m.child_ms, m.parent_ms)
     budget = setup.budget(m.parent_ms)
@@ -254,7 +255,7 @@ def _measure(setup: _FitSetup, w: Widths, rounds: int) -> _Round:
         "round %d: offspring %.4g ms, parent %.4g ms, budget %.4g ms (predicted %.4g)",
         rounds, m.child_ms, m.parent_ms, budget, ratio * m.parent_ms,
     )  # fmt: skip
-    return _Round(plan, child, ratio, m, budget, w.lm.predict(census))
+    return _Round(plan, offspring, ratio, m, budget, w.lm.predict(census))
 
 
 def _least_overshoot(
@@ -264,7 +265,7 @@ def _least_overshoot(
     m = r.m
     if spare is None or m.child_ms / m.parent_ms > spare.child_ms / spare.parent_ms:
         return MeasuredFit(
-            r.child, r.plan, m.parent_ms, m.child_ms, r.ratio * m.parent_ms, r.budget,
+            r.offspring, r.plan, m.parent_ms, m.child_ms, r.ratio * m.parent_ms, r.budget,
             rounds, trimmed, grown,
         )  # fmt: skip
     return spare
@@ -299,7 +300,7 @@ def _confirm(setup: _FitSetup, r: _Round, batch: int) -> tuple[MeasuredFit | Non
     winner's curse): a fresh measurement of an offspring accepted on it alone often came out
     over budget.
     """
-    m = compare(setup.runtime, setup.parent, r.child, batch)
+    m = compare(setup.runtime, setup.parent, r.offspring, batch)
     budget = setup.budget(m.parent_ms)
     logger.info(
         "confirmed: offspring %.4g ms, parent %.4g ms, budget %.4g ms",
@@ -307,7 +308,9 @@ def _confirm(setup: _FitSetup, r: _Round, batch: int) -> tuple[MeasuredFit | Non
     )  # fmt: skip
     if m.child_ms > budget:
         return None, m
-    fit = MeasuredFit(r.child, r.plan, m.parent_ms, m.child_ms, r.ratio * m.parent_ms, budget, 0, 0)
+    fit = MeasuredFit(
+        r.offspring, r.plan, m.parent_ms, m.child_ms, r.ratio * m.parent_ms, budget, 0, 0
+    )
     return fit, m
 
 
@@ -319,13 +322,13 @@ def _done(fit: MeasuredFit, rounds: int, trimmed: int, grown: int) -> MeasuredFi
 
 
 def _nothing_left(
-    child_ms: float, parent_ms: float, budget: float, least: int, fraction: float
+    offspring_ms: float, parent_ms: float, budget: float, least: int, fraction: float
 ) -> Exception:
     return LatencyBudgetError(
         f"every channel group is at its floor (--min-channels {least}, --min-fraction "
         f"{fraction:g}) and no branch is left to remove: the offspring reached "
-        f"{parent_ms / child_ms:.2f}x ({child_ms:.4g} ms, parent {parent_ms:.4g} ms) against a "
-        f"budget of {budget:.4g} ms; a smaller speed-up, a lower --min-fraction or "
+        f"{parent_ms / offspring_ms:.2f}x ({offspring_ms:.4g} ms, parent {parent_ms:.4g} ms) "
+        f"against a budget of {budget:.4g} ms; a smaller speed-up, a lower --min-fraction or "
         "--min-channels, or a larger batch (less per-run overhead) may fit"
     )
 

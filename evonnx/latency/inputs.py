@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
-import onnxruntime as ort
 
-from evonnx.errors import ConfigError
+from evonnx.errors import ConfigError, first_line
 from evonnx.model.batch import rebatch
 from evonnx.model.graph import graph_inputs
 from evonnx.model.memory import check_batch_fits
+from evonnx.model.session import make_session
+from evonnx.model.shapes import cannot_run, input_dims, random_feed
 
 
 def check_inputs(model: onnx.ModelProto, batch: int) -> None:
@@ -32,28 +32,9 @@ def check_inputs(model: onnx.ModelProto, batch: int) -> None:
             )
     check_batch_fits(model, batch)
     batched = rebatch(model, batch)
-    rng = np.random.default_rng(0)
-    feed = {}
-    for vi in graph_inputs(batched):
-        tt = vi.type.tensor_type
-        shape = [d.dim_value for d in tt.shape.dim]
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
-        feed[vi.name] = (
-            rng.standard_normal(shape).astype(dtype)
-            if np.issubdtype(dtype, np.floating)
-            else np.zeros(shape, dtype)
-        )
+    shapes = input_dims(batched)
+    feed = random_feed(batched, shapes)
     try:
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 4  # errors come back as exceptions
-        sess = ort.InferenceSession(
-            batched.SerializeToString(), opts, providers=["CPUExecutionProvider"]
-        )
-        sess.run(None, feed)
+        make_session(batched).run(None, feed)
     except Exception as exc:  # onnxruntime raises its own unrelated exception types
-        shapes = ", ".join(f"{k}={'x'.join(map(str, v.shape))}" for k, v in feed.items())
-        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(
-            f"onnxruntime cannot run the model with input {shapes} (give another shape with "
-            f"--input-shape): {why}"
-        ) from exc
+        raise cannot_run(shapes, first_line(exc)) from exc

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 if TYPE_CHECKING:
-    from evonnx.runtimes import Runtime
+    from evonnx.runtimes.base import Runtime
 
 
 logger = logging.getLogger(__name__)
@@ -55,31 +55,31 @@ def _reduce(samples: np.ndarray, statistic: str) -> float:
 
 
 def _read(rounds: np.ndarray, statistic: str, tolerance: float) -> Comparison:
-    parent, child = (_reduce(r, statistic) for r in rounds)
+    parent, offspring = (_reduce(r, statistic) for r in rounds)
     n = rounds.shape[1]
     gap = 0.0
     if n >= 4:
         halves = [rounds[:, i::2] for i in (0, 1)]
         s = [_reduce(h[0], statistic) / max(_reduce(h[1], statistic), 1e-12) for h in halves]
         gap = abs(s[0] - s[1]) / min(s)
-    return Comparison(parent, child, gap, n, tolerance)
+    return Comparison(parent, offspring, gap, n, tolerance)
 
 
 def compare(
     runtime: Runtime,
     parent: onnx.ModelProto,
-    child: onnx.ModelProto,
+    offspring: onnx.ModelProto,
     batch: int,
     tolerance: float = 0.1,
     retries: int = 1,
 ) -> Comparison:
-    """``parent`` and ``child`` measured side by side (see the module doc).
+    """``parent`` and ``offspring`` measured side by side (see the module doc).
 
     Raises:
         DeployError: A model cannot be run.
     """
     statistic = runtime.settings.statistic
-    rounds = runtime.rounds([parent, child], batch)
+    rounds = runtime.rounds([parent, offspring], batch)
     got = _read(rounds, statistic, tolerance)
     for _ in range(retries):
         if got.stable:
@@ -88,6 +88,6 @@ def compare(
             "unstable reading (even and odd rounds differ by %.0f%%): measuring again",
             100 * got.disagreement,
         )
-        rounds = np.concatenate([rounds, runtime.rounds([parent, child], batch)], axis=1)
+        rounds = np.concatenate([rounds, runtime.rounds([parent, offspring], batch)], axis=1)
         got = _read(rounds, statistic, tolerance)
     return got

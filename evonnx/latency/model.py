@@ -29,15 +29,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from evonnx.genetic.environments import Census, LayerCensus
 from evonnx.latency.calibrate import FEATURES, Point, calibration_widths, solve
+from evonnx.latency.census import group_census
 from evonnx.latency.geometry import LayerShape, layer_shapes
 from evonnx.pruning.plan import PrunePlan
 from evonnx.pruning.surgery import apply_plan
 
 if TYPE_CHECKING:
+    from evonnx.genetic.environments import Census
     from evonnx.latency.table import LatencyTable, Query
-    from evonnx.pruning.groups import Analysis, ChannelGroup, Layer
+    from evonnx.pruning.groups import Analysis, ChannelGroup
 
 logger = logging.getLogger(__name__)
 
@@ -280,53 +281,6 @@ def _curve(grid: Sequence[int], ms: Sequence[float]) -> tuple[np.ndarray, np.nda
     x = np.array([0, *grid], dtype=np.float64)
     y = np.maximum.accumulate(np.array([0.0, *ms], dtype=np.float64))
     return x, y
-
-
-def group_census(analysis: Analysis, widths: Mapping[int, int]) -> list[LayerCensus]:
-    """Census of an offspring keeping ``widths[g]`` channels of each listed group (others
-    keep all); layers with several input groups scale by their mean kept fraction. The rest of
-    a removed branch is gone too: a group whose producing layers all lost every input channel,
-    or whose reading layers all lost every output channel."""
-    sizes = {g.id: g.size for g in analysis.groups}
-    dead = _dead_groups(analysis, {gid for gid, w in widths.items() if w == 0})
-
-    def frac(gid: int | None) -> float:
-        if gid in dead:
-            return 0.0
-        if gid is None or gid not in widths:
-            return 1.0
-        return widths[gid] / sizes[gid] if sizes[gid] else 1.0
-
-    out = []
-    for lay in analysis.layers:
-        fin = [frac(g) for g in lay.in_groups] or [1.0]
-        out.append(LayerCensus(lay, 0.0, frac(lay.out_group), float(np.mean(fin))))
-    return out
-
-
-def _dead_groups(analysis: Analysis, dead: set[int]) -> set[int]:
-    producers: dict[int, list[Layer]] = {}
-    readers: dict[int, list[Layer]] = {}
-    for lay in analysis.layers:
-        if lay.out_group is not None:
-            producers.setdefault(lay.out_group, []).append(lay)
-        for g in lay.in_groups:
-            readers.setdefault(g, []).append(lay)
-    dead = set(dead)
-    grew = bool(dead)
-    while grew:
-        grew = False
-        for gid in producers.keys() | readers.keys():
-            if gid in dead:
-                continue
-            made = producers.get(gid, [])
-            read = readers.get(gid, [])
-            if (made and all(lay.in_groups and set(lay.in_groups) <= dead for lay in made)) or (
-                read and all(lay.out_group in dead for lay in read)
-            ):
-                dead.add(gid)
-                grew = True
-    return dead
 
 
 def latency_steps(

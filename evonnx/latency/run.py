@@ -12,12 +12,13 @@ import numpy as np
 import onnx
 
 from evonnx.latency.budget import Target, latency_offspring, latency_target
-from evonnx.latency.settings import LatencySettings
-from evonnx.runtimes import Runtime, RuntimeSettings, make_runtime
+from evonnx.runtimes.registry import make_runtime
 
 if TYPE_CHECKING:
-    from evonnx.genetic import EncodingConfig
+    from evonnx.genetic.config import EncodingConfig
+    from evonnx.latency.settings import LatencySettings
     from evonnx.pruning.groups import Analysis
+    from evonnx.runtimes.base import Runtime, RuntimeSettings
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from evonnx.errors import ConfigError, require
-from evonnx.runtimes import RuntimeSettings
+from evonnx.runtimes.base import RuntimeSettings
 
 SPEEDUP_RULE = "a speed-up is a finite number above 1 (1.5: 1.5 times as fast as the ancestor)"
 """What a speed-up target (``--speedup``, ``--target-speedup``) may be."""

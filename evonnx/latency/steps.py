@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from evonnx.errors import PlanError
-from evonnx.latency.model import LatencyModel, group_census
+from evonnx.latency.census import group_census
 from evonnx.pruning.plan import allowed_channels
 
 if TYPE_CHECKING:
+    from evonnx.latency.model import LatencyModel
     from evonnx.pruning.groups import Analysis, ChannelGroup
 
 
@@ -40,7 +41,7 @@ class Widths:
         lm: The predictor (and its latency steps).
         round_to: Channel counts multiples of this.
         min_channels: Fewest channels a group keeps (a removable branch may still go).
-        least: Per group id, its own floor (the per-layer floor; overrides ``min_channels``).
+        least: Per group id, its own floor (overrides ``min_channels``).
     """
 
     analysis: Analysis

@@ -25,7 +25,7 @@ from evonnx.latency.geometry import LayerShape
 from evonnx.model.textio import write_text_atomic
 
 if TYPE_CHECKING:
-    from evonnx.runtimes import Runtime
+    from evonnx.runtimes.base import Runtime
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from evonnx.errors import RebatchError
-from evonnx.model.graph import graph_inputs
+from evonnx.model.graph import all_nodes, graph_inputs
 from evonnx.model.shapes import static_shapes
 
 logger = logging.getLogger(__name__)
@@ -172,24 +172,14 @@ def _rewrite_reshapes(model: onnx.ModelProto, old: int) -> None:
 
 def _drop_unused(model: onnx.ModelProto, names: set[str]) -> None:
     """Remove the initializers in ``names`` that nothing reads any more."""
-    used = _used_names(model.graph) | {o.name for o in model.graph.output}
+    used = {i for n in all_nodes(model.graph) for i in n.input}
+    used |= {o.name for o in model.graph.output}
     used |= {i.name for i in model.graph.input}
     stale = names - used
     if stale:
         keep = [t for t in model.graph.initializer if t.name not in stale]
         del model.graph.initializer[:]
         model.graph.initializer.extend(keep)
-
-
-def _used_names(graph: onnx.GraphProto) -> set[str]:
-    """Every tensor name a node of ``graph`` or of its subgraphs reads."""
-    used: set[str] = set()
-    for node in graph.node:
-        used.update(node.input)
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
-                used |= _used_names(sub)
-    return used
 
 
 def _safe_target(

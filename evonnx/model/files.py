@@ -9,7 +9,7 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from evonnx.errors import ModelLoadError
+from evonnx.errors import ModelLoadError, first_line
 from evonnx.model.external import check_location, needs_external, save_external
 from evonnx.model.graph import check_model
 from evonnx.model.normalize import normalize as normalize_model
@@ -59,8 +59,7 @@ def _load_external(model: onnx.ModelProto, base: Path) -> None:
     try:
         load_external_data_for_model(model, str(base))
     except (OSError, ValueError, onnx.checker.ValidationError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"cannot read external data: {first}") from exc
+        raise ModelLoadError(f"cannot read external data: {first_line(exc)}") from exc
 
 
 def keeps_external_data(path: str | Path) -> bool | None:

@@ -49,11 +49,18 @@ def non_finite_weights(model: onnx.ModelProto) -> list[str]:
     return bad
 
 
-def opset_of(model: onnx.ModelProto) -> int:
-    """Default-domain opset version of ``model``."""
+def opset_of(model: onnx.ModelProto, default: int | None = None) -> int:
+    """Default-domain opset version of ``model`` (``default``, if given, when it has none).
+
+    Raises:
+        UnsupportedModelError: The model imports no default-domain opset and no ``default``
+            is given.
+    """
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx"):
             return int(imp.version)
+    if default is not None:
+        return default
     raise UnsupportedModelError("model imports no default-domain (ai.onnx) opset")
 
 
@@ -98,6 +105,17 @@ def _checkable(model: onnx.ModelProto) -> onnx.ModelProto:
             item
         )
     return light
+
+
+def all_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The nodes of ``graph`` and of its subgraphs (``If``/``Loop`` bodies), at any depth."""
+    nodes = []
+    for node in graph.node:
+        nodes.append(node)
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+                nodes += all_nodes(sub)
+    return nodes
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from evonnx.errors import OutputMismatchError
 from evonnx.model.graph import graph_inputs
+from evonnx.model.session import make_session
 
 logger = logging.getLogger(__name__)
 
@@ -119,10 +119,7 @@ def input_feed(
 
 def run(model: onnx.ModelProto, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Outputs of ``model`` by name, from one onnxruntime CPU run without graph optimization."""
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 4  # errors come back as exceptions
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = make_session(model, optimize=False)
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, (np.asarray(v) for v in sess.run(None, dict(feed))), strict=True))
 

@@ -22,9 +22,10 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from evonnx.errors import ConfigError
+from evonnx.errors import ConfigError, first_line
 from evonnx.model.graph import graph_inputs, infer_shapes, inferred_skeleton, to_graph
 from evonnx.model.inputs import InputShapes, apply_input_shapes
+from evonnx.model.session import make_session
 
 logger = logging.getLogger(__name__)
 
@@ -136,10 +137,7 @@ def resolve_shapes(
         found, error = _run_shapes(shaped, missing, inputs, _value_types(inferred))
         if error is not None:
             if input_shapes and not _unsupported(error):
-                raise ConfigError(
-                    f"onnxruntime cannot run the model with input {shape_text(inputs)} (give "
-                    f"another shape with --input-shape): {error}"
-                )
+                raise cannot_run(inputs, error)
             logger.warning("shape run with onnxruntime failed: %s", error)
         ran = found is not None
         shapes.update(found or {})
@@ -214,9 +212,9 @@ def _run_shapes(
             if name in types and types[name].HasField("tensor_type"):
                 vi.type.tensor_type.elem_type = types[name].tensor_type.elem_type
     try:
-        values = _ort_run(probe, _feeds(model, feeds_at))
+        values = _ort_run(probe, random_feed(model, feeds_at))
     except Exception as exc:  # onnxruntime raises its own unrelated types
-        return None, (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return None, first_line(exc)
     out = {}
     for vi, value in zip(probe.graph.output, values, strict=True):
         if isinstance(value, np.ndarray) and vi.name in names:
@@ -237,21 +235,13 @@ def require_runs(model: onnx.ModelProto, input_shapes: InputShapes | None, batch
     shaped, blocked = static_inputs(model, input_shapes, batch)
     if blocked:
         return
-    names = _input_names(shaped)
-    inputs = {
-        vi.name: tuple(int(d.dim_value) for d in vi.type.tensor_type.shape.dim)
-        for vi in shaped.graph.input
-        if vi.name in names
-    }
+    inputs = input_dims(shaped)
     try:
-        _ort_run(shaped, _feeds(shaped, inputs))
+        _ort_run(shaped, random_feed(shaped, inputs))
     except Exception as exc:  # onnxruntime raises its own unrelated types
-        error = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        error = first_line(exc)
         if not _unsupported(error):
-            raise ConfigError(
-                f"onnxruntime cannot run the model with input {shape_text(inputs)} (give "
-                f"another shape with --input-shape): {error}"
-            ) from exc
+            raise cannot_run(inputs, error) from exc
 
 
 _UNSUPPORTED = ("NOT_IMPLEMENTED", "not a registered function/op", "No Op registered")
@@ -260,6 +250,22 @@ _UNSUPPORTED = ("NOT_IMPLEMENTED", "not a registered function/op", "No Op regist
 
 def _unsupported(error: str) -> bool:
     return any(word in error for word in _UNSUPPORTED)
+
+
+def input_dims(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """Declared dimensions of ``model``'s graph inputs by name (a symbolic one reads 0)."""
+    return {
+        vi.name: tuple(int(d.dim_value) for d in vi.type.tensor_type.shape.dim)
+        for vi in graph_inputs(model)
+    }
+
+
+def cannot_run(inputs: Mapping[str, tuple[int, ...]], reason: str) -> ConfigError:
+    """The error for a model onnxruntime cannot run at the input shapes ``inputs``."""
+    return ConfigError(
+        f"onnxruntime cannot run the model with input {shape_text(inputs)} (give another "
+        f"shape with --input-shape): {reason}"
+    )
 
 
 def shape_text(inputs: Mapping[str, tuple[int, ...]]) -> str:
@@ -309,7 +315,10 @@ def _scaled(shape: tuple[int, ...], rescale: tuple[int, int] | None) -> tuple[in
     return (rescale[1], *shape[1:])
 
 
-def _feeds(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+def random_feed(
+    model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]
+) -> dict[str, np.ndarray]:
+    """Seeded inputs of ``model`` at ``shapes``: standard normal floats, zeros otherwise."""
     rng = np.random.default_rng(0)
     out = {}
     for vi in model.graph.input:
@@ -325,13 +334,7 @@ def _feeds(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> dic
 
 
 def _ort_run(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> list[object]:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 4  # errors come back as exceptions
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = make_session(model, optimize=False, threads=1)
     return list(sess.run(None, dict(feeds)))
 
 

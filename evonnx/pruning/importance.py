@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from evonnx.model.session import make_session
 from evonnx.pruning.groups import Analysis, ChannelGroup, Role
 from evonnx.pruning.plan import unique_members
 
@@ -103,16 +104,12 @@ def reader_deviation(
     Raises:
         Exception: Whatever onnxruntime raises for a graph it cannot run.
     """
-    import onnxruntime as ort
-
     readers = _readers(analysis, graph)
     tensors = sorted({t for t, _ in readers.values()})
     types = {t.name: _float_type(t) for t in graph.tensors().values()}
     outputs = model.graph.output
     count = len(outputs)
     known = {o.name for o in outputs}
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
     try:  # the readers' inputs as extra outputs, on the model itself (no copy of its weights)
         for t in tensors:
             if t not in known:
@@ -120,7 +117,7 @@ def reader_deviation(
         data = model.SerializeToString()
     finally:
         del outputs[count:]
-    session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    session = make_session(data, log_severity=3)
     del data
     n = min(len(v) for v in inputs.values())
     sums: dict[str, np.ndarray] = {}

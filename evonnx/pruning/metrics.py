@@ -1,9 +1,11 @@
-"""Size and cost metrics of a model: parameters, synapses, clusters and MACs."""
+"""Size and cost metrics of a model: parameters, synapses, clusters and MACs, and the
+efficiency of one model against another (A-E, C-E, MAC and parameter ratios)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import onnx
@@ -11,7 +13,7 @@ import onnx_graphsurgeon as gs
 
 from evonnx.model.graph import constant_array
 from evonnx.model.shapes import shaped_graph
-from evonnx.pruning.analysis import analyze_graph
+from evonnx.pruning.analysis.driver import analyze_graph
 
 if TYPE_CHECKING:
     from evonnx.pruning.groups import Analysis, Layer
@@ -145,3 +147,64 @@ def shrunk_layers(
         if now.get(m.node, 0) < m.live_clusters
     ]
     return tuple(sorted(changes, key=lambda c: (c.kept, c.node))[:top])
+
+
+class SizeMetrics(Protocol):
+    """What :func:`efficiency` reads (satisfied by :class:`ModelMetrics`)."""
+
+    @property
+    def params(self) -> int: ...
+
+    @property
+    def synapses(self) -> int: ...
+
+    @property
+    def nonzero_synapses(self) -> int: ...
+
+    @property
+    def clusters(self) -> int: ...
+
+    @property
+    def live_clusters(self) -> int: ...
+
+    @property
+    def macs(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """Efficiency of a generation relative to the first-generation ancestor (×, higher is better).
+
+    Attributes:
+        architectural: A-E: gen-1 nonzero synapses / nonzero synapses now.
+        cluster: C-E: gen-1 live clusters (filters/neurons with a nonzero weight) / live
+            clusters now.
+        macs: Gen-1 MACs / MACs now.
+        params: Gen-1 parameters / parameters now.
+    """
+
+    architectural: float
+    cluster: float
+    macs: float
+    params: float
+
+
+def _ratio(first: int, now: int) -> float:
+    if now:
+        return first / now
+    return math.inf if first else 1.0
+
+
+def efficiency(gen1: SizeMetrics, now: SizeMetrics) -> Efficiency:
+    """A-E, C-E, MAC and parameter ratios of ``now`` against the first generation ``gen1``.
+
+    The one definition every command and report uses (``evolve``'s lineage, the ``prune``
+    summary). Live counts on both sides: an input that already has zero weights (an earlier
+    pruning, a sparse export) starts at A-E 1.0, and only what was removed since counts.
+    """
+    return Efficiency(
+        architectural=_ratio(gen1.nonzero_synapses, now.nonzero_synapses),
+        cluster=_ratio(gen1.live_clusters, now.live_clusters),
+        macs=_ratio(gen1.macs, now.macs),
+        params=_ratio(gen1.params, now.params),
+    )

@@ -110,7 +110,7 @@ def round_channels(
 
 def floor_channels(size: int, min_channels: int = 1, min_fraction: float = 0.0) -> int:
     """Fewest channels a group of ``size`` may keep: ``ceil(min_fraction * size)``, at least
-    ``min_channels`` (the per-layer floor; the whole group when it is smaller)."""
+    ``min_channels`` (the floor, one per channel group; the whole group when it is smaller)."""
     return min(size, max(min_channels, math.ceil(min_fraction * size - 1e-9)))
 
 

@@ -7,15 +7,19 @@ import time
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from evonnx.data import Dataset, load_builtin
+from evonnx.data.formats import load_builtin
 from evonnx.errors import ConfigError, DataError
 from evonnx.model.textio import atomic_path
 from evonnx.retrain.evaluate import evaluate_onnx, evaluate_torch
 from evonnx.retrain.train import TrainConfig, TrainResult, train
+
+if TYPE_CHECKING:
+    from evonnx.data.dataset import Dataset
 
 logger = logging.getLogger(__name__)
 

@@ -13,16 +13,16 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from evonnx.data import check_sample_shape
+from evonnx.data.dataset import check_sample_shape
 from evonnx.errors import ConfigError, DataError, ModelLoadError, UnsupportedModelError
-from evonnx.model.textio import dangling_link
+from evonnx.model import session as sessions
 
 logger = logging.getLogger(__name__)
 
 Metric = Callable[[np.ndarray, np.ndarray], float]
 """``metric(outputs, labels) -> score`` over the whole evaluation set."""
 
-DEFAULT_PROVIDERS: tuple[str, ...] = ("CPUExecutionProvider",)
+DEFAULT_PROVIDERS: tuple[str, ...] = sessions.CPU_PROVIDERS
 
 _ORT_TO_NUMPY: dict[str, np.dtype[Any]] = {
     "tensor(float)": np.dtype(np.float32),
@@ -226,26 +226,17 @@ def _rows(a: np.ndarray, n: int) -> np.ndarray:
 def make_session(
     model: onnx.ModelProto | str | Path, providers: Sequence[str] | None = None
 ) -> ort.InferenceSession:
-    """Create a quiet onnxruntime session for a model proto or file.
+    """Create a quiet onnxruntime session for a model proto or file
+    (:func:`evonnx.model.session.make_session`; default providers: :data:`DEFAULT_PROVIDERS`).
 
     Raises:
         ModelLoadError: If the file is missing or onnxruntime rejects the model.
     """
-    options = ort.SessionOptions()
-    options.log_severity_level = 4  # errors come back as exceptions
-    chosen = list(providers) if providers is not None else list(DEFAULT_PROVIDERS)
-    if isinstance(model, onnx.ModelProto):
-        source: str | bytes = model.SerializeToString()
-        label = f"model {model.graph.name!r}"
-    else:
-        path = Path(model)
-        if not path.is_file():
-            raise ModelLoadError(dangling_link(path) or f"ONNX model {path} does not exist")
-        source, label = str(path), str(path)
-    try:
-        return ort.InferenceSession(source, options, providers=chosen)
-    except Exception as exc:  # onnxruntime raises bare Exception subclasses
-        raise ModelLoadError(f"onnxruntime cannot load {label}: {exc}") from exc
+    return sessions.make_session(
+        model if isinstance(model, onnx.ModelProto) else Path(model),
+        DEFAULT_PROVIDERS if providers is None else providers,
+        error=ModelLoadError,
+    )
 
 
 # --------------------------------------------------------------------------- internals

@@ -52,12 +52,11 @@ from evonnx.errors import (
 from evonnx.model.batch import batch_info, dynamic_batch
 from evonnx.model.files import load_model
 from evonnx.model.graph import graph_inputs
-from evonnx.model.textio import dangling_link
+from evonnx.model.session import make_session
 from evonnx.retrain.heads import logits_view, softmax_heads
 from evonnx.retrain.task import SplitName, Task, TrainData
 
 if TYPE_CHECKING:
-    import onnxruntime as ort
     import torch
 
 logger = logging.getLogger(__name__)
@@ -410,7 +409,7 @@ def run_outputs(
         ModelLoadError: onnxruntime cannot load or run the model.
         DataError: An output is missing.
     """
-    session = _session(model)
+    session = make_session(model, error=ModelLoadError, label="the model")
     available = [o.name for o in session.get_outputs()]
     missing = [n for n in names if n not in available]
     if missing:
@@ -540,7 +539,7 @@ def _batch_axes(
     model: onnx.ModelProto, arrays: Mapping[str, np.ndarray]
 ) -> dict[str, tuple[int, tuple[int, ...]] | None]:
     """Per output: (batch axis, shape at batch 1), or ``None`` (warned) if it cannot be scored."""
-    session = _session(model)
+    session = make_session(model, error=ModelLoadError, label="the model")
     names = [o.name for o in model.graph.output]
     try:
         one = session.run(names, {k: v[:1] for k, v in arrays.items()})
@@ -586,24 +585,6 @@ def _output_loss(spec: OutputSpec, out: Any, ref: Any, temperature: float) -> to
     if spec.loss == "l1":
         return F.smooth_l1_loss(out / spec.scale, ref / spec.scale)
     return F.mse_loss(out, ref) / (spec.scale**2)
-
-
-def _session(model: onnx.ModelProto | str | Path) -> ort.InferenceSession:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 4  # errors come back as exceptions
-    source: str | bytes
-    if isinstance(model, onnx.ModelProto):
-        source = model.SerializeToString()
-    else:
-        if not Path(model).is_file():
-            raise ModelLoadError(dangling_link(model) or f"ONNX model {model} does not exist")
-        source = str(model)
-    try:
-        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types
-        raise ModelLoadError(f"onnxruntime cannot load the model: {exc}") from exc
 
 
 def _tensors(value: Any) -> tuple[Any, ...]:

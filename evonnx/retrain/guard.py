@@ -79,7 +79,7 @@ def checked_batches(batches: Any, task: str) -> Any:
     a one-shot iterator stays one (a generator); a re-iterable stays re-iterable (and sized
     when it was).
     """
-    from evonnx.data import Dataset
+    from evonnx.data.dataset import Dataset
 
     if isinstance(batches, Dataset):
         return batches

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import onnx
 
+from evonnx.model.graph import opset_of
+
 logger = logging.getLogger(__name__)
 
 SOFTMAX_OPS = ("Softmax", "LogSoftmax")
@@ -46,7 +48,7 @@ def softmax_heads(model: onnx.ModelProto) -> dict[str, SoftmaxHead]:
     Before opset 13 Softmax flattens every axis from ``axis`` on; such a node counts as a
     head only when ``axis`` is the last axis (then both definitions agree).
     """
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    opset = opset_of(model, default=13)
     producer = {out: node for node in model.graph.node for out in node.output}
     ranks = _output_ranks(model)
     heads: dict[str, SoftmaxHead] = {}

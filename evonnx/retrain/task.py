@@ -20,12 +20,13 @@ import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 import onnx
 
-from evonnx.data import Dataset, check_labels, check_matches, stratified_split
+from evonnx.data.dataset import Dataset, check_labels, check_matches, stratified_split
 from evonnx.errors import (
     ConfigError,
     EvonnxError,
@@ -57,6 +58,9 @@ shuffled with each offspring's seed)."""
 
 DEFAULT_VAL_FRACTION = 0.1
 """Fraction of the training data :class:`ClassificationTask` holds out for validation."""
+
+USER_TASK_PREFIX = "evonnx_user_task_"
+"""Module-name prefix :func:`load_task` gives user task files."""
 
 
 class Task(abc.ABC):
@@ -248,7 +252,13 @@ class ClassificationTask(Task):
 
 @dataclass(frozen=True)
 class Split:
-    """The task of a run and the split that selects offspring (``"val"`` or ``"test"``)."""
+    """A run's task paired with its selection split: not a data split (see the glossary in
+    ``docs/design.md``; the name is kept for compatibility).
+
+    ``select_on`` names the data split whose score is the fitness that selects offspring
+    (``"val"`` or ``"test"``). :meth:`score` always scores a written file on ``"test"``,
+    and on ``"val"`` too unless selection is on ``"test"``.
+    """
 
     task: Task
     select_on: str
@@ -344,18 +354,14 @@ def load_task(spec: str) -> Task:
     if not path.is_file():
         link = dangling_link(path)
         raise ConfigError(f"task file {link}" if link else f"task file {path} does not exist")
-    module_name = f"evonnx_user_task_{abs(hash(str(path.resolve())))}"
-    module_spec = importlib.util.spec_from_file_location(module_name, path)
-    if module_spec is None or module_spec.loader is None:
-        raise ConfigError(f"cannot import {path} as a Python module")
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[module_name] = module
-    add_import_path(path)
+    module_name = f"{USER_TASK_PREFIX}{abs(hash(str(path.resolve())))}"
     try:
-        module_spec.loader.exec_module(module)
+        module = import_task_file(path, module_name)
     except (Exception, SystemExit) as exc:  # user code: report any failure as one line
         sys.modules.pop(module_name, None)
         raise TaskError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
+    if module is None:
+        raise ConfigError(f"cannot import {path} as a Python module")
     if not hasattr(module, name):
         raise ConfigError(f"{path} defines no {name!r}")
     obj = getattr(module, name)
@@ -370,6 +376,19 @@ def load_task(spec: str) -> Task:
         raise TaskError(f"{spec} gave a {type(obj).__name__}, not an evonnx.Task")
     logger.info("loaded task %r from %s", obj.name, path)
     return obj
+
+
+def import_task_file(path: Path, module_name: str) -> ModuleType | None:
+    """Import the task file ``path`` as module ``module_name``, its folder on the import path
+    (``None``: not importable as a Python module; the file's own exceptions propagate)."""
+    module_spec = importlib.util.spec_from_file_location(module_name, path)
+    if module_spec is None or module_spec.loader is None:
+        return None
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_name] = module
+    add_import_path(path)
+    module_spec.loader.exec_module(module)
+    return module
 
 
 def add_import_path(task_file: Path) -> None:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from evonnx.data import Dataset
+from evonnx.data.dataset import Dataset
 from evonnx.errors import ConfigError
 from evonnx.retrain.recipe import frozen_batch_norm, make_optimizer, make_scheduler
 from evonnx.retrain.settings import Optimizer, TrainingSettings, recipe_problem

@@ -20,6 +20,7 @@ import onnxruntime as ort
 
 from evonnx.errors import DeployError, ProviderError
 from evonnx.model.batch import rebatch
+from evonnx.model.session import make_session
 from evonnx.runtimes.worker import Worker, call_in_fresh_process
 
 PROVIDERS = MappingProxyType(
@@ -201,20 +202,6 @@ def _set_global_pool(threads: int) -> None:
     _POOL_SIZE["intra"] = threads
 
 
-def _session_options(pool: str, threads: int) -> ort.SessionOptions:
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.log_severity_level = 4  # errors come back as exceptions
-    if pool == "global":
-        so.use_per_session_threads = False
-    else:
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return so
-
-
 def _providers(ep: str) -> list[str]:
     """The requested provider first, then the fallbacks onnxruntime partitions nodes onto."""
     chain = [ep]
@@ -226,9 +213,15 @@ def _providers(ep: str) -> list[str]:
 
 
 def _session(data: bytes, job: TimingJob, label: str) -> ort.InferenceSession:
-    try:
-        sess = ort.InferenceSession(
-            data, _session_options(job.pool, job.threads), providers=_providers(job.provider)
+    pool = job.pool == "global"
+    try:  # the global pool, or a per-session one of job.threads threads that do not spin
+        sess = make_session(
+            data,
+            _providers(job.provider),
+            threads=None if pool else job.threads,
+            inter_threads=None if pool else 1,
+            global_pool=pool,
+            spinning=None if pool else False,
         )
     except Exception as exc:  # onnxruntime raises its own unrelated exception types
         hint = (

@@ -19,6 +19,7 @@ from onnx import numpy_helper, shape_inference
 from onnx.reference import ReferenceEvaluator
 
 from evonnx.errors import UnsupportedModelError
+from evonnx.model.graph import all_nodes
 from evonnx.model.shapes import static_shapes
 
 logger = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ def _drop_unused(model: onnx.ModelProto) -> None:
             needed.update(i for i in node.input if i)
             for a in node.attribute:
                 if a.type == a.GRAPH:
-                    needed.update(_graph_inputs(a.g))
+                    needed.update(i for n in all_nodes(a.g) for i in n.input if i)
     del g.node[:]
     g.node.extend(reversed(kept))
     dropped = {t.name for t in g.initializer if t.name not in needed}
@@ -129,13 +130,3 @@ def _drop_unused(model: onnx.ModelProto) -> None:
     vis = [v for v in g.value_info if v.name in needed]
     del g.value_info[:]
     g.value_info.extend(vis)
-
-
-def _graph_inputs(graph: onnx.GraphProto) -> set[str]:
-    """Names a subgraph reads (outer-scope values included)."""
-    names = {i for n in graph.node for i in n.input if i}
-    for n in graph.node:
-        for a in n.attribute:
-            if a.type == a.GRAPH:
-                names |= _graph_inputs(a.g)
-    return names

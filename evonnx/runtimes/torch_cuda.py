@@ -67,7 +67,7 @@ class TorchCudaRuntime(Runtime):
 
     def _capture(self, model: onnx.ModelProto, batch: int, index: int) -> Any:
         torch = self._torch
-        from evonnx.converters import to_torch
+        from evonnx.converters.torch_module import to_torch
 
         spec = specialize(rebatch(model, batch))
         dtype = torch.float16 if self.settings.fp16 else torch.float32

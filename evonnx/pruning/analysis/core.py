@@ -93,7 +93,7 @@ class Builder:
         if hi in self.frozen:
             self.frozen.setdefault(lo, self.frozen.pop(hi))
 
-    def split(self, gid: int, k: int) -> tuple[int, int]:
+    def cut(self, gid: int, k: int) -> tuple[int, int]:
         """Cut a group into channels ``[0, k)`` and ``[k, size)`` (the inverse of a union).
 
         Every member and every layout segment of the group is re-expressed on the two new
@@ -127,7 +127,7 @@ class Builder:
         return out
 
     def leaves(self, gid: int) -> list[int]:
-        """Live groups that ``gid`` now is (several after :meth:`split`)."""
+        """Live groups that ``gid`` now is (several after :meth:`cut`)."""
         r = self.root(gid)
         if r not in self.halves:
             return [r]
@@ -225,15 +225,15 @@ class ReshapeMap:
     ``outer > 1``: the output axis ``axis`` also holds the ``outer`` input positions of the
     axes before the channel axis (e.g. attention heads merged back: ``[.., heads, C]`` to
     ``[.., heads * C]``); ``inner``: each channel expands into ``inner`` consecutive positions
-    (the axes after it merged in, as a Flatten into an FC layer); ``split``: the channel axis
-    is cut into several output axes, the last one (``axis``) of ``split`` positions holding the
+    (the axes after it merged in, as a Flatten into an FC layer); ``cut``: the channel axis
+    is cut into several output axes, the last one (``axis``) of ``cut`` positions holding the
     fastest-varying part (a fused QKV projection reshaped to ``[.., 3, heads, head_dim]``).
     """
 
     axis: int
     inner: int = 1
     outer: int = 1
-    split: int = 0
+    cut: int = 0
 
 
 def map_reshape(ish: tuple[int, ...], osh: tuple[int, ...], axis: int) -> ReshapeMap | None:
@@ -255,9 +255,9 @@ def map_reshape(ish: tuple[int, ...], osh: tuple[int, ...], axis: int) -> Reshap
         if prod(list(osh[:first])) != lead:
             continue
         for last in range(first + 1, len(osh)):
-            cut = prod(list(osh[first : last + 1])) == c and osh[last] < c
-            if cut and prod(list(osh[last + 1 :])) == inner:
-                return ReshapeMap(last, split=osh[last])
+            fits = prod(list(osh[first : last + 1])) == c and osh[last] < c
+            if fits and prod(list(osh[last + 1 :])) == inner:
+                return ReshapeMap(last, cut=osh[last])
     return None
 
 

@@ -305,7 +305,7 @@ def full_values(
         return None
     if op in RESHAPES:
         m = _mapping(b, node, t)
-        if x.name not in full and not (m is not None and m.split):
+        if x.name not in full and not (m is not None and m.cut):
             return None
         src = materialize(b, x, vals, full)
         return None if src is None or src.size != prod(osh) else np.reshape(src, osh)
@@ -371,7 +371,7 @@ def reshaped_values(b: Builder, node: gs.Node, vals: dict[str, np.ndarray]) -> n
         if n is None or n % src.size:
             return None
         return np.repeat(src, n // src.size)
-    if m.split:
+    if m.cut:
         return None
     return np.tile(np.repeat(src, m.inner), m.outer)
 

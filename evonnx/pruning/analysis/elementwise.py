@@ -205,11 +205,11 @@ def _split(b: Builder, node: gs.Node) -> None:
 
 
 def _cut_at(b: Builder, lay: Layout, p: int) -> bool:
-    """Split the group whose segment straddles index ``p``; False if ``p`` is mid-block."""
+    """Cut the group whose segment straddles index ``p`` in two; False if ``p`` is mid-block."""
     for s in lay.segments:
         if s.start < p < s.start + b.group_size(s.gid) * s.block:
             if (p - s.start) % s.block:
                 return False
-            b.split(s.gid, (p - s.start) // s.block)
+            b.cut(s.gid, (p - s.start) // s.block)
             return True
     return True

@@ -20,7 +20,7 @@ from evonnx.pruning.analysis.core import (
 from evonnx.pruning.groups import Role
 
 
-def _split_layout(b: Builder, lay: Layout, d: int) -> Layout | None:
+def _cut_layout(b: Builder, lay: Layout, d: int) -> Layout | None:
     """Layout on the last of the axes a channel axis is cut into (``d`` positions there).
 
     Position ``j`` there is channel ``q * d + j`` for every ``q``: each group is cut into
@@ -41,7 +41,7 @@ def _split_layout(b: Builder, lay: Layout, d: int) -> Layout | None:
     for s in lay.segments:
         rest = s.gid
         while b.group_size(rest) > d:
-            lo, rest = b.split(rest, d)
+            lo, rest = b.cut(rest, d)
             pieces.append(lo)
         pieces.append(rest)
     for g in pieces[1:]:
@@ -63,8 +63,8 @@ def _reshape(b: Builder, node: gs.Node) -> None:
     if mapped is None:
         b.freeze_layout(lay, reason if ish and osh else b.unknown(f"{reason} (shape unknown)"))
         return
-    if mapped.split:
-        cut = _split_layout(b, lay, mapped.split)
+    if mapped.cut:
+        cut = _cut_layout(b, lay, mapped.cut)
         if cut is None:
             b.freeze_layout(lay, f"{reason} (it cuts a channel block)")
             return
@@ -97,7 +97,7 @@ def _reshape_target(b: Builder, node: gs.Node, out_lay: Layout, mapped: ReshapeM
     or the input's own channel dimension read through ``Shape`` (adapts at run time).
     """
     target = node.inputs[1]
-    same = mapped.inner == 1 and mapped.outer == 1 and not mapped.split  # width unchanged
+    same = mapped.inner == 1 and mapped.outer == 1 and not mapped.cut  # width unchanged
     v = const_value(target)
     if v is not None:
         val = int(v.reshape(-1)[out_lay.axis])
