@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from helpers import save_npz
 from onnx import numpy_helper
-from test_evolve import tiny_data, tiny_model  # noqa: F401  (fixtures)
+from test_loop import tiny_data, tiny_model  # noqa: F401  (fixtures)
 
 from evonnx.cli.main import cli
 from evonnx.data import Dataset

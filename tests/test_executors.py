@@ -12,7 +12,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 from helpers import save_npz
-from test_evolve import TinyNet, _export, tiny_data, tiny_model  # noqa: F401  (fixtures)
+from test_loop import TinyNet, _export, tiny_data, tiny_model  # noqa: F401  (fixtures)
 
 import evonnx
 import evonnx.evolution.loop

@@ -10,7 +10,7 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
-from test_converter import assert_matches_ort, run_ort, run_torch
+from test_converters import assert_matches_ort, run_ort, run_torch
 from torch import nn
 
 from evonnx.converters import to_torch, write_back

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from fake_runtime import MacRuntime
 from helpers import save_npz
-from test_evolve import TinyNet, _export, tiny_data, tiny_model  # noqa: F401  (fixtures)
+from test_loop import TinyNet, _export, tiny_data, tiny_model  # noqa: F401  (fixtures)
 
 import evonnx
 import evonnx.latency.run

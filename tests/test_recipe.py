@@ -15,8 +15,8 @@ import torch
 from click.testing import CliRunner
 from helpers import make_model
 from onnx import TensorProto, helper, numpy_helper
-from test_cli_errors import _evolve, _one_line_error, files  # noqa: F401 (fixture)
-from test_retrain import TinyNet, blobs
+from test_main import _evolve, _one_line_error, files  # noqa: F401 (fixture)
+from test_train import TinyNet, blobs
 from torch import nn
 
 from evonnx.cli.main import cli
