@@ -134,7 +134,7 @@ def evolve(
         model = fill_symbolic_dims(model, sample_shapes(split.task.train_batches()))
     _check_fit(model, split.task, config)
     check_resources(config)
-    if config.runtime is not None or config.env == "latency":
+    if config.measurement() is not None:
         check_batch_fits(model, config.latency_batch)
     # every resource before the first write: a Ray cluster is reached (or started) here
     executor = make_executor(config.execution, progress, config.threads, config.population)
@@ -585,7 +585,7 @@ def _latency_table(lineage: Lineage) -> str:
     )
     where = (
         f"`{c.runtime or 'ort-cpu'}` at batch {c.latency_batch}"
-        if c.runtime is not None or c.env == "latency"
+        if c.measurement() is not None
         else describe_probe()
     )
     slow = [r.generation for r in measured if slower_despite_fewer_macs(r)]

@@ -29,7 +29,6 @@ from evonnx.retrain.settings import SelectionSettings, TrainingSettings
 
 if TYPE_CHECKING:
     from evonnx.genetic.config import EncodingConfig
-    from evonnx.genetic.environments import Environment
 
 SECTIONS: dict[str, type] = {
     "training": TrainingSettings,
@@ -125,20 +124,9 @@ class EvolveConfig:
             raise AttributeError(f"EvolveConfig has no option {name!r}")
         return getattr(object.__getattribute__(self, section), name)
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        for name, value in state.items():
-            object.__setattr__(self, name, value)
-
     def measurement(self) -> LatencySettings | None:
         """Latency measurement settings, or ``None`` when nothing is measured."""
         return self.latency.latency(self.encoding.env == "latency")
-
-    def environment(self) -> Environment:
-        """The environmental factor model (see :meth:`EncodingSettings.environment`)."""
-        return self.encoding.environment()
 
     def encoding_config(self) -> EncodingConfig:
         """Genetic-encoding settings of the sampler."""

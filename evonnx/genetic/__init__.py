@@ -3,7 +3,8 @@
 Modules: :mod:`~evonnx.genetic.config` (settings), :mod:`~evonnx.genetic.probabilities`
 (eq. 4, eq. 5), :mod:`~evonnx.genetic.genome` (encoding a parent),
 :mod:`~evonnx.genetic.solve` (the environmental factor), :mod:`~evonnx.genetic.sample` and
-:mod:`~evonnx.genetic.trim` (offspring within budget), :mod:`~evonnx.genetic.efficiency`.
+:mod:`~evonnx.genetic.trim` (offspring within budget); A-E and C-E are
+:func:`~evonnx.pruning.metrics.efficiency` (re-exported here).
 
 The "DNA" of a parent (the model being encoded) is the pair of probabilities
 
@@ -82,7 +83,6 @@ from evonnx.genetic.config import (
     Truncation,
     TruncationKind,
 )
-from evonnx.genetic.efficiency import Efficiency, SizeMetrics, efficiency
 from evonnx.genetic.genome import Claim, Gene, Genome, cluster_factor_for, encode, model_weights
 from evonnx.genetic.probabilities import (
     cluster_probabilities,
@@ -93,6 +93,7 @@ from evonnx.genetic.probabilities import (
 )
 from evonnx.genetic.sample import Offspring, sample, synthesize
 from evonnx.genetic.solve import Solution, expected_census, solve_factor
+from evonnx.pruning.metrics import Efficiency, SizeMetrics, efficiency
 
 __all__ = [
     "DEFAULT_MIN_FRACTION",

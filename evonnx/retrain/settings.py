@@ -103,22 +103,25 @@ class TrainingSettings:
     init: Literal["inherit", "random"] = "inherit"
 
     def __post_init__(self) -> None:
-        if not (0.0 < self.lr < math.inf):
-            raise ConfigError(f"lr must be a positive number, got {self.lr}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError("epochs and batch_size must be at least 1")
-        checks = [
-            (
-                self.distill is None or 0.0 < self.distill < math.inf,
-                "distill temperature must be a number > 0 (not NaN or infinite), or off",
-            ),
-            (self.init in ("inherit", "random"), "init must be 'inherit' or 'random'"),
-            (
-                not self.nesterov or (self.optimizer == "sgd" and self.momentum > 0),
-                "nesterov needs --optimizer sgd and a momentum above 0",
-            ),
-        ]
-        problem = next((message for ok, message in checks if not ok), None) or recipe_problem(
+        require(
+            [
+                (0.0 < self.lr < math.inf, f"lr must be a positive number, got {self.lr}"),
+                (
+                    self.epochs >= 1 and self.batch_size >= 1,
+                    "epochs and batch_size must be at least 1",
+                ),
+                (
+                    self.distill is None or 0.0 < self.distill < math.inf,
+                    "distill temperature must be a number > 0 (not NaN or infinite), or off",
+                ),
+                (self.init in ("inherit", "random"), "init must be 'inherit' or 'random'"),
+                (
+                    not self.nesterov or (self.optimizer == "sgd" and self.momentum > 0),
+                    "nesterov needs --optimizer sgd and a momentum above 0",
+                ),
+            ]
+        )
+        problem = recipe_problem(
             self.optimizer, self.schedule, self.momentum, self.weight_decay, self.warmup,
             self.steps, self.clip_grad,
         )  # fmt: skip
