@@ -32,7 +32,7 @@ from evonnx.evolution.validate import (
     zero_layers,
     zero_layers_text,
 )
-from evonnx.genetic.config import DEFAULT_MIN_FRACTION, EncodingConfig
+from evonnx.genetic.config import EncodingConfig, floor_fraction
 from evonnx.genetic.environments import MacBudget, SynapseBudget
 from evonnx.genetic.sample import Offspring
 from evonnx.genetic.sample import synthesize as sample_offspring
@@ -209,6 +209,8 @@ class MeasuredLatency:
         predicted_ms: Offspring latency the lookup table predicted (latency budgets only).
         budget_ms: Latency the offspring was allowed (latency budgets only).
         target_speedup: Speed-up asked for (latency budgets only).
+        min_fraction: The per-layer floor in force at the end (latency budgets only; lower
+            than the one asked for where the speed-up needed it).
     """
 
     runtime: str
@@ -218,6 +220,7 @@ class MeasuredLatency:
     predicted_ms: float | None = None
     budget_ms: float | None = None
     target_speedup: float | None = None
+    min_fraction: float | None = None
 
     @property
     def speedup(self) -> float:
@@ -240,6 +243,7 @@ class MeasuredLatency:
             "speedup": self.speedup,
             "predicted_ms": self.predicted_ms,
             "target_speedup": self.target_speedup,
+            "min_fraction": self.min_fraction,
             "budget_ms": self.budget_ms,
             "prediction_error": self.prediction_error,
         }
@@ -372,7 +376,7 @@ def prune(
     branches: bool = False,
     input_shapes: InputShapes | None = None,
     round_to: int | None = None,
-    min_fraction: float = DEFAULT_MIN_FRACTION,
+    min_fraction: float | None = None,
     criterion: str = "deviation",
     *,
     method: PruneMethod = "magnitude",
@@ -391,7 +395,8 @@ def prune(
         branches: ``method="branches"`` (for older callers).
         input_shapes: Static shapes for symbolic inputs, for MACs only (not written to it).
         round_to: Round channel counts up to multiples of this.
-        min_fraction: Floor: every channel group keeps at least this fraction of its channels.
+        min_fraction: Floor: every channel group keeps at least this fraction of its channels
+            (``None``: 0.25, which a latency budget lowers only as far as its speed-up needs).
         criterion: How ``"magnitude"`` ranks channels: one of :data:`CRITERIA`.
         method: What is removed: one of :data:`PRUNE_METHODS`.
         genetic: Settings of ``"genetic"`` (default :class:`GeneticOptions`).
@@ -403,8 +408,7 @@ def prune(
 
     Raises:
         ConfigError: An unknown method or criterion, or an option the method cannot use.
-        PlanError: ``keep`` below ``min_fraction``; with ``output``: nothing was pruned, or
-            a layer was left without weights.
+        PlanError: ``keep`` below the floor; with ``output``: nothing pruned, a layer emptied.
         OutputMismatchError: With ``output``: the offspring's output names or shapes differ.
     """
     method = _prune_method(method, branches, genetic)
@@ -417,7 +421,7 @@ def prune(
     else:
         result = _prune_channels(
             ancestor, keep, min_channels, method == "branches", input_shapes, round_to,
-            min_fraction, criterion,
+            floor_fraction(min_fraction), criterion,
         )  # fmt: skip
     if latency is not None and result.latency is None:
         result = replace(result, latency=measure(ancestor, result.model, latency, input_shapes))
@@ -515,7 +519,7 @@ def _prune_genetic(
     keep: float,
     min_channels: int,
     round_to: int | None,
-    min_fraction: float,
+    min_fraction: float | None,
     options: GeneticOptions,
     latency: LatencySettings | None,
     input_shapes: InputShapes | None,
@@ -702,7 +706,7 @@ def synthesize_latency(
     after = inspect(out, input_shapes, normalize=False).metrics
     measured = MeasuredLatency(
         target.runtime.name, latency.batch, fit.parent_ms, fit.child_ms, fit.predicted_ms,
-        fit.budget_ms, speedup,
+        fit.budget_ms, speedup, fit.min_fraction,
     )  # fmt: skip
     return PruneResult(out, fit.plan, before, after, off, measured, folds)
 

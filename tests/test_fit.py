@@ -18,7 +18,7 @@ from torch import nn
 from zoo import BasicBlock, input_feed, randomize_bn
 
 from evonnx.errors import LatencyBudgetError
-from evonnx.genetic import model_weights
+from evonnx.genetic import EncodingConfig, model_weights
 from evonnx.latency import (
     LatencySettings,
     LatencyTable,
@@ -26,11 +26,13 @@ from evonnx.latency import (
     build_latency_model,
     check_reachable,
     fit_measured,
+    latency_offspring,
 )
 from evonnx.latency.fit import OVERSHOOT
 from evonnx.latency.measure import compare
 from evonnx.latency.steps import Widths, grow
 from evonnx.pruning.analysis import analyze
+from evonnx.pruning.groups import Analysis
 from evonnx.pruning.plan import PrunePlan, channel_strength, floor_channels, magnitude_plan
 from evonnx.pruning.surgery import apply_plan
 
@@ -220,3 +222,58 @@ def test_trim_cost_is_the_squared_share_of_a_groups_strength() -> None:
     assert w.changed(0, 4) == pytest.approx(0.25**2)  # growing back regains the same
     w.strength[1][:] = 0.0  # an all-zero group costs nothing
     assert w.changed(1, 1) == 0.0
+
+
+def _smallest_ms(
+    rt: MacRuntime, model: onnx.ModelProto, analysis: Analysis, fraction: float
+) -> float:
+    groups = analysis.prunable_groups
+    widths = {g.id: 0 if g.removable else floor_channels(g.size, 1, fraction) for g in groups}
+    child = apply_plan(model, analysis, PrunePlan({k: tuple(range(n)) for k, n in widths.items()}))
+    return rt.latencies([child], 1)[0]
+
+
+def test_default_floor_is_lowered_only_as_far_as_the_budget_needs() -> None:
+    """A budget out of reach at the default floor (a quarter of every group) but within reach
+    at an eighth: the default floor goes down to an eighth, not further, and says so; a floor
+    asked for holds and the budget is refused."""
+    model = _dynamic_resnet()
+    analysis = analyze(model)
+    rt = MacRuntime()
+    lm = build_latency_model(model, analysis, LatencyTable(rt, 1), step=1, calibrate=False)
+    target = Target(rt, lm, LatencySettings())
+    parent_ms = rt.latencies([model], 1)[0]
+    quarter, eighth = (_smallest_ms(rt, model, analysis, f) for f in (0.25, 0.125))
+    assert eighth < quarter
+    keep = (quarter + 3 * eighth) / 4 / parent_ms  # reachable at an eighth, not at a quarter
+    sampled = EncodingConfig(synapse_level=False, depth=True)
+    assert sampled.min_fraction is None and sampled.floor == 0.25
+
+    _, fit = latency_offspring(model, analysis, sampled, target, keep, np.random.default_rng(0))
+    assert fit.min_fraction == 0.125
+    assert fit.child_ms <= fit.budget_ms == pytest.approx(keep * fit.parent_ms)
+    kept = {g.id: len(fit.plan.kept(g)) for g in analysis.prunable_groups if not g.removable}
+    sizes = {g.id: g.size for g in analysis.prunable_groups}
+    assert all(n >= floor_channels(sizes[gid], 1, 0.125) for gid, n in kept.items())
+    assert any(n < floor_channels(sizes[gid], 1, 0.25) for gid, n in kept.items())
+    onnx.checker.check_model(fit.model, full_check=True)
+    _check_function(model, fit.plan, fit.model)
+    assert check_reachable(model, analysis, target, 1 / keep, min_fraction=None, margin=1e9)
+
+    held = replace(sampled, min_fraction=0.25)
+    with pytest.raises(LatencyBudgetError, match=r"min-fraction 0\.25\)"):
+        latency_offspring(model, analysis, held, target, keep, np.random.default_rng(0))
+    with pytest.raises(LatencyBudgetError, match=r"--min-fraction 0\.25, every removable"):
+        check_reachable(model, analysis, target, 1 / keep, min_fraction=0.25, margin=1e9)
+
+
+def test_out_of_reach_at_the_lowest_floor_is_refused_with_the_figure() -> None:
+    model = _dynamic_resnet()
+    analysis = analyze(model)
+    rt = MacRuntime()
+    lm = build_latency_model(model, analysis, LatencyTable(rt, 1), step=1, calibrate=False)
+    target = Target(rt, lm, LatencySettings())
+    best = rt.latencies([model], 1)[0] / _smallest_ms(rt, model, analysis, 0.0)
+    lowered = r"the default floor 0\.25 lowered as far as 0, every removable branch\) measures "
+    with pytest.raises(LatencyBudgetError, match=lowered + rf"{best:.2f}x"):
+        check_reachable(model, analysis, target, best * 1.2, min_fraction=None, margin=1e9)

@@ -151,7 +151,7 @@ def check_plan(net: Net, off: Offspring, cfg: EncodingConfig) -> None:
         assert g.prunable, g.frozen
         assert list(kept) == sorted(set(kept)) and kept[0] >= 0 and kept[-1] < g.size
         n = len(kept)
-        assert n >= floor_channels(g.size, cfg.min_channels, cfg.min_fraction)
+        assert n >= floor_channels(g.size, cfg.min_channels, cfg.floor)
         if cfg.round_to and g.size >= cfg.round_to:  # smaller groups are not rounded
             assert n % cfg.round_to == 0 or n == g.size, (n, g.size)
 
@@ -396,7 +396,7 @@ def _min_fraction(net: Net, lay: Layer, cfg: EncodingConfig) -> float:
         g = net.analysis.group(gid) if gid is not None else None
         if g is None or not g.prunable:
             continue
-        n = floor_channels(g.size, cfg.min_channels, cfg.min_fraction)
+        n = floor_channels(g.size, cfg.min_channels, cfg.floor)
         if cfg.round_to and g.size >= cfg.round_to:
             n = min(g.size, -(-n // cfg.round_to) * cfg.round_to)
         frac *= n / g.size

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     pass
 
 from evonnx.cli.run_options import choice_option, cluster_option
+from evonnx.genetic.config import DEFAULT_MIN_FRACTION
 
 logger = logging.getLogger(__name__)
 
@@ -91,10 +92,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 @click.option(
     "--min-fraction",
     type=click.FloatRange(0.0, 1.0),
-    default=api.DEFAULT_MIN_FRACTION,
-    show_default=True,
+    default=None,
     help="Floor per channel group: every prunable channel group keeps at least this "
-    "fraction of its channels (0: off); a budget it puts out of reach is refused.",
+    "fraction of its channels (0: off); a budget it puts out of reach is refused. Default "
+    f"{DEFAULT_MIN_FRACTION:g}, which --env latency lowers (to 1/8, 1/16, then "
+    "--min-channels), only as far as the --speedup needs and saying so; a value given is held.",
 )
 @choice_option(
     "--criterion",
@@ -126,7 +128,7 @@ def prune(
     fp16: bool,
     latency_statistic: str,
     min_channels: int,
-    min_fraction: float,
+    min_fraction: float | None,
     criterion: str,
     output: Path,
     as_json: bool,
@@ -239,5 +241,10 @@ def format_prune(result: api.PruneResult, output: Path) -> str:
         lines.append(
             f"latency on {m.runtime} (batch {m.batch}): {m.before_ms:.4g} ms -> "
             f"{m.after_ms:.4g} ms, {m.speedup:.2f}x faster (measured side by side)"
+            + (
+                f"; per-layer floor {m.min_fraction:g}"
+                if m.min_fraction is not None and m.target_speedup
+                else ""
+            )
         )
     return "\n".join(lines)

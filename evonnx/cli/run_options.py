@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from evonnx.genetic.config import DEFAULT_MIN_FRACTION
+
 if TYPE_CHECKING:
     from evonnx.execute.settings import ExecutionSettings
     from evonnx.genetic.config import EncodingSettings
@@ -68,9 +70,11 @@ def encoding_options(d: EncodingSettings) -> list[Callable[[Any], Any]]:
                      help="Expected fraction of clusters kept per generation (default: one "
                           "factor for clusters and synapses, as in the paper)."),
         click.option("--min-fraction", type=click.FloatRange(0, 1), default=d.min_fraction,
-                     show_default=True,
                      help="Floor per channel group: each generation keeps at least this "
-                          "fraction of every prunable group's channels (0: off)."),
+                          "fraction of every prunable group's channels (0: off). Default "
+                          f"{DEFAULT_MIN_FRACTION:g}, which --env latency lowers (to 1/8, "
+                          "1/16, then --min-channels) only as far as a generation's budget "
+                          "needs, saying so; a value given is held."),
     ]  # fmt: skip
 
 

@@ -301,6 +301,9 @@ def _resumed(path: Path, sha: str, data: Task, config: EvolveConfig) -> Lineage:
     if old.ancestor_sha256 != sha:
         raise RunDirectoryError(f"{path.parent} holds a run of a different ancestor model")
     _check_same_data(old, data, path.parent)
+    if config.encoding.min_fraction is None:  # not given: the run's own floor holds (lineages
+        floor = old.config.encoding.min_fraction  # from before the default floor was None: 0.25)
+        config = replace(config, encoding=replace(config.encoding, min_fraction=floor))
     before, now = old.config.options(), config.options()
     changed = [k for k in now if k not in RESUMABLE and before[k] != now[k]]
     if changed:

@@ -22,6 +22,27 @@ TruncationKind = Literal["mean", "quantile", "absolute", "none"]
 DEFAULT_MIN_FRACTION = 0.25
 """Default floor (per channel group): a prunable group keeps at least a quarter of its channels."""
 
+LOWER_FLOORS = (0.125, 0.0625, 0.0)
+"""Floors a latency budget may lower the default one to, in order, where its target cannot be
+reached at :data:`DEFAULT_MIN_FRACTION` (``0``: down to ``min_channels``); a floor asked for
+is held."""
+
+
+def floor_fraction(min_fraction: float | None) -> float:
+    """The floor in force: ``min_fraction``, or :data:`DEFAULT_MIN_FRACTION` for ``None``."""
+    return DEFAULT_MIN_FRACTION if min_fraction is None else min_fraction
+
+
+def floor_ladder(min_fraction: float | None) -> tuple[float, ...]:
+    """Floors a latency budget may use, highest first: the one asked for; by default
+    :data:`DEFAULT_MIN_FRACTION`, then :data:`LOWER_FLOORS`."""
+    return (DEFAULT_MIN_FRACTION, *LOWER_FLOORS) if min_fraction is None else (min_fraction,)
+
+
+def _valid_fraction(min_fraction: float | None) -> bool:
+    return min_fraction is None or 0.0 <= min_fraction <= 1.0
+
+
 FACTOR_MAX = math.e
 """Factor at which every probability (all ≥ 1/e) reaches 1: nothing is removed."""
 
@@ -81,7 +102,8 @@ class EncodingConfig:
             its channels (rounded up; and at least ``min_channels``), so a global budget is
             never met by emptying a few layers. Relative to the model being encoded (in
             ``evolve``: the parent of each generation). A removed residual branch (``depth``)
-            is exempt. ``0`` turns the floor off.
+            is exempt. ``0`` turns the floor off. ``None`` (default): 0.25, which a latency
+            budget lowers (:data:`LOWER_FLOORS`), only as far as its target needs.
         frozen_synapses: Also zero synapses of frozen layers (layers whose weight touches
             no prunable group). Off by default: a frozen layer stays byte-identical.
         round_to: Keep channel counts multiples of this (or the full size); ``None``: off.
@@ -105,7 +127,7 @@ class EncodingConfig:
     cluster_mode: ClusterMode = "filter"
     synapse_level: bool = True
     min_channels: int = 1
-    min_fraction: float = DEFAULT_MIN_FRACTION
+    min_fraction: float | None = None
     frozen_synapses: bool = False
     round_to: int | None = None
     cluster_keep: float | None = None
@@ -124,7 +146,7 @@ class EncodingConfig:
             raise ConfigError(f"unknown cluster_mode {self.cluster_mode!r}")
         if self.min_channels < 1:
             raise ConfigError(f"min_channels must be at least 1, got {self.min_channels}")
-        if not 0.0 <= self.min_fraction <= 1.0:
+        if not _valid_fraction(self.min_fraction):
             raise ConfigError(f"min_fraction must be in [0, 1], got {self.min_fraction}")
         if self.cluster_keep is not None and not 0.0 < self.cluster_keep <= 1.0:
             raise ConfigError(f"cluster_keep must be in (0, 1], got {self.cluster_keep}")
@@ -139,6 +161,11 @@ class EncodingConfig:
     def env(self) -> Environment:
         """The environment in force."""
         return self.environment if self.environment is not None else SynapseBudget(self.keep)
+
+    @property
+    def floor(self) -> float:
+        """The per-layer floor in force (:func:`floor_fraction`)."""
+        return floor_fraction(self.min_fraction)
 
 
 EnvName = Literal["synapses", "macs", "latency"]
@@ -163,7 +190,8 @@ class EncodingSettings:
             shares one environmental factor between clusters and synapses (the paper).
         min_channels: Fewest channels any prunable group keeps.
         min_fraction: Floor per channel group: each generation keeps at least this fraction of
-            every prunable group's channels of its parent (0: off).
+            every prunable group's channels of its parent (0: off; ``None``: 0.25, which the
+            latency environment lowers only as far as its target needs).
         depth: Removable residual branches are clusters too (filter clusters); ``None``
             (default): on with ``env="latency"`` and filter clusters.
     """
@@ -174,7 +202,7 @@ class EncodingSettings:
     round_to: int | None = None
     cluster_keep: float | None = None
     min_channels: int = 1
-    min_fraction: float = DEFAULT_MIN_FRACTION
+    min_fraction: float | None = None
     depth: bool | None = None
 
     def __post_init__(self) -> None:
@@ -186,7 +214,7 @@ class EncodingSettings:
             ),
             (not self.depth or self.cluster == "filter", "depth needs --cluster filter"),
             (self.cluster in ("filter", "kernel"), "cluster must be 'filter' or 'kernel'"),
-            (0.0 <= self.min_fraction <= 1.0, "min_fraction must be in [0, 1]"),
+            (_valid_fraction(self.min_fraction), "min_fraction must be in [0, 1]"),
             (self.round_to is None or self.round_to >= 1, "round_to must be positive"),
             (
                 self.cluster_keep is None or 0.0 < self.cluster_keep <= 1.0,

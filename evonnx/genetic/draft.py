@@ -60,7 +60,7 @@ def _rule(genome: Genome, group: ChannelGroup) -> tuple[int | None, int, Sequenc
 def group_floor(genome: Genome, group: ChannelGroup) -> int:
     """Fewest channels ``group`` keeps (:func:`evonnx.pruning.plan.floor_channels`)."""
     cfg = genome.config
-    return floor_channels(group.size, cfg.min_channels, cfg.min_fraction)
+    return floor_channels(group.size, cfg.min_channels, cfg.floor)
 
 
 def _valid(genome: Genome, group: ChannelGroup, k: int) -> bool:

@@ -280,7 +280,7 @@ def _unreachable(genome: Genome, env: Environment, budget: float, best: float) -
         )
     raise PlanError(
         f"the budget ({budget / full:.3g} of the {unit}) is out of reach: frozen layers and "
-        f"the per-layer floor (min_fraction {cfg.min_fraction:g}, min_channels "
+        f"the per-layer floor (min_fraction {cfg.floor:g}, min_channels "
         f"{cfg.min_channels}) keep at least {best / full:.3g}; keep {best / full:.3g} or more"
         f"{hint}, or lower the floor (--min-fraction)"
     )

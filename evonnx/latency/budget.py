@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 
 from evonnx.errors import ConfigError, LatencyBudgetError
+from evonnx.genetic.config import floor_ladder
 from evonnx.genetic.environments import LatencyBudget
 from evonnx.genetic.genome import encode, model_weights
 from evonnx.genetic.sample import Offspring, sample
@@ -67,7 +68,8 @@ def latency_offspring(
 ) -> tuple[Offspring, MeasuredFit]:
     """Sample an offspring under :class:`~evonnx.genetic.environments.LatencyBudget` and trim it
     until its measured latency is at most ``keep`` times its parent's (not below
-    ``floor_ms``).
+    ``floor_ms``); the default per-layer floor (``config.min_fraction`` ``None``) is lowered
+    where the budget needs it.
 
     Raises:
         ConfigError: ``config`` asks for something a latency budget cannot do.
@@ -81,7 +83,8 @@ def latency_offspring(
     off = sample(encode(analysis, weights, cfg), rng)
     fit = fit_measured(
         model, analysis, off.plan, weights, target.runtime, target.model, keep, floor_ms,
-        off.masks, cfg.round_to, cfg.min_channels, min_fraction=cfg.min_fraction,
+        off.masks, cfg.round_to, cfg.min_channels, min_fraction=cfg.floor,
+        lower_floors=floor_ladder(cfg.min_fraction)[1:],
     )  # fmt: skip
     logger.info(
         "latency offspring: predicted %.4g ms, measured %.4g ms (parent %.4g ms), %d rounds",
@@ -97,17 +100,53 @@ def check_reachable(
     speedup: float,
     min_channels: int = 1,
     margin: float = 3.0,
-    min_fraction: float = 0.0,
+    min_fraction: float | None = 0.0,
 ) -> float | None:
     """Refuse a speed-up past what the smallest offspring (every removable branch gone,
     every other group at its floor: ``min_channels``, at least ``min_fraction`` of its
     channels; or, when faster, at its narrowest latency step above the floor) gives; returns
     its measured speed-up (``None``: the prediction puts it past ``margin`` times ``speedup``,
-    nothing was measured).
+    nothing was measured). ``min_fraction=None``: the default floor, and where it cannot reach
+    ``speedup`` the lower ones of :func:`~evonnx.genetic.config.floor_ladder`.
 
     Raises:
-        LatencyBudgetError: ``speedup`` is out of reach.
+        LatencyBudgetError: ``speedup`` is out of reach at the lowest floor allowed.
     """
+    ladder = floor_ladder(min_fraction)
+    reach: float | None = 0.0
+    for fraction in ladder:
+        reach = _smallest_speedup(model, analysis, target, speedup, min_channels, margin, fraction)
+        if reach is None or reach >= speedup:
+            if fraction != ladder[0]:
+                logger.info("reachable with the per-layer floor lowered to %g", fraction)
+            return reach
+    assert reach is not None
+    floor = (
+        f"its floor, --min-channels {min_channels} and --min-fraction {ladder[-1]:g}"
+        if len(ladder) == 1
+        else f"--min-channels {min_channels}, the default floor {ladder[0]:g} lowered as far as "
+        f"{ladder[-1]:g}"
+    )
+    lower = "" if ladder[-1] == 0.0 else " a lower --min-fraction,"
+    raise LatencyBudgetError(
+        f"a {speedup:g}x speed-up is out of reach on {target.runtime.name} at batch "
+        f"{target.settings.batch}: removing every removable cluster (every channel group at "
+        f"{floor}, every removable branch) measures {reach:.2f}x; ask for at most that,{lower} "
+        "or a larger batch (less per-run overhead)"
+    )
+
+
+def _smallest_speedup(
+    model: onnx.ModelProto,
+    analysis: Analysis,
+    target: Target,
+    speedup: float,
+    min_channels: int,
+    margin: float,
+    min_fraction: float,
+) -> float | None:
+    """Measured speed-up of the smallest offspring at one floor (see :func:`check_reachable`;
+    ``None``: predicted past ``margin`` times ``speedup``)."""
     groups = analysis.prunable_groups
     lm = target.model
     floors = {g.id: floor_channels(g.size, min_channels, min_fraction) for g in groups}
@@ -130,13 +169,7 @@ def check_reachable(
         reach = max(reach, m.parent_ms / m.child_ms if m.child_ms > 0 else float("inf"))
         if reach >= speedup:
             break
-    logger.info("smallest offspring: %.2fx (predicted %.2fx)", reach, predicted)
-    if reach < speedup:
-        raise LatencyBudgetError(
-            f"a {speedup:g}x speed-up is out of reach on {target.runtime.name} at batch "
-            f"{target.settings.batch}: removing every removable cluster (every channel group at "
-            f"its floor, --min-channels {min_channels} and --min-fraction {min_fraction:g}, "
-            f"every removable branch) measures {reach:.2f}x; ask for at most that, a lower "
-            f"--min-fraction, or a larger batch (less per-run overhead)"
-        )
+    logger.info(
+        "smallest offspring at floor %g: %.2fx (predicted %.2fx)", min_fraction, reach, predicted
+    )
     return reach

@@ -13,15 +13,16 @@ throws score away). An offspring within budget is measured once more, and accept
 that run agrees. Each measurement recalibrates the predictor
 (:meth:`~evonnx.latency.model.LatencyModel.recalibrated`) after the offspring's prediction was
 recorded, so the reported prediction is always out of sample. The budget is never exceeded:
-when every group is at ``min_channels`` and no branch is left,
-:class:`~evonnx.errors.LatencyBudgetError` says what was reached.
+when every group is at its floor and no branch is left, the floor goes down to the next of
+``lower_floors`` where there is one (the default floor, lowered only as far as the budget
+needs), else :class:`~evonnx.errors.LatencyBudgetError` says what was reached.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -68,6 +69,8 @@ class MeasuredFit:
         trimmed: Steps down (a group to a smaller width, or a branch removed) from the
             sampled offspring.
         grown: Steps up (the offspring overshot).
+        min_fraction: The per-layer floor in force at the end (lowered from the one asked
+            for where the budget needed it).
     """
 
     model: onnx.ModelProto
@@ -79,6 +82,7 @@ class MeasuredFit:
     rounds: int
     trimmed: int
     grown: int = 0
+    min_fraction: float = 0.0
 
     @property
     def speedup(self) -> float:
@@ -100,6 +104,7 @@ def fit_measured(
     min_channels: int = 1,
     max_rounds: int = 10,
     min_fraction: float = 0.0,
+    lower_floors: Sequence[float] = (),
 ) -> MeasuredFit:
     """Step ``plan`` until the offspring's measured latency is at most ``keep`` times the
     parent's (not below ``floor_ms``) and not far below it.
@@ -119,23 +124,50 @@ def fit_measured(
         max_rounds: Most measurements.
         min_fraction: Floor per channel group: a group keeps at least this fraction of its channels
             (a removable branch may still go).
+        lower_floors: Floors to lower ``min_fraction`` to, in order, when every group is at
+            its floor and the offspring is still over budget (each lowering is logged as a
+            warning; empty: the floor holds).
 
     Raises:
-        LatencyBudgetError: Every group is at ``min_channels``, no branch is left, and the
+        LatencyBudgetError: Every group is at its lowest floor, no branch is left, and the
             offspring is still over budget.
     """
     w = _widths(analysis, plan, weights, lm, round_to, min_channels, min_fraction)
+    floor = _Floor(min_fraction, list(lower_floors), min_channels)
     full = lm.predict(group_census(analysis, {}))
-    floor = full * floor_ms / lm.measured_ms if floor_ms is not None else 0.0
+    lowest = full * floor_ms / lm.measured_ms if floor_ms is not None else 0.0
     trimmed = grown = 0
     try:  # predicted first: near the budget before measuring (the measurement decides)
-        trimmed, grown = _steer(w, w.predict(), max(keep * full, floor) / AIM)
+        trimmed, grown = _steer(w, w.predict(), max(keep * full, lowest) / AIM)
     except PlanError:
         logger.info("predicted over the budget with nothing left to remove")
-    setup = _FitSetup(
-        parent, analysis, runtime, keep, floor_ms, masks, min_channels, min_fraction, max_rounds
-    )
-    return _measured_rounds(setup, w, trimmed, grown)
+    setup = _FitSetup(parent, analysis, runtime, keep, floor_ms, masks, min_channels, max_rounds)
+    return _measured_rounds(setup, w, trimmed, grown, floor)
+
+
+@dataclass
+class _Floor:
+    """The per-layer floor in force while fitting, and the lower ones it may go to."""
+
+    fraction: float
+    lower: list[float] = field(default_factory=list)
+    min_channels: int = 1
+
+    def lowered(self, w: Widths) -> bool:
+        """Lower ``w``'s floors to the next fraction; ``False``: none is left."""
+        if not self.lower:
+            return False
+        was, self.fraction = self.fraction, self.lower.pop(0)
+        w.least = {
+            gid: floor_channels(g.size, self.min_channels, self.fraction)
+            for gid, g in w.groups.items()
+        }
+        logger.warning(
+            "every channel group is at the per-layer floor %g and the offspring is over its "
+            "latency budget: lowering the floor to %g (give --min-fraction to hold one)",
+            was, self.fraction,
+        )  # fmt: skip
+        return True
 
 
 @dataclass(frozen=True)
@@ -149,7 +181,6 @@ class _FitSetup:
     floor_ms: float | None
     masks: Mapping[str, np.ndarray] | None
     min_channels: int
-    min_fraction: float
     max_rounds: int
 
     def budget(self, parent_ms: float) -> float:
@@ -202,9 +233,12 @@ def _widths(
     )  # fmt: skip
 
 
-def _measured_rounds(setup: _FitSetup, w: Widths, trimmed: int, grown: int) -> MeasuredFit:
+def _measured_rounds(
+    setup: _FitSetup, w: Widths, trimmed: int, grown: int, floor: _Floor
+) -> MeasuredFit:
     """Measure the offspring and step it (down, or up when it overshoots) until a measurement
-    within budget is confirmed; ``trimmed`` and ``grown`` count the steps taken before.
+    within budget is confirmed; ``trimmed`` and ``grown`` count the steps taken before; at
+    ``floor``, lowered where it must be.
 
     Raises:
         LatencyBudgetError: Nothing is left to remove, or no measurement fit the budget.
@@ -221,24 +255,38 @@ def _measured_rounds(setup: _FitSetup, w: Widths, trimmed: int, grown: int) -> M
         if m.child_ms <= budget:
             fit, m = _confirm(setup, r, w.lm.batch)
             if fit is not None:
-                return _done(fit, rounds, trimmed, grown)
+                return _done(fit, rounds, trimmed, grown, floor.fraction)
             budget = setup.budget(m.parent_ms)
         if rounds == setup.max_rounds:
             break
         try:
-            trimmed += trim(w, _excess(r, m, budget))
+            trimmed += _trim(w, _excess(r, m, budget), floor)
         except PlanError as exc:
             if spare is not None:
-                return _done(spare, rounds, trimmed, grown)
+                return _done(spare, rounds, trimmed, grown, floor.fraction)
             raise _nothing_left(
-                m.child_ms, m.parent_ms, budget, setup.min_channels, setup.min_fraction
+                m.child_ms, m.parent_ms, budget, setup.min_channels, floor.fraction
             ) from exc
     if spare is not None:
-        return _done(spare, setup.max_rounds, trimmed, grown)
+        return _done(spare, setup.max_rounds, trimmed, grown, floor.fraction)
     raise LatencyBudgetError(
         f"the offspring stays over its latency budget after {setup.max_rounds} measurements "
         f"({m.child_ms:.4g} ms > {budget:.4g} ms)"
     )
+
+
+def _trim(w: Widths, need: float, floor: _Floor) -> int:
+    """:func:`~evonnx.latency.steps.trim`, lowering ``floor`` while nothing is left above it.
+
+    Raises:
+        PlanError: Nothing is left to remove at the lowest floor.
+    """
+    while True:
+        try:
+            return trim(w, need)
+        except PlanError:
+            if not floor.lowered(w):
+                raise
 
 
 def _measure(setup: _FitSetup, w: Widths, rounds: int) -> _Round:
@@ -314,11 +362,10 @@ def _confirm(setup: _FitSetup, r: _Round, batch: int) -> tuple[MeasuredFit | Non
     return fit, m
 
 
-def _done(fit: MeasuredFit, rounds: int, trimmed: int, grown: int) -> MeasuredFit:
-    return MeasuredFit(
-        fit.model, fit.plan, fit.parent_ms, fit.child_ms, fit.predicted_ms, fit.budget_ms,
-        rounds, trimmed, grown,
-    )  # fmt: skip
+def _done(
+    fit: MeasuredFit, rounds: int, trimmed: int, grown: int, min_fraction: float
+) -> MeasuredFit:
+    return replace(fit, rounds=rounds, trimmed=trimmed, grown=grown, min_fraction=min_fraction)
 
 
 def _nothing_left(
@@ -328,8 +375,9 @@ def _nothing_left(
         f"every channel group is at its floor (--min-channels {least}, --min-fraction "
         f"{fraction:g}) and no branch is left to remove: the offspring reached "
         f"{parent_ms / offspring_ms:.2f}x ({offspring_ms:.4g} ms, parent {parent_ms:.4g} ms) "
-        f"against a budget of {budget:.4g} ms; a smaller speed-up, a lower --min-fraction or "
-        "--min-channels, or a larger batch (less per-run overhead) may fit"
+        f"against a budget of {budget:.4g} ms; a smaller speed-up, a lower "
+        f"{'--min-fraction or ' if fraction > 0 else ''}--min-channels, or a larger batch "
+        "(less per-run overhead) may fit"
     )
 
 
