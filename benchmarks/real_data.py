@@ -186,3 +186,121 @@ def top1(scores: np.ndarray, labels: np.ndarray) -> float:
     if len(scores) != len(labels) or not len(labels):
         raise ValueError("need as many score rows as labels, at least one")
     return 100.0 * float((np.asarray(scores).argmax(-1) == labels).mean())
+
+
+DET_SHRINK = 0.4
+"""DB's shrink ratio: a text region's probability target is its box shrunk by
+``D = A (1 - r^2) / L`` (area ``A``, perimeter ``L``), which decoding expands back."""
+DET_UNCLIP = 1.5
+"""DB's unclip ratio (rapidocr-onnxruntime's default): a region grows by ``A * ratio / L``."""
+DET_THRESH, DET_BOX_THRESH = 0.3, 0.5
+"""DB post-processing thresholds (rapidocr-onnxruntime's defaults): pixel probability, and
+mean probability of a kept region."""
+
+
+def text_scene(rng: np.random.Generator, size: int) -> tuple[Image.Image, np.ndarray]:
+    """A ``size``x``size`` image with 1-4 words at random, non-overlapping places; their
+    boxes ``(x0, y0, x1, y1)`` in pixels (the ink's bounding box)."""
+    img = Image.new("RGB", (size, size), _colour(rng, 190, 256))
+    draw = ImageDraw.Draw(img)
+    boxes: list[tuple[int, int, int, int]] = []
+    for _ in range(int(rng.integers(1, 5))):
+        for _attempt in range(20):
+            font = _font(rng, int(rng.integers(18, 33)))
+            text = random_text(rng, 3, 7)
+            left, top, right, bottom = font.getbbox(text)
+            w, h = right - left, bottom - top
+            if w >= size - 8:
+                continue
+            x, y = int(rng.integers(4, size - w - 4)), int(rng.integers(4, size - h - 4))
+            box = (x, y, x + w, y + h)
+            if any(_iou_free(box, b) for b in boxes):
+                continue
+            draw.text((x - left, y - top), text, font=font, fill=_colour(rng, 0, 70))
+            boxes.append(box)
+            break
+    return img, np.array(boxes, np.float32).reshape(-1, 4)
+
+
+def _iou_free(a: tuple[int, ...], b: tuple[int, ...], gap: int = 6) -> bool:
+    """Whether boxes ``a`` and ``b`` come closer than ``gap`` pixels."""
+    return not (
+        a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1]
+    )
+
+
+def scene_tensor(img: Image.Image) -> np.ndarray:
+    """rapidocr's DB preprocessing: BGR, ImageNet mean/std, CHW float32."""
+    a = np.asarray(img, np.float32)[:, :, ::-1]
+    return ((a / 255.0 - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1).copy()
+
+
+def text_scenes(n: int, seed: int, size: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``n`` rendered scenes (N,3,size,size) and each one's word boxes."""
+    rng = np.random.default_rng(seed)
+    scenes = [text_scene(rng, size) for _ in range(n)]
+    return np.stack([scene_tensor(im) for im, _ in scenes]), [b for _, b in scenes]
+
+
+def shrunk_mask(boxes: np.ndarray, size: int, ratio: float = DET_SHRINK) -> np.ndarray:
+    """DB's probability target of one image: 1 inside every box shrunk by its DB offset."""
+    mask = np.zeros((size, size), np.float32)
+    for x0, y0, x1, y1 in boxes:
+        w, h = x1 - x0, y1 - y0
+        d = w * h * (1 - ratio**2) / (2 * (w + h))
+        a, b, c, e = (round(float(v)) for v in (x0 + d, y0 + d, x1 - d, y1 - d))
+        mask[b : max(e, b + 1), a : max(c, a + 1)] = 1.0
+    return mask
+
+
+def db_boxes(prob: np.ndarray) -> np.ndarray:
+    """DB post-processing of one (H, W) probability map: regions above
+    :data:`DET_THRESH` whose mean probability reaches :data:`DET_BOX_THRESH`, each one's
+    bounding box grown by the unclip offset (axis-aligned boxes: the words are upright)."""
+    from scipy import ndimage
+
+    labels, count = ndimage.label(prob > DET_THRESH)
+    out = []
+    for k, sl in enumerate(ndimage.find_objects(labels), 1):
+        if sl is None:
+            continue
+        region = labels[sl] == k
+        if prob[sl][region].mean() < DET_BOX_THRESH:
+            continue
+        y0, y1, x0, x1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
+        w, h = x1 - x0, y1 - y0
+        if min(w, h) < 3:
+            continue
+        d = w * h * DET_UNCLIP / (2 * (w + h))
+        out.append((x0 - d, y0 - d, x1 + d, y1 + d))
+    del count
+    return np.array(out, np.float32).reshape(-1, 4)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box of ``a`` (N,4) with every box of ``b`` (M,4)."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area = lambda z: (z[:, 2] - z[:, 0]) * (z[:, 3] - z[:, 1])  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+
+
+def hmean(pred: Sequence[np.ndarray], truth: Sequence[np.ndarray], iou: float = 0.5) -> float:
+    """Detection F-measure in percent: one-to-one matches (greedy by IoU) at ``iou`` or more,
+    over every image (ICDAR-style precision and recall)."""
+    if len(pred) != len(truth) or not truth:
+        raise ValueError("need as many predictions as truths, at least one")
+    hits = n_pred = n_true = 0
+    for p, t in zip(pred, truth, strict=True):
+        n_pred, n_true = n_pred + len(p), n_true + len(t)
+        if not len(p) or not len(t):
+            continue
+        m = box_iou(p, t)
+        while m.size and m.max() >= iou:
+            i, j = np.unravel_index(int(m.argmax()), m.shape)
+            hits += 1
+            m[i, :], m[:, j] = -1.0, -1.0
+    if n_pred + n_true == 0:
+        return 100.0
+    return 100.0 * 2 * hits / (n_pred + n_true)

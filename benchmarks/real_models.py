@@ -56,6 +56,7 @@ from evonnx import api
 from evonnx.converters import to_torch, write_back
 from evonnx.deploy.bench import benchmark
 from evonnx.errors import EvonnxError
+from evonnx.evolution import settings
 from evonnx.evolution.lineage import EvolveConfig, GenerationRecord
 from evonnx.evolution.loop import evolve
 from evonnx.latency import LatencySettings
@@ -91,6 +92,7 @@ class Settings:
     render_only: bool = False
     evonnx_fidelity: bool = True
     seed: int = 0
+    train_threads: int = 1
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,7 @@ statistics, clipped gradients); older evonnx: Adam, cosine, epochs x batches."""
 
 def recipe(steps: int, batches: int) -> dict[str, Any]:
     """EvolveConfig fields that train for ``steps`` optimizer steps on ``batches`` batches."""
-    names = {f.name for f in fields(EvolveConfig)}
+    names = {f.name for f in fields(EvolveConfig)} | set(getattr(settings, "OWNER", {}))
     if "steps" in names:
         return {"steps": steps, **{k: v for k, v in RECIPE.items() if k in names}}
     epochs = math.ceil(steps / batches)
@@ -150,7 +152,7 @@ def evolve_config(s: Settings, target: float, generations: int, steps: int) -> E
         latency_statistic="min",
         lr=s.lr,
         batch_size=s.batch,
-        threads=1,
+        threads=s.train_threads,
         seed=s.seed,
         **recipe(steps, s.n_train // s.batch),
     )
@@ -587,6 +589,9 @@ def parse(argv: list[str] | None) -> tuple[Settings, bool]:
         help="label-free rows train with the benchmark's KL adapter, not evonnx.FidelityTask",
     )
     p.add_argument("--runs", type=int, default=40, help="timed rounds of the final measurement")
+    p.add_argument(
+        "--train-threads", type=int, default=1, help="torch threads while training (not timed)"
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: tiny data, 2 steps, 1.5x")
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--save", type=Path, help="write every offspring here (ONNX)")
@@ -598,7 +603,7 @@ def parse(argv: list[str] | None) -> tuple[Settings, bool]:
     s = Settings(
         a.models, tuple(a.only.split(",")), tuple(float(t) for t in a.targets.split(",")),
         a.steps, a.batch, a.n_train, a.n_val, a.n_test, a.lr, not a.no_label_free, a.runs,
-        a.save, a.results, a.render_only, not a.kl_adapter,
+        a.save, a.results, a.render_only, not a.kl_adapter, 0, a.train_threads,
     )  # fmt: skip
     if a.quick:
         s = replace(s, targets=(1.5,), steps=2, batch=8, n_train=16, n_val=16, n_test=32, runs=5)

@@ -4,11 +4,13 @@ Each :class:`ModelSpec` names an ONNX file shipped inside a registry package (th
 never downloads: it prints the ``pip download`` command when a file is missing), the input
 shape it runs at, how its labelled data is rendered (:mod:`real_data`) and how its own
 decoding turns outputs into its metric. :class:`RealTask` trains on the labels (CTC for the
-recognizer, cross-entropy for classifiers) or, label-free, on the ancestor's outputs (KL
-divergence per position; the ancestor is the teacher); it scores a written ONNX file by the
-model's own metric against the labels, or label-free on validation by agreement with the
-ancestor's decoded outputs. The graphs end in Softmax, so training reads their
-probabilities as ``log(p)`` (clamped), i.e. log-softmax of the logits.
+recognizer, cross-entropy for classifiers, DB's balanced binary cross-entropy on shrunk word
+boxes for the text detector) or, label-free, on the ancestor's outputs (KL divergence per
+position, binary cross-entropy per pixel for the detector; the ancestor is the teacher); it
+scores a written ONNX file by the model's own metric against the labels, or label-free on
+validation by agreement with the ancestor's decoded outputs. The recognizer and classifiers
+end in Softmax, so training reads their probabilities as ``log(p)`` (clamped), i.e.
+log-softmax of the logits; the detector ends in Sigmoid (a probability per pixel).
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ class ModelSpec:
         file: File name under the models folder.
         package: The registry package (pinned) that ships it.
         inside: Path of the file inside the package's wheel.
-        kind: ``"ctc"`` (text recognizer, exact-match) or ``"class"`` (top-1).
+        kind: ``"ctc"`` (text recognizer, exact-match), ``"class"`` (top-1) or ``"det"``
+            (DB text detector, box F-measure).
         shape: Input shape (batch 1) it is measured and trained at.
         metric: The model's own metric, as shown.
         make: ``make(n, seed)`` renders ``n`` labelled inputs.
@@ -54,7 +57,7 @@ class ModelSpec:
     file: str
     package: str
     inside: str
-    kind: Literal["ctc", "class"]
+    kind: Literal["ctc", "class", "det"]
     shape: tuple[int, ...]
     metric: str
     make: Callable[[int, int], tuple[np.ndarray, Labels]]
@@ -71,6 +74,7 @@ class ModelSpec:
 
 REC_WIDTH = 160
 CLS_WIDTH = 192
+DET_SIZE = 256
 
 SPECS = (
     ModelSpec(
@@ -87,6 +91,23 @@ SPECS = (
             "text lines rendered with PIL in matplotlib's DejaVu fonts (5 faces, 28-36 px, "
             "random ink/background), 3-8 characters of an alphabet without look-alike glyphs; "
             "decoded by CTC greedy with the dictionary in the model's metadata"
+        ),
+    ),
+    ModelSpec(
+        key="det",
+        name="PP-OCRv4 mobile text detector (DB)",
+        file="ch_PP-OCRv4_det_infer.onnx",
+        package="rapidocr-onnxruntime==1.4.4",
+        inside="rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
+        kind="det",
+        shape=(1, 3, DET_SIZE, DET_SIZE),
+        metric="hmean %",
+        make=lambda n, seed: rd.text_scenes(n, seed, DET_SIZE),
+        source=(
+            f"{DET_SIZE}x{DET_SIZE} scenes of 1-4 words (3-7 characters, DejaVu, 18-32 px, "
+            "random ink/background) at random places, labelled with their ink boxes; "
+            "decoded by DB post-processing with rapidocr's thresholds (0.3 pixel, 0.5 box, "
+            "unclip 1.5), scored by the F-measure of one-to-one matches at IoU >= 0.5"
         ),
     ),
     ModelSpec(
@@ -142,14 +163,18 @@ class Part:
 
 
 def decode(kind: str, probs: np.ndarray, classes: Sequence[str]) -> Labels:
-    """The model's own decoding: CTC greedy strings, or the top-1 class."""
+    """The model's own decoding: CTC greedy strings, DB boxes, or the top-1 class."""
+    if kind == "det":
+        return [rd.db_boxes(p[0]) for p in probs]
     return rd.ctc_greedy(probs, classes) if kind == "ctc" else probs.argmax(-1)
 
 
 def metric(kind: str, pred: Labels, truth: Labels) -> float:
-    """The model's own metric in percent: exact-match or top-1 agreement."""
+    """The model's own metric in percent: exact-match, box F-measure or top-1 agreement."""
     if kind == "ctc":
         return rd.exact_match(pred, truth)
+    if kind == "det":
+        return rd.hmean(pred, truth)
     return 100.0 * float((np.asarray(pred) == np.asarray(truth)).mean())
 
 
@@ -202,6 +227,9 @@ class RealTask(Task):
             return x, torch.from_numpy(self.teacher[0][idx])
         if self.spec.kind == "class":
             return x, torch.from_numpy(np.asarray(train.y)[idx])
+        if self.spec.kind == "det":
+            size = train.x.shape[-1]
+            return x, torch.from_numpy(np.stack([rd.shrunk_mask(train.y[i], size) for i in idx]))
         codes = rd.encode_texts([train.y[i] for i in idx], self.classes)
         flat = torch.tensor([c for t in codes for c in t], dtype=torch.long)
         return x, (flat, torch.tensor([len(t) for t in codes], dtype=torch.long))
@@ -211,8 +239,13 @@ class RealTask(Task):
         return self._batches
 
     def loss(self, outputs: Any, targets: Any) -> torch.Tensor:
-        """CTC / cross-entropy on the labels, or KL divergence from the ancestor's outputs."""
+        """CTC / cross-entropy / DB's balanced BCE on the labels, or KL divergence (BCE per
+        pixel for the detector) from the ancestor's outputs."""
         probs = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
+        if self.spec.kind == "det":
+            if self.teacher is not None:
+                return pixel_bce(probs, targets)
+            return balanced_bce(probs[:, 0], targets)
         logp = torch.log(probs.clamp_min(1e-8))
         if self.teacher is not None:
             t = targets.clamp_min(1e-8)
@@ -238,5 +271,24 @@ class RealTask(Task):
         """KL divergence from the parent's probabilities (the temperature is not used)."""
         del targets, temperature
         probs = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
-        t = (teacher[0] if isinstance(teacher, (tuple, list)) else teacher).clamp_min(1e-8)
+        t = teacher[0] if isinstance(teacher, (tuple, list)) else teacher
+        if self.spec.kind == "det":
+            return pixel_bce(probs, t)
+        t = t.clamp_min(1e-8)
         return (t * (torch.log(t) - torch.log(probs.clamp_min(1e-8)))).sum(-1).mean()
+
+
+def pixel_bce(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy of probability maps against soft targets."""
+    return F.binary_cross_entropy(probs.clamp(1e-6, 1 - 1e-6), target)
+
+
+def balanced_bce(probs: torch.Tensor, mask: torch.Tensor, ratio: int = 3) -> torch.Tensor:
+    """DB's probability-map loss: BCE over the text pixels and the ``ratio`` times as many
+    hardest background pixels (online hard example mining)."""
+    bce = F.binary_cross_entropy(probs.clamp(1e-6, 1 - 1e-6), mask, reduction="none")
+    pos = mask > 0.5
+    n_pos = int(pos.sum())
+    neg = bce[~pos]
+    n_neg = min(int(neg.numel()), max(ratio * n_pos, 1))
+    return (bce[pos].sum() + neg.topk(n_neg).values.sum()) / (n_pos + n_neg)

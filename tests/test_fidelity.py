@@ -290,6 +290,53 @@ def test_dense_outputs_use_the_regression_loss_and_can_be_overridden() -> None:
             parse_fidelity_losses([bad])
 
 
+def _sigmoid_map(seed: int = 0) -> onnx.ModelProto:
+    """Conv -> Sigmoid: a per-pixel probability map (a DB text detector's head, in small)."""
+    w = np.random.default_rng(seed).normal(size=(1, 2, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["logit"], pads=[1, 1, 1, 1]),
+         helper.make_node("Sigmoid", ["logit"], ["prob"])],
+        "db", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 6, 6])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 1, 6, 6])],
+        [numpy_helper.from_array(w, "w")],
+    )  # fmt: skip
+    return make_model(graph)
+
+
+def test_sigmoid_maps_train_on_their_logits_by_binary_kl_on_request(tmp_path: Path) -> None:
+    model = _sigmoid_map()
+    x = {"x": np.random.default_rng(1).normal(size=(20, 2, 6, 6)).astype(np.float32)}
+    assert evonnx.FidelityTask(model, x).specs[0].loss == "mse"  # the default, on evidence
+    task = evonnx.FidelityTask(
+        model, x, losses={"prob": "bce"}, val_fraction=0.25, test_fraction=0.25
+    )
+    (spec,) = task.specs
+    assert spec.loss == "bce" and task.kl_outputs == {"prob": "logit"}
+    view = task.training_graph(model)
+    assert [o.name for o in view.graph.output] == ["logit"]
+    assert "Sigmoid" not in {n.op_type for n in view.graph.node}
+    assert logits_view(model) is model  # class heads only, unless a Sigmoid output is named
+    xb, (yb,) = next(iter(task.train_batches()))
+    logits = run_outputs(view, {"x": xb.numpy()}, ["logit"], [0])[0]
+    np.testing.assert_allclose(yb.numpy(), logits, rtol=1e-5, atol=1e-5)  # targets: logits
+    assert float(task.loss(yb, (yb,))) == pytest.approx(0.0, abs=1e-6)  # zero on the teacher
+    student = (yb + 1.0).requires_grad_()
+    loss = task.loss(student, (yb,))
+    loss.backward()
+    assert float(loss) > 0 and float(student.grad.abs().sum()) > 0  # type: ignore[union-attr]
+    save_model(model, tmp_path / "same.onnx")
+    assert task.score(tmp_path / "same.onnx", "test") == pytest.approx(1.0)
+    save_model(_sigmoid_map(seed=3), tmp_path / "other.onnx")
+    ref = run_outputs(model, task.inputs["test"], ["prob"], [0])[0]
+    got = run_outputs(_sigmoid_map(seed=3), task.inputs["test"], ["prob"], [0])[0]
+    figure = 1 - np.sqrt(np.mean((got - ref) ** 2)) / ref.std()  # on the probabilities
+    assert task.score(tmp_path / "other.onnx", "test") == pytest.approx(max(0.0, figure), abs=1e-5)
+    dense = _sigmoid_map()
+    dense.graph.node[1].op_type = "Relu"
+    with pytest.raises(ConfigError, match="bce needs a Sigmoid"):
+        evonnx.FidelityTask(dense, x, losses={"prob": "bce"})
+
+
 # --------------------------------------------------------------------------- splits
 
 

@@ -144,6 +144,42 @@ def test_decode_and_metric_by_kind():
     assert rt.metric("ctc", ["a", "b"], ["a", "b"]) == 100.0
 
 
+def test_scenes_are_seeded_and_their_boxes_hold_the_ink():
+    x, boxes = rd.text_scenes(4, 7, 128)
+    again, same = rd.text_scenes(4, 7, 128)
+    assert x.shape == (4, 3, 128, 128) and x.dtype == np.float32
+    assert np.array_equal(x, again)
+    assert all(np.array_equal(a, b) for a, b in zip(boxes, same, strict=True))
+    img, b = rd.text_scene(np.random.default_rng(3), 128)
+    ink = np.asarray(img.convert("L"), np.float32)
+    dark = ink < ink.max() - 60  # the ink is far darker than the background
+    inside = np.zeros_like(dark)
+    for x0, y0, x1, y1 in b.astype(int):
+        inside[y0 : y1 + 1, x0 : x1 + 1] = True
+    assert 1 <= len(b) <= 4 and dark.any() and not (dark & ~inside).any()
+    assert rd.box_iou(b, b).diagonal() == pytest.approx(1.0)
+
+
+def test_db_decoding_recovers_shrunk_boxes_and_hmean_counts_matches():
+    truth = np.array([[10, 10, 70, 30], [20, 60, 100, 90]], np.float32)
+    prob = rd.shrunk_mask(truth, 128) * 0.9  # a perfect DB map: shrunk regions
+    found = rd.db_boxes(prob)
+    assert len(found) == 2
+    assert rd.hmean([found], [truth]) == 100.0
+    assert rd.box_iou(found, truth).max(1) == pytest.approx([0.8, 0.8], abs=0.2)
+    assert rd.hmean([found[:1]], [truth]) == pytest.approx(100 * 2 / 3)
+    assert rd.hmean([np.zeros((0, 4), np.float32)], [truth]) == 0.0
+    assert len(rd.db_boxes(prob * 0.5)) == 0  # below the box threshold: nothing
+    assert rt.metric("det", rt.decode("det", prob[None, None], []), [truth]) == 100.0
+
+
+def test_detector_losses_prefer_the_target():
+    mask = torch.from_numpy(rd.shrunk_mask(np.array([[8, 8, 40, 24]], np.float32), 48))[None]
+    good, bad = mask * 0.9 + 0.05, 1 - (mask * 0.9 + 0.05)
+    assert rt.balanced_bce(good, mask) < rt.balanced_bce(bad, mask)
+    assert rt.pixel_bce(good, good) < rt.pixel_bce(bad, good)
+
+
 def _result(name: str, score: float) -> dict:
     row = {
         "method": "evolution", "labels": True, "target": 1.5, "measured_speedup": 1.52,

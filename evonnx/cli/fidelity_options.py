@@ -56,8 +56,9 @@ def fidelity_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--rgb/--bgr", "rgb", default=True,
                      help="--inputs folder: channel order of 3-channel models."),
         click.option("--fidelity-loss", "fidelity_losses", multiple=True,
-                     metavar="OUTPUT=kl|mse|l1|off",
-                     help="--inputs: loss of one graph output (kl[:AXIS] for class scores; "
+                     metavar="OUTPUT=kl|bce|mse|l1|off",
+                     help="--inputs: loss of one graph output (kl[:AXIS] for class scores, "
+                          "bce for a Sigmoid's probabilities; "
                           "default by kind, see docs/tasks.md). Repeatable."),
         click.option("--test-fraction", type=click.FloatRange(0, 1, min_open=True,
                      max_open=True), default=0.1, show_default=True,

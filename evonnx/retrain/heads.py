@@ -1,8 +1,11 @@
-"""Graph outputs that end in Softmax or LogSoftmax, and the graph that trains on their input.
+"""Graph outputs that end in Softmax, LogSoftmax or Sigmoid, and the graph that trains on
+their input.
 
 A network that ends in ``Softmax`` returns probabilities; training on them (a logarithm of a
 probability that underflowed to 0) loses the gradient or gives NaNs. :func:`softmax_heads`
-finds every graph output produced by a terminal ``Softmax``/``LogSoftmax`` and
+finds every graph output produced by a terminal ``Softmax``/``LogSoftmax`` (and
+:func:`sigmoid_heads` every one produced by a terminal ``Sigmoid``: per-element
+probabilities, such as a DB text detector's map or an objectness score) and
 :func:`logits_view` returns a copy of the model whose outputs are those nodes' inputs (the
 logits), with every initializer unchanged, so weights trained on the view write back into the
 original graph. Shared by every task that trains on class scores.
@@ -21,6 +24,7 @@ from evonnx.model.graph import opset_of
 logger = logging.getLogger(__name__)
 
 SOFTMAX_OPS = ("Softmax", "LogSoftmax")
+HEAD_OPS = (*SOFTMAX_OPS, "Sigmoid")
 
 
 @dataclass(frozen=True)
@@ -71,8 +75,21 @@ def softmax_heads(model: onnx.ModelProto) -> dict[str, SoftmaxHead]:
     return heads
 
 
+def sigmoid_heads(model: onnx.ModelProto) -> dict[str, str]:
+    """Every graph output produced by a Sigmoid node: its input (the logits), by output name."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    return {
+        out.name: node.input[0]
+        for out in model.graph.output
+        if (node := producer.get(out.name)) is not None
+        and node.op_type == "Sigmoid"
+        and node.domain in ("", "ai.onnx")
+    }
+
+
 def logits_view(model: onnx.ModelProto, outputs: Collection[str] | None = None) -> onnx.ModelProto:
-    """Copy of ``model`` whose Softmax/LogSoftmax-ended outputs are the logits before them.
+    """Copy of ``model`` whose Softmax/LogSoftmax-ended outputs (and Sigmoid-ended ones named
+    in ``outputs``) are the logits before them.
 
     Args:
         model: The model (not modified).
@@ -82,7 +99,10 @@ def logits_view(model: onnx.ModelProto, outputs: Collection[str] | None = None) 
     and keep their type. Initializers are untouched, so a module trained on the view writes
     its weights back into ``model`` (:func:`evonnx.converters.write_back`).
     """
-    heads = {k: h for k, h in softmax_heads(model).items() if outputs is None or k in set(outputs)}
+    heads = {
+        k: h.logits for k, h in softmax_heads(model).items() if outputs is None or k in set(outputs)
+    }
+    heads |= {k: x for k, x in sigmoid_heads(model).items() if outputs is not None and k in outputs}
     if not heads:
         return model
     view = onnx.ModelProto()
@@ -90,13 +110,13 @@ def logits_view(model: onnx.ModelProto, outputs: Collection[str] | None = None) 
     for out in view.graph.output:
         head = heads.get(out.name)
         if head is not None:
-            out.name = head.logits
+            out.name = head
     kept = {o.name for o in view.graph.output}
     used = {name for node in view.graph.node for name in node.input}
     nodes = [
         n
         for n in view.graph.node
-        if not (n.op_type in SOFTMAX_OPS and n.output[0] in heads)
+        if not (n.op_type in HEAD_OPS and n.output[0] in heads)
         or n.output[0] in kept
         or n.output[0] in used
     ]
