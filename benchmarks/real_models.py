@@ -251,19 +251,20 @@ def one_shot_model(ancestor: onnx.ModelProto, target: float, seed: int) -> tuple
 def magnitude_model(
     ancestor: onnx.ModelProto, target: float, rounds: int = 7
 ) -> tuple[onnx.ModelProto, float]:
-    """Method (c)'s offspring: magnitude pruning whose keep is bisected to ``target``."""
+    """Method (c)'s offspring: magnitude pruning whose keep is bisected to ``target`` (every
+    group keeps the same fraction, so the per-layer floor has nothing to guard: off)."""
     lo, hi = 0.05, 1.0
     best: tuple[onnx.ModelProto, float] | None = None
     for _ in range(rounds):
         keep = (lo + hi) / 2
-        model = api.prune(ancestor, keep).model
+        model = api.prune(ancestor, keep, min_fraction=0.0).model
         speed = api.measure(ancestor, model, latency_settings(1)).speedup
         if speed >= target:
             best, lo = (model, speed), keep
         else:
             hi = keep
     if best is None:
-        model = api.prune(ancestor, lo).model
+        model = api.prune(ancestor, lo, min_fraction=0.0).model
         best = model, api.measure(ancestor, model, latency_settings(1)).speedup
     return best
 
@@ -361,7 +362,8 @@ def candidates_for(
     """Every method and training signal at one target.
 
     When evonnx's latency environment refuses the model, evolution and one-shot are left out
-    and the reason is appended to ``skipped``; magnitude pruning still runs.
+    and the reason is appended to ``skipped``; magnitude pruning still runs (and a refused
+    magnitude pruning is skipped the same way).
     """
     try:
         shot: tuple[onnx.ModelProto, float, float] | None = timed(
@@ -371,7 +373,14 @@ def candidates_for(
         shot = None
         skipped.append({"methods": ["evolution", "one-shot"], "target": target, "reason": str(exc)})
         print(f"  latency environment refused the model: {exc}", flush=True)
-    mag = timed(magnitude_model, prep.ancestor, target)
+    try:
+        mag: tuple[onnx.ModelProto, float, float] | None = timed(
+            magnitude_model, prep.ancestor, target
+        )
+    except EvonnxError as exc:  # a row that says so, not a lost run
+        mag = None
+        skipped.append({"methods": ["magnitude"], "target": target, "reason": str(exc)})
+        print(f"  magnitude pruning refused: {exc}", flush=True)
     out = []
     for task in (prep.labelled, prep.free):
         if task is None:
@@ -381,8 +390,9 @@ def candidates_for(
         if shot is not None:
             out.append(run_evolution(prep, task, s, target, labels))
             out.append(tuned("one-shot", shot, task, prep, s, target))
-        out.append(tuned("magnitude", mag, task, prep, s, target))
-        for c in out[-3 if shot is not None else -1 :]:
+        if mag is not None:
+            out.append(tuned("magnitude", mag, task, prep, s, target))
+        for c in out[-(2 * (shot is not None) + (mag is not None)) :]:
             print(f"    {c.method:9s} score {c.score:6.2f}  fit {c.fit_speedup}", flush=True)
     return out
 

@@ -277,3 +277,27 @@ def test_out_of_reach_at_the_lowest_floor_is_refused_with_the_figure() -> None:
     lowered = r"the default floor 0\.25 lowered as far as 0, every removable branch\) measures "
     with pytest.raises(LatencyBudgetError, match=lowered + rf"{best:.2f}x"):
         check_reachable(model, analysis, target, best * 1.2, min_fraction=None, margin=1e9)
+
+
+def test_a_lowered_floor_gives_the_fit_its_round_back() -> None:
+    """Lowering the floor costs a measurement (the one that found every group at it); the fit
+    gets it back, so one allowed round still ends within budget."""
+    model = _dynamic_resnet()
+    analysis = analyze(model)
+    rt = MacRuntime()
+    lm = build_latency_model(model, analysis, LatencyTable(rt, 1), step=1, calibrate=False)
+    parent_ms = rt.latencies([model], 1)[0]
+    quarter, eighth = (_smallest_ms(rt, model, analysis, f) for f in (0.25, 0.125))
+    keep = (quarter + 3 * eighth) / 4 / parent_ms
+    weights = model_weights(model)
+    fit = fit_measured(
+        model, analysis, PrunePlan({}), weights, rt, lm, keep, max_rounds=1,
+        min_fraction=0.25, lower_floors=(0.125,),
+    )  # fmt: skip
+    assert fit.min_fraction == 0.125 and fit.rounds == 2
+    assert fit.child_ms <= fit.budget_ms
+    with pytest.raises(LatencyBudgetError, match=r"over its latency budget|min-fraction 0\.25"):
+        fit_measured(
+            model, analysis, PrunePlan({}), weights, rt, lm, keep, max_rounds=1,
+            min_fraction=0.25,
+        )  # fmt: skip

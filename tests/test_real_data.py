@@ -233,3 +233,16 @@ def test_generations_step_at_most_about_1_3x():
     for target in (1.2, 1.5, 2.0, 3.0):
         g = rm.generations_for(target)
         assert target ** (1 / g) <= 1.3 + 1e-9
+
+
+def test_every_method_trains_with_evonnxs_recipe():
+    """The benchmark's retraining goes through the sectioned EvolveConfig's step options (it
+    once fell back to the old Adam-and-epochs settings without saying so)."""
+    import real_models as rm
+
+    used = rm.recipe(120, 10)
+    assert used == {"steps": 120, **rm.RECIPE}
+    s = rm.parse(["--train-threads", "2", "--steps", "7"])[0]
+    config = rm.evolve_config(s, 1.5, 2, 7)
+    assert config.steps == 7 and config.optimizer == "adamw" and config.freeze_bn
+    assert config.threads == 2

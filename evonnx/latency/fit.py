@@ -121,7 +121,7 @@ def fit_measured(
         masks: Synapse masks of the offspring (kept as they are).
         round_to: Channel counts multiples of this.
         min_channels: Fewest channels a group keeps (a removable branch may still go).
-        max_rounds: Most measurements.
+        max_rounds: Most measurements (one more for each lowering of the floor).
         min_fraction: Floor per channel group: a group keeps at least this fraction of its channels
             (a removable branch may still go).
         lower_floors: Floors to lower ``min_fraction`` to, in order, when every group is at
@@ -152,12 +152,14 @@ class _Floor:
     fraction: float
     lower: list[float] = field(default_factory=list)
     min_channels: int = 1
+    lowerings: int = 0
 
     def lowered(self, w: Widths) -> bool:
         """Lower ``w``'s floors to the next fraction; ``False``: none is left."""
         if not self.lower:
             return False
         was, self.fraction = self.fraction, self.lower.pop(0)
+        self.lowerings += 1
         w.least = {
             gid: floor_channels(g.size, self.min_channels, self.fraction)
             for gid, g in w.groups.items()
@@ -244,12 +246,14 @@ def _measured_rounds(
         LatencyBudgetError: Nothing is left to remove, or no measurement fit the budget.
     """
     spare: MeasuredFit | None = None  # within budget but overshooting: better than nothing
-    for rounds in range(1, setup.max_rounds + 1):
+    rounds = 0
+    while rounds < (last := setup.max_rounds + floor.lowerings):  # a lowering costs a round
+        rounds += 1
         r = _measure(setup, w, rounds)
         m, budget = r.m, r.budget
         if m.child_ms * OVERSHOOT < budget:  # far past the target: give channels back
             spare = _least_overshoot(spare, r, rounds, trimmed, grown)
-            if rounds < setup.max_rounds and (added := _give_back(w, r)):
+            if rounds < last and (added := _give_back(w, r)):
                 grown += added
                 continue
         if m.child_ms <= budget:
@@ -257,9 +261,7 @@ def _measured_rounds(
             if fit is not None:
                 return _done(fit, rounds, trimmed, grown, floor.fraction)
             budget = setup.budget(m.parent_ms)
-        if rounds == setup.max_rounds:
-            break
-        try:
+        try:  # (after the last round too: a lowered floor gives its round back)
             trimmed += _trim(w, _excess(r, m, budget), floor)
         except PlanError as exc:
             if spare is not None:
@@ -268,9 +270,9 @@ def _measured_rounds(
                 m.child_ms, m.parent_ms, budget, setup.min_channels, floor.fraction
             ) from exc
     if spare is not None:
-        return _done(spare, setup.max_rounds, trimmed, grown, floor.fraction)
+        return _done(spare, rounds, trimmed, grown, floor.fraction)
     raise LatencyBudgetError(
-        f"the offspring stays over its latency budget after {setup.max_rounds} measurements "
+        f"the offspring stays over its latency budget after {rounds} measurements "
         f"({m.child_ms:.4g} ms > {budget:.4g} ms)"
     )
 
