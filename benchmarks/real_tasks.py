@@ -10,7 +10,9 @@ position, binary cross-entropy per pixel for the detector; the ancestor is the t
 scores a written ONNX file by the model's own metric against the labels, or label-free on
 validation by agreement with the ancestor's decoded outputs. The recognizer and classifiers
 end in Softmax, so training reads their probabilities as ``log(p)`` (clamped), i.e.
-log-softmax of the logits; the detector ends in Sigmoid (a probability per pixel).
+log-softmax of the logits; the detector ends in Sigmoid (a probability per pixel) and trains
+on the Sigmoid's input: a pruned DB map can sit far below the Sigmoid's range, where the
+probabilities pass no gradient back.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 from torch.nn import functional as F
 
 from evonnx.retrain.evaluate import predict_onnx
+from evonnx.retrain.heads import logits_view
 from evonnx.retrain.task import SplitName, Task
 
 Labels = Any
@@ -238,11 +241,17 @@ class RealTask(Task):
         """The fixed list of training batches (one epoch)."""
         return self._batches
 
+    def training_graph(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        """The detector as its Sigmoid's logits (a saturated map trains there); else ``model``."""
+        if self.spec.kind != "det":
+            return model
+        return logits_view(model, [model.graph.output[0].name])
+
     def loss(self, outputs: Any, targets: Any) -> torch.Tensor:
         """CTC / cross-entropy / DB's balanced BCE on the labels, or KL divergence (BCE per
         pixel for the detector) from the ancestor's outputs."""
         probs = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
-        if self.spec.kind == "det":
+        if self.spec.kind == "det":  # ``probs`` holds the Sigmoid's logits (training_graph)
             if self.teacher is not None:
                 return pixel_bce(probs, targets)
             return balanced_bce(probs[:, 0], targets)
@@ -273,20 +282,20 @@ class RealTask(Task):
         probs = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
         t = teacher[0] if isinstance(teacher, (tuple, list)) else teacher
         if self.spec.kind == "det":
-            return pixel_bce(probs, t)
+            return pixel_bce(probs, torch.sigmoid(t))
         t = t.clamp_min(1e-8)
         return (t * (torch.log(t) - torch.log(probs.clamp_min(1e-8)))).sum(-1).mean()
 
 
-def pixel_bce(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean binary cross-entropy of probability maps against soft targets."""
-    return F.binary_cross_entropy(probs.clamp(1e-6, 1 - 1e-6), target)
+def pixel_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy of maps given as logits against soft targets."""
+    return F.binary_cross_entropy_with_logits(logits, target)
 
 
-def balanced_bce(probs: torch.Tensor, mask: torch.Tensor, ratio: int = 3) -> torch.Tensor:
-    """DB's probability-map loss: BCE over the text pixels and the ``ratio`` times as many
-    hardest background pixels (online hard example mining)."""
-    bce = F.binary_cross_entropy(probs.clamp(1e-6, 1 - 1e-6), mask, reduction="none")
+def balanced_bce(logits: torch.Tensor, mask: torch.Tensor, ratio: int = 3) -> torch.Tensor:
+    """DB's probability-map loss on the map's logits: BCE over the text pixels and the
+    ``ratio`` times as many hardest background pixels (online hard example mining)."""
+    bce = F.binary_cross_entropy_with_logits(logits, mask, reduction="none")
     pos = mask > 0.5
     n_pos = int(pos.sum())
     neg = bce[~pos]

@@ -173,11 +173,14 @@ def test_db_decoding_recovers_shrunk_boxes_and_hmean_counts_matches():
     assert rt.metric("det", rt.decode("det", prob[None, None], []), [truth]) == 100.0
 
 
-def test_detector_losses_prefer_the_target():
+def test_detector_losses_prefer_the_target_and_train_a_saturated_map():
     mask = torch.from_numpy(rd.shrunk_mask(np.array([[8, 8, 40, 24]], np.float32), 48))[None]
-    good, bad = mask * 0.9 + 0.05, 1 - (mask * 0.9 + 0.05)
+    good, bad = mask * 8 - 4, 4 - mask * 8  # logits
     assert rt.balanced_bce(good, mask) < rt.balanced_bce(bad, mask)
-    assert rt.pixel_bce(good, good) < rt.pixel_bce(bad, good)
+    assert rt.pixel_bce(good, torch.sigmoid(good)) < rt.pixel_bce(bad, torch.sigmoid(good))
+    dead = torch.full_like(mask, -120.0, requires_grad=True)  # sigmoid is 0.0 in float32
+    rt.balanced_bce(dead, mask).backward()
+    assert float(dead.grad.abs().sum()) > 0  # the logits still get a gradient
 
 
 def _result(name: str, score: float) -> dict:
