@@ -214,7 +214,7 @@ def text_scene(rng: np.random.Generator, size: int) -> tuple[Image.Image, np.nda
                 continue
             x, y = int(rng.integers(4, size - w - 4)), int(rng.integers(4, size - h - 4))
             box = (x, y, x + w, y + h)
-            if any(_iou_free(box, b) for b in boxes):
+            if any(_too_close(box, b) for b in boxes):
                 continue
             draw.text((x - left, y - top), text, font=font, fill=_colour(rng, 0, 70))
             boxes.append(box)
@@ -222,7 +222,7 @@ def text_scene(rng: np.random.Generator, size: int) -> tuple[Image.Image, np.nda
     return img, np.array(boxes, np.float32).reshape(-1, 4)
 
 
-def _iou_free(a: tuple[int, ...], b: tuple[int, ...], gap: int = 6) -> bool:
+def _too_close(a: tuple[int, ...], b: tuple[int, ...], gap: int = 6) -> bool:
     """Whether boxes ``a`` and ``b`` come closer than ``gap`` pixels."""
     return not (
         a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1]
@@ -259,7 +259,7 @@ def db_boxes(prob: np.ndarray) -> np.ndarray:
     bounding box grown by the unclip offset (axis-aligned boxes: the words are upright)."""
     from scipy import ndimage
 
-    labels, count = ndimage.label(prob > DET_THRESH)
+    labels, _ = ndimage.label(prob > DET_THRESH)
     out = []
     for k, sl in enumerate(ndimage.find_objects(labels), 1):
         if sl is None:
@@ -273,7 +273,6 @@ def db_boxes(prob: np.ndarray) -> np.ndarray:
             continue
         d = w * h * DET_UNCLIP / (2 * (w + h))
         out.append((x0 - d, y0 - d, x1 + d, y1 + d))
-    del count
     return np.array(out, np.float32).reshape(-1, 4)
 
 
@@ -282,8 +281,8 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     lt = np.maximum(a[:, None, :2], b[None, :, :2])
     rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
     inter = np.clip(rb - lt, 0, None).prod(-1)
-    area = lambda z: (z[:, 2] - z[:, 0]) * (z[:, 3] - z[:, 1])  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+    area_a, area_b = ((z[:, 2] - z[:, 0]) * (z[:, 3] - z[:, 1]) for z in (a, b))
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
 def hmean(pred: Sequence[np.ndarray], truth: Sequence[np.ndarray], iou: float = 0.5) -> float:

@@ -233,19 +233,31 @@ def _smallest_ms(
     return rt.latencies([child], 1)[0]
 
 
-def test_default_floor_is_lowered_only_as_far_as_the_budget_needs() -> None:
-    """A budget out of reach at the default floor (a quarter of every group) but within reach
-    at an eighth: the default floor goes down to an eighth, not further, and says so; a floor
-    asked for holds and the budget is refused."""
+def _fine_grid() -> tuple[onnx.ModelProto, Analysis, Target]:
+    """The dynamic ResNet on the stand-in device, its latency steps one channel apart."""
     model = _dynamic_resnet()
     analysis = analyze(model)
     rt = MacRuntime()
     lm = build_latency_model(model, analysis, LatencyTable(rt, 1), step=1, calibrate=False)
-    target = Target(rt, lm, LatencySettings())
-    parent_ms = rt.latencies([model], 1)[0]
+    return model, analysis, Target(rt, lm, LatencySettings())
+
+
+def _keep_between_quarter_and_eighth(
+    model: onnx.ModelProto, analysis: Analysis, rt: MacRuntime
+) -> float:
+    """A latency budget out of reach with every group at a quarter of its channels, within
+    reach at an eighth."""
     quarter, eighth = (_smallest_ms(rt, model, analysis, f) for f in (0.25, 0.125))
     assert eighth < quarter
-    keep = (quarter + 3 * eighth) / 4 / parent_ms  # reachable at an eighth, not at a quarter
+    return (quarter + 3 * eighth) / 4 / rt.latencies([model], 1)[0]
+
+
+def test_default_floor_is_lowered_only_as_far_as_the_budget_needs() -> None:
+    """A budget out of reach at the default floor (a quarter of every group) but within reach
+    at an eighth: the default floor goes down to an eighth, not further, and says so; a floor
+    asked for holds and the budget is refused."""
+    model, analysis, target = _fine_grid()
+    keep = _keep_between_quarter_and_eighth(model, analysis, MacRuntime())
     sampled = EncodingConfig(synapse_level=False, depth=True)
     assert sampled.min_fraction is None and sampled.floor == 0.25
 
@@ -268,11 +280,8 @@ def test_default_floor_is_lowered_only_as_far_as_the_budget_needs() -> None:
 
 
 def test_out_of_reach_at_the_lowest_floor_is_refused_with_the_figure() -> None:
-    model = _dynamic_resnet()
-    analysis = analyze(model)
+    model, analysis, target = _fine_grid()
     rt = MacRuntime()
-    lm = build_latency_model(model, analysis, LatencyTable(rt, 1), step=1, calibrate=False)
-    target = Target(rt, lm, LatencySettings())
     best = rt.latencies([model], 1)[0] / _smallest_ms(rt, model, analysis, 0.0)
     lowered = r"the default floor 0\.25 lowered as far as 0, every removable branch\) measures "
     with pytest.raises(LatencyBudgetError, match=lowered + rf"{best:.2f}x"):
@@ -282,13 +291,9 @@ def test_out_of_reach_at_the_lowest_floor_is_refused_with_the_figure() -> None:
 def test_a_lowered_floor_gives_the_fit_its_round_back() -> None:
     """Lowering the floor costs a measurement (the one that found every group at it); the fit
     gets it back, so one allowed round still ends within budget."""
-    model = _dynamic_resnet()
-    analysis = analyze(model)
-    rt = MacRuntime()
-    lm = build_latency_model(model, analysis, LatencyTable(rt, 1), step=1, calibrate=False)
-    parent_ms = rt.latencies([model], 1)[0]
-    quarter, eighth = (_smallest_ms(rt, model, analysis, f) for f in (0.25, 0.125))
-    keep = (quarter + 3 * eighth) / 4 / parent_ms
+    model, analysis, target = _fine_grid()
+    rt, lm = MacRuntime(), target.model
+    keep = _keep_between_quarter_and_eighth(model, analysis, rt)
     weights = model_weights(model)
     fit = fit_measured(
         model, analysis, PrunePlan({}), weights, rt, lm, keep, max_rounds=1,

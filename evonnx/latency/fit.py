@@ -132,8 +132,8 @@ def fit_measured(
         LatencyBudgetError: Every group is at its lowest floor, no branch is left, and the
             offspring is still over budget.
     """
-    w = _widths(analysis, plan, weights, lm, round_to, min_channels, min_fraction)
-    floor = _Floor(min_fraction, list(lower_floors), min_channels)
+    floor = _Floor(min_fraction, list(lower_floors))
+    w = _widths(analysis, plan, weights, lm, round_to, min_channels, floor)
     full = lm.predict(group_census(analysis, {}))
     lowest = full * floor_ms / lm.measured_ms if floor_ms is not None else 0.0
     trimmed = grown = 0
@@ -151,8 +151,12 @@ class _Floor:
 
     fraction: float
     lower: list[float] = field(default_factory=list)
-    min_channels: int = 1
     lowerings: int = 0
+
+    def least(self, groups: Mapping[int, ChannelGroup], min_channels: int) -> dict[int, int]:
+        """Fewest channels each of ``groups`` keeps at this floor."""
+        f = self.fraction
+        return {gid: floor_channels(g.size, min_channels, f) for gid, g in groups.items()}
 
     def lowered(self, w: Widths) -> bool:
         """Lower ``w``'s floors to the next fraction; ``False``: none is left."""
@@ -160,10 +164,7 @@ class _Floor:
             return False
         was, self.fraction = self.fraction, self.lower.pop(0)
         self.lowerings += 1
-        w.least = {
-            gid: floor_channels(g.size, self.min_channels, self.fraction)
-            for gid, g in w.groups.items()
-        }
+        w.least = self.least(w.groups, w.min_channels)
         logger.warning(
             "every channel group is at the per-layer floor %g and the offspring is over its "
             "latency budget: lowering the floor to %g (give --min-fraction to hold one)",
@@ -223,15 +224,14 @@ def _widths(
     lm: LatencyModel,
     round_to: int | None,
     min_channels: int,
-    min_fraction: float,
+    floor: _Floor,
 ) -> Widths:
-    """The prunable groups' channels that ``plan`` keeps, ready to step."""
+    """The prunable groups' channels that ``plan`` keeps, ready to step, at ``floor``."""
     prunable = {g.id: g for g in analysis.prunable_groups}
     return Widths(
         analysis, prunable, {gid: plan.kept(g) for gid, g in prunable.items()},
         {gid: channel_strength(g, weights) for gid, g in prunable.items()},
-        lm, round_to, min_channels,
-        {gid: floor_channels(g.size, min_channels, min_fraction) for gid, g in prunable.items()},
+        lm, round_to, min_channels, floor.least(prunable, min_channels),
     )  # fmt: skip
 
 

@@ -215,7 +215,8 @@ class FidelityTask(Task):
         )
 
     def training_graph(self, model: onnx.ModelProto) -> onnx.ModelProto:
-        """``model`` with its KL-trained Softmax/LogSoftmax outputs replaced by the logits."""
+        """``model`` with its KL-trained Softmax/LogSoftmax outputs (and ``bce``-trained Sigmoid
+        outputs) replaced by the logits."""
         return logits_view(model, self.kl_outputs)
 
     def loss(self, outputs: Any, targets: Any) -> torch.Tensor:
