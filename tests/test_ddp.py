@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import pickle
+import signal
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +24,12 @@ from evonnx.data import Dataset
 from evonnx.errors import ConfigError, ExecutorError
 from evonnx.evolution.lineage import EvolveConfig
 from evonnx.evolution.loop import _offspring
-from evonnx.execute.ddp import check_same_weights, local_rank_setup, rank_results
+from evonnx.execute.ddp import (
+    _wait_for_ranks,
+    check_same_weights,
+    local_rank_setup,
+    rank_results,
+)
 from evonnx.execute.jobs import pack_split, run_job
 from evonnx.execute.ranks import shard
 from evonnx.model.files import save_model
@@ -128,6 +136,37 @@ def test_ranks_with_different_weights_fail_the_job(tmp_path: Path) -> None:
     mp.spawn(_compare_rank, args=(str(tmp_path),), nprocs=2)
     for k in range(2):  # every rank sees the mismatch, so none waits for the others
         assert "rank(s) [1] differ from rank 0" in (tmp_path / f"rank{k}.txt").read_text()
+
+
+def _save_then_die(index: int, folder: str, saved: bool) -> None:
+    """A rank that dies by SIGABRT (rank 1), after saving its result or before."""
+    if saved or index == 0:
+        Path(folder, f"rank{index}.pkl").write_bytes(pickle.dumps(index))
+    if index == 1:
+        os.abort()
+
+
+def test_a_rank_dying_after_saving_its_result_does_not_fail_the_job(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import torch.multiprocessing as mp
+
+    context = mp.start_processes(
+        _save_then_die, args=(str(tmp_path), True), nprocs=2, join=False, start_method="spawn"
+    )
+    _wait_for_ranks(context, tmp_path)  # a crash in teardown: the saved results stand
+    assert [p.exitcode for p in context.processes] == [0, -signal.SIGABRT]
+    assert "rank 1 ended with exit code -6 after saving its result" in caplog.text
+
+
+def test_a_rank_dying_before_saving_its_result_fails_the_job(tmp_path: Path) -> None:
+    import torch.multiprocessing as mp
+
+    context = mp.start_processes(
+        _save_then_die, args=(str(tmp_path), False), nprocs=2, join=False, start_method="spawn"
+    )
+    with pytest.raises(Exception, match="process 1 terminated with signal SIGABRT"):
+        _wait_for_ranks(context, tmp_path)
 
 
 def test_batches_are_sliced_per_rank() -> None:

@@ -21,6 +21,7 @@ import math
 import os
 import pickle
 import socket
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +32,8 @@ from evonnx.errors import EvonnxError, ExecutorError
 logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
+    from torch.multiprocessing.spawn import ProcessContext
+
     from evonnx.execute.jobs import JobResult, OffspringJob
     from evonnx.execute.ranks import Rank
     from evonnx.retrain.task import Split
@@ -170,8 +173,7 @@ def rank_results(job: OffspringJob, payload: bytes, ranks: int) -> list[JobResul
                     _rank_main, args=(ranks, job, payload, str(folder)), nprocs=ranks, join=False
                 )
             try:
-                while not context.join():
-                    pass
+                _wait_for_ranks(context, folder)
             except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the ranks ignore it; stop them
                 for process in context.processes:
                     process.terminate()
@@ -182,7 +184,39 @@ def rank_results(job: OffspringJob, payload: bytes, ranks: int) -> list[JobResul
                 if error.exists():
                     raise pickle.loads(error.read_bytes()) from None
             raise ExecutorError(f"data-parallel retraining failed: {exc}") from exc
-        return [pickle.loads((folder / f"rank{k}.pkl").read_bytes()) for k in range(ranks)]
+        return [pickle.loads(_result_file(folder, k).read_bytes()) for k in range(ranks)]
+
+
+def _result_file(folder: Path, index: int) -> Path:
+    return folder / f"rank{index}.pkl"
+
+
+def _wait_for_ranks(context: ProcessContext, folder: Path) -> None:
+    """Wait until every rank has ended. A rank that fails before saving its result fails
+    the job at once (torch's join raises its error and stops the others, which would wait in
+    a collective). A rank that dies *after* saving it (a native library aborting in its
+    teardown, once its last collective is done) does not: every rank is past that collective,
+    so the others finish too, and the saved results stand (a warning names the rank).
+
+    Raises:
+        Exception: torch's error for a rank that failed before saving its result.
+    """
+    from multiprocessing.connection import wait
+
+    processes = context.processes
+    while True:
+        failed = [k for k, p in enumerate(processes) if p.exitcode not in (None, 0)]
+        if any(not _result_file(folder, k).exists() for k in failed):
+            while not context.join():  # raises that rank's error, stopping the others
+                pass
+        running = [p.sentinel for p in processes if p.exitcode is None]
+        if not running:
+            break
+        wait(running, timeout=1.0)
+    for k in failed:
+        logger.warning("data-parallel rank %d ended with exit code %s after saving its "
+                       "result (a crash in teardown); its result stands", k,
+                       processes[k].exitcode)  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -223,12 +257,19 @@ def _rank_main(index: int, world: int, job: OffspringJob, payload: bytes, folder
     out = Path(folder)
     try:
         result = train_rank(job, payload, (index, world))
-        (out / f"rank{index}.pkl").write_bytes(pickle.dumps(result))
+        partial = out / f"rank{index}.pkl.part"  # renamed whole: a result file is complete
+        partial.write_bytes(pickle.dumps(result))
+        partial.replace(_result_file(out, index))
     except EvonnxError as exc:
         (out / f"error{index}.pkl").write_bytes(pickle.dumps(exc))
         raise
     finally:
         dist.destroy_process_group()
+    # Done: leave without the interpreter's teardown, where native libraries' destructors
+    # have aborted a rank that had finished ("terminate called without an active exception").
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def local_rank_setup(threads: int | None, world: int) -> None:
