@@ -205,11 +205,11 @@ def _wait_for_ranks(context: ProcessContext, folder: Path) -> None:
 
     processes = context.processes
     while True:
+        running = [p.sentinel for p in processes if p.exitcode is None]  # before ``failed``
         failed = [k for k, p in enumerate(processes) if p.exitcode not in (None, 0)]
         if any(not _result_file(folder, k).exists() for k in failed):
             while not context.join():  # raises that rank's error, stopping the others
                 pass
-        running = [p.sentinel for p in processes if p.exitcode is None]
         if not running:
             break
         wait(running, timeout=1.0)
