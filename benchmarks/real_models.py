@@ -21,10 +21,11 @@ the same total number of steps:
 * ``magnitude``: L1-magnitude channel pruning (``api.prune``) whose keep fraction is bisected
   until the measured speed-up reaches T + the same fine-tuning.
 
-Every offspring is then measured side by side with the ancestor (``evonnx.deploy.bench``),
-at one thread and at onnxruntime's default threads; each row's ``measured_speedup`` is the
-one-thread figure and ``measured_speedup_default_threads`` the other, both from the fastest
-of the interleaved runs (on a shared machine the median mostly measures the other jobs;
+Every offspring is then measured side by side with the ancestor (``evonnx.deploy.bench``, one
+pair at a time, the median of three comparisons: :func:`measured`), at one thread and at
+onnxruntime's default threads; each row's ``measured_speedup`` is the one-thread figure and
+``measured_speedup_default_threads`` the other, both from the fastest of the interleaved
+runs (on a shared machine the median mostly measures the other jobs;
 ``measured_speedup_median`` keeps the one-thread median figure). The evolution rows also
 split each generation's wall time into training, scoring (the task's onnxruntime
 evaluation) and tool overhead (synthesis, latency fitting, surgery, conversion, write-back).
@@ -93,6 +94,7 @@ class Settings:
     evonnx_fidelity: bool = True
     seed: int = 0
     train_threads: int = 1
+    remeasure: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -397,23 +399,73 @@ def candidates_for(
     return out
 
 
+REPEATS = 3
+"""Side-by-side comparisons per offspring and thread count; each reading is their median."""
+PAIRS = f"each offspring beside the ancestor alone, median of {REPEATS} comparisons"
+ALL_AT_ONCE = (
+    "all offspring in one comparison with the ancestor (before stop 28; understates the "
+    "speed-ups of small models, see the notes)"
+)
+
+
 def measured(
     ancestor: onnx.ModelProto, models: list[onnx.ModelProto], runs: int
 ) -> dict[str, list[float]]:
-    """Speed-up of each model over the ancestor, side by side, at 1 and default threads.
+    """Speed-up of each model over the ancestor at 1 and default threads: each offspring in
+    its own side-by-side comparison with the ancestor (as ``evonnx bench ANCESTOR OFFSPRING``
+    measures it), :data:`REPEATS` times, the median of their ratios.
 
     ``"1"`` and ``"0"``: from the fastest of the interleaved runs (the machine is shared: a
     median mostly measures the other jobs); ``"1-median"``: from the medians at one thread.
+    One comparison of all offspring at once would understate small models' speed-ups: with a
+    dozen other models run between two runs of one, every run starts from cold caches (the
+    1 ms classifier read 1.1-1.6x in one comparison of 13 models, 1.4-1.8x in pairs, for
+    offspring fitted at 1.5-1.7x).
     """
-    out = {}
-    for threads in (1, 0):
-        res = benchmark([ancestor, *models], threads=threads, warmup=5, runs=runs)
-        ref = res.models[0].timings[0]
-        times = [m.timings[0] for m in res.models[1:]]
-        out[str(threads)] = [ref.min_ms / t.min_ms for t in times]
-        if threads == 1:
-            out["1-median"] = [ref.median_ms / t.median_ms for t in times]
+    out: dict[str, list[float]] = {"1": [], "0": [], "1-median": []}
+    for model in models:
+        ratios: dict[str, list[float]] = {k: [] for k in out}
+        for _ in range(REPEATS):
+            for threads in (1, 0):
+                res = benchmark([ancestor, model], threads=threads, warmup=5, runs=runs)
+                ref, got = (m.timings[0] for m in res.models)
+                ratios[str(threads)].append(ref.min_ms / got.min_ms)
+                if threads == 1:
+                    ratios["1-median"].append(ref.median_ms / got.median_ms)
+        for key, values in ratios.items():
+            out[key].append(float(np.median(values)))
     return out
+
+
+def remeasured(result: dict[str, Any], folder: Path, s: Settings) -> dict[str, Any]:
+    """``result`` with the speed-ups of the ``s.only`` models measured again (:func:`measured`)
+    on the ancestor and offspring a run saved in ``folder`` (:func:`save_all`).
+
+    Raises:
+        FileNotFoundError: An offspring of a row was not saved there.
+    """
+    keys = {sp.name: sp.key for sp in rt.SPECS}
+    for m in result["models"]:
+        key = keys.get(m["name"])
+        if key not in s.only:
+            continue
+        where = folder / key
+        ancestor = api.load(where / "ancestor.onnx", normalize=False)
+        files = [where / f"{saved_name(r['method'], r['labels'], r['target'])}.onnx"
+                 for r in m["rows"]]  # fmt: skip
+        speeds = measured(ancestor, [api.load(f, normalize=False) for f in files], s.runs)
+        for k, row in enumerate(m["rows"]):
+            row["measured_speedup"] = round(speeds["1"][k], 3)
+            row["measured_speedup_default_threads"] = round(speeds["0"][k], 3)
+            row["measured_speedup_median"] = round(speeds["1-median"][k], 3)
+        m["measured_as"] = PAIRS
+        print(f"{m['name']}: {len(files)} offspring measured again", flush=True)
+    return result
+
+
+def saved_name(method: str, labels: bool, target: float) -> str:
+    """The file stem :func:`save_all` gives an offspring."""
+    return f"{method}-{'labels' if labels else 'free'}-{target}"
 
 
 def save_all(folder: Path, ancestor: onnx.ModelProto, cands: list[Candidate]) -> None:
@@ -421,7 +473,7 @@ def save_all(folder: Path, ancestor: onnx.ModelProto, cands: list[Candidate]) ->
     folder.mkdir(parents=True, exist_ok=True)
     api.save(ancestor, folder / "ancestor.onnx")
     for c in cands:
-        api.save(c.model, folder / f"{c.method}-{'labels' if c.labels else 'free'}-{c.target}.onnx")
+        api.save(c.model, folder / f"{saved_name(c.method, c.labels, c.target)}.onnx")
 
 
 def run_model(spec: rt.ModelSpec, path: Path, s: Settings) -> dict[str, Any]:
@@ -467,6 +519,7 @@ def run_model(spec: rt.ModelSpec, path: Path, s: Settings) -> dict[str, Any]:
         "rows": rows,
         "skipped": skipped,
         "label_free_task": prep.free_kind or None,
+        "measured_as": PAIRS,
     }
 
 
@@ -490,7 +543,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"retraining {result.get('recipe', 'Adam, cosine')}). "
         "Offspring fitted on ort-cpu at one thread, batch 1; speed-ups below are measured side "
         "by side with the ancestor by `evonnx.deploy.bench` (1 thread / onnxruntime's default "
-        "threads; fastest of the interleaved runs, as the machine is shared). Equal total "
+        "threads; fastest of the interleaved runs, as the machine is shared; how many models "
+        "shared a comparison is said per model). Equal total "
         "training steps per row at each target. `labels`: no = label-free, trained on the "
         "ancestor's outputs (KL), selected on agreement with it; the score is always the "
         "model's metric on the labelled test split. Drop in points of that metric.\n",
@@ -509,7 +563,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"`{m['file']}` from `{m['package']}`, input {m['input_shape']}. Metric: "
             f"{m['metric']} on {m['splits']['test']} test inputs: {m['inputs']}. Ancestor "
             f"**{m['ancestor_score']:.2f}**; magnitude `--keep 0.99` before retraining: "
-            f"{m['magnitude_keep_0.99_score']:.2f}.\n",
+            f"{m['magnitude_keep_0.99_score']:.2f}. Speed-ups: "
+            f"{m.get('measured_as', ALL_AT_ONCE)}.\n",
             "| target | method | labels | speed-up 1 thr | default thr | score | drop | steps "
             "| min |",
             "|---|---|---|---|---|---|---|---|---|",
@@ -609,18 +664,24 @@ def parse(argv: list[str] | None) -> tuple[Settings, bool]:
     p.add_argument(
         "--render-only", action="store_true", help="rewrite the section and plot from --results"
     )
+    p.add_argument(
+        "--remeasure",
+        type=Path,
+        help="measure again the offspring a run saved here (--save) for the --results rows "
+        "of the --only models, and rewrite their speed-ups (scores stay)",
+    )
     a = p.parse_args(argv)
     s = Settings(
         a.models, tuple(a.only.split(",")), tuple(float(t) for t in a.targets.split(",")),
         a.steps, a.batch, a.n_train, a.n_val, a.n_test, a.lr, not a.no_label_free, a.runs,
-        a.save, a.results, a.render_only, not a.kl_adapter, 0, a.train_threads,
+        a.save, a.results, a.render_only, not a.kl_adapter, 0, a.train_threads, a.remeasure,
     )  # fmt: skip
     if a.quick:
         s = replace(s, targets=(1.5,), steps=2, batch=8, n_train=16, n_val=16, n_test=32, runs=5)
     return s, not a.no_write
 
 
-LOCAL = ("models", "save", "results", "render_only")
+LOCAL = ("models", "save", "results", "render_only", "remeasure")
 """Settings that name local paths or modes, not what was measured."""
 
 
@@ -658,6 +719,11 @@ def main(argv: list[str] | None = None) -> int:
     s, writing = parse(argv)
     if s.render_only:
         write(json.loads(s.results.read_text()), s.results)
+        return 0
+    if s.remeasure is not None:
+        result = remeasured(json.loads(s.results.read_text()), s.remeasure, s)
+        if writing:
+            write(result, s.results)
         return 0
     specs = [rt.spec(k) for k in s.only]
     missing = [sp for sp in specs if not (s.models / sp.file).is_file()]
