@@ -28,7 +28,8 @@ For every network, thread setting and batch size, up to four offspring per targe
 
 They run interleaved with the ancestor (ort-cpu: in one process with one onnxruntime thread
 pool, as :func:`evonnx.deploy.bench.benchmark` measures; ``--runtime torch-cuda --fp16`` on a
-GPU machine: CUDA-graph replay). Slow models get fewer timed runs: about ``--time-cap``
+GPU machine: CUDA-graph replay), in three comparisons; each speed-up is their median
+(:func:`compared`). Slow models get fewer timed runs: about ``--time-cap``
 seconds per model and comparison, at least 5 (ResNet-50 at batch 32). The MACs and branches
 offspring do not depend on threads or batch and are built once per target, Torch-Pruning's
 once per MAC count. Realized = measured speed-up / target. The lookup table's prediction
@@ -83,6 +84,7 @@ from evonnx.pruning.metrics import compute_metrics
 from evonnx.pruning.plan import branch_plan
 from evonnx.pruning.surgery import apply_plan
 from evonnx.runtimes import RuntimeSettings, make_runtime
+from evonnx.runtimes.base import Runtime
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results" / "speedup.json"
 NETWORKS: dict[str, tuple[str, Callable[[], nn.Module], int]] = {
@@ -385,16 +387,17 @@ def measure_one(
     except EvonnxError as exc:  # out of reach, or not supported yet: a row that says so
         log(f"  refused: {exc}")
         return [{**head, "method": "latency", "error": str(exc)}]
-    ancestor_ms, *times = compare.latencies([net.model, *models.values()], batch)
+    ancestor_ms, speedups = compared(compare, [net.model, *models.values()], batch)
     base_macs = macs(net.model)
     out = []
-    for (method, model), ms in zip(models.items(), times, strict=True):
+    for (method, model), speedup in zip(models.items(), speedups, strict=True):
+        ms = ancestor_ms / speedup
         rec = {
             **head,
             "method": method,
             "mac_ratio": base_macs / macs(model),
-            "measured_speedup": ancestor_ms / ms,
-            "realized": ancestor_ms / ms / target,
+            "measured_speedup": speedup,
+            "realized": speedup / target,
             "latency_ms": ms,
             "ancestor_ms": ancestor_ms,
             "runs": runs,
@@ -407,6 +410,21 @@ def measure_one(
             rec["fit_s"] = info["fit_s"]
         out.append(rec)
     return out
+
+
+COMPARISONS = 3
+"""Side-by-side comparisons per row; its speed-ups are their medians (one comparison on a
+2-core VM can fall into a spell of the host's contention and read 30% off)."""
+
+
+def compared(
+    runtime: Runtime, models: list[onnx.ModelProto], batch: int
+) -> tuple[float, list[float]]:
+    """The ancestor's (first model's) latency and every other model's speed-up over it: the
+    medians of :data:`COMPARISONS` side-by-side comparisons."""
+    readings = np.array([runtime.latencies(models, batch) for _ in range(COMPARISONS)])
+    speedups = np.median(readings[:, :1] / readings[:, 1:], axis=0)
+    return float(np.median(readings[:, 0])), [float(x) for x in speedups]
 
 
 def mnist_runs(args: argparse.Namespace, log: Callable[[str], None]) -> list[dict[str, Any]]:
@@ -644,7 +662,8 @@ def meta_text(args: argparse.Namespace, commands: list[str]) -> str:
         f"32x32, ResNet-50 at 224x224; default settings of the latency environment (depth "
         f"clusters on, `{args.statistic}` statistic). Busy rows: a CPU-bound neighbour process "
         f"pinned to core 0 runs through the fit and the comparison. "
-        f"The {args.statistic} of up to {args.runs} interleaved runs per model, fewer "
+        f"Each speed-up is the median of {COMPARISONS} side-by-side comparisons (from stop 28), "
+        f"each the {args.statistic} of up to {args.runs} interleaved runs per model, fewer "
         f"for slow models (about {args.time_cap:g} s of timed runs per model and comparison, at "
         f"least {MIN_RUNS}: the runs column; {args.fit_runs} or fewer while fitting). The "
         f"machine is shared with other engineers' jobs (the load column is the 1-minute load "

@@ -6,6 +6,7 @@ rendering on its shapes, value ranges and labels.
 
 from __future__ import annotations
 
+import itertools
 import sys
 from pathlib import Path
 
@@ -249,3 +250,86 @@ def test_every_method_trains_with_evonnxs_recipe():
     config = rm.evolve_config(s, 1.5, 2, 7)
     assert config.steps == 7 and config.optimizer == "adamw" and config.freeze_bn
     assert config.threads == 2
+
+
+class _FakeBench:
+    """``benchmark`` that times a model by its number of nodes (ms): min at 1 thread, twice
+    that at default threads, the median 10% above the min; it records what it compared."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+
+    def __call__(self, models, threads, warmup, runs):
+        from types import SimpleNamespace
+
+        self.calls.append((len(models), threads))
+        factor = 1.0 if threads == 1 else 2.0
+        return SimpleNamespace(
+            models=[
+                SimpleNamespace(
+                    timings=[
+                        SimpleNamespace(
+                            min_ms=factor * len(m.graph.node),
+                            median_ms=1.1 * factor * len(m.graph.node),
+                        )
+                    ]
+                )
+                for m in models
+            ]
+        )
+
+
+def _relu_chain(n: int):
+    import onnx
+    from helpers import make_model
+    from onnx import TensorProto, helper
+
+    names = ["x"] + [f"t{k}" for k in range(n)]
+    nodes = [helper.make_node("Relu", [a], [b]) for a, b in itertools.pairwise(names)]
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        nodes, "chain", [value("x", TensorProto.FLOAT, [1, 4])],
+        [value(names[-1], TensorProto.FLOAT, [1, 4])],
+    )  # fmt: skip
+    model = make_model(graph)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_each_offspring_is_measured_beside_the_ancestor_alone(monkeypatch):
+    import real_models as rm
+
+    fake = _FakeBench()
+    monkeypatch.setattr(rm, "benchmark", fake)
+    speeds = rm.measured(_relu_chain(6), [_relu_chain(3), _relu_chain(2)], runs=5)
+    assert speeds == {"1": [2.0, 3.0], "0": [2.0, 3.0], "1-median": [2.0, 3.0]}
+    assert all(n == 2 for n, _ in fake.calls)  # pairs, never all offspring at once
+    assert len(fake.calls) == 2 * 2 * rm.REPEATS  # offspring x thread counts x repeats
+
+
+def test_remeasure_rewrites_the_speedups_of_saved_offspring(monkeypatch, tmp_path):
+    import real_models as rm
+
+    from evonnx import api
+
+    monkeypatch.setattr(rm, "benchmark", _FakeBench())
+    spec = rt.SPECS[0]
+    result = _result(spec.name, 97.0)
+    where = tmp_path / spec.key
+    where.mkdir()
+    api.save(_relu_chain(4), where / "ancestor.onnx")
+    api.save(_relu_chain(1), where / f"{rm.saved_name('evolution', True, 1.5)}.onnx")
+    s = rm.parse(["--only", spec.key])[0]
+    out = rm.remeasured(result, tmp_path, s)
+    row = out["models"][0]["rows"][0]
+    assert row["measured_speedup"] == 4.0 and row["measured_speedup_default_threads"] == 4.0
+    assert row["score"] == 97.0  # scores stay
+    assert out["models"][0]["measured_as"] == rm.PAIRS
+    assert "beside the ancestor alone" in rm.markdown(out)
+    other = rm.parse(["--only", rt.SPECS[1].key])[0]  # a model not asked for is left alone
+    assert (
+        rm.remeasured(_result(spec.name, 97.0), tmp_path, other)["models"][0]["rows"][0][
+            "measured_speedup"
+        ]
+        == 1.52
+    )
