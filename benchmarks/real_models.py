@@ -399,9 +399,9 @@ def candidates_for(
     return out
 
 
-REPEATS = 3
+COMPARISONS = 3
 """Side-by-side comparisons per offspring and thread count; each reading is their median."""
-PAIRS = f"each offspring beside the ancestor alone, median of {REPEATS} comparisons"
+PAIRS = f"each offspring beside the ancestor alone, median of {COMPARISONS} comparisons"
 ALL_AT_ONCE = (
     "all offspring in one comparison with the ancestor (before stop 28; understates the "
     "speed-ups of small models, see the notes)"
@@ -413,7 +413,7 @@ def measured(
 ) -> dict[str, list[float]]:
     """Speed-up of each model over the ancestor at 1 and default threads: each offspring in
     its own side-by-side comparison with the ancestor (as ``evonnx bench ANCESTOR OFFSPRING``
-    measures it), :data:`REPEATS` times, the median of their ratios.
+    measures it), :data:`COMPARISONS` times, the median of their ratios.
 
     ``"1"`` and ``"0"``: from the fastest of the interleaved runs (the machine is shared: a
     median mostly measures the other jobs); ``"1-median"``: from the medians at one thread.
@@ -425,7 +425,7 @@ def measured(
     out: dict[str, list[float]] = {"1": [], "0": [], "1-median": []}
     for model in models:
         ratios: dict[str, list[float]] = {k: [] for k in out}
-        for _ in range(REPEATS):
+        for _ in range(COMPARISONS):
             for threads in (1, 0):
                 res = benchmark([ancestor, model], threads=threads, warmup=5, runs=runs)
                 ref, got = (m.timings[0] for m in res.models)

@@ -304,7 +304,7 @@ def test_each_offspring_is_measured_beside_the_ancestor_alone(monkeypatch):
     speeds = rm.measured(_relu_chain(6), [_relu_chain(3), _relu_chain(2)], runs=5)
     assert speeds == {"1": [2.0, 3.0], "0": [2.0, 3.0], "1-median": [2.0, 3.0]}
     assert all(n == 2 for n, _ in fake.calls)  # pairs, never all offspring at once
-    assert len(fake.calls) == 2 * 2 * rm.REPEATS  # offspring x thread counts x repeats
+    assert len(fake.calls) == 2 * 2 * rm.COMPARISONS  # offspring x thread counts x repeats
 
 
 def test_remeasure_rewrites_the_speedups_of_saved_offspring(monkeypatch, tmp_path):

@@ -241,6 +241,7 @@ def _rank_main(index: int, world: int, job: OffspringJob, payload: bytes, folder
     import torch.distributed as dist
 
     from evonnx.execute.signals import ignore_interrupts
+    from evonnx.model.textio import write_bytes_atomic
 
     ignore_interrupts()  # the launching process handles Ctrl-C and stops the ranks
     local_rank_setup(job.training.threads, world)
@@ -257,9 +258,7 @@ def _rank_main(index: int, world: int, job: OffspringJob, payload: bytes, folder
     out = Path(folder)
     try:
         result = train_rank(job, payload, (index, world))
-        partial = out / f"rank{index}.pkl.part"  # renamed whole: a result file is complete
-        partial.write_bytes(pickle.dumps(result))
-        partial.replace(_result_file(out, index))
+        write_bytes_atomic(_result_file(out, index), pickle.dumps(result))  # whole or absent
     except EvonnxError as exc:
         (out / f"error{index}.pkl").write_bytes(pickle.dumps(exc))
         raise
