@@ -4,6 +4,7 @@ speed-up of every generation (:mod:`evonnx.evolution.speed`)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from torch import nn
+from torch.nn import functional as F
 from zoo import export_torch
 
 import evonnx
@@ -27,12 +29,13 @@ from evonnx.errors import ConfigError, DataError, UnsupportedModelError
 from evonnx.evolution.lineage import GenerationRecord
 from evonnx.evolution.speed import SpeedProbe, slower_despite_fewer_macs
 from evonnx.model.files import save_model
-from evonnx.retrain.fidelity import (
+from evonnx.retrain.fidelity import run_outputs, split_indices
+from evonnx.retrain.fidelity_outputs import (
+    SIGMOID_GRADIENT_FLOOR,
     OutputSpec,
     fidelity,
+    floored_sigmoid,
     parse_fidelity_losses,
-    run_outputs,
-    split_indices,
 )
 from evonnx.retrain.heads import logits_view, softmax_heads
 
@@ -335,6 +338,61 @@ def test_sigmoid_maps_train_on_their_logits_by_binary_kl_on_request(tmp_path: Pa
     dense.graph.node[1].op_type = "Relu"
     with pytest.raises(ConfigError, match="bce needs a Sigmoid"):
         evonnx.FidelityTask(dense, x, losses={"prob": "bce"})
+
+
+def test_sigmoid_maps_train_by_default_on_probabilities_through_their_logits(
+    tmp_path: Path,
+) -> None:
+    model = _sigmoid_map()
+    x = {"x": np.random.default_rng(1).normal(size=(40, 2, 6, 6)).astype(np.float32)}
+    task = evonnx.FidelityTask(model, x, val_fraction=0.25, test_fraction=0.25, batch_size=10)
+    (spec,) = task.specs
+    assert spec.loss == "mse" and spec.sigmoid and task.kl_outputs == {"prob": "logit"}
+    probs = run_outputs(model, task.inputs["train"], ["prob"], [0])[0]
+    assert spec.scale == pytest.approx(float(probs.std()), rel=1e-5)  # of the probabilities
+    save_model(model, tmp_path / "same.onnx")
+    assert task.score(tmp_path / "same.onnx", "test") == pytest.approx(1.0)
+    _, (yb,) = next(iter(task.train_batches()))
+    assert float(task.loss(yb, (yb,))) == pytest.approx(0.0, abs=1e-7)
+    # a pruned offspring whose map saturated: every logit far below 0, the map blank
+    blank = torch.full_like(yb, -20.0, requires_grad=True)
+    loss = task.loss(blank, (yb,))
+    loss.backward()
+    stuck = torch.full_like(yb, -20.0, requires_grad=True)
+    F.mse_loss(torch.sigmoid(stuck), torch.sigmoid(yb)).backward()
+    assert float(loss) > 0.5
+    grads = float(blank.grad.abs().mean()), float(stuck.grad.abs().mean())  # type: ignore[union-attr]
+    assert grads[0] > 1e6 * grads[1]
+
+    # ... and learns back the teacher's map, far better than through a plain Sigmoid
+    def trained(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> float:
+        torch.manual_seed(0)
+        conv = torch.nn.Conv2d(2, 1, 3, padding=1)
+        with torch.no_grad():
+            conv.weight.normal_(0.0, 0.01)
+            conv.bias.fill_(-20.0)
+        opt = torch.optim.Adam(conv.parameters(), lr=0.5)
+        for _ in range(100):
+            for xb, (yb,) in task.train_batches():
+                opt.zero_grad()
+                loss(conv(xb), yb).backward()
+                opt.step()
+        got = torch.sigmoid(conv(torch.from_numpy(task.inputs["test"]["x"]))).detach()
+        return fidelity(spec, got.numpy(), task.targets["test"][0])
+
+    floored = trained(lambda out, ref: task.loss(out, (ref,)))
+    plain = trained(lambda out, ref: F.mse_loss(torch.sigmoid(out), torch.sigmoid(ref)))
+    assert floored > 0.95 and plain < 0.6, (floored, plain)
+
+
+def test_floored_sigmoid_keeps_the_value_and_floors_the_gradient() -> None:
+    z = torch.tensor([-30.0, -3.0, 0.0, 2.0, 30.0], requires_grad=True)
+    p = floored_sigmoid(z)
+    torch.testing.assert_close(p, torch.sigmoid(z))
+    p.sum().backward()
+    slope = torch.sigmoid(z) * (1 - torch.sigmoid(z))
+    torch.testing.assert_close(z.grad, slope.clamp(min=SIGMOID_GRADIENT_FLOOR).detach())
+    assert float(z.grad[2]) == pytest.approx(0.25)  # type: ignore[index]
 
 
 # --------------------------------------------------------------------------- splits

@@ -306,3 +306,56 @@ def test_a_lowered_floor_gives_the_fit_its_round_back() -> None:
             model, analysis, PrunePlan({}), weights, rt, lm, keep, max_rounds=1,
             min_fraction=0.25,
         )  # fmt: skip
+
+
+class _Spiked(MacRuntime):
+    """Readings whose offspring (the second model) is slowed ``factor`` times in the first
+    ``spikes`` comparisons (a neighbour's burst on every round); later readings are clean."""
+
+    def __init__(self, spikes: int, factor: float = 3.0) -> None:
+        super().__init__()
+        self.spikes, self.factor, self.calls = spikes, factor, 0
+
+    def rounds(self, models: Sequence[onnx.ModelProto], batch: int) -> np.ndarray:
+        self.calls += 1
+        base = np.array(self.latencies(models, batch))[:, None] * np.ones((1, 8))
+        if self.calls <= self.spikes and len(models) == 2:
+            base[1] *= self.factor
+        return base
+
+
+def test_a_spiked_reading_does_not_put_a_reachable_target_out_of_reach() -> None:
+    model = _dynamic_resnet()
+    analysis = analyze(model)
+    clean = MacRuntime()
+    lm = build_latency_model(model, analysis, LatencyTable(clean, 1), step=1, calibrate=False)
+    best = check_reachable(model, analysis, Target(clean, lm, LatencySettings()), 1.5, margin=1e9)
+    assert best is not None and best > 1.5
+    spiked = _Spiked(spikes=1)  # the smallest offspring's first reading: 3x too slow
+    reach = check_reachable(model, analysis, Target(spiked, lm, LatencySettings()), best * 0.9,
+                            min_fraction=0.0, margin=1e9)  # fmt: skip
+    assert reach == pytest.approx(best) and spiked.calls == 3  # settled on 3 readings
+    slow = _Spiked(spikes=9)  # every reading spiked: the median refuses, as it must
+    with pytest.raises(LatencyBudgetError, match="out of reach"):
+        check_reachable(model, analysis, Target(slow, lm, LatencySettings()), best * 0.9,
+                        min_fraction=0.0, margin=1e9)  # fmt: skip
+
+
+def test_the_smallest_offspring_is_settled_on_the_median_before_a_refusal() -> None:
+    """Every group at its floor and the readings over budget: before "nothing left", the
+    smallest offspring is measured again; within budget on the median, it is the fit."""
+    model = _dynamic_resnet()
+    analysis = analyze(model)
+    clean = MacRuntime()
+    lm = build_latency_model(model, analysis, LatencyTable(clean, 1), step=8, calibrate=False)
+    weights = model_weights(model)
+    smallest = PrunePlan({g.id: () if g.removable else (0,) for g in analysis.prunable_groups})
+    parent_ms, least_ms = clean.latencies([model, _apply(model, analysis, smallest)], 1)
+    keep = 1.02 * least_ms / parent_ms  # only the smallest offspring fits
+    fit = fit_measured(model, analysis, smallest, weights, _Spiked(spikes=1, factor=1.1), lm,
+                       keep=keep, max_rounds=2)  # fmt: skip
+    assert fit.child_ms == pytest.approx(least_ms) and fit.child_ms <= fit.budget_ms
+    _check_function(model, fit.plan, fit.model)
+    with pytest.raises(LatencyBudgetError, match="no branch is left"):
+        fit_measured(model, analysis, smallest, weights, _Spiked(spikes=9, factor=1.1), lm,
+                     keep=keep, max_rounds=2)  # fmt: skip

@@ -13,7 +13,8 @@ import onnx
 from evonnx.cli.paths import refuse_unused
 from evonnx.data.unlabelled import ImagePreprocess
 from evonnx.errors import ConfigError
-from evonnx.retrain.fidelity import FidelityTask, parse_fidelity_losses
+from evonnx.retrain.fidelity import FidelityTask
+from evonnx.retrain.fidelity_outputs import parse_fidelity_losses
 
 if TYPE_CHECKING:
     from evonnx.evolution.settings import EvolveConfig

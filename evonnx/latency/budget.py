@@ -16,7 +16,7 @@ from evonnx.genetic.genome import encode, model_weights
 from evonnx.genetic.sample import Offspring, sample
 from evonnx.latency.census import group_census
 from evonnx.latency.fit import MeasuredFit, fit_measured
-from evonnx.latency.measure import compare
+from evonnx.latency.measure import compare, settled
 from evonnx.latency.model import LatencyModel, build_latency_model
 from evonnx.latency.table import LatencyTable
 from evonnx.pruning.plan import PrunePlan, floor_channels
@@ -165,8 +165,11 @@ def _smallest_speedup(
     for widths in [smallest] if stepped == smallest else [smallest, stepped]:
         plan = PrunePlan({gid: tuple(range(n)) for gid, n in widths.items()})
         offspring = apply_plan(model, analysis, plan)
-        m = compare(target.runtime, model, offspring, target.settings.batch)
-        reach = max(reach, m.parent_ms / m.child_ms if m.child_ms > 0 else float("inf"))
+        batch = target.settings.batch
+        m = compare(target.runtime, model, offspring, batch)
+        if m.speedup < speedup:  # a refusal rests on the median of several readings
+            m = settled(target.runtime, model, offspring, batch, [m])
+        reach = max(reach, m.speedup)
         if reach >= speedup:
             break
     logger.info(

@@ -13,6 +13,7 @@ within ``tolerance``; if not, the comparison is measured again and the rounds po
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -48,6 +49,11 @@ class Comparison:
     def stable(self) -> bool:
         """Whether the even and odd rounds agree within the tolerance."""
         return self.disagreement <= self.tolerance
+
+    @property
+    def speedup(self) -> float:
+        """Parent latency over offspring latency."""
+        return self.parent_ms / self.child_ms if self.child_ms > 0 else float("inf")
 
 
 def _reduce(samples: np.ndarray, statistic: str) -> float:
@@ -91,3 +97,36 @@ def compare(
         rounds = np.concatenate([rounds, runtime.rounds([parent, offspring], batch)], axis=1)
         got = _read(rounds, statistic, tolerance)
     return got
+
+
+SETTLE_READINGS = 3
+"""Readings whose median settles a verdict that refuses (see :func:`settled`)."""
+
+
+def settled(
+    runtime: Runtime,
+    parent: onnx.ModelProto,
+    offspring: onnx.ModelProto,
+    batch: int,
+    readings: Sequence[Comparison] = (),
+    count: int = SETTLE_READINGS,
+) -> Comparison:
+    """The reading with the median speed-up of ``count`` comparisons: ``readings`` already
+    taken, and fresh ones for the rest.
+
+    A refusal ("out of reach", "nothing left to remove") rests on one offspring being too
+    slow; on a shared machine one reading can be a load spike's, so the verdict is taken on
+    the median of several.
+
+    Raises:
+        DeployError: A model cannot be run.
+    """
+    got = list(readings)
+    while len(got) < count:
+        got.append(compare(runtime, parent, offspring, batch))
+    ranked = sorted(got, key=lambda c: c.speedup)
+    logger.info(
+        "settled on the median of %d readings: %s",
+        len(ranked), ", ".join(f"{c.speedup:.3g}x" for c in ranked),
+    )  # fmt: skip
+    return ranked[(len(ranked) - 1) // 2]

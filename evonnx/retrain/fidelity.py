@@ -15,13 +15,17 @@ Per graph output, by kind (override with ``losses``, CLI ``--fidelity-loss OUTPU
   Loss: ``T² · KL(softmax(teacher/T) ‖ softmax(student/T))`` over the class axis, averaged over
   samples and positions. Score: top-1 agreement with the ancestor, per position for sequence
   or map outputs (``[T, N, C]`` CTC outputs are scored per time step).
-* **per-element probabilities** (``bce``, on request): an output produced by a terminal
-  Sigmoid (a DB text detector's map, an objectness score), trained on the Sigmoid's input.
-  Loss: the binary ``T² · KL(σ(teacher/T) ‖ σ(student/T))`` per element, averaged. Score: the
-  dense figure below on the probabilities. Not the default: on the pretrained PP-OCRv4 text
-  detector (``benchmarks/real_models.py``, 160 steps) it kept less of the F-measure than
-  ``mse`` on the probabilities (72.5 / 52.7 / 36.4 against 84.9 / 83.7 / 81.1 for evolution /
-  one-shot / magnitude at 1.5x; 75.0 against 89.5 on another one-shot offspring, 400 steps).
+* **per-element probabilities**: an output produced by a terminal Sigmoid (a DB text
+  detector's map, an objectness score) is trained on the Sigmoid's input, the teacher held as
+  logits. Default ``mse``: the squared error of the probabilities over the teacher's variance
+  of them, through a Sigmoid whose gradient is floored
+  (:func:`~evonnx.retrain.fidelity_outputs.floored_sigmoid`), so an offspring whose map
+  saturated when it was pruned still learns (through a plain Sigmoid it stays blank). On
+  request ``bce``: the binary ``T² · KL(σ(teacher/T) ‖ σ(student/T))`` per element, averaged;
+  on the pretrained PP-OCRv4 text detector (``benchmarks/real_models.py``, 160 steps) it kept
+  less of the F-measure than ``mse`` (72.5 / 52.7 / 36.4 against 84.9 / 83.7 / 81.1 for
+  evolution / one-shot / magnitude at 1.5x). Score: the dense figure below on the
+  probabilities.
 * **dense outputs** (``mse``, the default for everything else: maps, boxes, embeddings):
   mean squared error divided by the teacher's variance on the training part (``l1``: smooth
   L1 on values divided by the teacher's standard deviation). Score: ``max(0, 1 − RMSE /
@@ -39,11 +43,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -60,6 +63,16 @@ from evonnx.model.batch import batch_info, dynamic_batch
 from evonnx.model.files import load_model
 from evonnx.model.graph import graph_inputs
 from evonnx.model.session import make_session
+from evonnx.retrain.fidelity_outputs import (
+    LossChoice,
+    OutputSpec,
+    default_choice,
+    fidelity,
+    moved_class_axis,
+    output_loss,
+    parse_fidelity_losses,
+    with_scale,
+)
 from evonnx.retrain.heads import logits_view, sigmoid_heads, softmax_heads
 from evonnx.retrain.task import SplitName, Task, TrainData
 
@@ -68,73 +81,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-LossKind = Literal["kl", "bce", "mse", "l1", "off"]
-LOSS_KINDS: tuple[str, ...] = ("kl", "bce", "mse", "l1", "off")
 RUN_CHUNK = 64
 """Samples per onnxruntime call while computing teacher outputs and scores."""
-_LOGIT_OPS = ("Gemm", "MatMul", "Add")
-
-
-@dataclass(frozen=True)
-class LossChoice:
-    """A user's loss for one output: ``kind`` and, for ``kl``, the class axis (``None``:
-    the Softmax's axis, else the last axis), in the output's own axes."""
-
-    kind: LossKind
-    axis: int | None = None
-
-
-@dataclass(frozen=True)
-class OutputSpec:
-    """How one graph output is trained and scored.
-
-    Attributes:
-        name: The graph output.
-        index: Its position among the graph outputs.
-        loss: ``kl``, ``bce``, ``mse`` or ``l1``.
-        batch_axis: The output's sample axis.
-        class_axis: ``kl``: the class axis once the batch axis is moved first.
-        scale: The teacher's standard deviation on the training part (regression losses).
-    """
-
-    name: str
-    index: int
-    loss: LossKind
-    batch_axis: int
-    class_axis: int | None
-    scale: float
-
-    def describe(self) -> str:
-        """``logits: kl over axis 1`` (reports, fingerprint)."""
-        if self.loss == "kl":
-            return f"{self.name}: kl over axis {self.class_axis} (top-1 agreement)"
-        if self.loss == "bce":
-            return f"{self.name}: binary kl on the Sigmoid's input (1 - RMSE/sigma)"
-        return f"{self.name}: {self.loss} (1 - RMSE/sigma)"
-
-
-def parse_fidelity_losses(texts: Sequence[str]) -> dict[str, LossChoice]:
-    """``["logits=kl", "probs=kl:2", "boxes=l1"]`` -> choices keyed by output name.
-
-    Raises:
-        ConfigError: Not ``OUTPUT=KIND[:AXIS]``, an unknown kind, or a name given twice.
-    """
-    out: dict[str, LossChoice] = {}
-    for text in texts:
-        name, sep, value = text.rpartition("=")
-        kind, _, axis = value.partition(":")
-        kind = kind.strip().lower()
-        if not sep or not name or kind not in LOSS_KINDS:
-            raise ConfigError(
-                f"fidelity loss {text!r} is not OUTPUT=KIND with KIND one of "
-                f"{', '.join(LOSS_KINDS)}"
-            )
-        if axis and (kind != "kl" or not axis.lstrip("-").isdigit()):
-            raise ConfigError(f"fidelity loss {text!r}: only kl takes a class axis (kl:AXIS)")
-        if name in out:
-            raise ConfigError(f"fidelity loss for output {name!r} given twice")
-        out[name] = LossChoice(kind, int(axis) if axis else None)  # type: ignore[arg-type]
-    return out
 
 
 class FidelityTask(Task):
@@ -190,7 +138,7 @@ class FidelityTask(Task):
             part: [np.take(t, idx, axis=0) for t in teacher] for part, idx in self.parts.items()
         }
         self.specs = [
-            _with_scale(s, t) for s, t in zip(self.specs, self.targets["train"], strict=True)
+            with_scale(s, t) for s, t in zip(self.specs, self.targets["train"], strict=True)
         ]
         logger.info(
             "fidelity task: %d inputs (train %d, val %d, test %d); %s",
@@ -215,7 +163,7 @@ class FidelityTask(Task):
         )
 
     def training_graph(self, model: onnx.ModelProto) -> onnx.ModelProto:
-        """``model`` with its KL-trained Softmax/LogSoftmax outputs (and ``bce``-trained Sigmoid
+        """``model`` with its KL-trained Softmax/LogSoftmax outputs (and its trained Sigmoid
         outputs) replaced by the logits."""
         return logits_view(model, self.kl_outputs)
 
@@ -288,24 +236,14 @@ class FidelityTask(Task):
 
     def specs_view(self) -> list[OutputSpec]:
         """The specs, named as the training graph names its outputs (logits for KL heads)."""
-        return [
-            OutputSpec(
-                self.kl_outputs.get(s.name, s.name),
-                s.index,
-                s.loss,
-                s.batch_axis,
-                s.class_axis,
-                s.scale,
-            )
-            for s in self.specs
-        ]
+        return [replace(s, name=self.kl_outputs.get(s.name, s.name)) for s in self.specs]
 
     def _compare(self, outputs: Any, refs: Any, temperature: float) -> torch.Tensor:
         import torch
 
         outs = _tensors(outputs)
         terms = [
-            _output_loss(spec, outs[spec.index].movedim(spec.batch_axis, 0), ref, temperature)
+            output_loss(spec, outs[spec.index].movedim(spec.batch_axis, 0), ref, temperature)
             for spec, ref in zip(self.specs, _tensors(refs), strict=True)
         ]
         return torch.stack(terms).mean()
@@ -344,31 +282,6 @@ class TeacherBatches:
 
 
 # --------------------------------------------------------------------------- scoring
-
-
-def fidelity(spec: OutputSpec, got: np.ndarray, ref: np.ndarray) -> float:
-    """Fidelity figure in [0, 1] of one output (batch axis first in both arrays).
-
-    ``kl`` outputs: the fraction of samples (and positions) whose top-1 class agrees with the
-    reference's. Others: ``max(0, 1 - RMSE / σ)`` with ``σ`` the reference's root-mean-square
-    deviation from its mean (a constant reference scores 1 when matched, else 0); for ``bce``
-    outputs on the probabilities (the reference holds the teacher's logits).
-    """
-    if got.shape != ref.shape:
-        raise DataError(f"output {spec.name!r} has shape {got.shape}, the ancestor's {ref.shape}")
-    if spec.loss == "kl":
-        axis = spec.class_axis
-        return float(np.mean(np.argmax(got, axis=axis) == np.argmax(ref, axis=axis)))
-    g, r = got.astype(np.float64), ref.astype(np.float64)
-    if spec.loss == "bce":
-        r = 0.5 * (1.0 + np.tanh(0.5 * r))  # sigmoid without overflow
-    if not np.isfinite(g).all():
-        return 0.0
-    rmse = math.sqrt(float(np.mean((g - r) ** 2)))
-    sigma = math.sqrt(float(np.mean((r - r.mean()) ** 2)))
-    if sigma <= 1e-12 * max(1.0, float(np.abs(r).max())):
-        return 1.0 if rmse <= 1e-6 * max(1.0, float(np.abs(r).max())) else 0.0
-    return max(0.0, 1.0 - rmse / sigma)
 
 
 def split_indices(
@@ -496,7 +409,7 @@ def _teacher(
     kl_outputs: dict[str, str] = {}
     for index, out in enumerate(model.graph.output):
         info = axes[out.name]
-        choice = choices.get(out.name) or _default(out.name, heads, producer, info)
+        choice = choices.get(out.name) or default_choice(out.name, heads, producer, info)
         if info is None or choice.kind == "off":
             continue
         batch, rank = info[0], len(info[1])
@@ -504,14 +417,15 @@ def _teacher(
         if choice.kind == "kl":
             head = heads.get(out.name)
             axis = choice.axis if choice.axis is not None else head.axis if head else rank - 1
-            class_axis = _moved_axis(out.name, axis, batch, rank)
+            class_axis = moved_class_axis(out.name, axis, batch, rank)
             if head is not None:
                 kl_outputs[out.name] = head.logits
-        if choice.kind == "bce":
-            if out.name not in sigmoids:
-                raise ConfigError(f"fidelity loss bce needs a Sigmoid's output, not {out.name!r}")
+        if choice.kind == "bce" and out.name not in sigmoids:
+            raise ConfigError(f"fidelity loss bce needs a Sigmoid's output, not {out.name!r}")
+        sigmoid = choice.kind in ("bce", "mse") and out.name in sigmoids
+        if sigmoid:
             kl_outputs[out.name] = sigmoids[out.name]
-        specs.append(OutputSpec(out.name, index, choice.kind, batch, class_axis, 1.0))
+        specs.append(OutputSpec(out.name, index, choice.kind, batch, class_axis, 1.0, sigmoid))
     if not specs:
         raise UnsupportedModelError(
             "no output of this model can be scored by fidelity (each needs a float tensor "
@@ -524,32 +438,6 @@ def _teacher(
         if not np.isfinite(t).all():
             raise UnsupportedModelError(f"the ancestor's output {spec.name!r} is not finite")
     return specs, kl_outputs, [t.astype(np.float32, copy=False) for t in teacher]
-
-
-def _default(
-    name: str,
-    heads: Mapping[str, Any],
-    producer: Mapping[str, str],
-    info: tuple[int, tuple[int, ...]] | None,
-) -> LossChoice:
-    """The default loss of an output by its kind (see the module docstring)."""
-    if name in heads:
-        return LossChoice("kl")
-    if info is not None:
-        batch, shape = info
-        if len(shape) == 2 and batch == 0 and shape[1] >= 2 and producer.get(name) in _LOGIT_OPS:
-            return LossChoice("kl", 1)
-    return LossChoice("mse")
-
-
-def _moved_axis(name: str, axis: int, batch: int, rank: int) -> int:
-    """``axis`` of an output once its batch axis is moved first."""
-    if not -rank <= axis < rank:
-        raise ConfigError(f"class axis {axis} is out of range for output {name!r} (rank {rank})")
-    axis %= rank
-    if axis == batch:
-        raise ConfigError(f"the class axis of output {name!r} is its batch axis ({batch})")
-    return axis + 1 if axis < batch else axis
 
 
 def _batch_axes(
@@ -582,33 +470,6 @@ def _batch_axes(
         else:
             out[name] = (changed[0], a.shape)
     return out
-
-
-def _with_scale(spec: OutputSpec, teacher: np.ndarray) -> OutputSpec:
-    std = float(np.std(teacher.astype(np.float64)))
-    scale = std if std > 1e-12 else 1.0
-    return OutputSpec(spec.name, spec.index, spec.loss, spec.batch_axis, spec.class_axis, scale)
-
-
-def _output_loss(spec: OutputSpec, out: Any, ref: Any, temperature: float) -> torch.Tensor:
-    import torch
-    from torch.nn import functional as F
-
-    ref = ref.to(out.dtype)
-    if spec.loss == "kl":
-        axis, t = spec.class_axis, float(temperature)
-        log_p = F.log_softmax(out / t, dim=axis)
-        log_q = F.log_softmax(ref / t, dim=axis)
-        return (log_q.exp() * (log_q - log_p)).sum(dim=axis).mean() * t * t
-    if spec.loss == "bce":  # binary KL: cross-entropy less the teacher's own entropy
-        t = float(temperature)
-        q = torch.sigmoid(ref / t)
-        kl = F.binary_cross_entropy_with_logits(out / t, q, reduction="none")
-        kl = kl - F.binary_cross_entropy_with_logits(ref / t, q, reduction="none")
-        return kl.mean() * t * t
-    if spec.loss == "l1":
-        return F.smooth_l1_loss(out / spec.scale, ref / spec.scale)
-    return F.mse_loss(out, ref) / (spec.scale**2)
 
 
 def _tensors(value: Any) -> tuple[Any, ...]:
