@@ -362,17 +362,17 @@ def test_sigmoid_maps_train_by_default_on_probabilities_through_their_logits(
     F.mse_loss(torch.sigmoid(stuck), torch.sigmoid(yb)).backward()
     assert float(loss) > 0.5
     grads = float(blank.grad.abs().mean()), float(stuck.grad.abs().mean())  # type: ignore[union-attr]
-    assert grads[0] > 1e6 * grads[1]
+    assert grads[0] > 1e4 * grads[1]
 
-    # ... and learns back the teacher's map, far better than through a plain Sigmoid
+    # a head whose bias pruning threw far off learns back; through a plain Sigmoid it cannot
     def trained(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> float:
-        torch.manual_seed(0)
         conv = torch.nn.Conv2d(2, 1, 3, padding=1)
         with torch.no_grad():
-            conv.weight.normal_(0.0, 0.01)
-            conv.bias.fill_(-20.0)
-        opt = torch.optim.Adam(conv.parameters(), lr=0.5)
-        for _ in range(100):
+            conv.weight.copy_(torch.from_numpy(numpy_helper.to_array(model.graph.initializer[0])))
+            conv.bias.fill_(-30.0)
+        conv.weight.requires_grad_(False)
+        opt = torch.optim.Adam([conv.bias], lr=0.5)
+        for _ in range(40):
             for xb, (yb,) in task.train_batches():
                 opt.zero_grad()
                 loss(conv(xb), yb).backward()
@@ -382,7 +382,7 @@ def test_sigmoid_maps_train_by_default_on_probabilities_through_their_logits(
 
     floored = trained(lambda out, ref: task.loss(out, (ref,)))
     plain = trained(lambda out, ref: F.mse_loss(torch.sigmoid(out), torch.sigmoid(ref)))
-    assert floored > 0.95 and plain < 0.6, (floored, plain)
+    assert floored > 0.8 and plain == 0.0, (floored, plain)
 
 
 def test_floored_sigmoid_keeps_the_value_and_floors_the_gradient() -> None:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 LossKind = Literal["kl", "bce", "mse", "l1", "off"]
 LOSS_KINDS: tuple[str, ...] = ("kl", "bce", "mse", "l1", "off")
 _LOGIT_OPS = ("Gemm", "MatMul", "Add")
-SIGMOID_GRADIENT_FLOOR = 0.05
+SIGMOID_GRADIENT_FLOOR = 5e-4
 """Least slope of a Sigmoid that ``mse`` trains through (see :func:`floored_sigmoid`)."""
 
 
