@@ -20,7 +20,11 @@ Per graph output, by kind (override with ``losses``, CLI ``--fidelity-loss OUTPU
   logits. Default ``mse``: the squared error of the probabilities over the teacher's variance
   of them, through a Sigmoid whose gradient is floored
   (:func:`~evonnx.retrain.fidelity_outputs.floored_sigmoid`), so an offspring whose map
-  saturated when it was pruned still learns (through a plain Sigmoid it stays blank). On
+  saturated when it was pruned still learns (through a plain Sigmoid it stays blank). On the
+  PP-OCRv4 detector's 1.5x offspring, both blank before training, 400 label-free steps kept
+  0.0 / 88.9 F-measure (one-shot / magnitude) through a plain Sigmoid, 81.1 / 86.1 with a
+  floor of 0.05, 86.7 / 85.3 at 0.01, 87.9 / 87.5 at 2e-3, 87.3 / 88.2 at 5e-4 (the
+  default), 87.5 / 87.1 at 1e-4. On
   request ``bce``: the binary ``T² · KL(σ(teacher/T) ‖ σ(student/T))`` per element, averaged;
   on the pretrained PP-OCRv4 text detector (``benchmarks/real_models.py``, 160 steps) it kept
   less of the F-measure than ``mse`` (72.5 / 52.7 / 36.4 against 84.9 / 83.7 / 81.1 for
