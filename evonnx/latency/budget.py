@@ -162,10 +162,10 @@ def _smallest_speedup(
     if predicted >= margin * speedup:
         return None
     reach = 0.0
+    batch = target.settings.batch
     for widths in [smallest] if stepped == smallest else [smallest, stepped]:
         plan = PrunePlan({gid: tuple(range(n)) for gid, n in widths.items()})
         offspring = apply_plan(model, analysis, plan)
-        batch = target.settings.batch
         m = compare(target.runtime, model, offspring, batch)
         if m.speedup < speedup:  # a refusal rests on the median of several readings
             m = settled(target.runtime, model, offspring, batch, [m])

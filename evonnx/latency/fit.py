@@ -317,7 +317,7 @@ def _least_overshoot(
 ) -> MeasuredFit:
     """``spare``, or the overshooting offspring of ``r`` when it overshoots less."""
     m = r.m
-    if spare is None or m.child_ms / m.parent_ms > spare.child_ms / spare.parent_ms:
+    if spare is None or m.speedup < spare.speedup:
         return MeasuredFit(
             r.offspring, r.plan, m.parent_ms, m.child_ms, r.ratio * m.parent_ms, r.budget,
             rounds, trimmed, grown,
@@ -355,17 +355,11 @@ def _confirm(setup: _FitSetup, r: _Round, batch: int) -> tuple[MeasuredFit | Non
     over budget.
     """
     m = compare(setup.runtime, setup.parent, r.offspring, batch)
-    budget = setup.budget(m.parent_ms)
     logger.info(
         "confirmed: offspring %.4g ms, parent %.4g ms, budget %.4g ms",
-        m.child_ms, m.parent_ms, budget,
+        m.child_ms, m.parent_ms, setup.budget(m.parent_ms),
     )  # fmt: skip
-    if m.child_ms > budget:
-        return None, m
-    fit = MeasuredFit(
-        r.offspring, r.plan, m.parent_ms, m.child_ms, r.ratio * m.parent_ms, budget, 0, 0
-    )
-    return fit, m
+    return _within_budget(setup, r, m), m
 
 
 def _last_chance(
@@ -376,14 +370,20 @@ def _last_chance(
     if that median is within budget, and the reading the verdict rests on."""
     taken = [r.m] if m is r.m else [r.m, m]
     m = settled(setup.runtime, setup.parent, r.offspring, batch, taken)
+    fit = _within_budget(setup, r, m)
+    if fit is not None:
+        logger.info("the smallest offspring is within budget on the median of its readings")
+    return fit, m
+
+
+def _within_budget(setup: _FitSetup, r: _Round, m: Comparison) -> MeasuredFit | None:
+    """The offspring of ``r`` as the fit, if the reading ``m`` puts it within budget."""
     budget = setup.budget(m.parent_ms)
     if m.child_ms > budget:
-        return None, m
-    logger.info("the smallest offspring is within budget on the median of its readings")
-    fit = MeasuredFit(
+        return None
+    return MeasuredFit(
         r.offspring, r.plan, m.parent_ms, m.child_ms, r.ratio * m.parent_ms, budget, 0, 0
     )
-    return fit, m
 
 
 def _done(
