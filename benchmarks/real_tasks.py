@@ -242,10 +242,13 @@ class RealTask(Task):
         return self._batches
 
     def training_graph(self, model: onnx.ModelProto) -> onnx.ModelProto:
-        """The detector as its Sigmoid's logits (a saturated map trains there); else ``model``."""
-        if self.spec.kind != "det":
-            return model
-        return logits_view(model, [model.graph.output[0].name])
+        """The detector as its Sigmoid's logits (a saturated map trains there), the classifier
+        as its Softmax's logits (cross-entropy on logits); the recognizer as it is."""
+        if self.spec.kind == "det":
+            return logits_view(model, [model.graph.output[0].name])
+        if self.spec.kind == "class":
+            return logits_view(model)
+        return model
 
     def loss(self, outputs: Any, targets: Any) -> torch.Tensor:
         """CTC / cross-entropy / DB's balanced BCE on the labels, or KL divergence (BCE per
@@ -255,7 +258,7 @@ class RealTask(Task):
             if self.teacher is not None:
                 return pixel_bce(probs, targets)
             return balanced_bce(probs[:, 0], targets)
-        logp = torch.log(probs.clamp_min(1e-8))
+        logp = log_probabilities(self.spec.kind, probs)
         if self.teacher is not None:
             t = targets.clamp_min(1e-8)
             return (t * (torch.log(t) - logp)).sum(-1).mean()
@@ -277,14 +280,25 @@ class RealTask(Task):
     def distill_loss(
         self, outputs: Any, teacher: Any, targets: Any, temperature: float
     ) -> torch.Tensor:
-        """KL divergence from the parent's probabilities (the temperature is not used)."""
+        """KL divergence from the parent's probabilities (the temperature is not used); the
+        parent's outputs come from its training graph, as the offspring's."""
         del targets, temperature
         probs = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
         t = teacher[0] if isinstance(teacher, (tuple, list)) else teacher
         if self.spec.kind == "det":
             return pixel_bce(probs, torch.sigmoid(t))
+        if self.spec.kind == "class":  # the parent's training graph gives logits too
+            t = F.softmax(t, dim=-1)
         t = t.clamp_min(1e-8)
-        return (t * (torch.log(t) - torch.log(probs.clamp_min(1e-8)))).sum(-1).mean()
+        return (t * (torch.log(t) - log_probabilities(self.spec.kind, probs))).sum(-1).mean()
+
+
+def log_probabilities(kind: str, outputs: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities from the training graph's outputs: the classifier's are its logits
+    (:meth:`RealTask.training_graph`), the recognizer's its probabilities."""
+    if kind == "class":
+        return F.log_softmax(outputs, dim=-1)
+    return torch.log(outputs.clamp_min(1e-8))
 
 
 def pixel_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,7 @@ from evonnx.retrain.fidelity_outputs import (
     floored_sigmoid,
     parse_fidelity_losses,
 )
-from evonnx.retrain.heads import logits_view, softmax_heads
+from evonnx.retrain.heads import logits_view, sigmoid_heads, softmax_heads
 
 FAST = evonnx.EvolveConfig(
     generations=3, keep=0.7, epochs=2, optimizer="adam", lr=1e-3, distill=None, max_drop=0.5,
@@ -198,6 +198,62 @@ def test_softmax_head_trains_on_its_input_without_nans(pretrained: dict[str, Pat
     )
     back = write_back(model, module)  # weights trained on the view fit the original graph
     assert [o.name for o in back.graph.output] == [head.output]
+
+
+def _paddle_classifier(head: str = "Softmax") -> onnx.ModelProto:
+    """paddle2onnx style: a batch axis of -1, MatMul + Add, the head, then ``Identity`` nodes
+    to the graph output (PP-OCR's orientation classifier ends so)."""
+    rng = np.random.default_rng(4)
+    w = numpy_helper.from_array(rng.normal(size=(2, 3, 3, 3)).astype(np.float32), "w")
+    fc = numpy_helper.from_array(rng.normal(size=(8, 4)).astype(np.float32), "fc")
+    b = numpy_helper.from_array(rng.normal(size=(4,)).astype(np.float32), "b")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2]),
+         helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("Flatten", ["r"], ["f"]),
+         helper.make_node("MatMul", ["f", "fc"], ["m"]),
+         helper.make_node("Add", ["m", "b"], ["logits"]),
+         helper.make_node(head, ["logits"], ["p"], **({"axis": 1} if head != "Sigmoid" else {})),
+         helper.make_node("Identity", ["p"], ["p2"]),
+         helper.make_node("Identity", ["p2"], ["save_infer_model/scale_0.tmp_1"])],
+        "paddle", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 3, 4, 4])],
+        [helper.make_tensor_value_info("save_infer_model/scale_0.tmp_1", TensorProto.FLOAT,
+                                       [-1, 4])], [w, fc, b],
+    )  # fmt: skip
+    return make_model(graph)
+
+
+def test_a_head_behind_identity_nodes_trains_on_its_logits(tmp_path: Path) -> None:
+    """A Softmax (or Sigmoid) followed by Identity nodes is still the graph's head: the task
+    trains on the logits with KL (not mean squared error on probabilities)."""
+    from evonnx.converters import to_torch, write_back
+
+    model = _paddle_classifier()
+    out = model.graph.output[0].name
+    (head,) = softmax_heads(model).values()
+    assert (head.output, head.logits, head.axis) == (out, "logits", 1)
+    view = logits_view(model)
+    assert [o.name for o in view.graph.output] == ["logits"]
+    assert [n.op_type for n in view.graph.node] == ["Conv", "Relu", "Flatten", "MatMul", "Add"]
+    x = np.random.default_rng(0).normal(size=(24, 3, 4, 4)).astype(np.float32)
+    (logits,) = run_outputs(view, {"x": x}, ["logits"], [0])
+    (probs,) = run_outputs(model, {"x": x}, [out], [0])
+    np.testing.assert_allclose(probs, np.exp(logits) / np.exp(logits).sum(1, keepdims=True),
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
+    task = evonnx.FidelityTask(model, {"x": x})
+    assert [s.loss for s in task.specs] == ["kl"] and dict(task.kl_outputs) == {out: "logits"}
+    module = to_torch(task.training_graph(model))
+    xb, yb = next(iter(task.train_batches()))
+    loss = task.loss(module(xb), yb)
+    assert float(loss) == pytest.approx(0.0, abs=1e-5)  # the ancestor matches its own logits
+    back = write_back(model, module)
+    assert [o.name for o in back.graph.output] == [out]
+    assert [n.op_type for n in back.graph.node] == [n.op_type for n in model.graph.node]
+    save_model(model, tmp_path / "m.onnx")
+    assert task.score(tmp_path / "m.onnx", "test") == 1.0
+    sig = _paddle_classifier("Sigmoid")
+    assert sigmoid_heads(sig) == {out: "logits"}
+    assert [o.name for o in logits_view(sig, [out]).graph.output] == ["logits"]
 
 
 def test_dynamo_exported_classifier_scores_itself_100(tmp_path: Path) -> None:

@@ -359,3 +359,41 @@ def test_the_smallest_offspring_is_settled_on_the_median_before_a_refusal() -> N
     with pytest.raises(LatencyBudgetError, match="no branch is left"):
         fit_measured(model, analysis, smallest, weights, _Spiked(spikes=9, factor=1.1), lm,
                      keep=keep, max_rounds=2)  # fmt: skip
+
+
+class _FastConfirmation(MacRuntime):
+    """Clean readings, except that the first offspring measured twice in a row (its
+    confirmation) reads ``factor`` times faster: a reading that alone would accept an
+    offspring far past its target."""
+
+    def __init__(self, factor: float = 0.6) -> None:
+        super().__init__()
+        self.factor, self.last, self.spiked = factor, b"", False
+
+    def rounds(self, models: Sequence[onnx.ModelProto], batch: int) -> np.ndarray:
+        base = np.array(self.latencies(models, batch))[:, None] * np.ones((1, 8))
+        if len(models) == 2:
+            key = models[1].SerializeToString()
+            if key == self.last and not self.spiked:
+                base[1] *= self.factor
+                self.spiked = True
+            self.last = key
+        return base
+
+
+def test_a_confirmation_far_past_the_target_gives_channels_back() -> None:
+    """The first reading within the band, its confirmation within budget but far faster: on
+    both readings together the offspring overshoots, so it gets channels back instead of being
+    accepted; the fit then lands within the band on clean readings."""
+    model = _dynamic_resnet()
+    analysis = analyze(model)
+    clean = MacRuntime()
+    lm = build_latency_model(model, analysis, LatencyTable(clean, 1), step=1, calibrate=False)
+    weights = model_weights(model)
+    rt = _FastConfirmation()
+    fit = fit_measured(model, analysis, PrunePlan({}), weights, rt, lm, keep=0.6)
+    assert rt.spiked and fit.grown >= 1
+    assert fit.child_ms <= fit.budget_ms <= OVERSHOOT * fit.child_ms * 1.0001
+    parent_ms, child_ms = clean.latencies([model, fit.model], 1)
+    assert fit.child_ms == pytest.approx(child_ms) and fit.parent_ms == pytest.approx(parent_ms)
+    _check_function(model, fit.plan, fit.model)

@@ -101,6 +101,49 @@ def test_target_speedup_stops_shrinking(
     assert lineage.records[2].latency_ms == pytest.approx(lineage.records[1].latency_ms, rel=0.3)
 
 
+class _SlowStart(MacRuntime):
+    """The run's first reading (generation 1's, the ancestor alone) falls in a slow spell of
+    the machine: three times the time; every later reading is clean."""
+
+    def __init__(self, settings: RuntimeSettings | None = None) -> None:
+        super().__init__(settings)
+        self.calls = 0
+
+    def latencies(self, models: Sequence[onnx.ModelProto], batch: int) -> list[float]:
+        self.calls += 1
+        got = super().latencies(models, batch)
+        return [3.0 * t for t in got] if self.calls == 1 else got
+
+
+def test_target_speedup_is_placed_side_by_side_not_on_an_early_reading(
+    tiny_model: onnx.ModelProto,  # noqa: F811
+    tiny_data: Dataset,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The floor at the target speed-up comes from the parent's speed-up over the ancestor,
+    read side by side when its offspring is budgeted. An absolute floor (the ancestor's
+    latency read once at the start, over the target) read in a slow spell let offspring no
+    faster than the ancestor through: the budget was above the parent."""
+    monkeypatch.setattr(evonnx.latency.run, "make_runtime", lambda s: _SlowStart(s))
+    config = EvolveConfig(
+        **BASE,
+        env="latency",
+        keep=0.5,
+        target_speedup=1.5,  # type: ignore[arg-type]
+    )
+    lineage = evonnx.evolve(tiny_model, tiny_data, tmp_path, config)
+    clean = MacRuntime(RuntimeSettings())
+    ancestor = clean.latencies([tiny_model], 1)[0]
+    speedups = [
+        ancestor / clean.latencies([evonnx.load(tmp_path / r.file)], 1)[0]
+        for r in lineage.records[1:]
+    ]
+    assert len(speedups) == 2
+    assert all(s >= 1.5 * (1 - 1e-9) for s in speedups), speedups  # was 1.0 and 1.0
+    assert speedups[1] >= speedups[0] * (1 - 1e-9)  # at the target, the budget is the parent
+
+
 def test_cli_measure_adds_latency_to_any_env(
     tiny_model: onnx.ModelProto,  # noqa: F811
     tiny_data: Dataset,  # noqa: F811

@@ -333,3 +333,19 @@ def test_remeasure_rewrites_the_speedups_of_saved_offspring(monkeypatch, tmp_pat
         ]
         == 1.52
     )
+
+
+def test_classifier_task_trains_on_logits():
+    """The classifier's training graph is its Softmax's logits; the losses read them as such
+    (cross-entropy on the labels, KL from the teacher's probabilities)."""
+    spec = rt.spec("cls")
+    logits = torch.tensor([[2.0, -1.0], [0.5, 3.0], [-20.0, 20.0]])
+    y = torch.tensor([0, 1, 0])  # the last one confidently wrong: a gradient all the same
+    part = rt.Part(np.zeros((3, 3, 48, 192), np.float32), y.numpy())
+    labelled = rt.RealTask(spec, [], part, part, part, None, batch_size=3)
+    expected = torch.nn.functional.cross_entropy(logits, y)
+    assert float(labelled.loss(logits, y)) == pytest.approx(float(expected), rel=1e-6)
+    teacher = torch.softmax(logits, -1)
+    free = rt.RealTask(spec, [], part, part, part, (teacher.numpy(), [0, 1, 1]), batch_size=3)
+    assert float(free.loss(logits, teacher)) == pytest.approx(0.0, abs=1e-6)
+    assert float(free.loss(logits.flip(-1), teacher)) > 0.1

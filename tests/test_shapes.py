@@ -276,3 +276,28 @@ def test_if_subgraph_reader_freezes_its_group() -> None:
     for cond in (True, False):
         feed = {**_feed((1, 3, 4, 4)), "cond": np.array(cond)}
         check_function_kept(model, a, plan, feed)
+
+
+@pytest.mark.parametrize("batch", ["N", -1, None])
+def test_keep_batch_leaves_a_batch_axis_that_is_not_fixed_symbolic(
+    batch: str | int | None,
+) -> None:
+    """A named batch, paddle2onnx's -1 and an unset one stay symbolic under ``keep_batch`` (the
+    model still trains and runs at any batch; a name stays, the others are named ``batch``);
+    the other axes take the given shape."""
+    from evonnx.model.inputs import apply_input_shapes
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, "H", "W"])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "g", [x],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )  # fmt: skip
+    model = helper.make_model(graph)
+    shaped = apply_input_shapes(model, {"x": (1, 3, 8, 16)}, keep_batch=True)
+    dims = shaped.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param == (batch if isinstance(batch, str) else "batch")
+    assert [d.dim_value for d in dims[1:]] == [3, 8, 16]
+    fixed = apply_input_shapes(model, {"x": (1, 3, 8, 16)})
+    assert [d.dim_value for d in fixed.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 8, 16]
+    held = apply_input_shapes(shaped, {"x": (1, 3, 8, 16)}, keep_batch=True)
+    assert held.graph.input[0] == shaped.graph.input[0]

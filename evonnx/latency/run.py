@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+FLOOR_READINGS = 3
+"""Side-by-side comparisons of a parent with the ancestor whose median places it against the
+target speed-up (:meth:`RunLatency.keep_for`)."""
+
 
 @dataclass
 class RunLatency:
@@ -45,7 +49,6 @@ class RunLatency:
     target_speedup: float | None = None
     launch: Callable[[RuntimeSettings], Runtime] | None = None
     runtime: Runtime = field(init=False)
-    _ancestor_ms: float | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.runtime = (self.launch or make_runtime)(self.settings.runtime)
@@ -54,21 +57,34 @@ class RunLatency:
         """``(latency ms, speed-up over the ancestor)`` measured side by side (the ancestor
         itself: alone, speed-up 1)."""
         if model is self.ancestor:
-            self._ancestor_ms = self.runtime.latencies([model], self.settings.batch)[0]
-            return self._ancestor_ms, 1.0
+            return self.runtime.latencies([model], self.settings.batch)[0], 1.0
         ref, ms = self.runtime.latencies([self.ancestor, model], self.settings.batch)
-        if self._ancestor_ms is None:
-            self._ancestor_ms = ref
         return ms, ref / ms if ms > 0 else float("inf")
 
-    @property
-    def floor_ms(self) -> float | None:
-        """The ancestor's latency over the target speed-up (``None``: no target)."""
+    def keep_for(self, parent: onnx.ModelProto) -> float:
+        """The latency budget of ``parent``'s offspring, as a fraction of the parent's latency.
+
+        ``keep``, raised near the target so that evolution stops shrinking there: to the
+        parent's speed-up over the ancestor over ``target_speedup`` (at most 1). That speed-up
+        is the median of :data:`FLOOR_READINGS` side-by-side comparisons, never an ancestor
+        latency read earlier in the run: a machine whose speed drifts between generations
+        (other jobs come and go) would move an absolute floor, and a floor read in a slow spell
+        lets an offspring no faster than its parent through.
+        """
         if self.target_speedup is None:
-            return None
-        if self._ancestor_ms is None:
-            self._ancestor_ms = self.runtime.latencies([self.ancestor], self.settings.batch)[0]
-        return self._ancestor_ms / self.target_speedup
+            return self.keep
+        if parent is self.ancestor:
+            speedup = 1.0
+        else:
+            readings = [self.measure(parent)[1] for _ in range(FLOOR_READINGS)]
+            speedup = float(np.median(readings))
+        floor = min(1.0, speedup / self.target_speedup)
+        if floor > self.keep:
+            logger.info(
+                "parent at %.3gx of the ancestor: the budget keeps %.3g of it (target %.3gx)",
+                speedup, floor, self.target_speedup,
+            )  # fmt: skip
+        return max(self.keep, floor)
 
     def target(self, parent: onnx.ModelProto, analysis: Analysis) -> Target | None:
         """The parent's latency model (table reused across generations), for the budget."""
@@ -85,5 +101,6 @@ class RunLatency:
         rng: np.random.Generator,
     ) -> onnx.ModelProto:
         """A sampled offspring within the measured latency budget (built, with its masks)."""
-        _, fit = latency_offspring(parent, analysis, config, target, self.keep, rng, self.floor_ms)
+        keep = self.keep_for(parent)
+        _, fit = latency_offspring(parent, analysis, config, target, keep, rng)
         return fit.model

@@ -17,6 +17,9 @@ from evonnx.model.graph import graph_inputs
 
 logger = logging.getLogger(__name__)
 
+BATCH_NAME = "batch"
+"""The name a batch axis that was not named (-1, or unset) gets when it stays symbolic."""
+
 InputShapes = Mapping[str, Sequence[int]]
 
 
@@ -55,7 +58,9 @@ def apply_input_shapes(
     Args:
         model: The model (not modified).
         shapes: Shape per input name.
-        keep_batch: Leave a symbolic batch dimension (axis 0) symbolic (for training).
+        keep_batch: Leave a batch dimension (axis 0) that is not fixed symbolic (for
+            training): a name stays; -1, as paddle2onnx writes it, or an unset one is named
+            ``batch``.
 
     Raises:
         ConfigError: A name is not a graph input, or a rank or fixed dimension disagrees.
@@ -84,7 +89,8 @@ def apply_input_shapes(
                 raise ConfigError(
                     f"input {inp.name} has dimension {i} fixed at {d.dim_value}, not {v}"
                 )
-        batch = dims[0].dim_param if len(dims) and keep_batch else ""
+        keep = bool(len(dims)) and keep_batch and not dims[0].dim_value > 0  # name, -1, unset
+        batch = (dims[0].dim_param or BATCH_NAME) if keep else ""
         inp.type.tensor_type.shape.Clear()
         for v in shape:
             inp.type.tensor_type.shape.dim.add().dim_value = int(v)

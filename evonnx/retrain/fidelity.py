@@ -9,9 +9,9 @@ validation and test parts, which it never trains on.
 
 Per graph output, by kind (override with ``losses``, CLI ``--fidelity-loss OUTPUT=KIND``):
 
-* **class scores** (``kl``): an output produced by a terminal Softmax/LogSoftmax (trained on
-  the Softmax input, :mod:`evonnx.retrain.heads`), or a 2-D ``N×C`` output of a Gemm/MatMul
-  (logits).
+* **class scores** (``kl``): an output produced by a terminal Softmax/LogSoftmax, also behind
+  ``Identity`` nodes (trained on the Softmax input, :mod:`evonnx.retrain.heads`), or a 2-D
+  ``N×C`` output of a Gemm/MatMul (logits).
   Loss: ``T² · KL(softmax(teacher/T) ‖ softmax(student/T))`` over the class axis, averaged over
   samples and positions. Score: top-1 agreement with the ancestor, per position for sequence
   or map outputs (``[T, N, C]`` CTC outputs are scored per time step).

@@ -5,7 +5,9 @@ A network that ends in ``Softmax`` returns probabilities; training on them (a lo
 probability that underflowed to 0) loses the gradient or gives NaNs. :func:`softmax_heads`
 finds every graph output produced by a terminal ``Softmax``/``LogSoftmax`` (and
 :func:`sigmoid_heads` every one produced by a terminal ``Sigmoid``: per-element
-probabilities, such as a DB text detector's map or an objectness score) and
+probabilities, such as a DB text detector's map or an objectness score), also where
+``Identity`` nodes stand between the head and the graph output (paddle2onnx ends its graphs
+so), and
 :func:`logits_view` returns a copy of the model whose outputs are those nodes' inputs (the
 logits), with every initializer unchanged, so weights trained on the view write back into the
 original graph. Shared by every task that trains on class scores.
@@ -24,7 +26,8 @@ from evonnx.model.graph import opset_of
 logger = logging.getLogger(__name__)
 
 SOFTMAX_OPS = ("Softmax", "LogSoftmax")
-HEAD_OPS = (*SOFTMAX_OPS, "Sigmoid")
+PASS_THROUGH_OPS = ("Identity",)
+"""Ops between a head and its graph output that leave the head's values as they are."""
 
 
 @dataclass(frozen=True)
@@ -53,11 +56,11 @@ def softmax_heads(model: onnx.ModelProto) -> dict[str, SoftmaxHead]:
     head only when ``axis`` is the last axis (then both definitions agree).
     """
     opset = opset_of(model, default=13)
-    producer = {out: node for node in model.graph.node for out in node.output}
+    producer = _producers(model)
     ranks = _output_ranks(model)
     heads: dict[str, SoftmaxHead] = {}
     for out in model.graph.output:
-        node = producer.get(out.name)
+        node = _head_node(producer, out.name)
         if node is None or node.op_type not in SOFTMAX_OPS or node.domain not in ("", "ai.onnx"):
             continue
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
@@ -77,14 +80,26 @@ def softmax_heads(model: onnx.ModelProto) -> dict[str, SoftmaxHead]:
 
 def sigmoid_heads(model: onnx.ModelProto) -> dict[str, str]:
     """Every graph output produced by a Sigmoid node: its input (the logits), by output name."""
-    producer = {out: node for node in model.graph.node for out in node.output}
+    producer = _producers(model)
     return {
         out.name: node.input[0]
         for out in model.graph.output
-        if (node := producer.get(out.name)) is not None
+        if (node := _head_node(producer, out.name)) is not None
         and node.op_type == "Sigmoid"
         and node.domain in ("", "ai.onnx")
     }
+
+
+def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    return {out: node for node in model.graph.node for out in node.output}
+
+
+def _head_node(producer: dict[str, onnx.NodeProto], name: str) -> onnx.NodeProto | None:
+    """The node that computes graph output ``name``, looking through pass-through ops."""
+    node = producer.get(name)
+    while node is not None and node.op_type in PASS_THROUGH_OPS and node.domain in ("", "ai.onnx"):
+        node = producer.get(node.input[0])
+    return node
 
 
 def logits_view(model: onnx.ModelProto, outputs: Collection[str] | None = None) -> onnx.ModelProto:
@@ -111,18 +126,24 @@ def logits_view(model: onnx.ModelProto, outputs: Collection[str] | None = None) 
         head = heads.get(out.name)
         if head is not None:
             out.name = head
-    kept = {o.name for o in view.graph.output}
-    used = {name for node in view.graph.node for name in node.input}
-    nodes = [
-        n
-        for n in view.graph.node
-        if not (n.op_type in HEAD_OPS and n.output[0] in heads)
-        or n.output[0] in kept
-        or n.output[0] in used
-    ]
+    nodes = _live_nodes(view.graph)  # the heads (and what passed them through) are dead now
     del view.graph.node[:]
     view.graph.node.extend(nodes)
     return view
+
+
+def _live_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The nodes of ``graph`` that some graph output depends on, in order."""
+    needed = {o.name for o in graph.output}
+    live = []
+    for node in reversed(graph.node):
+        if any(o in needed for o in node.output):
+            live.append(node)
+            needed.update(node.input)
+            for attr in node.attribute:  # names a subgraph reads from the outer scope
+                for sub in (*([attr.g] if attr.HasField("g") else []), *attr.graphs):
+                    needed.update(n for sn in sub.node for n in sn.input)
+    return live[::-1]
 
 
 def _output_ranks(model: onnx.ModelProto) -> dict[str, int]:
