@@ -181,7 +181,7 @@ def _run(
         try:
             record, parent = _generation(
                 parent, gen, split, config, gen1, out, executor, hw, base.generation, probe,
-                first_model,
+                first_model, base.speedup,
             )  # fmt: skip
         except LatencyBudgetError as exc:  # no faster offspring exists: evolution ends
             logger.warning("stopping before generation %d: %s", gen, exc)
@@ -365,14 +365,18 @@ def _generation(
     parent_gen: int | None = None,
     probe: Measures | None = None,
     reference: onnx.ModelProto | None = None,
+    parent_speedup: float | None = None,
 ) -> tuple[GenerationRecord, onnx.ModelProto]:
     """Breed, retrain and select one generation from ``parent``; every offspring's outputs
-    must keep ``reference``'s names and shapes (the ancestor's; default ``parent``'s)."""
+    must keep ``reference``'s names and shapes (the ancestor's; default ``parent``'s).
+    ``parent_speedup``: the parent's speed-up over the ancestor, as its record measured it
+    side by side (places the latency budget against the target speed-up)."""
     analysis = analyze(parent)
     target = hw.target(parent, analysis) if hw is not None else None
+    keep = hw.keep_for(parent, parent_speedup) if hw is not None and target is not None else None
     seeds = [generation_seed(config.seed, gen, k) for k in range(config.population)]
     teacher = parent.SerializeToString() if config.distill is not None else None
-    jobs = [_offspring(parent, analysis, config, s, hw, target, teacher) for s in seeds]
+    jobs = [_offspring(parent, analysis, config, s, hw, target, teacher, keep) for s in seeds]
     candidates = run_checked(executor, jobs, data, reference or parent)
     fitness = [
         None if c.failed is not None else c.scores[0] if c.scores[1] is None else c.scores[1]
@@ -420,6 +424,7 @@ def _offspring(
     hw: RunLatency | None = None,
     target: Target | None = None,
     teacher: bytes | None = None,
+    keep: float | None = None,
 ) -> OffspringJob:
     """Synthesize and prune one offspring: the job that retrains and scores it.
 
@@ -429,7 +434,7 @@ def _offspring(
     """
     rng = np.random.default_rng(seed)
     if hw is not None and target is not None:
-        offspring = hw.offspring(parent, analysis, config.encoding_config(), target, rng)
+        offspring = hw.offspring(parent, analysis, config.encoding_config(), target, rng, keep)
     else:
         sampled = synthesize(parent, analysis, config.encoding_config(), rng)
         offspring = apply_plan(parent, analysis, sampled.plan, sampled.masks)

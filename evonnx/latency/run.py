@@ -61,23 +61,24 @@ class RunLatency:
         ref, ms = self.runtime.latencies([self.ancestor, model], self.settings.batch)
         return ms, ref / ms if ms > 0 else float("inf")
 
-    def keep_for(self, parent: onnx.ModelProto) -> float:
+    def keep_for(self, parent: onnx.ModelProto, speedup: float | None = None) -> float:
         """The latency budget of ``parent``'s offspring, as a fraction of the parent's latency.
 
         ``keep``, raised near the target so that evolution stops shrinking there: to the
         parent's speed-up over the ancestor over ``target_speedup`` (at most 1). That speed-up
-        is the median of :data:`FLOOR_READINGS` side-by-side comparisons, never an ancestor
-        latency read earlier in the run: a machine whose speed drifts between generations
-        (other jobs come and go) would move an absolute floor, and a floor read in a slow spell
-        lets an offspring no faster than its parent through.
+        is a side-by-side reading: ``speedup`` (the parent's record, measured beside the
+        ancestor when it was written), else the median of :data:`FLOOR_READINGS` taken now;
+        never an ancestor latency read earlier in the run. A machine whose speed drifts
+        between generations (other jobs come and go) would move an absolute floor, and a floor
+        read in a slow spell lets an offspring no faster than its parent through.
         """
         if self.target_speedup is None:
             return self.keep
-        if parent is self.ancestor:
-            speedup = 1.0
-        else:
-            readings = [self.measure(parent)[1] for _ in range(FLOOR_READINGS)]
-            speedup = float(np.median(readings))
+        if speedup is None:
+            if parent is self.ancestor:
+                speedup = 1.0
+            else:
+                speedup = float(np.median([self.measure(parent)[1] for _ in range(FLOOR_READINGS)]))
         floor = min(1.0, speedup / self.target_speedup)
         if floor > self.keep:
             logger.info(
@@ -99,8 +100,10 @@ class RunLatency:
         config: EncodingConfig,
         target: Target,
         rng: np.random.Generator,
+        keep: float | None = None,
     ) -> onnx.ModelProto:
-        """A sampled offspring within the measured latency budget (built, with its masks)."""
-        keep = self.keep_for(parent)
+        """A sampled offspring within the measured latency budget (built, with its masks);
+        ``keep``: the budget as a fraction of the parent (default :meth:`keep_for`)."""
+        keep = self.keep_for(parent) if keep is None else keep
         _, fit = latency_offspring(parent, analysis, config, target, keep, rng)
         return fit.model
