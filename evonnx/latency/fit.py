@@ -214,10 +214,11 @@ class _Round:
     budget: float
     now: float
 
-    @property
-    def want(self) -> float:
-        """Predicted ms to aim at."""
-        return self.now * self.budget / (AIM * max(self.m.child_ms, 1e-12))
+    def want(self, ratio: float | None = None) -> float:
+        """Predicted ms to aim at, for an offspring whose latency over its budget is ``ratio``
+        (default: this reading's)."""
+        ratio = self.m.child_ms / self.budget if ratio is None else ratio
+        return self.now / (AIM * max(ratio, 1e-12))
 
 
 def _widths(
@@ -337,9 +338,7 @@ def _least_overshoot(
 def _give_back(w: Widths, r: _Round, ratio: float | None = None) -> int:
     """Grow an offspring that overshot toward what ``r`` aims at (or, given ``ratio``, its
     latency over budget on several readings, toward what that aims at); returns the steps up."""
-    ratio = r.m.child_ms / r.budget if ratio is None else ratio
-    want = r.now / (AIM * max(ratio, 1e-12))
-    add = (want - r.now) * (1.0 if r.m.stable else 0.5)
+    add = (r.want(ratio) - r.now) * (1.0 if r.m.stable else 0.5)
     return grow(w, add, ceiling=r.now + add) if add > 0 else 0
 
 
@@ -351,7 +350,7 @@ def _pair_ratio(setup: _FitSetup, r: _Round, m: Comparison) -> float:
 
 def _excess(r: _Round, m: Comparison, budget: float) -> float:
     """Predicted ms to trim after reading ``m`` (``r``'s, or its confirmation) over ``budget``."""
-    need = max(r.now - r.want, r.now * (1.0 - budget / m.child_ms))  # at least the excess
+    need = max(r.now - r.want(), r.now * (1.0 - budget / m.child_ms))  # at least the excess
     return min(need, MAX_STEP * r.now) * (1.0 if m.stable else 0.5)  # one reading may lie
 
 
