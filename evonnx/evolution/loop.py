@@ -367,10 +367,9 @@ def _generation(
     reference: onnx.ModelProto | None = None,
     parent_speedup: float | None = None,
 ) -> tuple[GenerationRecord, onnx.ModelProto]:
-    """Breed, retrain and select one generation from ``parent``; every offspring's outputs
-    must keep ``reference``'s names and shapes (the ancestor's; default ``parent``'s).
-    ``parent_speedup``: the parent's speed-up over the ancestor, as its record measured it
-    side by side (places the latency budget against the target speed-up)."""
+    """Breed, retrain and select one generation from ``parent`` (its record measured it
+    ``parent_speedup`` times faster than the ancestor); every offspring's outputs must keep
+    ``reference``'s names and shapes (the ancestor's; default ``parent``'s)."""
     analysis = analyze(parent)
     target = hw.target(parent, analysis) if hw is not None else None
     keep = hw.keep_for(parent, parent_speedup) if hw is not None and target is not None else None
