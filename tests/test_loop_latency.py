@@ -80,6 +80,11 @@ def test_unreachable_latency_budget_ends_the_run(
     assert len(saved["generations"]) == 1 and (tmp_path / "report.md").is_file()
 
 
+def _to_target() -> EvolveConfig:
+    """The latency environment at half its parent per generation, stopping at 1.5x."""
+    return EvolveConfig(**BASE, env="latency", keep=0.5, target_speedup=1.5)  # type: ignore[arg-type]
+
+
 def test_target_speedup_stops_shrinking(
     tiny_model: onnx.ModelProto,  # noqa: F811
     tiny_data: Dataset,  # noqa: F811
@@ -87,12 +92,7 @@ def test_target_speedup_stops_shrinking(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(evonnx.latency.run, "make_runtime", lambda s: MacRuntime(s))
-    config = EvolveConfig(
-        **BASE,
-        env="latency",
-        keep=0.5,
-        target_speedup=1.5,  # type: ignore[arg-type]
-    )
+    config = _to_target()
     lineage = evonnx.evolve(tiny_model, tiny_data, tmp_path, config)
     first = lineage.records[0].latency_ms
     assert first is not None
@@ -126,12 +126,7 @@ def test_target_speedup_is_placed_side_by_side_not_on_an_early_reading(
     latency read once at the start, over the target) read in a slow spell let offspring no
     faster than the ancestor through: the budget was above the parent."""
     monkeypatch.setattr(evonnx.latency.run, "make_runtime", lambda s: _SlowStart(s))
-    config = EvolveConfig(
-        **BASE,
-        env="latency",
-        keep=0.5,
-        target_speedup=1.5,  # type: ignore[arg-type]
-    )
+    config = _to_target()
     lineage = evonnx.evolve(tiny_model, tiny_data, tmp_path, config)
     clean = MacRuntime(RuntimeSettings())
     ancestor = clean.latencies([tiny_model], 1)[0]

@@ -262,13 +262,13 @@ def _measured_rounds(
                 continue
         if m.child_ms <= budget:
             fit, m = _confirm(setup, r, w.lm.batch)
-            pair = _pair_ratio(setup, r, m)  # both readings far past the target:
-            if fit is not None and rounds < last and pair * OVERSHOOT < 1:
-                spare = _least_overshoot(spare, r, rounds, trimmed, grown)
-                if added := _give_back(w, r, pair):
-                    grown += added
-                    continue
             if fit is not None:
+                pair = _pair_ratio(setup, r, m)  # both readings far past the target:
+                if rounds < last and pair * OVERSHOOT < 1:
+                    spare = _least_overshoot(spare, r, rounds, trimmed, grown)
+                    if added := _give_back(w, r, pair):
+                        grown += added
+                        continue
                 return _done(fit, rounds, trimmed, grown, floor.fraction)
             budget = setup.budget(m.parent_ms)
         try:  # (after the last round too: a lowered floor gives its round back)

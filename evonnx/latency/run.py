@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 
 from evonnx.latency.budget import Target, latency_offspring, latency_target
+from evonnx.latency.measure import settled
 from evonnx.runtimes.registry import make_runtime
 
 if TYPE_CHECKING:
@@ -21,10 +22,6 @@ if TYPE_CHECKING:
     from evonnx.runtimes.base import Runtime, RuntimeSettings
 
 logger = logging.getLogger(__name__)
-
-FLOOR_READINGS = 3
-"""Side-by-side comparisons of a parent with the ancestor whose median places it against the
-target speed-up (:meth:`RunLatency.keep_for`)."""
 
 
 @dataclass
@@ -67,18 +64,18 @@ class RunLatency:
         ``keep``, raised near the target so that evolution stops shrinking there: to the
         parent's speed-up over the ancestor over ``target_speedup`` (at most 1). That speed-up
         is a side-by-side reading: ``speedup`` (the parent's record, measured beside the
-        ancestor when it was written), else the median of :data:`FLOOR_READINGS` taken now;
-        never an ancestor latency read earlier in the run. A machine whose speed drifts
-        between generations (other jobs come and go) would move an absolute floor, and a floor
-        read in a slow spell lets an offspring no faster than its parent through.
+        ancestor when it was written), else the median of several taken now
+        (:func:`~evonnx.latency.measure.settled`); never an ancestor latency read earlier in
+        the run. A machine whose speed drifts between generations (other jobs come and go)
+        would move an absolute floor, and a floor read in a slow spell lets an offspring no
+        faster than its parent through.
         """
         if self.target_speedup is None:
             return self.keep
-        if speedup is None:
-            if parent is self.ancestor:
-                speedup = 1.0
-            else:
-                speedup = float(np.median([self.measure(parent)[1] for _ in range(FLOOR_READINGS)]))
+        if speedup is None and parent is self.ancestor:
+            speedup = 1.0
+        elif speedup is None:
+            speedup = settled(self.runtime, self.ancestor, parent, self.settings.batch).speedup
         floor = min(1.0, speedup / self.target_speedup)
         if floor > self.keep:
             logger.info(

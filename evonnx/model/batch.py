@@ -20,6 +20,7 @@ from onnx import numpy_helper
 
 from evonnx.errors import RebatchError
 from evonnx.model.graph import all_nodes, graph_inputs
+from evonnx.model.inputs import BATCH_NAME
 from evonnx.model.shapes import static_shapes
 
 logger = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ def rebatch(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
     return _reinfer(out, batch)
 
 
-def dynamic_batch(model: onnx.ModelProto, name: str = "batch") -> onnx.ModelProto:
+def dynamic_batch(model: onnx.ModelProto, name: str = BATCH_NAME) -> onnx.ModelProto:
     """Copy of ``model`` whose fixed batch dimension becomes the symbolic ``name``.
 
     Exporters that trace with one sample (torch's dynamo exporter, tf2onnx without a

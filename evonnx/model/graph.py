@@ -118,6 +118,22 @@ def all_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     return nodes
 
 
+def live_nodes(graph: onnx.GraphProto) -> tuple[list[onnx.NodeProto], set[str]]:
+    """The nodes of ``graph`` that some graph output depends on, in order, and every name
+    they or the graph outputs read (a subgraph's reads from the outer scope included)."""
+    needed = {o.name for o in graph.output}
+    kept: list[onnx.NodeProto] = []
+    for node in reversed(graph.node):
+        if any(o in needed for o in node.output):
+            kept.append(node)
+            needed.update(i for i in node.input if i)
+            for attr in node.attribute:
+                for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+                    needed.update(i for n in all_nodes(sub) for i in n.input if i)
+    kept.reverse()
+    return kept, needed
+
+
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Shape-inferred copy of ``model`` (best effort: failures leave shapes unknown)."""
     out = onnx.ModelProto()

@@ -18,7 +18,8 @@ from evonnx.model.graph import graph_inputs
 logger = logging.getLogger(__name__)
 
 BATCH_NAME = "batch"
-"""The name a batch axis that was not named (-1, or unset) gets when it stays symbolic."""
+"""The name a batch axis gets when it is made symbolic (:func:`~evonnx.model.batch.dynamic_batch`)
+or stays symbolic without a name of its own (-1, or unset)."""
 
 InputShapes = Mapping[str, Sequence[int]]
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import onnx
 
-from evonnx.model.graph import opset_of
+from evonnx.model.graph import live_nodes, opset_of
 
 logger = logging.getLogger(__name__)
 
@@ -126,24 +126,10 @@ def logits_view(model: onnx.ModelProto, outputs: Collection[str] | None = None) 
         head = heads.get(out.name)
         if head is not None:
             out.name = head
-    nodes = _live_nodes(view.graph)  # the heads (and what passed them through) are dead now
+    nodes, _ = live_nodes(view.graph)  # the heads (and what passed them through) are dead
     del view.graph.node[:]
     view.graph.node.extend(nodes)
     return view
-
-
-def _live_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    """The nodes of ``graph`` that some graph output depends on, in order."""
-    needed = {o.name for o in graph.output}
-    live = []
-    for node in reversed(graph.node):
-        if any(o in needed for o in node.output):
-            live.append(node)
-            needed.update(node.input)
-            for attr in node.attribute:  # names a subgraph reads from the outer scope
-                for sub in (*([attr.g] if attr.HasField("g") else []), *attr.graphs):
-                    needed.update(n for sn in sub.node for n in sn.input)
-    return live[::-1]
 
 
 def _output_ranks(model: onnx.ModelProto) -> dict[str, int]:

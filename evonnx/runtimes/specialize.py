@@ -19,7 +19,7 @@ from onnx import numpy_helper, shape_inference
 from onnx.reference import ReferenceEvaluator
 
 from evonnx.errors import UnsupportedModelError
-from evonnx.model.graph import all_nodes
+from evonnx.model.graph import live_nodes
 from evonnx.model.shapes import static_shapes
 
 logger = logging.getLogger(__name__)
@@ -109,17 +109,9 @@ def _fold(
 def _drop_unused(model: onnx.ModelProto) -> None:
     """Remove nodes and initializers that no graph output depends on."""
     g = model.graph
-    needed = {o.name for o in g.output}
-    kept: list[onnx.NodeProto] = []
-    for node in reversed(g.node):
-        if any(o in needed for o in node.output):
-            kept.append(node)
-            needed.update(i for i in node.input if i)
-            for a in node.attribute:
-                if a.type == a.GRAPH:
-                    needed.update(i for n in all_nodes(a.g) for i in n.input if i)
+    kept, needed = live_nodes(g)
     del g.node[:]
-    g.node.extend(reversed(kept))
+    g.node.extend(kept)
     dropped = {t.name for t in g.initializer if t.name not in needed}
     inits = [t for t in g.initializer if t.name in needed]
     del g.initializer[:]
