@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import re
+import time
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -386,3 +387,32 @@ def test_a_changed_output_shape_is_never_written(
     with pytest.raises(OutputMismatchError, match="changes the outputs"):
         evonnx.evolve(tiny_model, tiny_data, tmp_path, config)
     assert (tmp_path / "gen_001.onnx").exists() and not (tmp_path / "gen_002.onnx").exists()
+
+
+def test_scoring_time_is_recorded_apart_from_training(
+    tiny_model: onnx.ModelProto, tiny_data: Dataset, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Each generation records the seconds its offspring spent being scored (the benchmark's
+    overhead split needs it for any task): never inside ``train_seconds``."""
+    from evonnx.retrain.task import Split
+
+    original = Split.score_model
+    slow = 0.3
+
+    def slow_score(self: Split, model: onnx.ModelProto) -> tuple[float, float | None]:
+        time.sleep(slow)
+        return original(self, model)
+
+    monkeypatch.setattr(Split, "score_model", slow_score)
+    lineage = evonnx.evolve(tiny_model, tiny_data, tmp_path, replace(CONFIG, generations=2))
+    rec = lineage.records[1]
+    assert rec.score_seconds >= slow
+    rows = list(csv.DictReader((tmp_path / "lineage.csv").open()))
+    assert float(rows[1]["score_seconds"]) == pytest.approx(rec.score_seconds)
+    again = evonnx.Lineage.from_dict(_lineage(tmp_path))
+    assert again.records[1].score_seconds == pytest.approx(rec.score_seconds)
+    old = _lineage(tmp_path)  # a lineage written before the field existed still reads
+    for g in old["generations"]:
+        del g["score_seconds"]
+    assert evonnx.Lineage.from_dict(old).records[1].score_seconds == 0.0

@@ -252,6 +252,21 @@ def test_every_method_trains_with_evonnxs_recipe():
     assert config.threads == 2
 
 
+def test_a_population_keeps_every_methods_steps_equal():
+    """``--population K``: evolution breeds K offspring a generation, each trained ``--steps``;
+    one-shot and magnitude fine-tune for as many steps in all."""
+    import real_models as rm
+
+    s = rm.parse(["--steps", "300", "--population", "2"])[0]
+    config = rm.evolve_config(s, 2.0, rm.generations_for(2.0), s.steps)
+    assert config.population == 2 and config.steps == 300
+    assert s.total_steps(2.0) == 3 * 2 * 300
+    assert rm.parse(["--steps", "600"])[0].total_steps(2.0) == 3 * 600
+    assert "2 offspring per generation" in rm.markdown(
+        {**_result("A", 98.0), "settings": {**_result("A", 98.0)["settings"], "population": 2}}
+    )
+
+
 class _FakeBench:
     """``benchmark`` that times a model by its number of nodes (ms): min at 1 thread, twice
     that at default threads, the median 10% above the min; it records what it compared."""

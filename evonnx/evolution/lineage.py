@@ -26,6 +26,9 @@ class GenerationRecord:
 
     ``candidates`` holds every offspring's fitness (``None``: it failed) and ``failures``
     why each failed (``None``: it did not), in the order they were sampled.
+    ``train_seconds`` and ``score_seconds`` are summed over the generation's offspring: the
+    time spent retraining them, and scoring them once trained; the rest of a generation's
+    wall time is the tool's (synthesis, latency fit, surgery, conversion, measurement).
     """
 
     generation: int
@@ -49,6 +52,7 @@ class GenerationRecord:
     speedup: float | None = None
     sha256: str | None = None
     failures: tuple[str | None, ...] = ()
+    score_seconds: float = 0.0
 
     @property
     def fitness(self) -> float:

@@ -18,10 +18,10 @@ import hashlib
 import io
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -52,7 +52,7 @@ from evonnx.evolution.validate import (
     warn_zero_layers,
 )
 from evonnx.execute.executors import Executor, make_executor
-from evonnx.execute.jobs import OUTPUTS_CHANGED, OffspringJob, run_checked
+from evonnx.execute.jobs import OUTPUTS_CHANGED, JobResult, OffspringJob, run_checked
 from evonnx.execute.signals import InterruptWatch, watch_interrupts
 from evonnx.genetic.sample import synthesize
 from evonnx.latency.run import RunLatency
@@ -404,7 +404,7 @@ def _generation(
         sum(c.train_seconds for c in candidates),
         tuple(fitness),
     )
-    record = replace(record, failures=tuple(c.failed for c in candidates))
+    record = replace(record, **_job_totals(candidates))
     probe = probe or hw
     if probe is not None:
         record = _measured(probe, record, fittest)
@@ -478,6 +478,14 @@ def _measured(hw: Measures, record: GenerationRecord, model: onnx.ModelProto) ->
     return replace(record, latency_ms=timing[0], speedup=timing[1])
 
 
+def _job_totals(candidates: Sequence[JobResult]) -> dict[str, Any]:
+    """A generation's record fields summed or listed over its offspring jobs."""
+    return {
+        "failures": tuple(c.failed for c in candidates),
+        "score_seconds": sum(c.score_seconds for c in candidates),
+    }
+
+
 def _record(
     gen: int,
     parent: int | None,
@@ -516,7 +524,7 @@ def _record(
 CSV_FIELDS = [
     "generation", "parent", "seed", "file", "accuracy", "val_accuracy", "ae", "ce", "mac_ratio",
     "params", "synapses", "nonzero_synapses", "clusters", "live_clusters", "macs",
-    "train_seconds", "latency_ms", "speedup",
+    "train_seconds", "latency_ms", "speedup", "score_seconds",
 ]  # fmt: skip
 
 

@@ -78,6 +78,8 @@ class JobResult:
         seed: The job's seed.
         failed: Why the offspring failed (a NaN or infinite loss, weight or score), else
             ``None``; a failed offspring is recorded but never selected.
+        score_seconds: Seconds spent scoring the trained offspring (the task's
+            ``score_model`` on the test and validation splits).
     """
 
     model: bytes
@@ -86,6 +88,7 @@ class JobResult:
     job_seconds: float
     seed: int
     failed: str | None = None
+    score_seconds: float = 0.0
 
 
 def run_job(
@@ -129,11 +132,13 @@ def run_job(
     trained = keep_initializers(write_back(child, module), child, job.frozen)
     failed = _diverged(result.losses, trained)
     scores: tuple[float, float | None] = (math.nan, None)
+    scoring = time.perf_counter()
     if failed is None and (rank is None or rank[0] == 0):
         try:
             scores = data.score_model(trained)
         except NonFiniteError as exc:
             failed = str(exc)
+    scoring = time.perf_counter() - scoring
     if failed is not None:
         logger.warning("offspring %d failed: %s", job.seed, failed)
     return JobResult(
@@ -143,6 +148,7 @@ def run_job(
         time.perf_counter() - start,
         job.seed,
         failed,
+        scoring,
     )
 
 
