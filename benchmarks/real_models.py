@@ -64,6 +64,7 @@ from evonnx.latency import LatencySettings
 from evonnx.model.inputs import apply_input_shapes
 from evonnx.model.textio import write_text_atomic
 from evonnx.retrain import TrainConfig, train
+from evonnx.retrain.distill import Distiller, distillation_loss
 from evonnx.retrain.task import Task
 from evonnx.runtimes import RuntimeSettings
 
@@ -96,6 +97,7 @@ class Settings:
     train_threads: int = 1
     remeasure: Path | None = None
     population: int = 1
+    distill: float | None = None
 
     def total_steps(self, target: float) -> int:
         """Training steps every method gets at ``target``: evolution's generations times its
@@ -145,14 +147,17 @@ def recipe(steps: int, batches: int) -> dict[str, Any]:
     return {"optimizer": "adam", "epochs": epochs, "max_batches": math.ceil(steps / epochs)}
 
 
-def evolve_config(s: Settings, target: float, generations: int, steps: int) -> EvolveConfig:
-    """The training settings every method shares, and evolution's latency environment."""
+def evolve_config(
+    s: Settings, target: float, generations: int, steps: int, distill: float | None = None
+) -> EvolveConfig:
+    """The training settings every method shares, and evolution's latency environment
+    (``distill``: evolution's offspring also learn from their parent at that temperature)."""
     return EvolveConfig(
         generations=generations + 1,
         max_drop=1.0,
         patience=generations + 1,
         population=s.population,
-        distill=None,
+        distill=distill,
         env="latency",
         keep=target ** (-1.0 / generations),
         target_speedup=target,
@@ -187,18 +192,29 @@ def score_of(model: onnx.ModelProto, task: rt.RealTask) -> float:
 
 
 def finetune(
-    model: onnx.ModelProto, task: Task, config: EvolveConfig, steps: int
+    model: onnx.ModelProto,
+    task: Task,
+    config: EvolveConfig,
+    steps: int,
+    teacher: onnx.ModelProto | None = None,
 ) -> tuple[onnx.ModelProto, float]:
-    """``steps`` optimizer steps of the evolution's retraining on ``model``; seconds spent."""
+    """``steps`` optimizer steps of the evolution's retraining on ``model`` (with ``teacher``
+    and ``config.distill``: also learning from the teacher, as evolution's offspring learn from
+    their parent); seconds spent."""
     batches = task.train_batches()
     cfg = replace(config, **recipe(steps, len(batches) if hasattr(batches, "__len__") else steps))
     view = getattr(task, "training_graph", lambda m: m)  # evonnx with Task.training_graph
     module = to_torch(view(model), freeze_zeros=True)
+    trainee: Any = module
+    loss = task.loss
+    if teacher is not None and config.distill is not None:
+        trainee = Distiller(module, to_torch(view(teacher)))
+        loss = distillation_loss(task.loss, task.distill_loss, config.distill)
     result = train(
-        module,
+        trainee,
         batches,
         TrainConfig.for_offspring(cfg.training, config.seed),
-        loss_fn=task.loss,
+        loss_fn=loss,
         after_step=lambda _m: module.apply_masks(),
         progress=False,
     )
@@ -210,7 +226,7 @@ def run_evolution(
 ) -> Candidate:
     """Method (a): several latency generations stepping to ``target``."""
     gens = generations_for(target)
-    config = evolve_config(s, target, gens, s.steps)
+    config = evolve_config(s, target, gens, s.steps, s.distill if labels else None)
     stamps: list[tuple[float, GenerationRecord, float]] = []
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="real-evolve-") as tmp:
@@ -350,13 +366,13 @@ def tuned(
 ) -> Candidate:
     """Methods (b) and (c): a pruned offspring fine-tuned for the evolution's total steps."""
     model, fit, build_seconds = built
+    labels = task is prep.labelled
     gens = generations_for(target)
-    config = evolve_config(s, target, gens, s.steps)
+    config = evolve_config(s, target, gens, s.steps, s.distill if labels else None)
     start = time.perf_counter()
-    trained, _ = finetune(model, task, config, s.total_steps(target))
+    trained, _ = finetune(model, task, config, s.total_steps(target), prep.ancestor)
     minutes = (time.perf_counter() - start + build_seconds) / 60
     score = score_of(trained, prep.labelled)
-    labels = task is prep.labelled
     return Candidate(method, labels, target, trained, score, s.total_steps(target), minutes, fit)
 
 
@@ -546,7 +562,9 @@ def _sizes(s: dict[str, Any]) -> str:
     """``steps per offspring 300, 2 offspring per generation, batch 16`` of a run's settings."""
     pop = int(s.get("population", 1))
     each = f", {pop} offspring per generation" if pop > 1 else ""
-    return f"steps per offspring {s['steps']}{each}, batch {s['batch']}"
+    t = s.get("distill")
+    teach = f", labelled rows distil at T={t:g} (evolution from the parent)" if t else ""
+    return f"steps per offspring {s['steps']}{each}, batch {s['batch']}{teach}"
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -662,6 +680,13 @@ def parse(argv: list[str] | None) -> tuple[Settings, bool]:
         help="evolution's offspring per generation (the fittest on validation survives); "
         "one-shot and magnitude fine-tune for as many steps in all",
     )
+    p.add_argument(
+        "--distill",
+        type=float,
+        metavar="T",
+        help="labelled rows also learn from a teacher at temperature T: evolution's offspring "
+        "from their parent (evonnx's --distill), one-shot and magnitude from the ancestor",
+    )
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--n-train", type=int, default=256)
     p.add_argument("--n-val", type=int, default=128)
@@ -695,7 +720,7 @@ def parse(argv: list[str] | None) -> tuple[Settings, bool]:
         a.models, tuple(a.only.split(",")), tuple(float(t) for t in a.targets.split(",")),
         a.steps, a.batch, a.n_train, a.n_val, a.n_test, a.lr, not a.no_label_free, a.runs,
         a.save, a.results, a.render_only, not a.kl_adapter, 0, a.train_threads, a.remeasure,
-        a.population,
+        a.population, a.distill,
     )  # fmt: skip
     if a.quick:
         s = replace(s, targets=(1.5,), steps=2, batch=8, n_train=16, n_val=16, n_test=32, runs=5)

@@ -267,6 +267,58 @@ def test_a_population_keeps_every_methods_steps_equal():
     )
 
 
+def _gemm_classifier(seed: int):
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w = numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "w")
+    b = numpy_helper.from_array(np.zeros(3, np.float32), "b")
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])], [w, b],
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_distill_teaches_labelled_fine_tuning_from_the_ancestor(monkeypatch):
+    """``--distill T``: labelled fine-tuning (one-shot, magnitude) also learns from the
+    ancestor, as evolution's offspring learn from their parent; label-free rows never do."""
+    import real_models as rm
+    from onnx import numpy_helper
+
+    from evonnx.data import Dataset
+    from evonnx.retrain.task import ClassificationTask
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((32, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 32)
+    task = ClassificationTask(Dataset(x, y, x, y, "tiny"), val_fraction=0.0)
+    seen = []
+    original = task.distill_loss
+
+    def spy(outputs, teacher, targets, temperature):
+        seen.append(temperature)
+        return original(outputs, teacher, targets, temperature)
+
+    monkeypatch.setattr(task, "distill_loss", spy)
+    s = rm.parse(["--distill", "4", "--steps", "3", "--batch", "8"])[0]
+    assert s.distill == 4.0
+    config = rm.evolve_config(s, 1.5, 2, 3, s.distill)
+    assert config.distill == 4.0 and rm.evolve_config(s, 1.5, 2, 3).distill is None
+    student, teacher = _gemm_classifier(1), _gemm_classifier(2)
+    taught, _ = rm.finetune(student, task, config, 3, teacher)
+    assert seen and set(seen) == {4.0}
+    seen.clear()
+    plain, _ = rm.finetune(student, task, config, 3)  # no teacher: labels only
+    assert not seen
+    w = [numpy_helper.to_array(m.graph.initializer[0]) for m in (taught, plain)]
+    assert not np.allclose(w[0], w[1])
+    assert "distil at T=4" in rm.markdown(
+        {**_result("A", 98.0), "settings": {**_result("A", 98.0)["settings"], "distill": 4.0}}
+    )
+
+
 class _FakeBench:
     """``benchmark`` that times a model by its number of nodes (ms): min at 1 thread, twice
     that at default threads, the median 10% above the min; it records what it compared."""
