@@ -191,7 +191,7 @@ def test_one_ae_on_an_input_with_zero_weights(tmp_path: Path) -> None:
     model = frozen_classifier(zeros=0.3)
     before = compute_metrics(model)
     assert before.nonzero_synapses < 0.8 * before.synapses
-    gen1 = _record(1, None, None, "gen_001.onnx", (0.5, None), before, before, 0.0, ())
+    gen1 = _record(1, None, None, "gen_001.onnx", (0.5, None), before, before, (), ())
     assert gen1.ae == 1.0 and gen1.ce == 1.0  # today's input is generation 1: nothing removed
     src, out = tmp_path / "m.onnx", tmp_path / "out.onnx"
     onnx.save(model, str(src))
@@ -202,7 +202,7 @@ def test_one_ae_on_an_input_with_zero_weights(tmp_path: Path) -> None:
     data = json.loads(res.output)
     after = compute_metrics(onnx.load(str(out)))
     eff = efficiency(before, after)
-    record = _record(2, 1, 0, "gen_002.onnx", (0.5, None), before, after, 0.0, ())
+    record = _record(2, 1, 0, "gen_002.onnx", (0.5, None), before, after, (), ())
     assert data["ae"] == pytest.approx(eff.architectural) == pytest.approx(record.ae)
     assert data["ce"] == pytest.approx(eff.cluster) == pytest.approx(record.ce)
     assert eff.architectural == pytest.approx(before.nonzero_synapses / after.nonzero_synapses)

@@ -21,7 +21,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -267,7 +267,7 @@ def _start(
     digest = _fingerprint(data.task)
     save_model(model, out / "gen_001.onnx")
     metrics = compute_metrics(model)
-    first = _record(1, None, None, "gen_001.onnx", (test, val), metrics, metrics, 0.0, ())
+    first = _record(1, None, None, "gen_001.onnx", (test, val), metrics, metrics, (), ())
     first = replace(first, sha256=file_sha256(out / first.file))
     lineage = Lineage(sha, data.task.name, config, (first,), digest,
                       data.task.score_percent)  # fmt: skip
@@ -401,10 +401,9 @@ def _generation(
         scores,
         gen1,
         compute_metrics(fittest),
-        sum(c.train_seconds for c in candidates),
+        candidates,
         tuple(fitness),
     )
-    record = replace(record, **_job_totals(candidates))
     probe = probe or hw
     if probe is not None:
         record = _measured(probe, record, fittest)
@@ -478,14 +477,6 @@ def _measured(hw: Measures, record: GenerationRecord, model: onnx.ModelProto) ->
     return replace(record, latency_ms=timing[0], speedup=timing[1])
 
 
-def _job_totals(candidates: Sequence[JobResult]) -> dict[str, Any]:
-    """A generation's record fields summed or listed over its offspring jobs."""
-    return {
-        "failures": tuple(c.failed for c in candidates),
-        "score_seconds": sum(c.score_seconds for c in candidates),
-    }
-
-
 def _record(
     gen: int,
     parent: int | None,
@@ -494,9 +485,11 @@ def _record(
     scores: tuple[float, float | None],
     gen1: ModelMetrics,
     now: ModelMetrics,
-    seconds: float,
-    candidates: tuple[float | None, ...],
+    jobs: Sequence[JobResult],
+    fitness: tuple[float | None, ...],
 ) -> GenerationRecord:
+    """The record of generation ``gen``: the fittest's metrics, and its offspring ``jobs``'
+    fitness, failures and training and scoring seconds (none for generation 1)."""
     eff = efficiency(gen1, now)
     return GenerationRecord(
         generation=gen,
@@ -513,9 +506,11 @@ def _record(
         clusters=now.clusters,
         live_clusters=now.live_clusters,
         macs=now.macs,
-        train_seconds=seconds,
-        candidates=candidates,
+        train_seconds=sum(j.train_seconds for j in jobs),
+        candidates=fitness,
         val_accuracy=scores[1],
+        failures=tuple(j.failed for j in jobs),
+        score_seconds=sum(j.score_seconds for j in jobs),
     )
 
 

@@ -132,13 +132,13 @@ def run_job(
     trained = keep_initializers(write_back(child, module), child, job.frozen)
     failed = _diverged(result.losses, trained)
     scores: tuple[float, float | None] = (math.nan, None)
-    scoring = time.perf_counter()
+    scoring_start = time.perf_counter()
     if failed is None and (rank is None or rank[0] == 0):
         try:
             scores = data.score_model(trained)
         except NonFiniteError as exc:
             failed = str(exc)
-    scoring = time.perf_counter() - scoring
+    score_seconds = time.perf_counter() - scoring_start
     if failed is not None:
         logger.warning("offspring %d failed: %s", job.seed, failed)
     return JobResult(
@@ -148,7 +148,7 @@ def run_job(
         time.perf_counter() - start,
         job.seed,
         failed,
-        scoring,
+        score_seconds,
     )
 
 
