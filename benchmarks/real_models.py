@@ -98,6 +98,7 @@ class Settings:
     remeasure: Path | None = None
     population: int = 1
     distill: float | None = None
+    labelled: bool = True
 
     def total_steps(self, target: float) -> int:
         """Training steps every method gets at ``target``: evolution's generations times its
@@ -409,7 +410,7 @@ def candidates_for(
         skipped.append({"methods": ["magnitude"], "target": target, "reason": str(exc)})
         print(f"  magnitude pruning refused: {exc}", flush=True)
     out = []
-    for task in (prep.labelled, prep.free):
+    for task in (prep.labelled if s.labelled else None, prep.free):
         if task is None:
             continue
         labels = task is prep.labelled
@@ -694,6 +695,11 @@ def parse(argv: list[str] | None) -> tuple[Settings, bool]:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--no-label-free", action="store_true")
     p.add_argument(
+        "--no-labels",
+        action="store_true",
+        help="label-free rows only (the test split still scores them with its labels)",
+    )
+    p.add_argument(
         "--kl-adapter",
         action="store_true",
         help="label-free rows train with the benchmark's KL adapter, not evonnx.FidelityTask",
@@ -720,8 +726,10 @@ def parse(argv: list[str] | None) -> tuple[Settings, bool]:
         a.models, tuple(a.only.split(",")), tuple(float(t) for t in a.targets.split(",")),
         a.steps, a.batch, a.n_train, a.n_val, a.n_test, a.lr, not a.no_label_free, a.runs,
         a.save, a.results, a.render_only, not a.kl_adapter, 0, a.train_threads, a.remeasure,
-        a.population, a.distill,
+        a.population, a.distill, not a.no_labels,
     )  # fmt: skip
+    if a.no_labels and a.no_label_free:
+        p.error("--no-labels and --no-label-free leave no rows to run")
     if a.quick:
         s = replace(s, targets=(1.5,), steps=2, batch=8, n_train=16, n_val=16, n_test=32, runs=5)
     return s, not a.no_write

@@ -108,7 +108,8 @@ SPECS = (
         make=lambda n, seed: rd.text_scenes(n, seed, DET_SIZE),
         source=(
             f"{DET_SIZE}x{DET_SIZE} scenes of 1-4 words (3-7 characters, DejaVu, 18-32 px, "
-            "random ink/background) at random places, labelled with their ink boxes; "
+            "random ink/background) at random places, labelled with their line boxes (the ink's "
+            "width by the font's ascender-to-descender height); "
             "decoded by DB post-processing with rapidocr's thresholds (0.3 pixel, 0.5 box, "
             "unclip 1.5), scored by the F-measure of one-to-one matches at IoU >= 0.5"
         ),

@@ -145,7 +145,7 @@ def test_decode_and_metric_by_kind():
     assert rt.metric("ctc", ["a", "b"], ["a", "b"]) == 100.0
 
 
-def test_scenes_are_seeded_and_their_boxes_hold_the_ink():
+def test_scenes_are_seeded_and_their_line_boxes_hold_the_ink():
     x, boxes = rd.text_scenes(4, 7, 128)
     again, same = rd.text_scenes(4, 7, 128)
     assert x.shape == (4, 3, 128, 128) and x.dtype == np.float32
@@ -159,6 +159,15 @@ def test_scenes_are_seeded_and_their_boxes_hold_the_ink():
         inside[y0 : y1 + 1, x0 : x1 + 1] = True
     assert 1 <= len(b) <= 4 and dark.any() and not (dark & ~inside).any()
     assert rd.box_iou(b, b).diagonal() == pytest.approx(1.0)
+    rng, heights = np.random.default_rng(3), []
+    for _ in range(4):  # line boxes: the ink's width, the font's height (ascender to descender)
+        img, b = rd.text_scene(rng, 128)
+        dark = np.asarray(img.convert("L"), np.float32) < 150
+        for x0, y0, x1, y1 in b.astype(int):
+            rows, cols = np.nonzero(dark[y0:y1, x0:x1])
+            assert cols.max() - cols.min() + 1 >= 0.85 * (x1 - x0)
+            heights.append((rows.max() - rows.min() + 1) / (y1 - y0))
+    assert max(heights) < 0.95 and np.mean(heights) < 0.85
 
 
 def test_db_decoding_recovers_shrunk_boxes_and_hmean_counts_matches():
@@ -416,3 +425,36 @@ def test_classifier_task_trains_on_logits():
     free = rt.RealTask(spec, [], part, part, part, (teacher.numpy(), [0, 1, 1]), batch_size=3)
     assert float(free.loss(logits, teacher)) == pytest.approx(0.0, abs=1e-6)
     assert float(free.loss(logits.flip(-1), teacher)) > 0.1
+
+
+def test_no_labels_runs_the_label_free_rows_only(monkeypatch):
+    """``--no-labels``: every method runs on the label-free task alone (its rows are still
+    scored on the labelled test split); asking for neither signal is refused."""
+    import real_models as rm
+
+    monkeypatch.setattr(rm, "one_shot_model", lambda a, t, seed: (a, t))
+    monkeypatch.setattr(rm, "magnitude_model", lambda a, t: (a, t))
+
+    def candidate(method, labels, target):
+        return rm.Candidate(method, labels, target, None, 0.0, 0, 0.0, target)
+
+    monkeypatch.setattr(rm, "run_evolution", lambda p, task, s, t, labels: candidate(
+        "evolution", labels, t))  # fmt: skip
+    monkeypatch.setattr(rm, "tuned", lambda method, built, task, p, s, t: candidate(
+        method, task is p.labelled, t))  # fmt: skip
+    labelled, free = object(), object()
+    prep = rm.Prepared(None, labelled, free, "evonnx.FidelityTask")  # type: ignore[arg-type]
+    both = rm.candidates_for(prep, rm.parse([])[0], 1.5, [])
+    assert sorted((c.method, c.labels) for c in both) == sorted(
+        (m, lab) for m in ("evolution", "one-shot", "magnitude") for lab in (True, False)
+    )
+    s = rm.parse(["--no-labels"])[0]
+    assert not s.labelled and s.label_free
+    only = rm.candidates_for(prep, s, 1.5, [])
+    assert [(c.method, c.labels) for c in only] == [
+        ("evolution", False),
+        ("one-shot", False),
+        ("magnitude", False),
+    ]
+    with pytest.raises(SystemExit):
+        rm.parse(["--no-labels", "--no-label-free"])
