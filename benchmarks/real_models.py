@@ -99,6 +99,7 @@ class Settings:
     population: int = 1
     distill: float | None = None
     labelled: bool = True
+    teacher: str = "parent"
 
     def total_steps(self, target: float) -> int:
         """Training steps every method gets at ``target``: evolution's generations times its
@@ -152,13 +153,15 @@ def evolve_config(
     s: Settings, target: float, generations: int, steps: int, distill: float | None = None
 ) -> EvolveConfig:
     """The training settings every method shares, and evolution's latency environment
-    (``distill``: evolution's offspring also learn from their parent at that temperature)."""
+    (``distill``: evolution's offspring also learn from ``s.teacher``, their parent or the
+    ancestor, at that temperature)."""
     return EvolveConfig(
         generations=generations + 1,
         max_drop=1.0,
         patience=generations + 1,
         population=s.population,
         distill=distill,
+        **({"teacher": s.teacher} if "teacher" in settings.OWNER else {}),
         env="latency",
         keep=target ** (-1.0 / generations),
         target_speedup=target,
@@ -564,7 +567,12 @@ def _sizes(s: dict[str, Any]) -> str:
     pop = int(s.get("population", 1))
     each = f", {pop} offspring per generation" if pop > 1 else ""
     t = s.get("distill")
-    teach = f", labelled rows distil at T={t:g} (evolution from the parent)" if t else ""
+    who = (
+        "from the ancestor (every method)"
+        if s.get("teacher") == "ancestor"
+        else "(evolution from the parent, one-shot and magnitude from the ancestor)"
+    )
+    teach = f", labelled rows distil at T={t:g} {who}" if t else ""
     return f"steps per offspring {s['steps']}{each}, batch {s['batch']}{teach}"
 
 
@@ -686,7 +694,14 @@ def parse(argv: list[str] | None) -> tuple[Settings, bool]:
         type=float,
         metavar="T",
         help="labelled rows also learn from a teacher at temperature T: evolution's offspring "
-        "from their parent (evonnx's --distill), one-shot and magnitude from the ancestor",
+        "from their parent (evonnx's --distill; --teacher ancestor: from the ancestor), one-shot "
+        "and magnitude from the ancestor",
+    )
+    p.add_argument(
+        "--teacher",
+        choices=("parent", "ancestor"),
+        default="parent",
+        help="whom evolution's offspring distil from with --distill (evonnx's --teacher)",
     )
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--n-train", type=int, default=256)
@@ -726,8 +741,10 @@ def parse(argv: list[str] | None) -> tuple[Settings, bool]:
         a.models, tuple(a.only.split(",")), tuple(float(t) for t in a.targets.split(",")),
         a.steps, a.batch, a.n_train, a.n_val, a.n_test, a.lr, not a.no_label_free, a.runs,
         a.save, a.results, a.render_only, not a.kl_adapter, 0, a.train_threads, a.remeasure,
-        a.population, a.distill, not a.no_labels,
+        a.population, a.distill, not a.no_labels, a.teacher,
     )  # fmt: skip
+    if a.teacher != "parent" and a.distill is None:
+        p.error("--teacher chooses whom --distill learns from; give --distill T")
     if a.no_labels and a.no_label_free:
         p.error("--no-labels and --no-label-free leave no rows to run")
     if a.quick:

@@ -244,22 +244,22 @@ class RealTask(Task):
 
     def training_graph(self, model: onnx.ModelProto) -> onnx.ModelProto:
         """The detector as its Sigmoid's logits (a saturated map trains there), the classifier
-        as its Softmax's logits (cross-entropy on logits); the recognizer as it is."""
+        and the recognizer as their Softmax's logits (cross-entropy and CTC on log-softmax of
+        the logits: the log of clamped probabilities passes no gradient where the model is
+        sure and wrong)."""
         if self.spec.kind == "det":
             return logits_view(model, [model.graph.output[0].name])
-        if self.spec.kind == "class":
-            return logits_view(model)
-        return model
+        return logits_view(model)
 
     def loss(self, outputs: Any, targets: Any) -> torch.Tensor:
         """CTC / cross-entropy / DB's balanced BCE on the labels, or KL divergence (BCE per
         pixel for the detector) from the ancestor's outputs."""
-        probs = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
-        if self.spec.kind == "det":  # ``probs`` holds the Sigmoid's logits (training_graph)
+        logits = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
+        if self.spec.kind == "det":  # the Sigmoid's logits (training_graph)
             if self.teacher is not None:
-                return pixel_bce(probs, targets)
-            return balanced_bce(probs[:, 0], targets)
-        logp = log_probabilities(self.spec.kind, probs)
+                return pixel_bce(logits, targets)
+            return balanced_bce(logits[:, 0], targets)
+        logp = F.log_softmax(logits, dim=-1)  # the Softmax's logits (training_graph)
         if self.teacher is not None:
             t = targets.clamp_min(1e-8)
             return (t * (torch.log(t) - logp)).sum(-1).mean()
@@ -281,25 +281,17 @@ class RealTask(Task):
     def distill_loss(
         self, outputs: Any, teacher: Any, targets: Any, temperature: float
     ) -> torch.Tensor:
-        """KL divergence from the parent's probabilities (the temperature is not used); the
-        parent's outputs come from its training graph, as the offspring's."""
+        """KL divergence from the teacher's probabilities (the parent's or the ancestor's; the
+        temperature is not used); its outputs come from its training graph, as the
+        offspring's."""
         del targets, temperature
-        probs = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
+        logits = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
         t = teacher[0] if isinstance(teacher, (tuple, list)) else teacher
         if self.spec.kind == "det":
-            return pixel_bce(probs, torch.sigmoid(t))
-        if self.spec.kind == "class":  # the parent's training graph gives logits too
-            t = F.softmax(t, dim=-1)
+            return pixel_bce(logits, torch.sigmoid(t))
+        t = F.softmax(t, dim=-1)  # the teacher's training graph gives logits too
         t = t.clamp_min(1e-8)
-        return (t * (torch.log(t) - log_probabilities(self.spec.kind, probs))).sum(-1).mean()
-
-
-def log_probabilities(kind: str, outputs: torch.Tensor) -> torch.Tensor:
-    """Log-probabilities from the training graph's outputs: the classifier's are its logits
-    (:meth:`RealTask.training_graph`), the recognizer's its probabilities."""
-    if kind == "class":
-        return F.log_softmax(outputs, dim=-1)
-    return torch.log(outputs.clamp_min(1e-8))
+        return (t * (torch.log(t) - F.log_softmax(logits, dim=-1))).sum(-1).mean()
 
 
 def pixel_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

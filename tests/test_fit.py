@@ -397,3 +397,25 @@ def test_a_confirmation_far_past_the_target_gives_channels_back() -> None:
     parent_ms, child_ms = clean.latencies([model, fit.model], 1)
     assert fit.child_ms == pytest.approx(child_ms) and fit.parent_ms == pytest.approx(parent_ms)
     _check_function(model, fit.plan, fit.model)
+
+
+def test_the_fit_ranks_channels_by_the_strength_it_is_given() -> None:
+    """``strength`` (e.g. the deviation criterion) replaces the L1 ranking: every trimmed group
+    keeps its channels strongest by the given measure, here the reverse of L1."""
+    model = _dynamic_resnet()
+    analysis = analyze(model)
+    rt = MacRuntime()
+    lm = build_latency_model(model, analysis, LatencyTable(rt, 1), step=8, calibrate=False)
+    weights = model_weights(model)
+    groups = analysis.prunable_groups
+    reverse = {
+        g.id: channel_strength(g, weights).max() - channel_strength(g, weights) for g in groups
+    }
+    fit = fit_measured(model, analysis, PrunePlan({}), weights, rt, lm, keep=0.6, strength=reverse)
+    trimmed = [g for g in groups if 0 < len(fit.plan.kept(g)) < g.size]
+    assert trimmed and fit.child_ms <= fit.budget_ms
+    for g in trimmed:
+        kept = np.asarray(fit.plan.kept(g))
+        top = np.argsort(-reverse[g.id], kind="stable")[: kept.size]
+        assert set(kept.tolist()) == set(top.tolist())
+    _check_function(model, fit.plan, fit.model)

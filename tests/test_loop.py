@@ -319,6 +319,67 @@ def test_cli_distill_on_by_default_off_and_refusals(
         assert not (tmp_path / "bad").exists()
 
 
+def _parameters(model: bytes | onnx.ModelProto) -> int:
+    m = onnx.load_from_string(model) if isinstance(model, bytes) else model
+    return sum(int(np.prod(t.dims)) for t in m.graph.initializer)
+
+
+@pytest.mark.parametrize("teacher", ["ancestor", "parent"])
+def test_offspring_distill_from_the_teacher_asked_for(
+    tiny_model: onnx.ModelProto,
+    tiny_data: Dataset,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    teacher: str,
+) -> None:
+    seen: list[list[bytes | None]] = []
+    real = evolve_module.run_checked
+
+    def spy(executor: Any, jobs: Any, data: Any, reference: Any) -> Any:
+        seen.append([job.teacher for job in jobs])
+        return real(executor, jobs, data, reference)
+
+    monkeypatch.setattr(evolve_module, "run_checked", spy)
+    config = replace(CONFIG, teacher=teacher, max_drop=1.0, patience=5, keep=0.5)
+    lineage = evonnx.evolve(tiny_model, tiny_data, tmp_path, config)
+    assert [r.generation for r in lineage.records] == [1, 2, 3]
+    gen1, gen2 = (onnx.load(str(tmp_path / f"gen_00{g}.onnx")) for g in (1, 2))
+    assert _parameters(gen2) < _parameters(gen1)
+    assert len(seen) == 2 and all(t is not None for batch in seen for t in batch)
+    got = [_parameters(t) for batch in seen for t in batch if t is not None]
+    # generation 2's teacher is generation 1 either way; generation 3's is the one asked for
+    assert got == [_parameters(gen1), _parameters(gen1 if teacher == "ancestor" else gen2)]
+    words = "ancestor (generation 1)" if teacher == "ancestor" else "parent"
+    assert f"distills from the {words} (T=4.0)" in (tmp_path / "report.md").read_text()
+    assert (
+        json.loads((tmp_path / "lineage.json").read_text())["config"]["training"]["teacher"]
+        == teacher
+    )
+
+
+def test_an_unknown_teacher_is_refused() -> None:
+    from evonnx.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="teacher must be 'parent' or 'ancestor'"):
+        EvolveConfig(teacher="grandparent")
+
+
+def test_cli_teacher_without_distillation_is_refused(
+    tiny_model: onnx.ModelProto, tiny_data: Dataset, tmp_path: Path
+) -> None:
+    model_path = tmp_path / "m.onnx"
+    onnx.save(tiny_model, str(model_path))
+    data_path = save_npz(tiny_data, tmp_path / "d.npz")
+    out = tmp_path / "run"
+    res = CliRunner().invoke(
+        cli,
+        ["evolve", str(model_path), "--data", str(data_path), "--out", str(out),
+         "--distill", "off", "--teacher", "ancestor"],
+    )  # fmt: skip
+    assert res.exit_code == 1 and "--teacher: distillation is off" in res.output, res.output
+    assert not out.exists()
+
+
 # --------------------------------------------------------------------------- output checks
 
 

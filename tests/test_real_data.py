@@ -124,8 +124,7 @@ def _task(teacher: bool) -> rt.RealTask:
 def test_task_ctc_loss_prefers_the_right_text():
     task = _task(False)
     (_, targets), _ = task.train_batches()
-    good = torch.tensor(np.tile(one_hot([1, 0, 2, 0, 0, 0])[None], (2, 1, 1)))
-    good = good / good.sum(-1, keepdim=True)
+    good = torch.tensor(np.tile(one_hot([1, 0, 2, 0, 0, 0])[None], (2, 1, 1))) * 8  # logits
     bad = good.flip(-1)
     assert len(task.train_batches()) == 2
     assert task.loss(good, targets) < task.loss(bad, targets)
@@ -134,8 +133,34 @@ def test_task_ctc_loss_prefers_the_right_text():
 def test_task_label_free_loss_is_zero_on_the_teacher():
     task = _task(True)
     _, teacher = task.train_batches()[0]
-    assert float(task.loss(teacher, teacher)) == pytest.approx(0.0, abs=1e-6)
-    assert float(task.loss(teacher.flip(-1), teacher)) > 0.1
+    logits = torch.log(teacher.clamp_min(1e-12))
+    assert float(task.loss(logits, teacher)) == pytest.approx(0.0, abs=1e-5)
+    assert float(task.loss(logits.flip(-1), teacher)) > 0.1
+
+
+def test_recognizer_trains_ctc_on_its_softmax_logits():
+    """The recognizer's training graph ends before its Softmax, and CTC reads log-softmax of
+    those logits: a confidently wrong line still gets a gradient (the log of clamped
+    probabilities passed none)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.eye(len(CLASSES), dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["z"]),
+         helper.make_node("Softmax", ["z"], ["p"], axis=2)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 6, len(CLASSES)])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["n", 6, len(CLASSES)])], [w],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    task = _task(False)
+    view = task.training_graph(model)
+    assert [n.op_type for n in view.graph.node] == ["MatMul"]
+    (_, targets), _ = task.train_batches()
+    wrong = torch.tensor(np.tile(one_hot([3, 3, 3, 3, 3, 3])[None], (2, 1, 1)) * 60.0)
+    wrong.requires_grad_(True)  # softmax of the right classes underflows to 0 in float32
+    loss = task.loss(wrong, targets)
+    loss.backward()
+    assert torch.isfinite(loss) and float(wrong.grad.abs().sum()) > 0
 
 
 def test_decode_and_metric_by_kind():
@@ -273,6 +298,23 @@ def test_a_population_keeps_every_methods_steps_equal():
     assert rm.parse(["--steps", "600"])[0].total_steps(2.0) == 3 * 600
     assert "2 offspring per generation" in rm.markdown(
         {**_result("A", 98.0), "settings": {**_result("A", 98.0)["settings"], "population": 2}}
+    )
+
+
+def test_teacher_reaches_evolutions_config_and_needs_distill():
+    """``--teacher ancestor`` with ``--distill T``: evolution's offspring distil from the
+    ancestor (evonnx's ``teacher``), and the docs say so; without ``--distill`` it is refused."""
+    import real_models as rm
+
+    s = rm.parse(["--distill", "4", "--teacher", "ancestor"])[0]
+    config = rm.evolve_config(s, 1.5, 2, 7, s.distill)
+    assert config.distill == 4.0 and config.teacher == "ancestor"
+    assert rm.evolve_config(rm.parse([])[0], 1.5, 2, 7).teacher == "parent"
+    with pytest.raises(SystemExit):
+        rm.parse(["--teacher", "ancestor"])
+    meta = {**_result("A", 98.0)["settings"], "distill": 4.0, "teacher": "ancestor"}
+    assert "distil at T=4 from the ancestor (every method)" in rm.markdown(
+        {**_result("A", 98.0), "settings": meta}
     )
 
 

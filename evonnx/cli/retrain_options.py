@@ -48,8 +48,13 @@ def retrain_options(d: TrainingSettings) -> list[Callable[[Any], Any]]:
         click.option("--distill", type=DistillTemperature(), is_flag=False,
                      flag_value=DEFAULT_TEMPERATURE, default=d.distill, show_default=True,
                      metavar="T|off",
-                     help="Distill from the parent while retraining, at temperature T "
-                          "(--distill alone: T=4); 'off' retrains on the task's loss alone."),
+                     help="Distill from the teacher (--teacher) while retraining, at "
+                          "temperature T (--distill alone: T=4); 'off' retrains on the task's "
+                          "loss alone."),
+        click.option("--teacher", type=click.Choice(["parent", "ancestor"]),
+                     default=d.teacher, show_default=True,
+                     help="Whom --distill learns from: the parent, or the ancestor "
+                          "(generation 1) in every generation."),
         click.option("--deterministic", is_flag=True, default=d.deterministic,
                      help="Deterministic torch algorithms: byte-identical reruns and "
                           "resumes on CUDA too (may train slower there)."),
@@ -96,6 +101,9 @@ def refuse_idle_retrain_options(config: EvolveConfig) -> None:
     """Refuse retraining options given on the command line that this run would ignore."""
     if config.steps is not None:
         refuse_unused(["epochs"], "--steps sets how long each offspring retrains")
+    if config.distill is None:
+        why = "distillation is off (--distill off, or --inputs without --distill)"
+        refuse_unused(["teacher"], why)
     if config.optimizer != "sgd":
         refuse_unused(["momentum"], f"only --optimizer sgd uses momentum, not {config.optimizer}")
         refuse_unused(["nesterov"], f"only --optimizer sgd uses nesterov, not {config.optimizer}")

@@ -374,7 +374,7 @@ def _generation(
     target = hw.target(parent, analysis) if hw is not None else None
     keep = hw.keep_for(parent, parent_speedup) if hw is not None and target is not None else None
     seeds = [generation_seed(config.seed, gen, k) for k in range(config.population)]
-    teacher = parent.SerializeToString() if config.distill is not None else None
+    teacher = _teacher(config, parent, reference)
     jobs = [_offspring(parent, analysis, config, s, hw, target, teacher, keep) for s in seeds]
     candidates = run_checked(executor, jobs, data, reference or parent)
     fitness = [
@@ -412,6 +412,17 @@ def _generation(
     record = replace(record, sha256=file_sha256(out / record.file))
     logger.info("generation %d: test score %.4f, A-E %.2fx", gen, scores[0], record.ae)
     return record, fittest
+
+
+def _teacher(
+    config: EvolveConfig, parent: onnx.ModelProto, ancestor: onnx.ModelProto | None
+) -> bytes | None:
+    """The model offspring distill from (``config.teacher``), serialized; ``None`` without
+    distillation."""
+    if config.distill is None:
+        return None
+    chosen = ancestor if config.teacher == "ancestor" and ancestor is not None else parent
+    return chosen.SerializeToString()
 
 
 def _offspring(
@@ -644,9 +655,17 @@ def _max_drop_phrase(lineage: Lineage) -> str:
     return f"budget of {drop:g} on the score"
 
 
+def _teacher_words(teacher: str) -> str:
+    return "ancestor (generation 1)" if teacher == "ancestor" else "parent"
+
+
 def _selection(lineage: Lineage) -> str:
     c = lineage.config
-    distill = "" if c.distill is None else f" Retraining distills from the parent (T={c.distill})."
+    distill = (
+        ""
+        if c.distill is None
+        else f" Retraining distills from the {_teacher_words(c.teacher)} (T={c.distill})."
+    )
     if c.select_on == "test":
         return (
             "Protocol: **test**. Offspring are selected, and the budget checked, on the test "

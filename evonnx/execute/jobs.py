@@ -1,9 +1,9 @@
 """Offspring jobs: retrain and score one synthesized offspring, anywhere.
 
 A job is what an executor (:mod:`evonnx.execute.executors`) ships to a worker: the offspring's ONNX
-bytes, the run settings and its seed (plus the parent's bytes when retraining distills from
-it). :func:`run_job` retrains it, writes the weights back and scores the written graph; the
-driver keeps synthesis, selection and every file write.
+bytes, the run settings and its seed (plus the teacher's bytes, the parent's or the
+ancestor's, when retraining distills). :func:`run_job` retrains it, writes the weights back
+and scores the written graph; the driver keeps synthesis, selection and every file write.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ class OffspringJob:
         child: The synthesized, pruned offspring (serialized ONNX, untrained).
         seed: The offspring's seed (initialization and training).
         training: How to retrain it (the run's training section).
-        parent: The parent (serialized ONNX) when retraining distills from it, else ``None``.
+        teacher: The model retraining distills from (serialized ONNX: the parent, or with
+            ``training.teacher == "ancestor"`` generation 1), else ``None``.
         frozen: Initializers of the layers evonnx cannot prune
             (:meth:`~evonnx.pruning.groups.Analysis.frozen_initializers`): not trained, not
             re-initialized, and written back byte-identical.
@@ -53,7 +54,7 @@ class OffspringJob:
     child: bytes
     seed: int
     training: TrainingSettings
-    parent: bytes | None = None
+    teacher: bytes | None = None
     frozen: tuple[str, ...] = ()
     ranks: int = 1
 
@@ -155,7 +156,7 @@ def run_job(
 def _trainee(job: OffspringJob, child: onnx.ModelProto, task: Task) -> tuple[Any, Any, LossFn]:
     """The offspring's torch module (weights inherited or re-initialized, frozen layers held),
     what trains (the module, or a :class:`~evonnx.retrain.distill.Distiller` around it and the
-    parent) and the loss."""
+    teacher) and the loss."""
     from evonnx.converters import to_torch
     from evonnx.retrain.distill import Distiller, distillation_loss
 
@@ -168,9 +169,9 @@ def _trainee(job: OffspringJob, child: onnx.ModelProto, task: Task) -> tuple[Any
     loss: LossFn = guarded_loss(task.loss, task.name, "loss()")
     if config.distill is None:
         return module, module, loss
-    if job.parent is None:
-        raise ValueError("a distilling job needs the parent model")
-    trainee = Distiller(module, to_torch(view(onnx.load_from_string(job.parent))))
+    if job.teacher is None:
+        raise ValueError("a distilling job needs its teacher model")
+    trainee = Distiller(module, to_torch(view(onnx.load_from_string(job.teacher))))
     soft = guarded_loss(task.distill_loss, task.name, "distill_loss()")
     return module, trainee, distillation_loss(loss, soft, config.distill)
 

@@ -108,6 +108,7 @@ def fit_measured(
     max_rounds: int = 10,
     min_fraction: float = 0.0,
     lower_floors: Sequence[float] = (),
+    strength: Mapping[int, np.ndarray] | None = None,
 ) -> MeasuredFit:
     """Step ``plan`` until the offspring's measured latency is at most ``keep`` times the
     parent's (not below ``floor_ms``) and not far below it.
@@ -130,13 +131,17 @@ def fit_measured(
         lower_floors: Floors to lower ``min_fraction`` to, in order, when every group is at
             its floor and the offspring is still over budget (each lowering is logged as a
             warning; empty: the floor holds).
+        strength: Per group id, each channel's strength, what the steps rank channels and
+            groups by (default, and for a group not in it:
+            :func:`~evonnx.pruning.plan.channel_strength`, the L1 norm of its filters; e.g.
+            :func:`~evonnx.pruning.importance.deviation_strength`).
 
     Raises:
         LatencyBudgetError: Every group is at its lowest floor, no branch is left, and the
             offspring is still over budget.
     """
     floor = _Floor(min_fraction, list(lower_floors))
-    w = _widths(analysis, plan, weights, lm, round_to, min_channels, floor)
+    w = _widths(analysis, plan, weights, lm, round_to, min_channels, floor, strength)
     full = lm.predict(group_census(analysis, {}))
     lowest = full * floor_ms / lm.measured_ms if floor_ms is not None else 0.0
     trimmed = grown = 0
@@ -229,12 +234,19 @@ def _widths(
     round_to: int | None,
     min_channels: int,
     floor: _Floor,
+    strength: Mapping[int, np.ndarray] | None = None,
 ) -> Widths:
-    """The prunable groups' channels that ``plan`` keeps, ready to step, at ``floor``."""
+    """The prunable groups' channels that ``plan`` keeps, ready to step, at ``floor``, ranked
+    by ``strength`` (default: L1)."""
     prunable = {g.id: g for g in analysis.prunable_groups}
+    given = strength or {}
     return Widths(
         analysis, prunable, {gid: plan.kept(g) for gid, g in prunable.items()},
-        {gid: channel_strength(g, weights) for gid, g in prunable.items()},
+        {
+            gid: np.asarray(given[gid], np.float64) if gid in given
+            else channel_strength(g, weights)
+            for gid, g in prunable.items()
+        },
         lm, round_to, min_channels, floor.least(prunable, min_channels),
     )  # fmt: skip
 

@@ -81,6 +81,9 @@ class TrainingSettings:
             are soft targets, weighted 0.5 against the task's loss); ``None`` turns it off.
             On by default (T=4): on the paper's LeNet-5, validation-selected runs with it
             stayed within the test budget for 3 seeds of 3, without it for 1 of 3.
+        teacher: Whom offspring distill from: ``"parent"`` (the generation they were bred
+            from) or ``"ancestor"`` (generation 1, the unpruned model, in every generation:
+            what a pruned model loses is what its ancestor still knows).
         init: ``"inherit"`` the parent's surviving weights or start from ``"random"`` ones.
     """
 
@@ -100,6 +103,7 @@ class TrainingSettings:
     threads: int | None = None
     deterministic: bool = False
     distill: float | None = 4.0
+    teacher: Literal["parent", "ancestor"] = "parent"
     init: Literal["inherit", "random"] = "inherit"
 
     def __post_init__(self) -> None:
@@ -115,6 +119,10 @@ class TrainingSettings:
                     "distill temperature must be a number > 0 (not NaN or infinite), or off",
                 ),
                 (self.init in ("inherit", "random"), "init must be 'inherit' or 'random'"),
+                (
+                    self.teacher in ("parent", "ancestor"),
+                    f"teacher must be 'parent' or 'ancestor', got {self.teacher!r}",
+                ),
                 (
                     not self.nesterov or (self.optimizer == "sgd" and self.momentum > 0),
                     "nesterov needs --optimizer sgd and a momentum above 0",
