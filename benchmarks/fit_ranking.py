@@ -91,12 +91,22 @@ def one_model(key: str, target: float) -> dict[str, Any]:
     return out
 
 
+def kept_with(models: list[dict[str, Any]], path: Path) -> list[dict[str, Any]]:
+    """``models`` and, after them, the models of an earlier result at ``path`` not rerun."""
+    if not path.exists():
+        return models
+    rerun = {(m["model"], m["target"]) for m in models}
+    old = json.loads(path.read_text())["models"]
+    return models + [m for m in old if (m["model"], m["target"]) not in rerun]
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The ``fit-ranking`` section."""
     lines = [
         "## The latency fit's channel ranking on pretrained models (`benchmarks/fit_ranking.py`)",
         "",
-        f"{result['machine']}; {result['minutes']:.1f} minutes. The latency fit steps the full "
+        f"{result['machine']}; {result['minutes']:.1f} minutes (the last run). The latency fit "
+        "steps the full "
         "ancestor to the target on `ort-cpu` (one thread), ranking channels by the L1 norm of "
         "their filters (the fit's and the genetic encoding's default) or by their deviation "
         "from the constant their removal folds in (what magnitude pruning ranks by); no genetic "
@@ -126,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     start = time.perf_counter()
     models = [one_model(k, a.target) for k in a.only.split(",")]
-    result = {"machine": machine(), "models": models,
+    result = {"machine": machine(), "models": kept_with(models, RESULTS),
               "minutes": round((time.perf_counter() - start) / 60, 1)}  # fmt: skip
     write_text_atomic(RESULTS, json.dumps(result, indent=1) + "\n")
     update_section("fit-ranking", markdown(result))

@@ -500,3 +500,24 @@ def test_no_labels_runs_the_label_free_rows_only(monkeypatch):
     ]
     with pytest.raises(SystemExit):
         rm.parse(["--no-labels", "--no-label-free"])
+
+
+def test_fit_ranking_keeps_earlier_models_and_shows_both_rankings(tmp_path):
+    import json
+
+    import fit_ranking as fr
+
+    def model(name: str, dev: float) -> dict:
+        r = {"fit_speedup": 1.58, "kept_min": 0.4, "kept_median": 0.75, "score_before": 0.0,
+             "steps": 400, "minutes": 4.0}  # fmt: skip
+        return {"model": name, "metric": "m %", "target": 1.5, "ancestor_score": 97.5,
+                "l1": {**r, "score": 32.0}, "deviation": {**r, "score": dev}}  # fmt: skip
+
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"models": [model("rec", 94.5), model("cls", 97.0)]}))
+    kept = fr.kept_with([model("cls", 98.0)], path)
+    assert [(m["model"], m["deviation"]["score"]) for m in kept] == [("cls", 98.0), ("rec", 94.5)]
+    assert fr.kept_with(kept, tmp_path / "missing.json") is kept
+    text = fr.markdown({"machine": "m", "minutes": 1.0, "models": kept})
+    assert "| 1.5x | deviation | 1.58x | 0.40 / 0.75 | 0.0 | **94.5** | 400 | 4.0 |" in text
+    assert text.count("| l1 |") == 2
