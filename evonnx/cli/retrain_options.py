@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from evonnx.cli.paths import refuse_unused
-from evonnx.retrain.settings import OPTIMIZERS, SCHEDULES, TrainingSettings
+from evonnx.retrain.settings import OPTIMIZERS, SCHEDULES, TEACHERS, TrainingSettings
 
 if TYPE_CHECKING:
     from evonnx.evolution.settings import EvolveConfig
@@ -51,7 +51,7 @@ def retrain_options(d: TrainingSettings) -> list[Callable[[Any], Any]]:
                      help="Distill from the teacher (--teacher) while retraining, at "
                           "temperature T (--distill alone: T=4); 'off' retrains on the task's "
                           "loss alone."),
-        click.option("--teacher", type=click.Choice(["parent", "ancestor"]),
+        click.option("--teacher", type=click.Choice(TEACHERS),
                      default=d.teacher, show_default=True,
                      help="Whom --distill learns from: the parent, or the ancestor "
                           "(generation 1) in every generation."),

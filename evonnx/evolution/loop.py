@@ -374,7 +374,7 @@ def _generation(
     target = hw.target(parent, analysis) if hw is not None else None
     keep = hw.keep_for(parent, parent_speedup) if hw is not None and target is not None else None
     seeds = [generation_seed(config.seed, gen, k) for k in range(config.population)]
-    teacher = _teacher(config, parent, reference)
+    teacher = _teacher(config, parent, reference or parent)
     jobs = [_offspring(parent, analysis, config, s, hw, target, teacher, keep) for s in seeds]
     candidates = run_checked(executor, jobs, data, reference or parent)
     fitness = [
@@ -415,14 +415,13 @@ def _generation(
 
 
 def _teacher(
-    config: EvolveConfig, parent: onnx.ModelProto, ancestor: onnx.ModelProto | None
+    config: EvolveConfig, parent: onnx.ModelProto, ancestor: onnx.ModelProto
 ) -> bytes | None:
     """The model offspring distill from (``config.teacher``), serialized; ``None`` without
     distillation."""
     if config.distill is None:
         return None
-    chosen = ancestor if config.teacher == "ancestor" and ancestor is not None else parent
-    return chosen.SerializeToString()
+    return (ancestor if config.teacher == "ancestor" else parent).SerializeToString()
 
 
 def _offspring(

@@ -17,6 +17,7 @@ Optimizer = Literal["sgd", "adam", "adamw"]
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "adamw")
 SCHEDULES: tuple[str, ...] = ("cosine", "constant")
+TEACHERS: tuple[str, ...] = ("parent", "ancestor")
 
 
 def recipe_problem(
@@ -120,8 +121,8 @@ class TrainingSettings:
                 ),
                 (self.init in ("inherit", "random"), "init must be 'inherit' or 'random'"),
                 (
-                    self.teacher in ("parent", "ancestor"),
-                    f"teacher must be 'parent' or 'ancestor', got {self.teacher!r}",
+                    self.teacher in TEACHERS,
+                    f"teacher must be {' or '.join(map(repr, TEACHERS))}, got {self.teacher!r}",
                 ),
                 (
                     not self.nesterov or (self.optimizer == "sgd" and self.momentum > 0),
